@@ -1,0 +1,3 @@
+from manycore_httpreceiver.service import main
+
+main()

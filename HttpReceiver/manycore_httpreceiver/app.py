@@ -1,0 +1,151 @@
+"""The HTTP API: ``POST /v1/mail/send`` with Basic auth; the body is the raw RFC 5322 message.
+
+Every error is JSON ``{"error": "<what is wrong>", "reason": "<code>"}`` with a status that
+says who must act: 400 bad message, 401 credentials (with ``WWW-Authenticate``), 413 too
+large, 415 wrong Content-Type, 429 too many failed logins, 503 with ``Retry-After`` when Redis
+cannot take the message now. ``200`` comes only after Redis holds the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import BasicAuth, web
+from prometheus_client import Counter
+
+from manycore_common.auth import Credentials, FailureThrottle
+from manycore_common.intake import DROPPED, Intake, TemporarilyUnavailable
+from manycore_common.message import MessageRejected, too_large
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_TYPES = ("application/octet-stream", "message/rfc822")
+RETRY_AFTER_SECONDS = 30
+READ_CHUNK = 64 * 1024
+
+AUTH_FAILURES = Counter(
+    "httpreceiver_auth_failures",
+    "Failed HTTP Basic auth attempts, by reason (missing, bad-credentials, locked-out)",
+    ["reason"],
+)
+for _reason in ("missing", "bad-credentials", "locked-out"):
+    AUTH_FAILURES.labels(_reason)
+
+INTAKE_KEY = web.AppKey("intake", Intake)
+CREDENTIALS_KEY = web.AppKey("credentials", Credentials)
+THROTTLE_KEY = web.AppKey("throttle", FailureThrottle)
+
+
+def error(
+    status: int, reason: str, text: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": text, "reason": reason}, status=status, headers=headers)
+
+
+def unauthorized(text: str) -> web.Response:
+    return error(
+        401,
+        "unauthorized",
+        text,
+        {"WWW-Authenticate": 'Basic realm="manycore-mail", charset="UTF-8"'},
+    )
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, …) as JSON too, so clients parse one format."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason.lower().replace(" ", "-"), exc.reason, None)
+
+
+async def authenticate(request: web.Request) -> web.Response | None:
+    """None when the request carries valid credentials, else the response to send."""
+    throttle = request.app[THROTTLE_KEY]
+    client = request.remote or "unknown"
+    locked = throttle.locked_for(client)
+    if locked > 0:
+        AUTH_FAILURES.labels("locked-out").inc()
+        return error(
+            429,
+            "too-many-auth-failures",
+            "Too many failed authentication attempts",
+            {"Retry-After": str(int(locked) + 1)},
+        )
+    header = request.headers.get("Authorization")
+    if not header:
+        AUTH_FAILURES.labels("missing").inc()
+        return unauthorized("Authentication required (HTTP Basic)")
+    delay = throttle.delay_for(client)
+    if delay > 0:
+        await asyncio.sleep(delay)
+    try:
+        auth = BasicAuth.decode(header, encoding="utf-8")
+    except ValueError:
+        auth = None
+    if auth is None or not request.app[CREDENTIALS_KEY].check(
+        auth.login.encode("utf-8"), auth.password.encode("utf-8")
+    ):
+        throttle.failure(client)
+        AUTH_FAILURES.labels("bad-credentials").inc()
+        log.warning("authentication failed", extra={"client": client})
+        return unauthorized("Invalid credentials")
+    throttle.success(client)
+    return None
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refusing (413) as soon as it passes ``limit``, chunked or not, so a huge
+    upload is never held in memory."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(READ_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise too_large(limit)
+    return bytes(body)
+
+
+async def send(request: web.Request) -> web.Response:
+    refusal = await authenticate(request)
+    if refusal is not None:
+        return refusal
+    intake = request.app[INTAKE_KEY]
+    if request.content_type not in ACCEPTED_TYPES:
+        DROPPED.labels("bad-headers").inc()
+        return error(
+            415,
+            "unsupported-media-type",
+            f"Content-Type must be one of {', '.join(ACCEPTED_TYPES)}, got {request.content_type}",
+        )
+    try:
+        data = await read_body(request, intake.max_size)
+    except MessageRejected as exc:
+        DROPPED.labels(exc.reason).inc()
+        return error(exc.http_status, exc.reason, exc.text)
+    try:
+        accepted, queue = await intake.accept(data, source="http")
+    except MessageRejected as exc:
+        return error(exc.http_status, exc.reason, exc.text)
+    except TemporarilyUnavailable as exc:
+        return error(503, exc.reason, exc.text, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return web.json_response({"uuid": accepted.uuid, "queue": queue.name})
+
+
+def make_app(
+    intake: Intake, credentials: Credentials, throttle: FailureThrottle
+) -> web.Application:
+    app = web.Application(middlewares=[json_errors])
+    app[INTAKE_KEY] = intake
+    app[CREDENTIALS_KEY] = credentials
+    app[THROTTLE_KEY] = throttle
+    app.router.add_post("/v1/mail/send", send)
+    return app

@@ -1,0 +1,62 @@
+"""``manycore-httpreceiver``: wires config, Redis, the HTTP API and the health server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from manycore_common import redisconn
+from manycore_common.auth import Credentials, FailureThrottle
+from manycore_common.config import Config, HttpReceiverSection
+from manycore_common.health import HealthServer
+from manycore_common.intake import Intake
+from manycore_common.lifecycle import run_service
+
+from .app import make_app
+
+log = logging.getLogger(__name__)
+
+SERVICE = "httpreceiver"
+#: How long a graceful stop lets requests in progress finish.
+DRAIN_SECONDS = 20.0
+
+
+def prepare(config: Config) -> HttpReceiverSection:
+    section: HttpReceiverSection = config.require("httpreceiver")
+    return section
+
+
+async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
+    assert isinstance(prepared, HttpReceiverSection)
+    section = prepared
+    redis = redisconn.connect(section.reliable_queue.redis)
+    intake = Intake.from_config(config, redis, section.max_message_size)
+    app = make_app(intake, Credentials(section.auth_logins), FailureThrottle(section.auth_throttle))
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
+    await runner.setup()
+    site = web.TCPSite(runner, section.bind.inet_interface, section.bind.inet_port)
+    await site.start()
+    log.info(
+        "http listening",
+        extra={"address": section.bind.inet_interface, "port": section.bind.inet_port},
+    )
+
+    async def redis_ok() -> bool:
+        return bool(await redis.ping())
+
+    health = HealthServer(section.prometheus, {"redis": redis_ok})
+    await health.start()
+    try:
+        await stop.wait()
+    finally:
+        # cleanup() stops listening first, then waits for requests in progress.
+        await runner.cleanup()
+        await health.stop()
+        await redis.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_service(SERVICE, argv, prepare, serve)

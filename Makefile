@@ -1,0 +1,41 @@
+# Thin on purpose: bootstrap system packages and the virtualenv, then hand over to Python.
+# `make test` and `make run` work on a fresh Debian machine as root.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SERVICES := common Receiver HttpReceiver
+STAMP := $(VENV)/.installed
+
+.PHONY: test run lint typecheck unit deps sysdeps clean
+
+test: deps
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+	@# pytest exits 5 when it collected nothing: for us that is a broken suite, not a pass.
+	$(PY) -m pytest || { rc=$$?; [ $$rc -ne 5 ] || echo "make test: pytest collected no tests" >&2; exit $$rc; }
+
+unit: deps
+	$(PY) -m pytest tests/unit
+
+lint: deps
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+run: deps
+	$(PY) -m devstack
+
+deps: sysdeps $(STAMP)
+
+sysdeps:
+	@bash scripts/install-system-deps.sh
+
+# Reinstall when a pin or a package definition changes.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt $(addsuffix /pyproject.toml,$(SERVICES))
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps $(addprefix -e ./,$(SERVICES))
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .run

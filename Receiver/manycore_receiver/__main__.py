@@ -1,0 +1,3 @@
+from manycore_receiver.service import main
+
+main()

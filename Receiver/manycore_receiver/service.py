@@ -1,0 +1,115 @@
+"""``manycore-receiver``: wires config, Redis, the SMTP listener and the health server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ssl import SSLContext
+
+from manycore_common import redisconn, tls
+from manycore_common.auth import Credentials, FailureThrottle
+from manycore_common.config import Config, ReceiverSection
+from manycore_common.health import HealthServer
+from manycore_common.intake import Intake
+from manycore_common.lifecycle import run_service
+
+from .smtp import Authenticator, Handler, ReceiverSMTP
+
+log = logging.getLogger(__name__)
+
+SERVICE = "receiver"
+#: How long a graceful stop waits for messages being enqueued to get their reply.
+DRAIN_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    section: ReceiverSection
+    hostname: str
+    tls_context: SSLContext
+
+
+def prepare(config: Config) -> Prepared:
+    section: ReceiverSection = config.require("receiver")
+    # An explicit hostname also keeps aiosmtpd from calling socket.getfqdn() (a DNS lookup).
+    hostname = section.hostname or socket.gethostname()
+    context, generated = tls.server_context(
+        config.path(section.tls.cert_file), config.path(section.tls.key_file), hostname
+    )
+    if generated:
+        log.warning(
+            "no STARTTLS certificate found: using a generated self-signed one",
+            extra={"cert_file": str(config.path(section.tls.cert_file))},
+        )
+    if section.allow_plaintext_auth:
+        log.warning("allow-plaintext-auth is on: passwords may cross the network in clear text")
+    return Prepared(section, hostname, context)
+
+
+async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
+    assert isinstance(prepared, Prepared)
+    section = prepared.section
+    redis = redisconn.connect(section.reliable_queue.redis)
+    intake = Intake.from_config(config, redis, section.max_message_size)
+    throttle = FailureThrottle(section.auth_throttle)
+    authenticator = Authenticator(Credentials(section.auth_logins), throttle)
+    handler = Handler(intake)
+    sessions: weakref.WeakSet[ReceiverSMTP] = weakref.WeakSet()
+    plaintext = section.allow_plaintext_auth
+
+    def factory() -> ReceiverSMTP:
+        protocol = ReceiverSMTP(
+            handler,
+            throttle=throttle,
+            hostname=prepared.hostname,
+            ident="Manycore-Mail Receiver",
+            tls_context=prepared.tls_context,
+            require_starttls=not plaintext,
+            auth_required=True,
+            auth_require_tls=not plaintext,
+            authenticator=authenticator,
+            data_size_limit=section.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=300,
+        )
+        sessions.add(protocol)
+        return protocol
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, section.bind.inet_interface, section.bind.inet_port)
+    log.info(
+        "smtp listening",
+        extra={"address": section.bind.inet_interface, "port": section.bind.inet_port},
+    )
+
+    async def redis_ok() -> bool:
+        return bool(await redis.ping())
+
+    async def listening() -> bool:
+        return server.is_serving()
+
+    health = HealthServer(section.prometheus, {"redis": redis_ok, "smtp": listening})
+    await health.start()
+    try:
+        await stop.wait()
+    finally:
+        # Stop accepting, let messages already being enqueued get their answer, then close.
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(handler.idle.wait(), DRAIN_SECONDS)
+        for protocol in list(sessions):
+            if protocol.transport is not None:
+                protocol.transport.close()
+        await server.wait_closed()
+        await health.stop()
+        await redis.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_service(SERVICE, argv, prepare, serve)

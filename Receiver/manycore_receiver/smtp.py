@@ -1,0 +1,149 @@
+"""The SMTP side of the Receiver: aiosmtpd with our AUTH policy, our replies and our DATA
+handler. Protocol work stays in aiosmtpd; this module decides what to answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
+from prometheus_client import Counter
+
+from manycore_common.auth import Credentials, FailureThrottle
+from manycore_common.intake import DROPPED, Intake, TemporarilyUnavailable
+from manycore_common.message import MessageRejected, too_large
+
+log = logging.getLogger(__name__)
+
+AUTH_FAILURES = Counter(
+    "receiver_auth_failures",
+    "Failed SMTP AUTH attempts, by reason (bad-credentials, locked-out)",
+    ["reason"],
+)
+for _reason in ("bad-credentials", "locked-out"):
+    AUTH_FAILURES.labels(_reason)
+
+
+def _peer_ip(session: Session) -> str:
+    peer: Any = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
+class ReceiverSMTP(SMTP):
+    """aiosmtpd's SMTP with throttled AUTH and replies that carry RFC 3463 enhanced codes."""
+
+    def __init__(self, handler: Handler, *, throttle: FailureThrottle, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.throttle = throttle
+        self._size_reply = too_large(kwargs.get("data_size_limit") or 0).smtp_reply
+        # aiosmtpd's fixed texts that lack an enhanced status code (RFC 2034 asks for one on
+        # every reply once ENHANCEDSTATUSCODES is advertised), mapped to ours.
+        self._rewrites = {
+            "552 Error: Too much mail data": self._size_reply,
+            "552 Error: message size exceeds fixed maximum message size": self._size_reply,
+            "500 Line too long (see RFC5321 4.5.3.1.6)": (
+                "500 5.5.2 Line too long: at most 998 characters per line (RFC 5322 2.1.1)"
+            ),
+            "530 Must issue a STARTTLS command first": (
+                "530 5.7.0 Must issue a STARTTLS command first"
+            ),
+        }
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and status in self._rewrites:
+            if status.startswith("552"):
+                DROPPED.labels("too-large").inc()
+            elif status.startswith("500 Line"):
+                DROPPED.labels("line-too-long").inc()
+            status = self._rewrites[status]
+        await super().push(status)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        assert self.session is not None
+        client = _peer_ip(self.session)
+        locked = self.throttle.locked_for(client)
+        if locked > 0:
+            AUTH_FAILURES.labels("locked-out").inc()
+            await self.push(
+                "454 4.7.0 Too many failed authentication attempts, "
+                f"try again in {int(locked) + 1} seconds"
+            )
+            return
+        delay = self.throttle.delay_for(client)
+        if delay > 0:
+            # Tarpit: each recent failure doubles the wait before we even look at the next try.
+            await asyncio.sleep(delay)
+        await super().smtp_AUTH(arg)
+
+
+class Authenticator:
+    """aiosmtpd authenticator for PLAIN and LOGIN against the configured logins."""
+
+    def __init__(self, credentials: Credentials, throttle: FailureThrottle) -> None:
+        self.credentials = credentials
+        self.throttle = throttle
+
+    def __call__(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        mechanism: str,
+        auth_data: Any,
+    ) -> AuthResult:
+        client = _peer_ip(session)
+        if isinstance(auth_data, LoginPassword) and self.credentials.check(
+            auth_data.login, auth_data.password
+        ):
+            self.throttle.success(client)
+            return AuthResult(success=True, auth_data=auth_data.login.decode("utf-8", "replace"))
+        self.throttle.failure(client)
+        AUTH_FAILURES.labels("bad-credentials").inc()
+        log.warning("authentication failed", extra={"client": client, "mechanism": mechanism})
+        # handled=False makes aiosmtpd send "535 5.7.8"; with the default (True) it would send
+        # nothing and the client would hang (DESIGN §7).
+        return AuthResult(success=False, handled=False)
+
+
+class Handler:
+    """DATA: validate, enqueue, and only then answer 250 (DESIGN §4.1)."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # RFC 2034: every reply carries an enhanced status code, so say so.
+        *head, last = responses
+        return [*head, "250-ENHANCEDSTATUSCODES", last]
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content
+        if data is None:
+            data = envelope.content if isinstance(envelope.content, bytes) else b""
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            accepted, queue = await self.intake.accept(data, source="smtp")
+        except MessageRejected as exc:
+            log.info("message refused", extra={"reason": exc.reason, "client": _peer_ip(session)})
+            return exc.smtp_reply
+        except TemporarilyUnavailable as exc:
+            return f"451 4.3.0 {exc.text}"
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+        return f"250 2.0.0 Queued as {accepted.uuid} on {queue.name}"

@@ -1,0 +1,539 @@
+"""The two configuration files, validated into frozen typed objects.
+
+The key layout is the one of ``inboxbooster-mailer-global.yaml.example`` and
+``inboxbooster-mailer-customer.yaml.example`` at the repository root (so users of the older
+Inboxbooster-Mailer can bring their files). Keys are kebab-case in YAML and snake_case here.
+
+Rules:
+
+* Unknown keys are errors (a typo must not silently fall back to a default).
+* Every problem is reported, one line each, naming the key path:
+  ``transformer.domain-settings[1].selector: field required``.
+* A secret ``X`` may be given inline or as ``X-file`` (a path, relative to the directory of the
+  config file), so it can live in a Kubernetes Secret. Secrets are ``SecretStr``: they never
+  appear in ``repr``, ``str`` or logs.
+* Sections are optional at load time: each service asks for its own with ``require``, which
+  reports a missing section the same way as any other error.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NoReturn
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_GLOBAL_CONFIG = Path("/configs/inboxbooster-mailer-global.yaml")
+DEFAULT_CUSTOMER_CONFIG = Path("/configs/inboxbooster-mailer-customer.yaml")
+
+#: Exit code of a service whose configuration is invalid (DESIGN §3).
+CONFIG_ERROR_EXIT_CODE = 2
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class Section(BaseModel):
+    """Base of every config object: frozen, kebab-case keys, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=_kebab,
+        validate_by_alias=True,
+        validate_by_name=False,
+        hide_input_in_errors=True,
+    )
+
+    #: Names (kebab-case) of secret fields that may also be given as ``<name>-file``.
+    secret_keys: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        if data is None:
+            # A section that holds only comments ("common-config:") is an empty section.
+            return {}
+        if not cls.secret_keys or not isinstance(data, Mapping):
+            return data
+        base = Path((info.context or {}).get("base_dir", "."))
+        data = dict(data)
+        for key in cls.secret_keys:
+            file_key = f"{key}-file"
+            if file_key not in data:
+                continue
+            if key in data:
+                raise ValueError(f"give either {key} or {file_key}, not both")
+            data[key] = read_secret_file(base, data.pop(file_key), file_key)
+        return data
+
+
+def read_secret_file(base: Path, value: object, key: str) -> str:
+    """Read a secret from a file; trailing newlines (editors add them) are not part of it."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key} must be a file path")
+    path = Path(value)
+    if not path.is_absolute():
+        path = base / path
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+class Listen(Section):
+    """An address to listen on."""
+
+    inet_interface: str = "0.0.0.0"
+    inet_port: int = Field(ge=0, le=65535)
+
+
+def _listen(port: int) -> Listen:
+    return Listen.model_validate({"inet-interface": "0.0.0.0", "inet-port": port})
+
+
+class Prometheus(Section):
+    """Where the service serves /metrics, /livez and /readyz (DESIGN §1)."""
+
+    inet_interface: str = "0.0.0.0"
+    inet_port: int = Field(default=9090, ge=0, le=65535)
+
+
+class RedisConnection(Section):
+    """How a service reaches Redis. The password may come from a file (a Kubernetes Secret)."""
+
+    secret_keys = ("password",)
+
+    hostname: str = "localhost"
+    port: int = Field(default=6379, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    db: int = Field(default=0, ge=0)
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    command_timeout_seconds: float = Field(default=5.0, gt=0)
+
+
+class ReliableQueueClient(Section):
+    redis: RedisConnection = RedisConnection()
+
+
+class Login(Section):
+    secret_keys = ("password",)
+
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+    @field_validator("password")
+    @classmethod
+    def _not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("password must not be empty")
+        return value
+
+
+class AuthThrottle(Section):
+    """Per client address: after ``max-failures`` failed logins within ``window-seconds``
+    the address is refused for ``lockout-seconds``; every failure also delays the next try."""
+
+    max_failures: int = Field(default=5, ge=1)
+    window_seconds: float = Field(default=300.0, gt=0)
+    lockout_seconds: float = Field(default=300.0, ge=0)
+    delay_seconds: float = Field(default=0.5, ge=0)
+    max_delay_seconds: float = Field(default=5.0, ge=0)
+
+
+def _unique_usernames(logins: tuple[Login, ...]) -> tuple[Login, ...]:
+    seen: set[str] = set()
+    for login in logins:
+        if login.username in seen:
+            raise ValueError(f"username {login.username!r} appears twice")
+        seen.add(login.username)
+    return logins
+
+
+# --------------------------------------------------------------------------- customer file
+
+#: 25 MiB, the usual limit of the large mailbox providers.
+DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
+
+
+class ReceiverTls(Section):
+    """Certificate and key for STARTTLS, relative to the config directory."""
+
+    cert_file: Path = Path("receiver_cert.pem")
+    key_file: Path = Path("receiver_key.pem")
+
+
+class ReceiverSection(Section):
+    bind: Listen = _listen(587)
+    hostname: str | None = None
+    auth_logins: tuple[Login, ...] = Field(min_length=1)
+    ignore_smtp_mail_from_rcpt_to: bool = True
+    allow_plaintext_auth: bool = False
+    max_message_size: int = Field(default=DEFAULT_MAX_MESSAGE_SIZE, gt=0)
+    tls: ReceiverTls = ReceiverTls()
+    auth_throttle: AuthThrottle = AuthThrottle()
+    reliable_queue: ReliableQueueClient = ReliableQueueClient()
+    prometheus: Prometheus = Prometheus()
+
+    _check_logins = field_validator("auth_logins")(_unique_usernames)
+
+    @field_validator("ignore_smtp_mail_from_rcpt_to")
+    @classmethod
+    def _only_headers(cls, value: bool) -> bool:
+        # The seed defines recipients by the To/Cc headers; envelope recipients would need a
+        # different contract with every later stage, so the old switch is kept but only `true`.
+        if not value:
+            raise ValueError("only true is supported: recipients are taken from To and Cc")
+        return value
+
+
+class HttpReceiverSection(Section):
+    bind: Listen = _listen(8080)
+    auth_logins: tuple[Login, ...] = Field(min_length=1)
+    max_message_size: int = Field(default=DEFAULT_MAX_MESSAGE_SIZE, gt=0)
+    auth_throttle: AuthThrottle = AuthThrottle()
+    reliable_queue: ReliableQueueClient = ReliableQueueClient()
+    prometheus: Prometheus = Prometheus()
+
+    _check_logins = field_validator("auth_logins")(_unique_usernames)
+
+
+class EmailHeaders(Section):
+    inject: dict[str, str] = {}
+
+
+class DomainSettings(Section):
+    """One sending domain. DKIM keys are files (or inline PEM) that the Transformer loads and
+    checks at its start; other services do not need them, so they are not read here."""
+
+    domain: str = Field(min_length=1)
+    dkim_private_key_file: Path | None = None
+    dkim_private_key: SecretStr | None = None
+    dkim_ed25519_private_key_file: Path | None = None
+    dkim_ed25519_private_key: SecretStr | None = None
+    return_path_domain: str = Field(min_length=1)
+    selector: str = Field(min_length=1)
+    ed25519_selector: str | None = None
+    beacon_url: str | None = None
+
+    @field_validator("domain", "return_path_domain")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.strip().lower()
+
+    @model_validator(mode="after")
+    def _one_rsa_key(self) -> DomainSettings:
+        if (self.dkim_private_key_file is None) == (self.dkim_private_key is None):
+            raise ValueError("give exactly one of dkim-private-key-file and dkim-private-key")
+        if self.dkim_ed25519_private_key_file and self.dkim_ed25519_private_key:
+            raise ValueError(
+                "give either dkim-ed25519-private-key-file or dkim-ed25519-private-key, not both"
+            )
+        return self
+
+
+class FeedbackId(Section):
+    campaign_id: str = "default"
+    mail_type: str = "default"
+    sender_id: str = Field(min_length=1)
+
+
+class TransformerSection(Section):
+    email_headers: EmailHeaders = EmailHeaders()
+    domain_settings: tuple[DomainSettings, ...] = Field(min_length=1)
+    feedback_id: FeedbackId
+    workers: int = Field(default=1, ge=1)
+    reliable_queue: ReliableQueueClient = ReliableQueueClient()
+    prometheus: Prometheus = Prometheus()
+
+    @field_validator("domain_settings")
+    @classmethod
+    def _unique_domains(cls, value: tuple[DomainSettings, ...]) -> tuple[DomainSettings, ...]:
+        seen: set[str] = set()
+        for item in value:
+            if item.domain in seen:
+                raise ValueError(f"domain {item.domain!r} appears twice")
+            seen.add(item.domain)
+        return value
+
+
+class PostfixEndpoint(Section):
+    hostname: str = "127.0.0.1"
+    port: int = Field(default=10025, ge=1, le=65535)
+
+
+class MasterCf(Section):
+    smtpd_port: int = Field(default=10025, ge=1, le=65535)
+
+
+class StringReplacer(Section):
+    #: Any main.cf parameter; ``myhostname`` and ``mailname`` are the usual ones.
+    main_cf: dict[str, str] = {}
+    master_cf: MasterCf = MasterCf()
+
+
+class PostfixLogSection(Section):
+    logfile: Path = Path("/var/log/mail.log")
+    postfix: PostfixEndpoint = PostfixEndpoint()
+    string_replacer: StringReplacer = StringReplacer()
+    reliable_queue: ReliableQueueClient = ReliableQueueClient()
+    prometheus: Prometheus = Prometheus()
+
+
+class YahooAbuse(Section):
+    to: str
+
+
+class Abuse(Section):
+    yahoo: YahooAbuse | None = None
+
+
+class MxServerSection(Section):
+    bind: Listen = _listen(25)
+    eml_directory: Path = Path("tmp")
+    abuse: Abuse = Abuse()
+    reliable_queue: ReliableQueueClient = ReliableQueueClient()
+    prometheus: Prometheus = Prometheus()
+
+
+class BounceManager(Section):
+    """Kept so old files still load; the older implementation's deliverability endpoint."""
+
+    secret_keys = ("secret",)
+
+    secret: SecretStr
+    cid: int | str
+    url: str
+
+
+class BackDataSection(Section):
+    secret_keys = ("signing-secret",)
+
+    post_url: str = Field(min_length=1)
+    batch_size: int = Field(default=50, ge=1, le=10_000)
+    max_event_age_seconds: float = Field(default=3 * 24 * 3600, gt=0)
+    signing_secret: SecretStr | None = None
+    bounce_manager: BounceManager | None = None
+    reliable_queue: ReliableQueueClient = ReliableQueueClient()
+    prometheus: Prometheus = Prometheus()
+
+
+class RedisSection(Section):
+    reliable_queue: ReliableQueueClient = ReliableQueueClient()
+    prometheus: Prometheus = Prometheus()
+
+
+class ObjectStorage(Section):
+    secret_keys = ("access-key-id", "secret-access-key")
+
+    type: Literal["s3"] = "s3"
+    bucket: str = Field(min_length=1)
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    endpoint_url: str | None = None
+
+
+class CommonConfig(Section):
+    object_storage: ObjectStorage | None = None
+
+
+SectionName = Literal[
+    "receiver", "httpreceiver", "transformer", "postfixlog", "mxserver", "backdata", "redis"
+]
+
+
+class CustomerConfig(Section):
+    receiver: ReceiverSection | None = None
+    httpreceiver: HttpReceiverSection | None = None
+    transformer: TransformerSection | None = None
+    postfixlog: PostfixLogSection | None = None
+    mxserver: MxServerSection | None = None
+    backdata: BackDataSection | None = None
+    redis: RedisSection | None = None
+    common_config: CommonConfig = CommonConfig()
+
+
+# --------------------------------------------------------------------------- global file
+
+
+class QueueNames(Section):
+    primary_queue: str = "IB-MAIL-QUEUE-P0"
+    default_queue: str = "IB-MAIL-QUEUE-P1"
+
+
+class GlobalReliableQueue(Section):
+    queue_names: QueueNames = QueueNames()
+    #: Deliveries of one item before it goes to the dead-letter list (DESIGN §4.3).
+    max_attempts: int = Field(default=5, ge=1)
+    #: A consumer silent this long is dead; the reaper returns its items.
+    heartbeat_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: Receivers refuse new mail (451 / 503) while a queue holds this many items. 0 = no limit.
+    high_water_mark: int = Field(default=100_000, ge=0)
+
+
+class GlobalPostfix(Section):
+    incoming_queue_name: str = "INCOMING-TO-POSTFIX"
+
+
+class GlobalBackData(Section):
+    queue_name: str = "EVENT_QUEUE"
+
+
+class GlobalTransformer(Section):
+    x_mailer: str = "Manycore-Mail"
+
+
+class GlobalConfig(Section):
+    reliable_queue: GlobalReliableQueue = GlobalReliableQueue()
+    postfix: GlobalPostfix = GlobalPostfix()
+    backdata: GlobalBackData = GlobalBackData()
+    transformer: GlobalTransformer = GlobalTransformer()
+
+    @model_validator(mode="after")
+    def _distinct_queues(self) -> GlobalConfig:
+        names = [
+            self.reliable_queue.queue_names.primary_queue,
+            self.reliable_queue.queue_names.default_queue,
+            self.postfix.incoming_queue_name,
+            self.backdata.queue_name,
+        ]
+        if len(set(names)) != len(names):
+            raise ValueError(f"queue names must be distinct, got {names}")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class Config(BaseModel):
+    """Both files, plus the directory they came from (certificates are looked up there)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    global_: GlobalConfig
+    customer: CustomerConfig
+    config_dir: Path
+
+    def require(self, name: SectionName) -> Any:
+        """The customer section a service needs, or a ConfigError naming it."""
+        section = getattr(self.customer, name)
+        if section is None:
+            raise ConfigError([f"{name}: section required by this service"])
+        return section
+
+    def path(self, relative: Path) -> Path:
+        return relative if relative.is_absolute() else self.config_dir / relative
+
+
+def format_location(loc: tuple[int | str, ...]) -> str:
+    """``('transformer', 'domain-settings', 1, 'selector')`` becomes
+    ``transformer.domain-settings[1].selector``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def format_errors(error: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for err in error.errors():
+        loc = format_location(tuple(err["loc"]))
+        if prefix:
+            loc = f"{prefix}: {loc}" if loc else prefix
+        msg = _message(err)
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return lines
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "field required"
+    msg = str(err["msg"])
+    msg = msg.removeprefix("Value error, ")
+    return msg[:1].lower() + msg[1:]
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}: invalid YAML{where}: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    return data
+
+
+def load_config(global_file: Path, customer_file: Path) -> Config:
+    """Load and validate both files; raises ConfigError listing every problem."""
+    problems: list[str] = []
+    parsed: dict[str, Any] = {}
+    for key, path, model in (
+        ("global_", global_file, GlobalConfig),
+        ("customer", customer_file, CustomerConfig),
+    ):
+        try:
+            data = _load_yaml(path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        try:
+            parsed[key] = model.model_validate(data, context={"base_dir": path.parent})
+        except ValidationError as exc:
+            problems.extend(f"{path.name}: {line}" for line in format_errors(exc))
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        global_=parsed["global_"], customer=parsed["customer"], config_dir=customer_file.parent
+    )
+
+
+def exit_on_config_error(error: ConfigError) -> NoReturn:
+    """Print one line per problem to stderr and exit with code 2 (DESIGN §3)."""
+    for line in error.problems:
+        print(f"config error: {line}", file=sys.stderr)
+    sys.exit(CONFIG_ERROR_EXIT_CODE)

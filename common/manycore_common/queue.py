@@ -1,0 +1,466 @@
+"""The reliable queue (DESIGN §4): nothing acknowledged is lost, hand-over is atomic, poison is
+quarantined. Built on Redis lists with the "reliable queue" pattern (BLMOVE into a list owned
+by the consumer) plus heartbeats, a reaper and a delivery counter.
+
+Key layout, for a queue named ``Q`` (the name from the global config, e.g. ``IB-MAIL-QUEUE-P0``):
+
+``Q`` (LIST)
+    Waiting items. Producers LPUSH; consumers take from the right, so the oldest item goes
+    first (FIFO). Its length is what the README's queue gauges report.
+``Q:processing:<consumer>`` (LIST)
+    Items one consumer holds. ``BLMOVE Q … RIGHT LEFT`` moves an item here atomically; it
+    leaves only by ack (LREM), hand-over (LREM + LPUSH to the next queue, one script), retry,
+    dead-letter, release, or the reaper.
+``Q:consumers`` (ZSET)
+    Consumer id → last heartbeat, in Redis server time (ms), so client clocks do not matter.
+``Q:dead`` (LIST)
+    Dead letters: the item with ``dead`` = {reason, at, queue} added to its header; newest at
+    the left.
+
+Items are ``manycore_common.item`` bytes (a JSON header line, then the payload). The scripts
+rewrite only the header, with Redis' built-in cjson, to count attempts and record why an item
+died; the payload is never re-encoded.
+
+Guarantees and the reasons for them:
+
+* A consumer killed at any instant loses nothing: what it held is in its processing list, and
+  once its heartbeat is older than the timeout any consumer's reaper moves those items back to
+  the *right* end of ``Q`` (they are served next), counting one failed attempt each.
+* A consumer that was presumed dead but comes back (a long pause) cannot duplicate: ack and
+  hand-over first LREM the item from its own processing list and do nothing else if it is no
+  longer there (the reaper already gave it to someone else).
+* An item whose attempts reach ``max_attempts`` goes to ``Q:dead`` with its reason instead of
+  back to ``Q``; an operator lists and requeues dead letters (``manycore-queues``).
+* Producers are refused (``QueueFull``) above the high-water mark, so backpressure reaches the
+  client as an SMTP 451 / HTTP 503 instead of Redis running out of memory.
+
+The scripts address processing lists they derive from ``Q`` (``Q:processing:<id>``); that is
+fine on a single Redis server, which is what this suite runs (not Redis Cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from . import item as item_format
+from .item import Item
+
+log = logging.getLogger(__name__)
+
+# Helpers shared by the scripts that rewrite a header. ``split`` returns nil for bytes that
+# are not an item; such bytes are wrapped into a fresh header so they can still be dead-lettered
+# (and inspected) instead of being lost or crashing the script.
+_LUA_HELPERS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function split(raw)
+  local nl = string.find(raw, '\\n', 1, true)
+  if not nl then return nil, nil end
+  local ok, header = pcall(cjson.decode, string.sub(raw, 1, nl - 1))
+  if not ok or type(header) ~= 'table' then return nil, nil end
+  return header, string.sub(raw, nl + 1)
+end
+local function wrap_corrupt(raw)
+  return {v = 1, corrupt = true, attempts = 0}, raw
+end
+local function join(header, payload)
+  return cjson.encode(header) .. '\\n' .. payload
+end
+-- One failed delivery: returns the rewritten item and whether it is now dead.
+local function bump(raw, reason, max_attempts, queue, now)
+  local header, payload = split(raw)
+  if not header then header, payload = wrap_corrupt(raw); reason = 'corrupt item: ' .. reason end
+  header.attempts = (tonumber(header.attempts) or 0) + 1
+  if header.attempts >= max_attempts or header.corrupt then
+    header.dead = {reason = reason, at = now, queue = queue}
+    return join(header, payload), true
+  end
+  return join(header, payload), false
+end
+"""
+
+# KEYS: queue. ARGV: high-water mark (0 = none), items... → new length, or -1 when full.
+_PUSH = """
+local hwm = tonumber(ARGV[1])
+if hwm > 0 and redis.call('LLEN', KEYS[1]) >= hwm then return -1 end
+return redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
+"""
+
+# KEYS: processing, target. ARGV: pairs of (held item, item for target) → number handed over.
+_HAND_OVER = """
+local moved = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+# KEYS: processing, queue, dead. ARGV: item, reason, max attempts, queue name
+# → 'gone' (not held any more), 'requeued' or 'dead'.
+_RETRY = (
+    _LUA_HELPERS
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 'gone' end
+local new, dead = bump(ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], now_ms())
+if dead then
+  redis.call('LPUSH', KEYS[3], new)
+  return 'dead'
+end
+-- Back of the line: a failing item must not block the ones behind it.
+redis.call('LPUSH', KEYS[2], new)
+return 'requeued'
+"""
+)
+
+# KEYS: processing, dead. ARGV: item, reason, queue name → 1 if dead-lettered, 0 if not held.
+_DEAD_LETTER = (
+    _LUA_HELPERS
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local header, payload = split(ARGV[1])
+if not header then header, payload = wrap_corrupt(ARGV[1]) end
+header.dead = {reason = ARGV[2], at = now_ms(), queue = ARGV[3]}
+redis.call('LPUSH', KEYS[2], join(header, payload))
+return 1
+"""
+)
+
+# KEYS: consumers. ARGV: consumer id → server time in ms.
+_HEARTBEAT = (
+    _LUA_HELPERS
+    + """
+local now = now_ms()
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+return now
+"""
+)
+
+# KEYS: queue, consumers, dead. ARGV: timeout ms, max attempts, queue name
+# → {items returned, items dead-lettered, consumers reaped}.
+_REAP = (
+    _LUA_HELPERS
+    + """
+local now = now_ms()
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]))
+local returned, dead = 0, 0
+for _, consumer in ipairs(stale) do
+  local pkey = KEYS[1] .. ':processing:' .. consumer
+  local held = redis.call('LRANGE', pkey, 0, -1)
+  -- held[1] is the newest; pushing newest first leaves the oldest at the right end.
+  for _, raw in ipairs(held) do
+    local new, is_dead = bump(raw, 'consumer ' .. consumer .. ' stopped heartbeating',
+                              tonumber(ARGV[2]), ARGV[3], now)
+    if is_dead then
+      redis.call('LPUSH', KEYS[3], new)
+      dead = dead + 1
+    else
+      redis.call('RPUSH', KEYS[1], new)
+      returned = returned + 1
+    end
+  end
+  redis.call('DEL', pkey)
+  redis.call('ZREM', KEYS[2], consumer)
+end
+return {returned, dead, #stale}
+"""
+)
+
+# KEYS: processing, queue, consumers. ARGV: consumer id → items returned. A graceful stop:
+# the items were not at fault, so no attempt is counted; they go to the front of the line.
+_RELEASE = """
+local held = redis.call('LRANGE', KEYS[1], 0, -1)
+for _, raw in ipairs(held) do redis.call('RPUSH', KEYS[2], raw) end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return #held
+"""
+
+# KEYS: dead, queue. ARGV: count (0 = all) → items requeued. Oldest dead letters first;
+# the attempt counter starts again from zero.
+_REQUEUE_DEAD = (
+    _LUA_HELPERS
+    + """
+local n = tonumber(ARGV[1])
+if n <= 0 then n = redis.call('LLEN', KEYS[1]) end
+local moved = 0
+for i = 1, n do
+  local raw = redis.call('RPOP', KEYS[1])
+  if not raw then break end
+  local header, payload = split(raw)
+  if header and header.corrupt then
+    redis.call('LPUSH', KEYS[2], payload)
+  elseif header then
+    header.dead = nil
+    header.attempts = 0
+    redis.call('LPUSH', KEYS[2], join(header, payload))
+  else
+    redis.call('LPUSH', KEYS[2], raw)
+  end
+  moved = moved + 1
+end
+return moved
+"""
+)
+
+
+class QueueFull(Exception):
+    """The queue is above its high-water mark; the producer must refuse new work for now."""
+
+    def __init__(self, queue: str, high_water_mark: int) -> None:
+        super().__init__(f"queue {queue} holds {high_water_mark} or more items")
+        self.queue = queue
+        self.high_water_mark = high_water_mark
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    returned: int
+    dead: int
+    consumers: int
+
+
+def default_consumer_id(service: str) -> str:
+    """Unique per process and start: a restarted process never reuses a dead one's id."""
+    return f"{service}:{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+class ReliableQueue:
+    """One named queue. Cheap to create; all state is in Redis."""
+
+    #: Items per LPUSH when pushing many (keeps one script call's arguments bounded).
+    PUSH_CHUNK = 500
+
+    def __init__(
+        self,
+        redis: Redis,
+        name: str,
+        *,
+        max_attempts: int = 5,
+        heartbeat_timeout: float = 30.0,
+        high_water_mark: int = 0,
+    ) -> None:
+        self.redis = redis
+        self.name = name
+        self.max_attempts = max_attempts
+        self.heartbeat_timeout = heartbeat_timeout
+        self.high_water_mark = high_water_mark
+        self.consumers_key = f"{name}:consumers"
+        self.dead_key = f"{name}:dead"
+        self._push = redis.register_script(_PUSH)
+        self._hand_over = redis.register_script(_HAND_OVER)
+        self._retry = redis.register_script(_RETRY)
+        self._dead_letter = redis.register_script(_DEAD_LETTER)
+        self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._reap = redis.register_script(_REAP)
+        self._release = redis.register_script(_RELEASE)
+        self._requeue_dead = redis.register_script(_REQUEUE_DEAD)
+
+    def processing_key(self, consumer_id: str) -> str:
+        return f"{self.name}:processing:{consumer_id}"
+
+    # ------------------------------------------------------------------ producers
+
+    async def push(self, raw: bytes) -> int:
+        """Append one item; returns the queue length. Raises QueueFull above the mark."""
+        length = int(await self._push(keys=[self.name], args=[self.high_water_mark, raw]))
+        if length < 0:
+            raise QueueFull(self.name, self.high_water_mark)
+        return length
+
+    async def push_many(self, raws: Sequence[bytes]) -> int:
+        """Append several items in order; all or (per chunk) nothing. Returns the length."""
+        length = 0
+        for start in range(0, len(raws), self.PUSH_CHUNK):
+            chunk = list(raws[start : start + self.PUSH_CHUNK])
+            length = int(await self._push(keys=[self.name], args=[self.high_water_mark, *chunk]))
+            if length < 0:
+                raise QueueFull(self.name, self.high_water_mark)
+        return length
+
+    # ------------------------------------------------------------------ inspection
+
+    async def size(self) -> int:
+        return int(await self.redis.llen(self.name))
+
+    async def dead_size(self) -> int:
+        return int(await self.redis.llen(self.dead_key))
+
+    async def processing_size(self) -> int:
+        total = 0
+        async for key in self.redis.scan_iter(match=f"{self.name}:processing:*", count=500):
+            total += int(await self.redis.llen(key))
+        return total
+
+    async def dead_letters(self, start: int = 0, count: int = 100) -> list[Item]:
+        """Dead letters, oldest first."""
+        raws = await self.redis.lrange(self.dead_key, -(start + count), -(start + 1))
+        return [_decode_any(raw) for raw in reversed(raws)]
+
+    # ------------------------------------------------------------------ operators and reaper
+
+    async def requeue_dead(self, count: int = 0) -> int:
+        """Move dead letters (oldest first; 0 = all) back to the queue with attempts reset."""
+        return int(await self._requeue_dead(keys=[self.dead_key, self.name], args=[count]))
+
+    async def reap(self) -> ReapResult:
+        """Return the items of consumers whose heartbeat expired. Safe to run anywhere, often."""
+        returned, dead, consumers = await self._reap(
+            keys=[self.name, self.consumers_key, self.dead_key],
+            args=[int(self.heartbeat_timeout * 1000), self.max_attempts, self.name],
+        )
+        result = ReapResult(int(returned), int(dead), int(consumers))
+        if result.consumers:
+            log.warning(
+                "reaped dead consumers",
+                extra={
+                    "queue": self.name,
+                    "consumers": result.consumers,
+                    "returned": result.returned,
+                    "dead_lettered": result.dead,
+                },
+            )
+        return result
+
+    def consumer(self, consumer_id: str) -> Consumer:
+        return Consumer(self, consumer_id)
+
+
+def _decode_any(raw: bytes | str) -> Item:
+    if isinstance(raw, str):  # only with decode_responses=True, which we never use
+        raw = raw.encode("utf-8", "surrogateescape")
+    try:
+        return item_format.decode(raw)
+    except item_format.ItemFormatError:
+        return Item(header={"corrupt": True}, payload=raw, raw=raw)
+
+
+class Consumer:
+    """One consumer of one queue: its own processing list, its heartbeat, and the reaper.
+
+    Usage::
+
+        consumer = queue.consumer(default_consumer_id("transformer"))
+        await consumer.register()
+        keeper = asyncio.create_task(consumer.keep_alive(stop))
+        while not stop.is_set():
+            item = await consumer.take(timeout=1)
+            ...  # then exactly one of ack / hand_over / retry / dead_letter
+        await consumer.release()
+    """
+
+    def __init__(self, queue: ReliableQueue, consumer_id: str) -> None:
+        self.queue = queue
+        self.id = consumer_id
+        self.processing_key = queue.processing_key(consumer_id)
+
+    async def register(self) -> None:
+        """Heartbeat once; must happen before the first take so the reaper knows us."""
+        await self.queue._heartbeat(keys=[self.queue.consumers_key], args=[self.id])
+
+    async def keep_alive(self, stop: asyncio.Event) -> None:
+        """Heartbeat and reap every third of the timeout until ``stop`` is set.
+
+        A Redis outage must not kill the loop: it logs and tries again next period (our
+        heartbeat may then lapse, which at worst returns our items to the queue; hand-over
+        then refuses to duplicate them)."""
+        interval = max(self.queue.heartbeat_timeout / 3, 0.05)
+        while not stop.is_set():
+            try:
+                await self.register()
+                await self.queue.reap()
+            except Exception as exc:  # noqa: BLE001 - keep the heartbeat alive whatever happens
+                log.warning("heartbeat failed", extra={"queue": self.queue.name, "error": str(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def take(self, timeout: float = 1.0) -> Item | None:
+        """Block up to ``timeout`` seconds for the oldest item; it is then ours to settle."""
+        # Redis takes fractional BLMOVE timeouts; redis-py's stub says int.
+        raw = await self.queue.redis.blmove(
+            self.queue.name,
+            self.processing_key,
+            timeout,  # type: ignore[arg-type]
+            "RIGHT",
+            "LEFT",
+        )
+        return None if raw is None else _decode_any(raw)
+
+    async def take_batch(self, count: int, timeout: float = 1.0) -> list[Item]:
+        """Up to ``count`` items: waits for the first, then takes what is already there."""
+        first = await self.take(timeout)
+        if first is None or count <= 1:
+            return [] if first is None else [first]
+        pipe = self.queue.redis.pipeline(transaction=False)
+        for _ in range(count - 1):
+            pipe.lmove(self.queue.name, self.processing_key, "RIGHT", "LEFT")
+        raws: list[Any] = await pipe.execute()
+        return [first, *(_decode_any(raw) for raw in raws if raw is not None)]
+
+    async def ack(self, item: Item) -> bool:
+        """Done with it. False means we no longer held it (the reaper had returned it)."""
+        removed = await self.queue.redis.lrem(
+            self.processing_key,
+            1,
+            item.raw,  # type: ignore[arg-type]
+        )
+        return int(removed) == 1
+
+    async def hand_over(self, item: Item, target: ReliableQueue, new_raw: bytes) -> bool:
+        """Atomically remove ``item`` from our hands and put ``new_raw`` on ``target``.
+
+        False means we no longer held it, and nothing was pushed (no duplicate)."""
+        moved = await self.queue._hand_over(
+            keys=[self.processing_key, target.name], args=[item.raw, new_raw]
+        )
+        return int(moved) == 1
+
+    async def hand_over_many(
+        self, pairs: Sequence[tuple[Item, bytes]], target: ReliableQueue
+    ) -> int:
+        """``hand_over`` for several items in one round trip; returns how many moved."""
+        if not pairs:
+            return 0
+        args: list[bytes] = []
+        for held, new_raw in pairs:
+            args += [held.raw, new_raw]
+        return int(await self.queue._hand_over(keys=[self.processing_key, target.name], args=args))
+
+    async def retry(self, item: Item, reason: str) -> str:
+        """A failed attempt: back of the queue, or the dead-letter list once attempts reach
+        ``max_attempts``. Returns ``'requeued'``, ``'dead'`` or ``'gone'``."""
+        result = await self.queue._retry(
+            keys=[self.processing_key, self.queue.name, self.queue.dead_key],
+            args=[item.raw, reason, self.queue.max_attempts, self.queue.name],
+        )
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def dead_letter(self, item: Item, reason: str) -> bool:
+        """Quarantine an item that can never succeed (e.g. unknown From domain)."""
+        result = await self.queue._dead_letter(
+            keys=[self.processing_key, self.queue.dead_key],
+            args=[item.raw, reason, self.queue.name],
+        )
+        return int(result) == 1
+
+    async def release(self) -> int:
+        """Graceful stop: give back everything we hold (front of the line) and unregister."""
+        return int(
+            await self.queue._release(
+                keys=[self.processing_key, self.queue.name, self.queue.consumers_key],
+                args=[self.id],
+            )
+        )
