@@ -169,6 +169,10 @@ class AuthThrottle(Section):
 
 
 def _unique_usernames(logins: tuple[Login, ...]) -> tuple[Login, ...]:
+    # Checked here rather than with min_length: pydantic would report an empty list a second
+    # time whenever one login in it is invalid.
+    if not logins:
+        raise ValueError("at least one login is required")
     seen: set[str] = set()
     for login in logins:
         if login.username in seen:
@@ -193,7 +197,7 @@ class ReceiverTls(Section):
 class ReceiverSection(Section):
     bind: Listen = _listen(587)
     hostname: str | None = None
-    auth_logins: tuple[Login, ...] = Field(min_length=1)
+    auth_logins: tuple[Login, ...]
     ignore_smtp_mail_from_rcpt_to: bool = True
     allow_plaintext_auth: bool = False
     max_message_size: int = Field(default=DEFAULT_MAX_MESSAGE_SIZE, gt=0)
@@ -216,7 +220,7 @@ class ReceiverSection(Section):
 
 class HttpReceiverSection(Section):
     bind: Listen = _listen(8080)
-    auth_logins: tuple[Login, ...] = Field(min_length=1)
+    auth_logins: tuple[Login, ...]
     max_message_size: int = Field(default=DEFAULT_MAX_MESSAGE_SIZE, gt=0)
     auth_throttle: AuthThrottle = AuthThrottle()
     reliable_queue: ReliableQueueClient = ReliableQueueClient()

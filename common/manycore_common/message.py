@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
@@ -83,6 +84,18 @@ def too_large(limit: int) -> MessageRejected:
     )
 
 
+def _get_all(headers: Message, name: str) -> list[str]:
+    """Values of a header as text. Raw 8-bit values are read as UTF-8 (RFC 6532 allows UTF-8
+    in headers with SMTPUTF8); the parser keeps them as surrogate escapes, and compat32's
+    get_all() would hand back Header objects with the characters replaced."""
+    wanted = name.lower()
+    out = []
+    for key, value in headers.raw_items():
+        if key.lower() == wanted:
+            out.append(value.encode("ascii", "surrogateescape").decode("utf-8", "replace"))
+    return out
+
+
 def _single(headers: list[str] | None, name: str) -> str | None:
     if not headers:
         return None
@@ -108,7 +121,7 @@ def validate(data: bytes, max_size: int) -> Accepted:
             "bad-headers", 550, "5.6.0", f"Malformed header section: {defect.__class__.__name__}"
         )
 
-    uuid = _single(headers.get_all("X-Uuid"), "X-Uuid")
+    uuid = _single(_get_all(headers, "X-Uuid"), "X-Uuid")
     if uuid is None or uuid == "":
         raise MessageRejected("missing-uuid", 550, "5.6.0", "Missing X-Uuid header")
     if not UUID_RE.fullmatch(uuid):
@@ -119,7 +132,7 @@ def validate(data: bytes, max_size: int) -> Accepted:
             f"Invalid X-Uuid header: use 1 to {MAX_UUID_LENGTH} characters of a-z and 0-9",
         )
 
-    priority_raw = _single(headers.get_all("X-Priority"), "X-Priority")
+    priority_raw = _single(_get_all(headers, "X-Priority"), "X-Priority")
     if priority_raw is None:
         priority = PRIORITY_DEFAULT
     elif priority_raw in ("0", "1"):
@@ -129,7 +142,7 @@ def validate(data: bytes, max_size: int) -> Accepted:
             "bad-priority", 550, "5.6.0", "Invalid X-Priority header: must be 0 (high) or 1"
         )
 
-    stream_id = _single(headers.get_all("X-Stream-Id"), "X-Stream-Id")
+    stream_id = _single(_get_all(headers, "X-Stream-Id"), "X-Stream-Id")
     if stream_id is not None and not STREAM_ID_RE.fullmatch(stream_id):
         raise MessageRejected(
             "bad-stream-id",
@@ -139,39 +152,54 @@ def validate(data: bytes, max_size: int) -> Accepted:
             "A-Z, a-z, 0-9, '.', '_' and '-'",
         )
 
-    from_headers = headers.get_all("From") or []
-    from_addresses = [addr for _, addr in getaddresses(from_headers) if addr]
-    if (
-        len(from_headers) != 1
-        or len(from_addresses) != 1
-        or not ADDRESS_RE.fullmatch(from_addresses[0])
-    ):
+    from_headers = _get_all(headers, "From")
+    from_addresses = _addresses(from_headers)
+    if len(from_headers) != 1 or len(from_addresses) != 1 or from_addresses[0] is None:
         # RFC 3463: 5.1.7 "Bad sender's mailbox address syntax".
         raise MessageRejected(
             "bad-from", 550, "5.1.7", "From header must hold exactly one valid address"
         )
 
-    recipients = extract_recipients(headers.get_all("To") or [], headers.get_all("Cc") or [])
+    recipients = extract_recipients(_get_all(headers, "To"), _get_all(headers, "Cc"))
     return Accepted(
         uuid=uuid,
         priority=priority,
         stream_id=stream_id,
-        from_address=from_addresses[0],
+        from_address=str(from_addresses[0]),
         recipients=recipients,
     )
+
+
+# RFC 5322 §4.4 (obs-addr-list) allows empty members ("a@x, , b@y"), and §3.4 an empty group
+# ("undisclosed-recipients:;"); neither names an address, so both are skipped rather than
+# refused. Anything else getaddresses() cannot parse comes back as ('', '') and is refused.
+_EMPTY_MEMBER = re.compile(r",\s*(?=,|$)")
+_EMPTY_GROUP = re.compile(r'\s*[^:,<>@"]*:\s*;\s*')
+
+
+def _addresses(values: list[str]) -> list[str | None]:
+    """Addresses in header values; None for a member that does not parse."""
+    out: list[str | None] = []
+    for value in values:
+        if _EMPTY_GROUP.fullmatch(value):
+            continue
+        cleaned = _EMPTY_MEMBER.sub("", value).strip(" \t\r\n,")
+        if not cleaned:
+            continue
+        for _, addr in getaddresses([cleaned]):
+            out.append(addr if addr and ADDRESS_RE.fullmatch(addr) else None)
+    return out
 
 
 def extract_recipients(to: list[str], cc: list[str]) -> tuple[str, ...]:
     """Addresses of To and Cc, in order, without duplicates (compared case-insensitively)."""
     seen: set[str] = set()
     out: list[str] = []
-    for _, addr in getaddresses([*to, *cc]):
-        if not addr:
-            continue
-        if not ADDRESS_RE.fullmatch(addr):
+    for addr in _addresses([*to, *cc]):
+        if addr is None:
             # RFC 3463: 5.1.3 "Bad destination mailbox address syntax".
             raise MessageRejected(
-                "bad-recipient", 550, "5.1.3", f"Invalid recipient address in To/Cc: {addr[:100]}"
+                "bad-recipient", 550, "5.1.3", "Invalid recipient address in To or Cc"
             )
         key = addr.lower()
         if key not in seen:

@@ -4,6 +4,7 @@ generated self-signed pair when they are missing (the caller logs that)."""
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import ssl
 import tempfile
 from pathlib import Path
@@ -14,8 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def self_signed_pem(hostname: str, days: int = 825) -> tuple[bytes, bytes]:
-    """A self-signed certificate and its key (PEM) for ``hostname``."""
+def self_signed_pem(
+    hostname: str, days: int = 825, ip_addresses: tuple[str, ...] = ()
+) -> tuple[bytes, bytes]:
+    """A self-signed certificate and its key (PEM) for ``hostname`` (and IP addresses)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
@@ -27,7 +30,15 @@ def self_signed_pem(hostname: str, days: int = 825) -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName(hostname),
+                    *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses),
+                ]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )

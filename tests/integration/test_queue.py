@@ -1,0 +1,309 @@
+"""The reliable queue against a real redis-server (DESIGN §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from manycore_common import item as item_format
+from manycore_common.queue import QueueFull, ReliableQueue, default_consumer_id
+from tests.helpers import RedisServer
+
+CONSUMER_PROC = Path(__file__).with_name("consumer_proc.py")
+
+
+def make_items(n: int, size: int = 64) -> list[bytes]:
+    return [
+        item_format.new_item(f"{i:08d}".encode() + b"x" * size, source="test", uuid=f"u{i}")
+        for i in range(n)
+    ]
+
+
+def payload_ids(raws: list[bytes]) -> list[str]:
+    return [item_format.decode(raw).payload[:8].decode() for raw in raws]
+
+
+async def test_fifo_take_ack(redis: Redis) -> None:
+    queue = ReliableQueue(redis, "Q")
+    await queue.push_many(make_items(3))
+    consumer = queue.consumer("c1")
+    await consumer.register()
+    taken = [await consumer.take(timeout=1) for _ in range(3)]
+    assert [t.payload[:8] for t in taken if t] == [b"00000000", b"00000001", b"00000002"]
+    assert await queue.size() == 0
+    assert await queue.processing_size() == 3
+    for t in taken:
+        assert t is not None
+        assert await consumer.ack(t)
+    assert await queue.processing_size() == 0
+    assert await consumer.take(timeout=0.1) is None
+
+
+async def test_item_payload_is_byte_exact(redis: Redis) -> None:
+    queue = ReliableQueue(redis, "Q")
+    payload = bytes(range(256)) * 40 + b"\r\n.\r\n\n\n"
+    await queue.push(item_format.new_item(payload, source="test", uuid="abc", priority=0))
+    consumer = queue.consumer("c1")
+    taken = await consumer.take(timeout=1)
+    assert taken is not None
+    assert taken.payload == payload
+    assert taken.uuid == "abc"
+    assert taken.header["priority"] == 0
+
+
+async def test_high_water_mark_refuses_and_pushes_nothing(redis: Redis) -> None:
+    queue = ReliableQueue(redis, "Q", high_water_mark=2)
+    await queue.push_many(make_items(2))
+    with pytest.raises(QueueFull):
+        await queue.push(make_items(1)[0])
+    assert await queue.size() == 2
+
+
+async def test_retry_then_dead_letter_with_reason(redis: Redis) -> None:
+    queue = ReliableQueue(redis, "Q", max_attempts=3)
+    await queue.push(make_items(1)[0])
+    consumer = queue.consumer("c1")
+    outcomes = []
+    for _ in range(3):
+        taken = await consumer.take(timeout=1)
+        assert taken is not None
+        outcomes.append(await consumer.retry(taken, "transform failed: boom"))
+    assert outcomes == ["requeued", "requeued", "dead"]
+    assert await queue.size() == 0
+    assert await queue.processing_size() == 0
+    dead = await queue.dead_letters()
+    assert len(dead) == 1
+    assert dead[0].attempts == 3
+    assert dead[0].dead_reason == "transform failed: boom"
+    assert dead[0].header["dead"]["queue"] == "Q"
+    assert dead[0].payload.startswith(b"00000000")
+
+    # An operator requeues it: attempts start again, the payload is unchanged.
+    assert await queue.requeue_dead() == 1
+    assert await queue.dead_size() == 0
+    again = await consumer.take(timeout=1)
+    assert again is not None
+    assert again.attempts == 0
+    assert "dead" not in again.header
+    assert again.payload == dead[0].payload
+
+
+async def test_dead_letter_directly(redis: Redis) -> None:
+    queue = ReliableQueue(redis, "Q")
+    await queue.push(make_items(1)[0])
+    consumer = queue.consumer("c1")
+    taken = await consumer.take(timeout=1)
+    assert taken is not None
+    assert await consumer.dead_letter(taken, "unknown From domain example.org")
+    assert not await consumer.dead_letter(taken, "twice")  # no longer held: nothing happens
+    dead = await queue.dead_letters()
+    assert [d.dead_reason for d in dead] == ["unknown From domain example.org"]
+
+
+async def test_corrupt_item_is_quarantined_not_lost(redis: Redis) -> None:
+    queue = ReliableQueue(redis, "Q", max_attempts=5)
+    await redis.lpush("Q", b"not an item at all")
+    consumer = queue.consumer("c1")
+    taken = await consumer.take(timeout=1)
+    assert taken is not None and taken.header.get("corrupt")
+    assert await consumer.retry(taken, "cannot decode") == "dead"
+    dead = await queue.dead_letters()
+    assert dead[0].payload == b"not an item at all"
+    assert "corrupt item" in (dead[0].dead_reason or "")
+    assert await queue.requeue_dead() == 1
+    assert await redis.lrange("Q", 0, -1) == [b"not an item at all"]
+
+
+async def test_release_returns_items_to_front_without_counting(redis: Redis) -> None:
+    queue = ReliableQueue(redis, "Q")
+    await queue.push_many(make_items(4))
+    consumer = queue.consumer("c1")
+    await consumer.register()
+    held = await consumer.take_batch(2, timeout=1)
+    assert len(held) == 2
+    assert await consumer.release() == 2
+    assert await redis.zcard(queue.consumers_key) == 0
+    order = []
+    other = queue.consumer("c2")
+    while (t := await other.take(timeout=0.1)) is not None:
+        order.append(t)
+    assert [t.payload[:8] for t in order] == [b"00000000", b"00000001", b"00000002", b"00000003"]
+    assert all(t.attempts == 0 for t in order)
+
+
+async def test_presumed_dead_consumer_cannot_duplicate(redis: Redis) -> None:
+    """A consumer whose heartbeat lapsed (a long pause) comes back and tries to hand over an
+    item the reaper already returned: nothing is pushed, so the item exists once."""
+    queue = ReliableQueue(redis, "Q", heartbeat_timeout=0.2)
+    target = ReliableQueue(redis, "T")
+    await queue.push(make_items(1)[0])
+    slow = queue.consumer("slow")
+    await slow.register()
+    held = await slow.take(timeout=1)
+    assert held is not None
+    await asyncio.sleep(0.4)
+    result = await queue.reap()
+    assert (result.returned, result.dead, result.consumers) == (1, 0, 1)
+    assert not await slow.hand_over(held, target, held.raw)
+    assert await target.size() == 0
+    assert await queue.size() == 1
+    fresh = queue.consumer("fresh")
+    again = await fresh.take(timeout=1)
+    assert again is not None and again.attempts == 1
+    assert await fresh.hand_over(again, target, again.raw)
+    assert await target.size() == 1 and await queue.size() == 0
+
+
+async def test_reaper_leaves_live_consumers_alone(redis: Redis) -> None:
+    queue = ReliableQueue(redis, "Q", heartbeat_timeout=5)
+    await queue.push(make_items(1)[0])
+    consumer = queue.consumer("alive")
+    await consumer.register()
+    assert await consumer.take(timeout=1) is not None
+    result = await queue.reap()
+    assert result.consumers == 0
+    assert await queue.processing_size() == 1
+
+
+async def test_sigkilled_consumer_loses_nothing(redis: Redis, redis_server: RedisServer) -> None:
+    queue = ReliableQueue(redis, "Q", heartbeat_timeout=1.0, max_attempts=3)
+    await queue.push_many(make_items(3))
+    proc = subprocess.Popen(
+        [sys.executable, str(CONSUMER_PROC), str(redis_server.port), "Q", "T", "hold"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        assert line.startswith(b"TOOK ")
+        assert await queue.size() == 2 and await queue.processing_size() == 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Within the heartbeat timeout the item stays with its (dead) owner; after it, a reaper
+    # (any consumer runs one) returns it to the front of the queue.
+    returned = 0
+    for _ in range(40):
+        result = await queue.reap()
+        returned += result.returned
+        if returned:
+            break
+        await asyncio.sleep(0.1)
+    assert returned == 1
+    assert await queue.processing_size() == 0
+    consumer = queue.consumer("c")
+    taken = [await consumer.take(timeout=1) for _ in range(3)]
+    assert [t.payload[:8] for t in taken if t] == [b"00000000", b"00000001", b"00000002"]
+    assert taken[0] is not None and taken[0].attempts == 1
+
+
+async def test_consumer_that_keeps_dying_dead_letters_the_item(redis: Redis) -> None:
+    queue = ReliableQueue(redis, "Q", heartbeat_timeout=0.1, max_attempts=2)
+    await queue.push(make_items(1)[0])
+    for n in range(2):
+        victim = queue.consumer(f"victim{n}")
+        await victim.register()
+        assert await victim.take(timeout=1) is not None
+        await asyncio.sleep(0.25)
+        await queue.reap()
+    dead = await queue.dead_letters()
+    assert len(dead) == 1
+    assert dead[0].attempts == 2
+    assert "stopped heartbeating" in (dead[0].dead_reason or "")
+
+
+async def test_concurrent_hand_over_neither_duplicates_nor_drops(redis: Redis) -> None:
+    source = ReliableQueue(redis, "S", heartbeat_timeout=2)
+    target = ReliableQueue(redis, "T")
+    n = 2000
+    await source.push_many(make_items(n))
+    stop = asyncio.Event()
+
+    async def worker(name: str, batch: int) -> int:
+        client = Redis(
+            host=redis.connection_pool.connection_kwargs["host"],
+            port=redis.connection_pool.connection_kwargs["port"],
+        )
+        queue = ReliableQueue(client, "S", heartbeat_timeout=2)
+        consumer = queue.consumer(name)
+        await consumer.register()
+        keeper = asyncio.create_task(consumer.keep_alive(stop))
+        moved = 0
+        while True:
+            items = await consumer.take_batch(batch, timeout=0.2)
+            if not items:
+                break
+            moved += await consumer.hand_over_many([(i, i.raw) for i in items], target)
+        await consumer.release()
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        await client.aclose()
+        return moved
+
+    counts = await asyncio.gather(*(worker(f"w{i}", 1 + i * 7) for i in range(6)))
+    stop.set()
+    assert sum(counts) == n
+    moved = await redis.lrange("T", 0, -1)
+    ids = payload_ids(moved)
+    assert len(ids) == n and len(set(ids)) == n
+    assert await source.size() == 0 and await source.processing_size() == 0
+
+
+async def test_hand_over_with_a_consumer_killed_midway(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """Three consumer processes move 600 items; one is SIGKILLed mid-run. After the reaper
+    returns what it held, every item is in the target exactly once."""
+    n = 600
+    source = ReliableQueue(redis, "S", heartbeat_timeout=1.0, max_attempts=3)
+    await source.push_many(make_items(n))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(CONSUMER_PROC), str(redis_server.port), "S", "T", "move", "0.002"],
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    try:
+        victim = procs[0]
+        assert victim.stdout is not None
+        for _ in range(20):  # let it get going, then kill it while it holds an item
+            await asyncio.to_thread(victim.stdout.readline)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(5)
+        for proc in procs[1:]:
+            await asyncio.to_thread(proc.wait, 60)
+            assert proc.returncode == 0
+        # Whatever the victim held is returned by a reaper and moved by a last consumer.
+        await asyncio.sleep(1.2)
+        await source.reap()
+        last = subprocess.run(
+            [sys.executable, str(CONSUMER_PROC), str(redis_server.port), "S", "T", "move"],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        assert last.returncode == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    ids = payload_ids(await redis.lrange("T", 0, -1))
+    assert len(ids) == n, f"{n - len(ids)} lost" if len(ids) < n else f"{len(ids) - n} duplicated"
+    assert len(set(ids)) == n
+    assert await source.size() == 0 and await source.processing_size() == 0
+    assert await source.dead_size() == 0
+
+
+def test_consumer_ids_are_unique() -> None:
+    assert default_consumer_id("x") != default_consumer_id("x")

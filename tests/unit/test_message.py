@@ -1,0 +1,107 @@
+"""The front door's validation, as a pure function."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from manycore_common.message import MessageRejected, extract_recipients, validate
+from tests.integration.conftest import build_message
+
+LIMIT = 1_000_000
+
+
+def rejected(data: bytes, limit: int = LIMIT) -> MessageRejected:
+    with pytest.raises(MessageRejected) as failure:
+        validate(data, limit)
+    return failure.value
+
+
+def test_accepts_a_good_message() -> None:
+    accepted = validate(build_message("abc123", "0", stream_id="spring_2026.v1"), LIMIT)
+    assert accepted.uuid == "abc123"
+    assert accepted.priority == 0
+    assert accepted.stream_id == "spring_2026.v1"
+    assert accepted.from_address == "news@example.com"
+    assert accepted.recipients == ("alice@example.net", "bob@example.org", "carol@example.org")
+
+
+def test_priority_defaults_to_1() -> None:
+    assert validate(build_message("a"), LIMIT).priority == 1
+    assert validate(build_message("a", "1"), LIMIT).priority == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "reply"),
+    [
+        (build_message(None), "missing-uuid", "550 5.6.0 Missing X-Uuid header"),
+        (build_message(""), "missing-uuid", "550 5.6.0 Missing X-Uuid header"),
+        (build_message("Abc"), "bad-uuid", "550 5.6.0 Invalid X-Uuid header"),
+        (build_message("abc def"), "bad-uuid", "550 5.6.0 Invalid X-Uuid header"),
+        (build_message("a" * 58), "bad-uuid", "550 5.6.0 Invalid X-Uuid header"),
+        (build_message("ab", "5"), "bad-priority", "550 5.6.0 Invalid X-Priority header"),
+        (build_message("ab", "3 (Normal)"), "bad-priority", "550 5.6.0 Invalid X-Priority"),
+        (build_message("ab", stream_id="x{{y}}"), "bad-stream-id", "550 5.6.0 Invalid X-Stream-Id"),
+        (build_message("ab", sender="a@b.c, d@e.f"), "bad-from", "550 5.1.7 From header"),
+        (build_message("ab", sender="plainname"), "bad-from", "550 5.1.7 From header"),
+        (build_message("ab", to="x@", cc=None), "bad-recipient", "550 5.1.3 Invalid recipient"),
+        (build_message("ab", to="good@x.org, a@b@c", cc=None), "bad-recipient", "550 5.1.3"),
+        (build_message("ab", to="Group:;", cc=None), "no-recipients", "550 5.1.3 No recipient"),
+        (
+            build_message("ab", extra_headers=["X-Priority: 0", "X-Priority: 1"]),
+            "bad-headers",
+            "550 5.6.0 Header X-Priority appears 2 times",
+        ),
+        (b"no header separator and no colon", "bad-headers", "550 5.6.0 Malformed header"),
+    ],
+)
+def test_rejections(data: bytes, reason: str, reply: str) -> None:
+    failure = rejected(data)
+    assert failure.reason == reason
+    assert failure.smtp_reply.startswith(reply)
+    assert failure.http_status == 400
+
+
+def test_size_limit() -> None:
+    data = build_message("ab")
+    assert validate(data, len(data)).uuid == "ab"
+    failure = rejected(data, len(data) - 1)
+    assert failure.reason == "too-large"
+    assert failure.smtp_reply == f"552 5.3.4 Message too big: the limit is {len(data) - 1} bytes"
+    assert failure.http_status == 413
+
+
+def test_recipients_dedupe_and_skip_empty_members() -> None:
+    assert extract_recipients(
+        ['"Last, First" <x@y.z>, , Y@Z.W,', "undisclosed-recipients:;"], ["y@z.w", "q@r.s"]
+    ) == ("x@y.z", "Y@Z.W", "q@r.s")
+
+
+def test_group_members_are_recipients() -> None:
+    assert extract_recipients(["Team: a@b.c, d@e.f;"], []) == ("a@b.c", "d@e.f")
+
+
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_never_crash(data: bytes) -> None:
+    try:
+        validate(data, LIMIT)
+    except MessageRejected as failure:
+        assert failure.smtp_code in (550, 552)
+        assert failure.enhanced.startswith("5.")
+
+
+@given(st.text(max_size=300))
+def test_arbitrary_header_values_never_crash(value: str) -> None:
+    clean = value.replace("\r", " ").replace("\n", " ")
+    with contextlib.suppress(MessageRejected):
+        validate(build_message("ab", to=clean, cc=clean, stream_id=clean or None), LIMIT)
+
+
+def test_utf8_addresses_survive() -> None:
+    accepted = validate(
+        build_message("ab", to="J\u00f6rg <j\u00f6rg@ex\u00e4mple.de>", cc=None), LIMIT
+    )
+    assert accepted.recipients == ("j\u00f6rg@ex\u00e4mple.de",)
