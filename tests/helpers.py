@@ -87,6 +87,9 @@ class RedisServer:
                 "no",
                 "--logfile",
                 str(self.directory / "redis.log"),
+                # Tests use DEBUG SLEEP to make Redis stall.
+                "--enable-debug-command",
+                "local",
                 *self.extra,
             ],
             stdout=subprocess.DEVNULL,
@@ -140,7 +143,7 @@ class Service:
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
         customer = yaml.safe_load(customer_file.read_text())[name]
-        self.port = int(customer["bind"]["inet-port"])
+        self.port = int(customer["bind"]["inet-port"]) if "bind" in customer else None
         self.metrics_port = int(customer["prometheus"]["inet-port"])
 
     def start(self, wait_ready: bool = True) -> Service:
@@ -158,7 +161,7 @@ class Service:
             env={**os.environ, "MANYCORE_LOG_LEVEL": "DEBUG"},
         )
         wait_for(
-            lambda: self._exited() or (port_open(self.port) and self.live()),
+            lambda: self._exited() or ((self.port is None or port_open(self.port)) and self.live()),
             timeout=20,
             what=f"{self.name} to listen",
         )
@@ -221,3 +224,42 @@ def running(service: Service) -> Iterator[Service]:
     finally:
         if service.process and service.process.poll() is None:
             service.stop()
+
+
+def pem(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+_KEY_CACHE: dict[tuple[str, int], bytes] = {}
+
+
+def rsa_pem(bits: int = 2048, label: str = "default") -> bytes:
+    """A test-only RSA key, generated once per run (never a real key)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if (label, bits) not in _KEY_CACHE:
+        _KEY_CACHE[(label, bits)] = pem(rsa.generate_private_key(65537, bits))
+    return _KEY_CACHE[(label, bits)]
+
+
+def ed25519_pem(label: str = "default") -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    if (label, 0) not in _KEY_CACHE:
+        _KEY_CACHE[(label, 0)] = pem(ed25519.Ed25519PrivateKey.generate())
+    return _KEY_CACHE[(label, 0)]
+
+
+def write_dkim_keys(config_dir: Path) -> None:
+    """The DKIM key files the example customer config names, as test keys."""
+    (config_dir / "dkim").mkdir(parents=True, exist_ok=True)
+    (config_dir / "dkim" / "dkim-private-key-example.com.pem").write_bytes(rsa_pem(label="ex"))
+    (config_dir / "dkim" / "dkim-private-key-bexample.com.pem").write_bytes(rsa_pem(label="bex"))

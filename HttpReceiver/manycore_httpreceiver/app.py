@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Network, IPv6Network, ip_address
 
 from aiohttp import BasicAuth, web
 from prometheus_client import Counter
@@ -36,6 +37,7 @@ for _reason in ("missing", "bad-credentials", "locked-out"):
 INTAKE_KEY = web.AppKey("intake", Intake)
 CREDENTIALS_KEY = web.AppKey("credentials", Credentials)
 THROTTLE_KEY = web.AppKey("throttle", FailureThrottle)
+TRUSTED_KEY: web.AppKey[tuple[IPv4Network | IPv6Network, ...]] = web.AppKey("trusted_proxies")
 
 
 def error(
@@ -66,19 +68,45 @@ async def json_errors(
         return error(exc.status, exc.reason.lower().replace(" ", "-"), exc.reason, None)
 
 
+def client_address(request: web.Request) -> str:
+    """The client's address: the peer, or, when the peer is a trusted proxy, the nearest
+    address in X-Forwarded-For that is not one of our proxies."""
+    trusted = request.app[TRUSTED_KEY]
+    peer = request.remote or "unknown"
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop
+    return peer
+
+
+def _is_trusted(address: str, trusted: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def _locked(seconds: float) -> web.Response:
+    AUTH_FAILURES.labels("locked-out").inc()
+    return error(
+        429,
+        "too-many-auth-failures",
+        "Too many failed authentication attempts",
+        {"Retry-After": str(int(seconds) + 1)},
+    )
+
+
 async def authenticate(request: web.Request) -> web.Response | None:
     """None when the request carries valid credentials, else the response to send."""
     throttle = request.app[THROTTLE_KEY]
-    client = request.remote or "unknown"
+    client = client_address(request)
     locked = throttle.locked_for(client)
     if locked > 0:
-        AUTH_FAILURES.labels("locked-out").inc()
-        return error(
-            429,
-            "too-many-auth-failures",
-            "Too many failed authentication attempts",
-            {"Retry-After": str(int(locked) + 1)},
-        )
+        return _locked(locked)
     header = request.headers.get("Authorization")
     if not header:
         AUTH_FAILURES.labels("missing").inc()
@@ -86,6 +114,11 @@ async def authenticate(request: web.Request) -> web.Response | None:
     delay = throttle.delay_for(client)
     if delay > 0:
         await asyncio.sleep(delay)
+        # Others may have failed while we waited: look again, then check and record the
+        # result without awaiting, so at most max-failures passwords are ever tried.
+        locked = throttle.locked_for(client)
+        if locked > 0:
+            return _locked(locked)
     try:
         auth = BasicAuth.decode(header, encoding="utf-8")
     except ValueError:
@@ -97,7 +130,6 @@ async def authenticate(request: web.Request) -> web.Response | None:
         AUTH_FAILURES.labels("bad-credentials").inc()
         log.warning("authentication failed", extra={"client": client})
         return unauthorized("Invalid credentials")
-    throttle.success(client)
     return None
 
 
@@ -119,12 +151,14 @@ async def send(request: web.Request) -> web.Response:
     if refusal is not None:
         return refusal
     intake = request.app[INTAKE_KEY]
-    if request.content_type not in ACCEPTED_TYPES:
+    # aiohttp reports a missing Content-Type as application/octet-stream; we want it said.
+    if "Content-Type" not in request.headers or request.content_type not in ACCEPTED_TYPES:
         DROPPED.labels("bad-headers").inc()
         return error(
             415,
             "unsupported-media-type",
-            f"Content-Type must be one of {', '.join(ACCEPTED_TYPES)}, got {request.content_type}",
+            f"Content-Type must be one of {', '.join(ACCEPTED_TYPES)}, "
+            f"got {request.headers.get('Content-Type', 'none')}",
         )
     try:
         data = await read_body(request, intake.max_size)
@@ -141,10 +175,14 @@ async def send(request: web.Request) -> web.Response:
 
 
 def make_app(
-    intake: Intake, credentials: Credentials, throttle: FailureThrottle
+    intake: Intake,
+    credentials: Credentials,
+    throttle: FailureThrottle,
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
 ) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[INTAKE_KEY] = intake
+    app[TRUSTED_KEY] = trusted_proxies
     app[CREDENTIALS_KEY] = credentials
     app[THROTTLE_KEY] = throttle
     app.router.add_post("/v1/mail/send", send)

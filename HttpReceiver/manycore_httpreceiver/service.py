@@ -34,7 +34,12 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     section = prepared
     redis = redisconn.connect(section.reliable_queue.redis)
     intake = Intake.from_config(config, redis, section.max_message_size)
-    app = make_app(intake, Credentials(section.auth_logins), FailureThrottle(section.auth_throttle))
+    app = make_app(
+        intake,
+        Credentials(section.auth_logins),
+        FailureThrottle(section.auth_throttle),
+        section.trusted_proxies,
+    )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
     await runner.setup()
     site = web.TCPSite(runner, section.bind.inet_interface, section.bind.inet_port)

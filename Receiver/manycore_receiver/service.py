@@ -99,7 +99,9 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     try:
         await stop.wait()
     finally:
-        # Stop accepting, let messages already being enqueued get their answer, then close.
+        # Stop accepting, refuse new messages (421), let messages already being enqueued get
+        # their answer, then close.
+        handler.stopping = True
         server.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(handler.idle.wait(), DRAIN_SECONDS)

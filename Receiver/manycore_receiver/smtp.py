@@ -30,6 +30,13 @@ def _peer_ip(session: Session) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 
 
+def _locked_reply(seconds: float) -> str:
+    return (
+        "454 4.7.0 Too many failed authentication attempts, "
+        f"try again in {int(seconds) + 1} seconds"
+    )
+
+
 class ReceiverSMTP(SMTP):
     """aiosmtpd's SMTP with throttled AUTH and replies that carry RFC 3463 enhanced codes."""
 
@@ -66,10 +73,7 @@ class ReceiverSMTP(SMTP):
         locked = self.throttle.locked_for(client)
         if locked > 0:
             AUTH_FAILURES.labels("locked-out").inc()
-            await self.push(
-                "454 4.7.0 Too many failed authentication attempts, "
-                f"try again in {int(locked) + 1} seconds"
-            )
+            await self.push(_locked_reply(locked))
             return
         delay = self.throttle.delay_for(client)
         if delay > 0:
@@ -94,10 +98,15 @@ class Authenticator:
         auth_data: Any,
     ) -> AuthResult:
         client = _peer_ip(session)
+        # Checked again here, in the same step as recording the result: attempts that waited
+        # (tarpit, or an interactive AUTH LOGIN) while others failed are refused unchecked.
+        locked = self.throttle.locked_for(client)
+        if locked > 0:
+            AUTH_FAILURES.labels("locked-out").inc()
+            return AuthResult(success=False, handled=False, message=_locked_reply(locked))
         if isinstance(auth_data, LoginPassword) and self.credentials.check(
             auth_data.login, auth_data.password
         ):
-            self.throttle.success(client)
             return AuthResult(success=True, auth_data=auth_data.login.decode("utf-8", "replace"))
         self.throttle.failure(client)
         AUTH_FAILURES.labels("bad-credentials").inc()
@@ -112,6 +121,9 @@ class Handler:
 
     def __init__(self, intake: Intake) -> None:
         self.intake = intake
+        #: Set when a graceful stop begins: new messages get 421 instead of being enqueued
+        #: (their 250 might not reach the client any more, who would then send them again).
+        self.stopping = False
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -130,6 +142,8 @@ class Handler:
         return [*head, "250-ENHANCEDSTATUSCODES", last]
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.stopping:
+            return "421 4.3.2 Service shutting down, try again later"
         data = envelope.original_content
         if data is None:
             data = envelope.content if isinstance(envelope.content, bytes) else b""

@@ -48,9 +48,13 @@ class FailureThrottle:
     """Failed logins per client address, in memory and bounded.
 
     After a failure the next attempt from that address waits ``delay * 2**(n-1)`` seconds
-    (capped); after ``max_failures`` within the window the address is locked out. At most
-    ``max_clients`` addresses are tracked (least recently failed are forgotten first), so a
-    flood of addresses cannot grow memory without bound."""
+    (capped); after ``max_failures`` within the window the address is locked out. Callers
+    must call ``locked_for`` again right before checking a password, in the same step as
+    recording the result (no await in between): attempts that waited concurrently then
+    cannot all be checked, so at most ``max_failures`` wrong passwords are ever tried per
+    window. A success does not erase failures (a valid login must not launder guesses at
+    other accounts); they age out with the window. At most ``max_clients`` addresses are
+    tracked (least recently failed forgotten first), so memory stays bounded."""
 
     def __init__(self, settings: AuthThrottle, *, max_clients: int = 100_000) -> None:
         self.settings = settings
@@ -93,6 +97,3 @@ class FailureThrottle:
         self._records.move_to_end(client)
         while len(self._records) > self.max_clients:
             self._records.popitem(last=False)
-
-    def success(self, client: str) -> None:
-        self._records.pop(client, None)

@@ -28,6 +28,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -222,6 +223,9 @@ class HttpReceiverSection(Section):
     bind: Listen = _listen(8080)
     auth_logins: tuple[Login, ...]
     max_message_size: int = Field(default=DEFAULT_MAX_MESSAGE_SIZE, gt=0)
+    #: Proxies (e.g. the TLS ingress) whose X-Forwarded-For names the real client; failed
+    #: logins are throttled per real client, not per proxy.
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
     auth_throttle: AuthThrottle = AuthThrottle()
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
     prometheus: Prometheus = Prometheus()
@@ -264,16 +268,26 @@ class DomainSettings(Section):
 
 
 class FeedbackId(Section):
+    """Feedback-ID (Gmail's ``a:b:c:SenderId``). The campaign is the message's X-Stream-Id, or
+    ``campaign-id`` when it has none; never a per-message id (that defeats aggregation)."""
+
     campaign_id: str = "default"
     mail_type: str = "default"
     sender_id: str = Field(min_length=1)
+    format: str = "{{campaign}}:{{mail-type}}:{{sender-id}}"
 
 
 class TransformerSection(Section):
     email_headers: EmailHeaders = EmailHeaders()
     domain_settings: tuple[DomainSettings, ...] = Field(min_length=1)
     feedback_id: FeedbackId
-    workers: int = Field(default=1, ge=1)
+    #: Processes that transform and sign; one per core the pod may use.
+    workers: int = Field(default=1, ge=1, le=64)
+    #: Messages taken from a queue at once (one Redis round trip for the whole batch).
+    batch_size: int = Field(default=16, ge=1, le=1000)
+    #: After this many P0 messages in a row, one waiting P1 message goes first, so a steady
+    #: stream of priority mail never starves the default queue.
+    primary_per_default: int = Field(default=10, ge=1)
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
     prometheus: Prometheus = Prometheus()
 

@@ -6,8 +6,10 @@
 Why this shape: the payload stays byte-for-byte what the customer sent (no base64, no copy
 into a container format), metadata can be read without touching the payload, and the queue's
 Lua scripts can rewrite the header (``attempts``, ``dead``) with Redis' built-in ``cjson``
-without understanding the payload. The header is plain ASCII JSON without newlines
-(``json.dumps`` escapes them), so the first ``\\n`` always ends it.
+without understanding the payload. The header is JSON without newlines (we write it as
+ASCII with ``json.dumps``, which escapes them; a script rewriting it may emit UTF-8, which
+``decode`` reads equally), so the first ``\\n`` always ends it. ``encode`` refuses values the
+scripts could not rewrite faithfully (empty lists, integers beyond 14 digits, floats).
 
 Header keys:
 
@@ -78,10 +80,38 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+#: Lua's cjson prints numbers with 14 significant digits; larger integers would be rounded
+#: when a script rewrites the header.
+MAX_HEADER_INT = 10**14
+
+
+def _check_value(key: str, value: Any) -> None:
+    """Only what survives a rewrite by the queue's Lua scripts unchanged."""
+    if isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if abs(value) >= MAX_HEADER_INT:
+            raise ValueError(f"item header {key}: integer too large for cjson")
+        return
+    if isinstance(value, list):
+        if not value:  # cjson cannot tell an empty array from an empty object
+            raise ValueError(f"item header {key}: empty list")
+        for element in value:
+            _check_value(key, element)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_value(f"{key}.{k}", v)
+        return
+    raise ValueError(f"item header {key}: unsupported type {type(value).__name__}")
+
+
 def encode(header: dict[str, Any], payload: bytes) -> bytes:
-    """Header + newline + payload. ``None`` values are left out (Lua's cjson would turn them
-    into its ``null`` sentinel and back, but leaving them out keeps headers small)."""
-    clean = {k: v for k, v in header.items() if v is not None}
+    """Header + newline + payload. ``None`` values and empty lists are left out (Lua's cjson
+    would turn them into its ``null`` sentinel and an empty object)."""
+    clean = {k: v for k, v in header.items() if v is not None and v != []}
+    for key, value in clean.items():
+        _check_value(key, value)
     line = json.dumps(clean, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     return line + b"\n" + payload
 

@@ -174,16 +174,14 @@ def validate(data: bytes, max_size: int) -> Accepted:
 # ("undisclosed-recipients:;"); neither names an address, so both are skipped rather than
 # refused. Anything else getaddresses() cannot parse comes back as ('', '') and is refused.
 _EMPTY_MEMBER = re.compile(r",\s*(?=,|$)")
-_EMPTY_GROUP = re.compile(r'\s*[^:,<>@"]*:\s*;\s*')
+_EMPTY_GROUP = re.compile(r'(?:^|(?<=,))\s*[^:,;<>@"]*:\s*;')
 
 
 def _addresses(values: list[str]) -> list[str | None]:
     """Addresses in header values; None for a member that does not parse."""
     out: list[str | None] = []
     for value in values:
-        if _EMPTY_GROUP.fullmatch(value):
-            continue
-        cleaned = _EMPTY_MEMBER.sub("", value).strip(" \t\r\n,")
+        cleaned = _EMPTY_MEMBER.sub("", _EMPTY_GROUP.sub("", value)).strip(" \t\r\n,")
         if not cleaned:
             continue
         for _, addr in getaddresses([cleaned]):

@@ -126,7 +126,9 @@ return 'requeued'
 """
 )
 
-# KEYS: processing, dead. ARGV: item, reason, queue name → 1 if dead-lettered, 0 if not held.
+# KEYS: processing, dead[, event queue]. ARGV: item, reason, queue name[, event item]
+# → 1 if dead-lettered, 0 if not held. The optional event (an `error` event saying why) is
+# pushed in the same script, so there is never a dead letter without its event or the reverse.
 _DEAD_LETTER = (
     _LUA_HELPERS
     + """
@@ -135,6 +137,7 @@ local header, payload = split(ARGV[1])
 if not header then header, payload = wrap_corrupt(ARGV[1]) end
 header.dead = {reason = ARGV[2], at = now_ms(), queue = ARGV[3]}
 redis.call('LPUSH', KEYS[2], join(header, payload))
+if KEYS[3] then redis.call('LPUSH', KEYS[3], ARGV[4]) end
 return 1
 """
 )
@@ -149,35 +152,75 @@ return now
 """
 )
 
+# Return what a dead consumer held: each item counts one failed attempt and goes back to the
+# right end of the queue (served next), or to the dead-letter list once out of attempts.
+_LUA_RETURN_HELD = """
+local function return_held(queue, dead_key, pkey, consumer, max_attempts, queue_name, now)
+  local held = redis.call('LRANGE', pkey, 0, -1)
+  local returned, dead = 0, 0
+  -- held[1] is the newest; pushing newest first leaves the oldest at the right end.
+  for _, raw in ipairs(held) do
+    local new, is_dead = bump(raw, 'consumer ' .. consumer .. ' stopped heartbeating',
+                              max_attempts, queue_name, now)
+    if is_dead then
+      redis.call('LPUSH', dead_key, new)
+      dead = dead + 1
+    else
+      redis.call('RPUSH', queue, new)
+      returned = returned + 1
+    end
+  end
+  redis.call('DEL', pkey)
+  return returned, dead
+end
+"""
+
 # KEYS: queue, consumers, dead. ARGV: timeout ms, max attempts, queue name
 # → {items returned, items dead-lettered, consumers reaped}.
 _REAP = (
     _LUA_HELPERS
+    + _LUA_RETURN_HELD
     + """
 local now = now_ms()
 local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]))
 local returned, dead = 0, 0
 for _, consumer in ipairs(stale) do
-  local pkey = KEYS[1] .. ':processing:' .. consumer
-  local held = redis.call('LRANGE', pkey, 0, -1)
-  -- held[1] is the newest; pushing newest first leaves the oldest at the right end.
-  for _, raw in ipairs(held) do
-    local new, is_dead = bump(raw, 'consumer ' .. consumer .. ' stopped heartbeating',
-                              tonumber(ARGV[2]), ARGV[3], now)
-    if is_dead then
-      redis.call('LPUSH', KEYS[3], new)
-      dead = dead + 1
-    else
-      redis.call('RPUSH', KEYS[1], new)
-      returned = returned + 1
-    end
-  end
-  redis.call('DEL', pkey)
+  local r, d = return_held(KEYS[1], KEYS[3], KEYS[1] .. ':processing:' .. consumer, consumer,
+                           tonumber(ARGV[2]), ARGV[3], now)
+  returned, dead = returned + r, dead + d
   redis.call('ZREM', KEYS[2], consumer)
 end
 return {returned, dead, #stale}
 """
 )
+
+# KEYS: queue, consumers, dead, processing. ARGV: consumer id, max attempts, queue name
+# → {returned, dead}. A processing list whose consumer is not registered at all: it was
+# reaped (presumed dead) but went on taking, then really died before its next heartbeat.
+_REAP_ORPHAN = (
+    _LUA_HELPERS
+    + _LUA_RETURN_HELD
+    + """
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {0, 0} end
+local r, d = return_held(KEYS[1], KEYS[3], KEYS[4], ARGV[1], tonumber(ARGV[2]), ARGV[3],
+                         now_ms())
+return {r, d}
+"""
+)
+
+# KEYS: processing, queue. ARGV: items → how many were returned. Items a live consumer has in
+# its list but does not know it holds (a BLMOVE whose reply was lost); not their fault, so no
+# attempt is counted.
+_RETURN_STRAYS = """
+local n = 0
+for _, raw in ipairs(ARGV) do
+  if redis.call('LREM', KEYS[1], 1, raw) == 1 then
+    redis.call('RPUSH', KEYS[2], raw)
+    n = n + 1
+  end
+end
+return n
+"""
 
 # KEYS: processing, queue, consumers. ARGV: consumer id → items returned. A graceful stop:
 # the items were not at fault, so no attempt is counted; they go to the front of the line.
@@ -266,6 +309,8 @@ class ReliableQueue:
         self._dead_letter = redis.register_script(_DEAD_LETTER)
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._reap = redis.register_script(_REAP)
+        self._reap_orphan = redis.register_script(_REAP_ORPHAN)
+        self._return_strays = redis.register_script(_RETURN_STRAYS)
         self._release = redis.register_script(_RELEASE)
         self._requeue_dead = redis.register_script(_REQUEUE_DEAD)
 
@@ -322,7 +367,17 @@ class ReliableQueue:
             keys=[self.name, self.consumers_key, self.dead_key],
             args=[int(self.heartbeat_timeout * 1000), self.max_attempts, self.name],
         )
-        result = ReapResult(int(returned), int(dead), int(consumers))
+        returned, dead, consumers = int(returned), int(dead), int(consumers)
+        prefix = f"{self.name}:processing:"
+        async for key in self.redis.scan_iter(match=f"{prefix}*", count=500):
+            consumer = (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
+            r, d = await self._reap_orphan(
+                keys=[self.name, self.consumers_key, self.dead_key, key],
+                args=[consumer, self.max_attempts, self.name],
+            )
+            if int(r) or int(d):
+                returned, dead, consumers = returned + int(r), dead + int(d), consumers + 1
+        result = ReapResult(returned, dead, consumers)
         if result.consumers:
             log.warning(
                 "reaped dead consumers",
@@ -366,6 +421,46 @@ class Consumer:
         self.queue = queue
         self.id = consumer_id
         self.processing_key = queue.processing_key(consumer_id)
+        # What this process believes it holds (raw bytes → count), to spot items that are in
+        # our processing list without our knowing (see recover_strays).
+        self._held: dict[bytes, int] = {}
+        self._suspects: set[bytes] = set()
+
+    def _hold(self, items: list[Item]) -> list[Item]:
+        for item in items:
+            self._held[item.raw] = self._held.get(item.raw, 0) + 1
+        return items
+
+    def _drop(self, item: Item) -> None:
+        count = self._held.get(item.raw, 0)
+        if count <= 1:
+            self._held.pop(item.raw, None)
+        else:
+            self._held[item.raw] = count - 1
+
+    @property
+    def holding(self) -> int:
+        return sum(self._held.values())
+
+    async def recover_strays(self) -> int:
+        """Return items that sit in our processing list although we never received them: a
+        BLMOVE/LMOVE executed by Redis whose reply was lost (timeout, dropped connection).
+        An item counts as stray only when seen so on two consecutive calls, so a reply that
+        is merely in flight is never mistaken for one."""
+        raws: list[bytes] = await self.queue.redis.lrange(self.processing_key, 0, -1)  # type: ignore[assignment]
+        strays = {raw for raw in raws if raw not in self._held}
+        confirmed = strays & self._suspects
+        self._suspects = strays - confirmed
+        if not confirmed:
+            return 0
+        returned = int(
+            await self.queue._return_strays(
+                keys=[self.processing_key, self.queue.name], args=list(confirmed)
+            )
+        )
+        if returned:
+            log.warning("returned stray items", extra={"queue": self.queue.name, "count": returned})
+        return returned
 
     async def register(self) -> None:
         """Heartbeat once; must happen before the first take so the reaper knows us."""
@@ -382,6 +477,7 @@ class Consumer:
             try:
                 await self.register()
                 await self.queue.reap()
+                await self.recover_strays()
             except Exception as exc:  # noqa: BLE001 - keep the heartbeat alive whatever happens
                 log.warning("heartbeat failed", extra={"queue": self.queue.name, "error": str(exc)})
             with contextlib.suppress(TimeoutError):
@@ -397,21 +493,28 @@ class Consumer:
             "RIGHT",
             "LEFT",
         )
-        return None if raw is None else _decode_any(raw)
+        return None if raw is None else self._hold([_decode_any(raw)])[0]
 
     async def take_batch(self, count: int, timeout: float = 1.0) -> list[Item]:
-        """Up to ``count`` items: waits for the first, then takes what is already there."""
-        first = await self.take(timeout)
-        if first is None or count <= 1:
-            return [] if first is None else [first]
+        """Up to ``count`` items: waits up to ``timeout`` for the first (0 = not at all), then
+        takes what is already there, in one round trip."""
+        first: list[Item] = []
+        if timeout > 0:
+            item = await self.take(timeout)
+            if item is None:
+                return []
+            first, count = [item], count - 1
+        if count <= 0:
+            return first
         pipe = self.queue.redis.pipeline(transaction=False)
-        for _ in range(count - 1):
+        for _ in range(count):
             pipe.lmove(self.queue.name, self.processing_key, "RIGHT", "LEFT")
         raws: list[Any] = await pipe.execute()
-        return [first, *(_decode_any(raw) for raw in raws if raw is not None)]
+        return first + self._hold([_decode_any(raw) for raw in raws if raw is not None])
 
     async def ack(self, item: Item) -> bool:
         """Done with it. False means we no longer held it (the reaper had returned it)."""
+        self._drop(item)
         removed = await self.queue.redis.lrem(
             self.processing_key,
             1,
@@ -423,6 +526,7 @@ class Consumer:
         """Atomically remove ``item`` from our hands and put ``new_raw`` on ``target``.
 
         False means we no longer held it, and nothing was pushed (no duplicate)."""
+        self._drop(item)
         moved = await self.queue._hand_over(
             keys=[self.processing_key, target.name], args=[item.raw, new_raw]
         )
@@ -436,28 +540,38 @@ class Consumer:
             return 0
         args: list[bytes] = []
         for held, new_raw in pairs:
+            self._drop(held)
             args += [held.raw, new_raw]
         return int(await self.queue._hand_over(keys=[self.processing_key, target.name], args=args))
 
     async def retry(self, item: Item, reason: str) -> str:
         """A failed attempt: back of the queue, or the dead-letter list once attempts reach
         ``max_attempts``. Returns ``'requeued'``, ``'dead'`` or ``'gone'``."""
+        self._drop(item)
         result = await self.queue._retry(
             keys=[self.processing_key, self.queue.name, self.queue.dead_key],
             args=[item.raw, reason, self.queue.max_attempts, self.queue.name],
         )
         return result.decode() if isinstance(result, bytes) else str(result)
 
-    async def dead_letter(self, item: Item, reason: str) -> bool:
-        """Quarantine an item that can never succeed (e.g. unknown From domain)."""
-        result = await self.queue._dead_letter(
-            keys=[self.processing_key, self.queue.dead_key],
-            args=[item.raw, reason, self.queue.name],
-        )
+    async def dead_letter(
+        self, item: Item, reason: str, event: tuple[ReliableQueue, bytes] | None = None
+    ) -> bool:
+        """Quarantine an item that can never succeed (e.g. unknown From domain), and push
+        ``event`` (queue, item) in the same step when given."""
+        self._drop(item)
+        keys = [self.processing_key, self.queue.dead_key]
+        args: list[str | bytes] = [item.raw, reason, self.queue.name]
+        if event is not None:
+            keys.append(event[0].name)
+            args.append(event[1])
+        result = await self.queue._dead_letter(keys=keys, args=args)
         return int(result) == 1
 
     async def release(self) -> int:
         """Graceful stop: give back everything we hold (front of the line) and unregister."""
+        self._held.clear()
+        self._suspects.clear()
         return int(
             await self.queue._release(
                 keys=[self.processing_key, self.queue.name, self.queue.consumers_key],

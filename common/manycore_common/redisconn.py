@@ -6,7 +6,7 @@ import ssl
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 
 from .config import RedisConnection
 
@@ -15,8 +15,10 @@ def connect(settings: RedisConnection, *, blocking_timeout: float = 0.0) -> Redi
     """A client for ``settings``. ``blocking_timeout`` is the longest BLMOVE the caller will
     issue; the socket timeout is extended by it so a blocking read is not cut short.
 
-    Few, short retries: a producer must answer its client (451 / 503) within seconds when
-    Redis is gone, not hang."""
+    No automatic retries: redis-py would re-send a command whose reply was lost (a timeout),
+    and our commands are not idempotent (a push would be queued twice, a BLMOVE would strand
+    the first item). Callers handle errors at their protocol's level instead: 451 / 503 to
+    the client, or a consumer's own retry loop."""
     ssl_kwargs: dict[str, object] = {}
     if settings.tls:
         ssl_kwargs = {
@@ -32,7 +34,7 @@ def connect(settings: RedisConnection, *, blocking_timeout: float = 0.0) -> Redi
         password=settings.password.get_secret_value() if settings.password else None,
         socket_connect_timeout=settings.connect_timeout_seconds,
         socket_timeout=settings.command_timeout_seconds + blocking_timeout,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        retry=Retry(NoBackoff(), retries=0),
         health_check_interval=30,
         client_name=None,
         **ssl_kwargs,  # type: ignore[arg-type]

@@ -203,3 +203,62 @@ def test_sigterm_stops_cleanly(tmp_path: Path, redis_server: RedisServer) -> Non
     service = http_service(tmp_path, redis_server.port).start()
     assert service.stop(signal.SIGTERM) == 0
     assert "banan" not in service.log.read_text()
+
+
+def post_as(service: Service, auth: str, forwarded_for: str | None = None) -> int:
+    conn = http.client.HTTPConnection(LOOPBACK, service.port, timeout=30)
+    headers = {"Authorization": auth, "Content-Type": RFC822}
+    if forwarded_for:
+        headers["X-Forwarded-For"] = forwarded_for
+    conn.request("POST", "/v1/mail/send", body=build_message("conc"), headers=headers)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_parallel_guessing_is_capped_at_max_failures(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Many concurrent wrong logins: only max-failures of them are ever checked; the rest are
+    refused as locked out, even those that were waiting in the tarpit when the lock came."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    service = http_service(
+        tmp_path,
+        redis_server.port,
+        **{"httpreceiver__auth-throttle": {"max-failures": 3, "delay-seconds": 0.2}},
+    )
+    bad = "Basic " + base64.b64encode(b"apa:guess").decode()
+    with running(service), ThreadPoolExecutor(40) as pool:
+        statuses = list(pool.map(lambda _: post_as(service, bad), range(40)))
+        checked = service.metric("httpreceiver_auth_failures_total", 'reason="bad-credentials"')
+    assert checked == 3
+    assert statuses.count(401) == 3 and statuses.count(429) == 37
+
+
+def test_throttle_uses_the_client_behind_a_trusted_proxy(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+) -> None:
+    service = http_service(
+        tmp_path,
+        redis_server.port,
+        **{
+            "httpreceiver__auth-throttle": {"max-failures": 2, "delay-seconds": 0},
+            "httpreceiver__trusted-proxies": ["127.0.0.0/8"],
+        },
+    )
+    bad = "Basic " + base64.b64encode(b"apa:guess").decode()
+    with running(service):
+        # An attacker behind the ingress locks out only itself (addresses from TEST-NET-1;
+        # they are header values, nothing is sent to them).
+        assert post_as(service, bad, "192.0.2.10") == 401
+        assert post_as(service, bad, "192.0.2.10") == 401
+        assert post_as(service, GOOD_AUTH, "192.0.2.10") == 429
+        assert post_as(service, GOOD_AUTH, "192.0.2.11") == 200
+        # A forged hop in front of the real one does not help: the nearest untrusted wins.
+        assert post_as(service, GOOD_AUTH, "192.0.2.99, 192.0.2.10") == 429
+
+
+def test_missing_content_type_gets_415(api: Service) -> None:
+    status, _, body = post(api, build_message("x1"), content_type=None)
+    assert status == 415 and "got none" in body["error"]

@@ -307,3 +307,64 @@ async def test_hand_over_with_a_consumer_killed_midway(
 
 def test_consumer_ids_are_unique() -> None:
     assert default_consumer_id("x") != default_consumer_id("x")
+
+
+async def test_stray_item_from_a_lost_reply_is_returned(redis: Redis) -> None:
+    """Redis moved an item into our processing list but the reply never reached us (a
+    timeout): the consumer does not know it holds it, and returns it on its second look."""
+    queue = ReliableQueue(redis, "Q")
+    await queue.push_many(make_items(2))
+    consumer = queue.consumer("c1")
+    await consumer.register()
+    known = await consumer.take(timeout=1)
+    assert known is not None
+    await redis.lmove("Q", consumer.processing_key, "RIGHT", "LEFT")  # the "lost reply"
+    assert await consumer.recover_strays() == 0  # first sighting: could be in flight
+    assert await consumer.recover_strays() == 1
+    assert await queue.size() == 1
+    assert await redis.llen(consumer.processing_key) == 1  # the known one stays held
+    other = queue.consumer("c2")
+    stray = await other.take(timeout=1)
+    assert stray is not None and stray.payload.startswith(b"00000001")
+    assert stray.attempts == 0
+    assert await consumer.ack(known)
+
+
+async def test_orphaned_processing_list_is_reaped(redis: Redis) -> None:
+    """A consumer the reaper removed (it looked dead) took another item and then really died
+    before it registered again: its list has no registration, and the reaper returns it."""
+    queue = ReliableQueue(redis, "Q", heartbeat_timeout=0.2)
+    await queue.push_many(make_items(2))
+    ghost = queue.consumer("ghost")
+    await ghost.register()
+    assert await ghost.take(timeout=1) is not None
+    await asyncio.sleep(0.3)
+    assert (await queue.reap()).returned == 1  # registration gone, first item returned
+    assert await ghost.take(timeout=1) is not None  # keeps going without a heartbeat...
+    result = await queue.reap()  # ...and dies: the orphan list is found
+    assert result.returned == 1
+    assert await queue.size() == 2 and await queue.processing_size() == 0
+
+
+async def test_push_is_never_silently_repeated(redis: Redis, redis_server: RedisServer) -> None:
+    """A push whose reply times out is not re-sent by the client library (that would queue
+    the message twice): the caller sees the error and answers its client 451 / 503."""
+    from manycore_common import redisconn
+    from manycore_common.config import RedisConnection
+
+    settings = RedisConnection.model_validate(
+        {"hostname": "127.0.0.1", "port": redis_server.port, "command-timeout-seconds": 0.2}
+    )
+    client = redisconn.connect(settings)
+    queue = ReliableQueue(client, "Q")
+    await queue.size()  # connect first
+    staller = Redis(host="127.0.0.1", port=redis_server.port)
+    stall = asyncio.create_task(staller.execute_command("DEBUG", "SLEEP", "0.6"))
+    await asyncio.sleep(0.05)
+    with pytest.raises(Exception):  # noqa: B017 - redis-py's TimeoutError
+        await queue.push(make_items(1)[0])
+    await stall
+    await staller.aclose()
+    await asyncio.sleep(0.1)
+    assert await redis.llen("Q") == 1
+    await client.aclose()

@@ -314,3 +314,31 @@ def test_sigterm_stops_cleanly(
     log = service.log.read_text()
     assert '"msg": "stopped"' in log
     assert "banan" not in log  # no password in the log, ever
+
+
+def test_message_in_progress_at_stop_is_not_acknowledged(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    tls_files: tuple[Path, Path],
+    client_tls: ssl.SSLContext,
+    queues: SyncRedis,
+) -> None:
+    """SIGTERM while a client is sending DATA: the message is not acknowledged with 250
+    (the client will send it again) and nothing is queued."""
+    service = receiver_service(tmp_path, redis_server.port, tls_files).start()
+    smtp = connect(service, client_tls)
+    smtp.mail("x@example.com")
+    smtp.rcpt("y@example.net")
+    code, _ = smtp.docmd("DATA")
+    assert code == 354
+    smtp.send(build_message("atstop").replace(b"\r\n.", b"\r\n.."))
+    service.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    wait_for(lambda: not service.live(), what="receiver to close its listeners")
+    try:
+        smtp.send(b".\r\n")
+        code, _ = smtp.getreply()
+    except (smtplib.SMTPServerDisconnected, OSError):
+        code = 0
+    assert code in (0, 421)
+    assert service.process.wait(30) == 0  # type: ignore[union-attr]
+    assert queues.llen(P1) == 0

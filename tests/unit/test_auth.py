@@ -46,12 +46,10 @@ def test_delay_doubles_then_caps_and_lockout_expires() -> None:
     assert t.locked_for("1.2.3.4", now=200) == 0  # lockout and window over: forgotten
 
 
-def test_success_clears_and_failures_age_out() -> None:
+def test_failures_age_out() -> None:
     t = throttle()
     t.failure("c", now=0)
-    t.success("c")
-    assert t.delay_for("c", now=0) == 0
-    t.failure("c", now=0)
+    assert t.delay_for("c", now=1) == 0.5
     assert t.delay_for("c", now=61) == 0
 
 

@@ -42,3 +42,16 @@ def test_not_an_item(raw: bytes) -> None:
 
 def test_lua_empty_array_is_normalised() -> None:
     assert item_format.decode(b'{"v":1,"rcpts":{}}\nx').header["rcpts"] == []
+
+
+@pytest.mark.parametrize(
+    "header",
+    [{"n": 10**15}, {"f": 1.5}, {"nested": {"x": 2**60}}, {"l": [1, []]}],
+)
+def test_values_cjson_cannot_keep_are_refused(header: dict) -> None:
+    with pytest.raises(ValueError):
+        item_format.encode(header, b"x")
+
+
+def test_empty_list_is_left_out() -> None:
+    assert "rcpts" not in item_format.decode(item_format.encode({"rcpts": []}, b"x")).header

@@ -105,3 +105,8 @@ def test_utf8_addresses_survive() -> None:
         build_message("ab", to="J\u00f6rg <j\u00f6rg@ex\u00e4mple.de>", cc=None), LIMIT
     )
     assert accepted.recipients == ("j\u00f6rg@ex\u00e4mple.de",)
+
+
+def test_empty_group_inside_a_list() -> None:
+    assert extract_recipients(["a@x.com, undisclosed-recipients:;"], []) == ("a@x.com",)
+    assert extract_recipients(["undisclosed-recipients:;, b@y.org"], []) == ("b@y.org",)
