@@ -4,10 +4,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SERVICES := common Receiver HttpReceiver
+SERVICES := common Receiver HttpReceiver Transformer
 STAMP := $(VENV)/.installed
 
-.PHONY: test run lint typecheck unit deps sysdeps clean
+.PHONY: test run bench lint typecheck unit deps sysdeps clean
 
 test: deps
 	$(PY) -m ruff check .
@@ -24,6 +24,10 @@ lint: deps
 
 run: deps
 	$(PY) -m devstack
+
+# Not part of CI (minutes, and noisy machines); `make test` runs a quick smoke of it.
+bench: deps
+	$(PY) -m bench.transformer
 
 deps: sysdeps $(STAMP)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the system packages the suite needs (redis-server, postfix) from Debian's
+# Installs the system packages the suite needs (redis-server, postfix, opendkim) from Debian's
 # repositories, without starting any system service: the suite always runs its own private
 # instances. Idempotent: does nothing when the binaries are already there.
 set -euo pipefail
@@ -7,7 +7,10 @@ set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/postfix ] || need+=(postfix)
-# smtp-source / smtp-sink come with postfix; sasl2-bin is not needed yet.
+# OpenDKIM is the tests' independent DKIM verifier (its daemon is never started).
+[ -x /usr/sbin/opendkim ] || need+=(opendkim)
+# unshare (util-linux) runs that verifier without any network, so it cannot do DNS.
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi
@@ -38,4 +41,5 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 command -v redis-server >/dev/null
 [ -x /usr/sbin/postfix ]
+[ -x /usr/sbin/opendkim ]
 echo "install-system-deps: done" >&2

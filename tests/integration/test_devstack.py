@@ -14,7 +14,7 @@ from pathlib import Path
 from redis import Redis as SyncRedis
 
 from manycore_common import item as item_format
-from tests.helpers import LOOPBACK, ROOT, port_open, require_binary
+from tests.helpers import LOOPBACK, ROOT, port_open, require_binary, wait_for
 from tests.integration.conftest import build_message
 
 
@@ -63,19 +63,24 @@ def test_run_send_stop_and_continue(tmp_path: Path) -> None:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
+        client = SyncRedis(host=LOOPBACK, port=base)
+        wait_for(lambda: client.llen("INCOMING-TO-POSTFIX") == 1, what="transformer hand-over")
+        client.close()
     finally:
         out = stop(proc)
-    assert (
-        out.index("stopped httpreceiver")
-        < out.index("stopped receiver")
-        < out.index("stopped redis")
-    )
+    order = [
+        out.index(f"stopped {name}")
+        for name in ("httpreceiver", "receiver", "transformer", "redis")
+    ]
+    assert order == sorted(order), out
 
+    # A second run continues with what was queued (Redis AOF).
     proc = start(tmp_path, base)
     try:
         client = SyncRedis(host=LOOPBACK, port=base)
-        raws = client.lrange("IB-MAIL-QUEUE-P1", 0, -1)
+        raws = client.lrange("INCOMING-TO-POSTFIX", 0, -1)
         client.close()
         assert [item_format.decode(raw).uuid for raw in raws] == ["stackmsg"]
+        assert item_format.decode(raws[0]).payload.startswith(b"DKIM-Signature:")
     finally:
         stop(proc)

@@ -1,0 +1,1 @@
+"""Transformer: makes every message deliverable (headers, DKIM) on its way to PostfixLog."""

@@ -1,0 +1,3 @@
+from manycore_transformer.service import main
+
+main()

@@ -1,0 +1,93 @@
+"""Raw header fields of an RFC 5322 message, edited without re-serialising anything else.
+
+The email package would re-fold headers and may rewrite MIME parts; we only ever remove whole
+fields and add new ones, so we work on the raw lines and leave every other byte alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Set
+
+CRLF = b"\r\n"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def normalize_line_endings(data: bytes) -> bytes:
+    """Every line ending as CRLF (RFC 5322 §2.1): the form that is signed and sent."""
+    crlf = data.count(CRLF)
+    # Fast path (nearly every message): no bare CR or LF; counting runs at C speed.
+    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
+        return data
+    return _LINE_END.sub(CRLF, data)
+
+
+class Field:
+    """One header field. Treated as immutable. A plain slotted class rather than a frozen
+    dataclass: every message creates a dozen, and frozen dataclasses are slow to build."""
+
+    __slots__ = ("key", "name", "raw")
+
+    def __init__(self, name: str, raw: bytes, key: str | None = None) -> None:
+        self.name = name  # as written
+        self.raw = raw  # the whole field: "Name: value\r\n" with any continuation lines
+        self.key = key or name.lower()  # for lookups
+
+    def __repr__(self) -> str:
+        return f"Field({self.name!r}, {self.raw!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Field) and (self.name, self.raw) == (other.name, other.raw)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.raw))
+
+    @property
+    def value(self) -> str:
+        """Unfolded value (RFC 5322 §2.2.3), as text (8-bit read as UTF-8, RFC 6532)."""
+        _, _, value = self.raw.partition(b":")
+        unfolded = value.replace(b"\r\n", b"").strip()
+        return unfolded.decode("utf-8", "replace")
+
+
+def split_message(data: bytes) -> tuple[list[Field], bytes]:
+    """Header fields and the body (everything after the empty line). ``data`` uses CRLF."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        head, body = data, b""
+        if not head.endswith(CRLF):
+            head += CRLF
+    else:
+        head, body = data[: end + 2], data[end + 4 :]
+    fields: list[Field] = []
+    for line in head.split(CRLF)[:-1]:
+        if line[:1] in (b" ", b"\t") and fields:
+            last = fields[-1]
+            fields[-1] = Field(last.name, last.raw + line + CRLF, last.key)
+            continue
+        name, colon, _ = line.partition(b":")
+        if not colon or not name or name != name.strip() or b" " in name:
+            raise ValueError(f"malformed header line: {line[:60]!r}")
+        fields.append(Field(name.decode("ascii", "replace"), line + CRLF))
+    return fields, body
+
+
+def join_message(fields: list[Field], body: bytes) -> bytes:
+    return b"".join(f.raw for f in fields) + CRLF + body
+
+
+def make_field(name: str, value: str) -> Field:
+    """A new field. Callers pass values they built; CR and LF would start a new header."""
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"{name} value contains a line break")
+    return Field(name, f"{name}: {value}".encode() + CRLF)
+
+
+def values(fields: list[Field], name: str) -> list[str]:
+    key = name.lower()
+    return [f.value for f in fields if f.key == key]
+
+
+def without(fields: list[Field], names: Set[str]) -> list[Field]:
+    """Fields whose (case-insensitive) name is not in ``names`` (lower case)."""
+    return [f for f in fields if f.key not in names]

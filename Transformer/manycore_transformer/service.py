@@ -1,0 +1,308 @@
+"""``manycore-transformer``: pull from P0 before P1, transform, hand over to the Postfix queue.
+
+The loop is pull → transform → push/ack. Transforming (mostly the RSA signature) is CPU
+work, so with ``workers`` > 1 it runs in a pool of processes while the event loop keeps
+``workers`` batches in flight; Redis IO and metrics stay in the main process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from redis.exceptions import RedisError
+
+from manycore_common import events, redisconn
+from manycore_common import item as item_format
+from manycore_common.config import Config, TransformerSection
+from manycore_common.health import HealthServer
+from manycore_common.item import Item
+from manycore_common.lifecycle import run_service
+from manycore_common.message import MessageRejected, extract_recipients
+from manycore_common.queue import Consumer, ReliableQueue, default_consumer_id
+
+from . import settings as settings_module
+from .headers import normalize_line_endings, split_message, values
+from .transform import Settings, TransformError, transform
+
+log = logging.getLogger(__name__)
+
+SERVICE = "transformer"
+#: How long an idle loop blocks on P0 before looking at P1 again (bounds P1's idle latency).
+IDLE_WAIT_SECONDS = 0.2
+#: Pause when the Postfix queue is above its high-water mark or Redis fails.
+BACKOFF_SECONDS = 0.5
+
+POLLED_PRIMARY = Counter(
+    "transformer_polled_primary", "Number of emails received from Receiver on priority queue"
+)
+POLLED_DEFAULT = Counter(
+    "transformer_polled_default", "Number of emails received from Receiver on default queue"
+)
+PUSHED = Counter("transformer_pushed", "Number of emails pushed to postfix queue")
+ERRORS = Counter(
+    "transformer_errors",
+    "Messages that could not be transformed and went to the dead-letter list, by reason",
+    ["reason"],
+)
+WARNINGS = Counter(
+    "transformer_warnings", "Conditions worth a look that did not stop a message", ["reason"]
+)
+SIGN_SECONDS = Histogram(
+    "transformer_sign_seconds",
+    "Time to DKIM-sign one message (body hash and signatures)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+)
+for _reason in ("unknown-domain", "bad-uuid", "bad-from", "unparseable", "bad-recipients"):
+    ERRORS.labels(_reason)
+
+# ----------------------------------------------------------------- worker side (pure)
+
+_worker_settings: Settings | None = None
+
+
+def _init_worker(spec: settings_module.SettingsSpec) -> None:
+    global _worker_settings
+    _worker_settings = settings_module.build(spec)
+
+
+def transform_batch(
+    payloads: Sequence[bytes], now: float, settings: Settings | None = None
+) -> list[tuple[str, Any]]:
+    """("ok", Transformed) or ("error", TransformError) per payload; runs in a worker."""
+    active = settings or _worker_settings
+    assert active is not None, "worker not initialised"
+    out: list[tuple[str, Any]] = []
+    for payload in payloads:
+        try:
+            out.append(("ok", transform(payload, active, now)))
+        except TransformError as exc:
+            out.append(("error", exc))
+    return out
+
+
+def recipients_of(item: Item, data: bytes) -> list[str]:
+    """The recipients the receiver determined, or (for an item that bypassed the receivers)
+    the To and Cc of the message itself."""
+    rcpts = item.header.get("rcpts")
+    if isinstance(rcpts, list) and rcpts:
+        return [str(r) for r in rcpts]
+    WARNINGS.labels("recipients-from-headers").inc()
+    fields, _ = split_message(normalize_line_endings(data))
+    return list(extract_recipients(values(fields, "To"), values(fields, "Cc")))
+
+
+# ----------------------------------------------------------------- service side
+
+
+@dataclass(frozen=True)
+class Prepared:
+    section: TransformerSection
+    spec: settings_module.SettingsSpec
+
+
+def prepare(config: Config) -> Prepared:
+    section: TransformerSection = config.require("transformer")
+    spec, warnings = settings_module.read_spec(config)
+    for warning in warnings:
+        WARNINGS.labels("weak-key").inc()
+        log.warning(warning)
+    return Prepared(section, spec)
+
+
+class Worker:
+    """One pull → transform → hand-over loop. Several run concurrently."""
+
+    def __init__(
+        self,
+        primary: Consumer,
+        default: Consumer,
+        target: ReliableQueue,
+        event_queue: ReliableQueue,
+        section: TransformerSection,
+        executor: ProcessPoolExecutor | None,
+        settings: Settings,
+    ) -> None:
+        self.primary = primary
+        self.default = default
+        self.target = target
+        self.event_queue = event_queue
+        self.section = section
+        self.executor = executor
+        self.settings = settings
+        self.streak = 0
+
+    async def take(self) -> tuple[list[Item], Consumer | None]:
+        """A batch from P0 before P1, except that after ``primary-per-default`` P0 messages
+        in a row a waiting P1 batch goes first."""
+        n = self.section.batch_size
+        order = [self.primary, self.default]
+        if self.streak >= self.section.primary_per_default:
+            order.reverse()
+        for consumer in order:
+            items = await consumer.take_batch(n, timeout=0)
+            if items:
+                return items, consumer
+        items = await self.primary.take_batch(n, timeout=IDLE_WAIT_SECONDS)
+        return items, (self.primary if items else None)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        hwm = self.target.high_water_mark
+        while not stop.is_set():
+            try:
+                if hwm and await self.target.size() >= hwm:
+                    # Backpressure: PostfixLog is behind; leave mail in P0/P1, where the
+                    # receivers' own high-water mark eventually pushes back on clients.
+                    await asyncio.sleep(BACKOFF_SECONDS)
+                    continue
+                items, consumer = await self.take()
+                if consumer is None:
+                    continue
+                await self.process(items, consumer)
+            except (RedisError, OSError) as exc:
+                log.warning("redis error, backing off", extra={"error": str(exc)})
+                await asyncio.sleep(BACKOFF_SECONDS)
+
+    async def process(self, items: list[Item], consumer: Consumer) -> None:
+        if consumer is self.primary:
+            POLLED_PRIMARY.inc(len(items))
+            self.streak += len(items)
+        else:
+            POLLED_DEFAULT.inc(len(items))
+            self.streak = 0
+        now = time.time()
+        payloads = [i.payload for i in items]
+        if self.executor is None:
+            results = transform_batch(payloads, now, self.settings)
+        else:
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self.executor, transform_batch, payloads, now)
+        pairs: list[tuple[Item, bytes]] = []
+        for item, (status, result) in zip(items, results, strict=True):
+            if status == "error":
+                await self.reject(consumer, item, result)
+                continue
+            SIGN_SECONDS.observe(result.sign_seconds)
+            try:
+                rcpts = recipients_of(item, result.data)
+            except MessageRejected as exc:
+                await self.reject(consumer, item, TransformError("bad-recipients", exc.text))
+                continue
+            header = dict(item.header)
+            header.update(
+                {
+                    "attempts": 0,
+                    "source": SERVICE,
+                    "uuid": result.uuid,
+                    "stream_id": result.stream_id,
+                    "rcpts": rcpts,
+                    "from_domain": result.from_domain,
+                    "return_path": result.return_path,
+                }
+            )
+            pairs.append((item, item_format.encode(header, result.data)))
+        moved = await consumer.hand_over_many(pairs, self.target)
+        PUSHED.inc(moved)
+        if moved < len(pairs):
+            # The reaper had given some back (we looked dead); they will be done again.
+            log.warning("items no longer held", extra={"count": len(pairs) - moved})
+
+    async def reject(self, consumer: Consumer, item: Item, error: TransformError) -> None:
+        """Dead-letter the item with an `error` event, in one step."""
+        ERRORS.labels(error.reason).inc()
+        uuid = error.uuid or item.uuid
+        event = events.error_event(SERVICE, error.text, uuid=uuid, streamid=item.stream_id)
+        raw = events.encode_event(event, source=SERVICE)
+        await consumer.dead_letter(item, f"{error.reason}: {error.text}", (self.event_queue, raw))
+        log.warning("message dead-lettered", extra={"uuid": uuid, "reason": error.reason})
+
+
+async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
+    assert isinstance(prepared, Prepared)
+    section = prepared.section
+    rq = config.global_.reliable_queue
+    redis = redisconn.connect(section.reliable_queue.redis, blocking_timeout=IDLE_WAIT_SECONDS)
+
+    def queue(name: str, hwm: int = 0) -> ReliableQueue:
+        return ReliableQueue(
+            redis,
+            name,
+            max_attempts=rq.max_attempts,
+            heartbeat_timeout=rq.heartbeat_timeout_seconds,
+            high_water_mark=hwm,
+        )
+
+    primary = queue(rq.queue_names.primary_queue)
+    default = queue(rq.queue_names.default_queue)
+    target = queue(config.global_.postfix.incoming_queue_name, rq.high_water_mark)
+    event_queue = queue(config.global_.backdata.queue_name)
+    consumer_id = default_consumer_id(SERVICE)
+    consumers = (primary.consumer(consumer_id), default.consumer(consumer_id))
+
+    executor = None
+    if section.workers > 1:
+        # spawn, not fork: a forked child would inherit the event loop and Redis sockets.
+        executor = ProcessPoolExecutor(
+            max_workers=section.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(prepared.spec,),
+        )
+    settings = settings_module.build(prepared.spec)
+
+    async def redis_ok() -> bool:
+        return bool(await redis.ping())
+
+    health = HealthServer(section.prometheus, {"redis": redis_ok})
+    await health.start()
+    inner_stop = asyncio.Event()
+    keepers: list[asyncio.Task[None]] = []
+    loops: list[asyncio.Task[None]] = []
+    try:
+        for consumer in consumers:
+            await _register(consumer, stop)
+            keepers.append(asyncio.create_task(consumer.keep_alive(inner_stop)))
+        workers = [
+            Worker(*consumers, target, event_queue, section, executor, settings)
+            for _ in range(section.workers)
+        ]
+        loops = [asyncio.create_task(w.run(inner_stop)) for w in workers]
+        log.info("transforming", extra={"workers": section.workers, "consumer": consumer_id})
+        await stop.wait()
+    finally:
+        # Finish the batches in hand, then give back anything still held.
+        inner_stop.set()
+        await asyncio.gather(*loops, return_exceptions=True)
+        for consumer in consumers:
+            with contextlib.suppress(RedisError, OSError):
+                await consumer.release()
+        await asyncio.gather(*keepers, return_exceptions=True)
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        await health.stop()
+        await redis.aclose()
+
+
+async def _register(consumer: Consumer, stop: asyncio.Event) -> None:
+    """Register, retrying while Redis is not there yet (readiness shows it meanwhile)."""
+    while True:
+        try:
+            await consumer.register()
+            return
+        except (RedisError, OSError) as exc:
+            if stop.is_set():
+                raise
+            log.warning("waiting for redis", extra={"error": str(exc)})
+            await asyncio.sleep(1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_service(SERVICE, argv, prepare, serve)

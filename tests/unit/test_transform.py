@@ -1,0 +1,362 @@
+"""The Transformer's pure function: headers, DKIM signatures that two independent verifiers
+accept, the beacon, and the errors that send a message to the dead-letter list."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email
+import email.policy
+from pathlib import Path
+
+import pytest
+
+from manycore_transformer import dkim
+from manycore_transformer.headers import split_message, values
+from manycore_transformer.transform import (
+    DomainSigner,
+    Settings,
+    TransformError,
+    check_templates,
+    transform,
+)
+from tests.dkimcheck import dkimpy_results, opendkim_results
+from tests.helpers import ed25519_pem, rsa_pem
+from tests.integration.conftest import build_message
+
+NOW = 1_764_290_000.0  # Fri, 28 Nov 2025 00:33:20 +0000
+RSA = dkim.load_key(rsa_pem(label="unit"))
+ED = dkim.load_key(ed25519_pem(label="unit"))
+RECORDS = {
+    "mailer._domainkey.example.com": RSA.public_record(),
+    "ed._domainkey.example.com": ED.public_record(),
+}
+
+
+def settings(**changes: object) -> Settings:
+    signer = DomainSigner(
+        domain="example.com",
+        return_path_domain="rp.example.com",
+        selector="mailer",
+        rsa=RSA,
+        ed25519_selector="ed",
+        ed25519=ED,
+    )
+    base: dict[str, object] = {
+        "domains": {"example.com": signer},
+        "x_mailer": "Manycore-Mail",
+        "inject": (("List-Unsubscribe", "<mailto:unsub-{{uuid}}@{{return-path-domain}}>"),),
+        "campaign_id": "default-campaign",
+        "mail_type": "transactional",
+        "sender_id": "shop",
+    }
+    base.update(changes)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+def headers_of(data: bytes) -> list[tuple[str, str]]:
+    fields, _ = split_message(data)
+    return [(f.name, f.value) for f in fields]
+
+
+def test_golden_headers() -> None:
+    message = build_message(
+        "abc123",
+        "0",
+        stream_id="spring-sale",
+        extra_headers=[
+            "Bcc: hidden@example.org",
+            "Message-ID: <customer@example.com>",
+            "Date: Mon, 1 Jan 2024 00:00:00 +0000",
+            "X-Mailer: Customer's mailer",
+            "List-Unsubscribe: <mailto:old@example.com>",
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+            "Feedback-ID: per:message:id",
+            "DKIM-Signature: v=1; a=rsa-sha256; b=old",
+            "X-ReturnPathIb: bounce-forged@evil.example",
+            "Reply-To: help@example.com",
+        ],
+    )
+    result = transform(message, settings(), NOW)
+    got = headers_of(result.data)
+    names = [name for name, _ in got]
+    assert names == [
+        "DKIM-Signature",
+        "DKIM-Signature",
+        "X-ReturnPathIb",
+        "Message-ID",
+        "Date",
+        "X-Mailer",
+        "Feedback-ID",
+        "List-Unsubscribe",
+        "From",
+        "To",
+        "Cc",
+        "Subject",
+        "Reply-To",
+        "MIME-Version",
+        "Content-Type",
+    ]
+    values_ = dict(got[2:])
+    assert values_["X-ReturnPathIb"] == "bounce-abc123@rp.example.com"
+    assert values_["Message-ID"] == "<abc123@rp.example.com>"
+    assert values_["Date"] == "Fri, 28 Nov 2025 00:33:20 +0000"
+    assert values_["X-Mailer"] == "Manycore-Mail"
+    assert values_["Feedback-ID"] == "spring-sale:transactional:shop"
+    assert values_["List-Unsubscribe"] == "<mailto:unsub-abc123@rp.example.com>"
+    assert result.uuid == "abc123" and result.stream_id == "spring-sale"
+    assert result.from_domain == "example.com"
+    assert result.return_path == "bounce-abc123@rp.example.com"
+    rsa_sig, ed_sig = got[0][1], got[1][1]
+    assert "a=rsa-sha256" in rsa_sig and "a=ed25519-sha256" in ed_sig
+    assert "d=example.com" in rsa_sig and "s=mailer" in rsa_sig and "s=ed" in ed_sig
+    assert "c=relaxed/relaxed" in rsa_sig
+    assert (
+        "h=from:from:to:cc:subject:date:message-id:reply-to:mime-version:content-type:"
+        "feedback-id:list-unsubscribe;" in rsa_sig.replace(" ", "")
+    )
+    # The body is untouched.
+    assert result.data.split(b"\r\n\r\n", 1)[1] == message.split(b"\r\n\r\n", 1)[1]
+
+
+def test_feedback_id_without_stream_uses_the_campaign() -> None:
+    result = transform(build_message("u1"), settings(), NOW)
+    assert values(split_message(result.data)[0], "Feedback-ID") == [
+        "default-campaign:transactional:shop"
+    ]
+
+
+def test_one_click_header_only_with_an_https_url() -> None:
+    inject = (
+        (
+            "List-Unsubscribe",
+            "<mailto:unsub-{{uuid}}@{{return-path-domain}}>, <https://u.example.com/{{uuid}}>",
+        ),
+    )
+    result = transform(build_message("u1"), settings(inject=inject), NOW)
+    fields, _ = split_message(result.data)
+    assert values(fields, "List-Unsubscribe-Post") == ["List-Unsubscribe=One-Click"]
+    assert "list-unsubscribe-post" in values(fields, "DKIM-Signature")[0]
+    plain = transform(build_message("u1"), settings(), NOW)
+    assert values(split_message(plain.data)[0], "List-Unsubscribe-Post") == []
+
+
+def test_bare_line_feeds_become_crlf() -> None:
+    message = build_message("u1").replace(b"\r\n", b"\n")
+    result = transform(message, settings(), NOW)
+    assert b"\n" not in result.data.replace(b"\r\n", b"")
+    assert dkimpy_results(result.data, RECORDS) == [True, True]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "Hello\r\n",
+        "",
+        "no final newline",
+        "  leading and trailing spaces  \r\n\tand tabs\t\r\n\r\n\r\n",
+        "\u00e5\u00e4\u00f6 8-bit text\r\n",
+    ],
+)
+def test_signatures_verify_with_two_independent_verifiers(body: str, tmp_path: Path) -> None:
+    message = build_message("u1", stream_id="s1", body=body)
+    result = transform(message, settings(), NOW)
+    assert dkimpy_results(result.data, RECORDS) == [True, True]
+    assert opendkim_results(result.data, RECORDS, tmp_path) == {
+        "rsa-sha256": "pass",
+        "ed25519-sha256": "pass",
+    }
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"This is a test.", b"This is a tesT."),  # body
+        (b"Subject: Test message", b"Subject: Test massage"),  # signed header
+        (b"From: Shop <news@example.com>", b"From: Shop <news@example.com>\r\nFrom: x@y.z"),
+    ],
+)
+def test_changes_break_the_signatures(old: bytes, new: bytes, tmp_path: Path) -> None:
+    signed = transform(build_message("u1"), settings(), NOW).data
+    assert old in signed
+    tampered = signed.replace(old, new)
+    assert dkimpy_results(tampered, RECORDS) == [False, False]
+    verdicts = opendkim_results(tampered, RECORDS, tmp_path)
+    assert verdicts["rsa-sha256"] != "pass" and verdicts["ed25519-sha256"] != "pass"
+
+
+def test_unsigned_header_added_later_keeps_signatures_valid() -> None:
+    signed = transform(build_message("u1"), settings(), NOW).data
+    assert dkimpy_results(b"Received: by mx.example.net\r\n" + signed, RECORDS) == [True, True]
+
+
+def test_rsa_only_domain() -> None:
+    signer = DomainSigner("example.com", "rp.example.com", "mailer", RSA)
+    result = transform(build_message("u1"), settings(domains={"example.com": signer}), NOW)
+    assert dkimpy_results(result.data, RECORDS) == [True]
+
+
+def test_from_domain_is_case_insensitive() -> None:
+    message = build_message("u1", sender='"Shop, Inc." <News@EXAMPLE.COM>')
+    assert transform(message, settings(), NOW).from_domain == "example.com"
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "text"),
+    [
+        (
+            build_message("u1", sender="news@example.org"),
+            "unknown-domain",
+            "From domain example.org is not configured",
+        ),
+        (build_message(None), "bad-uuid", "X-Uuid"),
+        (build_message("NOT_OK"), "bad-uuid", "X-Uuid"),
+        (build_message("u1", sender="a@example.com, b@example.com"), "bad-from", "From"),
+        (build_message("u1", stream_id="a b"), "bad-stream-id", "X-Stream-Id"),
+        (b"not a header\r\n\r\nbody", "unparseable", "header"),
+    ],
+)
+def test_errors(message: bytes, reason: str, text: str) -> None:
+    with pytest.raises(TransformError) as failure:
+        transform(message, settings(), NOW)
+    assert failure.value.reason == reason
+    assert text in failure.value.text
+
+
+def test_unknown_domain_error_carries_the_uuid() -> None:
+    with pytest.raises(TransformError) as failure:
+        transform(build_message("u77", sender="x@nowhere.example"), settings(), NOW)
+    assert failure.value.uuid == "u77"
+
+
+def test_template_problems_are_found_at_start() -> None:
+    bad = settings(inject=(("List-Unsubscribe", "<mailto:{{nope}}@x>"),), feedback_format="{{x}}")
+    problems = check_templates(bad)
+    assert any("email-headers.inject.List-Unsubscribe" in p and "nope" in p for p in problems)
+    assert any("feedback-id.format" in p for p in problems)
+    assert check_templates(settings()) == []
+
+
+# ------------------------------------------------------------------ keys
+
+
+def test_key_formats_and_limits() -> None:
+    assert dkim.load_key(rsa_pem(1024, "small")).bits == 1024
+    raw_seed = base64.b64encode(b"\x01" * 32)
+    assert dkim.load_key(raw_seed).algorithm == "ed25519-sha256"
+    with pytest.raises(dkim.KeyError_):
+        dkim.load_key(b"-----BEGIN PRIVATE KEY-----\nnonsense\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(dkim.KeyError_):
+        dkim.load_key(b"not base64 at all!")
+
+
+# ------------------------------------------------------------------ beacon
+
+HTML = "<html><body><p>Hello \u00e5 world</p></body></html>"
+
+
+def alternative_message(uuid: str = "u1") -> bytes:
+    b64_html = base64.encodebytes(HTML.encode()).decode().replace("\n", "\r\n")
+    qp_html = binascii.b2a_qp(HTML.encode()).decode().replace("\n", "\r\n")
+    return (
+        "From: Shop <news@example.com>\r\n"
+        "To: alice@example.net\r\n"
+        "Subject: Offer\r\n"
+        f"X-Uuid: {uuid}\r\n"
+        "X-Stream-Id: camp9\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="outer"\r\n'
+        "\r\n"
+        "This is a multi-part message.\r\n"
+        "--outer\r\n"
+        'Content-Type: multipart/alternative; boundary="inner"\r\n'
+        "\r\n"
+        "--inner\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "\r\n"
+        "Hello plain </body> text\r\n"
+        "--inner\r\n"
+        "Content-Type: text/html; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: base64\r\n"
+        "\r\n"
+        f"{b64_html}"
+        "--inner\r\n"
+        "Content-Type: text/html; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n"
+        "\r\n"
+        f"{qp_html}\r\n"
+        "--inner--\r\n"
+        "--outer\r\n"
+        "Content-Type: application/pdf\r\n"
+        "Content-Transfer-Encoding: base64\r\n"
+        'Content-Disposition: attachment; filename="a.pdf"\r\n'
+        "\r\n"
+        "JVBERi0xLjQK\r\n"
+        "--outer--\r\n"
+        "epilogue\r\n"
+    ).encode()
+
+
+def parts(data: bytes) -> list[tuple[str, bytes]]:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    return [
+        (p.get_content_type(), p.get_payload(decode=True))
+        for p in msg.walk()
+        if not p.is_multipart()
+    ]
+
+
+def with_beacon(url: str = "https://t.example.com/o/{{uuid}}/{{stream-id}}.gif") -> Settings:
+    signer = DomainSigner(
+        domain="example.com",
+        return_path_domain="rp.example.com",
+        selector="mailer",
+        rsa=RSA,
+        beacon_url=url,
+    )
+    return settings(domains={"example.com": signer})
+
+
+def test_beacon_goes_into_every_html_part_and_nothing_else(tmp_path: Path) -> None:
+    message = alternative_message()
+    result = transform(message, with_beacon(), NOW)
+    tag = (
+        '<img src="https://t.example.com/o/u1/camp9.gif" width="1" height="1" alt="" '
+        'style="border:0;width:1px;height:1px" />'
+    )
+    expected_html = HTML.replace("</body>", tag + "</body>").encode()
+    got = parts(result.data)
+    assert got == [
+        ("text/plain", b"Hello plain </body> text"),
+        ("text/html", expected_html),
+        ("text/html", expected_html),
+        ("application/pdf", base64.b64decode("JVBERi0xLjQK")),
+    ]
+    assert result.data.endswith(b"--outer--\r\nepilogue\r\n")
+    assert dkimpy_results(result.data, RECORDS) == [True]
+    assert opendkim_results(result.data, RECORDS, tmp_path)["rsa-sha256"] == "pass"
+
+
+def test_without_beacon_the_mime_body_is_byte_identical() -> None:
+    message = alternative_message()
+    result = transform(message, settings(), NOW)
+    assert result.data.split(b"\r\n\r\n", 1)[1] == message.split(b"\r\n\r\n", 1)[1]
+    assert [p[1] for p in parts(result.data)][1] == HTML.encode()
+
+
+def test_beacon_in_single_part_html_without_body_tag() -> None:
+    message = build_message("u1", body="<p>hi</p>\r\n").replace(
+        b"Content-Type: text/plain", b"Content-Type: text/html"
+    )
+    result = transform(message, with_beacon("https://t.example.com/{{uuid}}.gif"), NOW)
+    body = result.data.split(b"\r\n\r\n", 1)[1]
+    assert body.startswith(b'<p>hi</p><img src="https://t.example.com/u1.gif"')
+    assert body.endswith(b"/>\r\n")
+
+
+def test_malformed_multipart_is_left_alone() -> None:
+    message = build_message("u1", body="--b\r\nno close delimiter\r\n").replace(
+        b"Content-Type: text/plain; charset=utf-8", b'Content-Type: multipart/mixed; boundary="b"'
+    )
+    result = transform(message, with_beacon(), NOW)
+    assert result.data.split(b"\r\n\r\n", 1)[1] == message.split(b"\r\n\r\n", 1)[1]
