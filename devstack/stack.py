@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -65,6 +66,7 @@ def ports(base: int) -> dict[str, int]:
         "receiver-metrics": base + 11,
         "httpreceiver-metrics": base + 12,
         "transformer-metrics": base + 13,
+        "redis-metrics": base + 10,
     }
 
 
@@ -80,9 +82,26 @@ def write_config(workdir: Path, p: dict[str, int]) -> tuple[Path, Path]:
         data: dict[str, Any] = yaml.safe_load(
             (ROOT / "inboxbooster-mailer-customer.yaml.example").read_text()
         )
+        password_file = conf / "redis-password"
+        if not password_file.exists():
+            password_file.touch(mode=0o600)
+            password_file.write_text(secrets.token_urlsafe(24) + "\n")
         for section in data.values():
             if isinstance(section, dict) and "reliable-queue" in section:
-                section["reliable-queue"]["redis"] = {"hostname": LOOPBACK, "port": p["redis"]}
+                section["reliable-queue"]["redis"] = {
+                    "hostname": LOOPBACK,
+                    "port": p["redis"],
+                    "username": "manycore",
+                    "password-file": "redis-password",
+                }
+        data["redis"]["server"] = {
+            "bind": LOOPBACK,
+            "port": p["redis"],
+            "data-dir": str(workdir / "redis"),
+            "password-file": "redis-password",
+            "backup-interval-seconds": 0,
+        }
+        data["redis"]["prometheus"] = {"inet-interface": LOOPBACK, "inet-port": p["redis-metrics"]}
         data["receiver"]["hostname"] = "localhost"
         data["receiver"]["bind"] = {"inet-interface": LOOPBACK, "inet-port": p["smtp"]}
         data["receiver"]["prometheus"] = {
@@ -146,34 +165,11 @@ def service(name: str, bindir: Path, g: Path, c: Path, port: int | None, metrics
 def plan(workdir: Path, p: dict[str, int]) -> list[Proc]:
     """Processes in the README's deployment order."""
     g, c = write_config(workdir, p)
-    redis_dir = workdir / "redis"
-    redis_dir.mkdir(parents=True, exist_ok=True)
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
+    if shutil.which("redis-server") is None:
         raise StartError("redis-server is not installed (make run installs it)")
     bindir = Path(sys.executable).parent
     return [
-        Proc(
-            "redis",
-            [
-                redis_server,
-                "--port",
-                str(p["redis"]),
-                "--bind",
-                LOOPBACK,
-                "--dir",
-                str(redis_dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--maxmemory-policy",
-                "noeviction",
-                "--daemonize",
-                "no",
-            ],
-            port=p["redis"],
-        ),
+        service("redis", bindir, g, c, p["redis"], p["redis-metrics"]),
         service("transformer", bindir, g, c, None, p["transformer-metrics"]),
         service("receiver", bindir, g, c, p["smtp"], p["receiver-metrics"]),
         service("httpreceiver", bindir, g, c, p["http"], p["httpreceiver-metrics"]),
@@ -248,7 +244,9 @@ Manycore-Mail is running (logs in {workdir / "logs"}, config in {workdir / "conf
 
   SMTP submission  {LOOPBACK}:{p["smtp"]}   STARTTLS (self-signed) + AUTH apa / banan
   HTTP submission  http://{LOOPBACK}:{p["http"]}/v1/mail/send   Basic auth apa / banan
-  Redis            {LOOPBACK}:{p["redis"]}   data in {workdir / "redis"} (AOF)
+  Redis            {LOOPBACK}:{p["redis"]}   user manycore, password in
+                   {workdir / "configs/redis-password"}; data in {workdir / "redis"} (AOF)
+                   metrics http://{LOOPBACK}:{p["redis-metrics"]}/metrics
   Metrics          http://{LOOPBACK}:{p["receiver-metrics"]}/metrics (receiver)
                    http://{LOOPBACK}:{p["httpreceiver-metrics"]}/metrics (httpreceiver)
                    http://{LOOPBACK}:{p["transformer-metrics"]}/metrics (transformer)

@@ -26,6 +26,11 @@ def free_base() -> int:
     raise AssertionError("no free port range")
 
 
+def redis_client(workdir: Path, base: int) -> SyncRedis:
+    password = (workdir / "configs" / "redis-password").read_text().strip()
+    return SyncRedis(host=LOOPBACK, port=base, username="manycore", password=password)
+
+
 def start(workdir: Path, base: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "devstack", "--workdir", str(workdir), "--port-base", str(base)],
@@ -63,7 +68,7 @@ def test_run_send_stop_and_continue(tmp_path: Path) -> None:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
-        client = SyncRedis(host=LOOPBACK, port=base)
+        client = redis_client(tmp_path, base)
         wait_for(lambda: client.llen("INCOMING-TO-POSTFIX") == 1, what="transformer hand-over")
         client.close()
     finally:
@@ -77,7 +82,7 @@ def test_run_send_stop_and_continue(tmp_path: Path) -> None:
     # A second run continues with what was queued (Redis AOF).
     proc = start(tmp_path, base)
     try:
-        client = SyncRedis(host=LOOPBACK, port=base)
+        client = redis_client(tmp_path, base)
         raws = client.lrange("INCOMING-TO-POSTFIX", 0, -1)
         client.close()
         assert [item_format.decode(raw).uuid for raw in raws] == ["stackmsg"]

@@ -1,0 +1,3 @@
+from manycore_redis.service import main
+
+main()

@@ -1,0 +1,166 @@
+"""Running redis-server as a child: its runtime configuration, start, and the saving stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from manycore_common.config import RedisServer
+
+log = logging.getLogger(__name__)
+
+ADMIN_USER = "manycore-admin"
+
+
+def base_config_path() -> Path:
+    return Path(str(resources.files("manycore_redis") / "redis.conf"))
+
+
+def acl_password(password: str) -> str:
+    """ACL rules take a SHA-256 of the password (``#<hex>``): no clear text in the file, and no
+    quoting problems with spaces or '#' in passwords."""
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+def render_config(settings: RedisServer, admin_password: str, base: Path) -> str:
+    """The runtime configuration: the shipped base file plus what depends on this deployment.
+
+    Users: ``default`` is off; the application user may run everything but Redis' dangerous
+    commands (FLUSHALL, CONFIG, DEBUG, SHUTDOWN, KEYS, ...) except INFO, which the exporter
+    reads; the admin user, whose password is random per start and never leaves this process,
+    is what this supervisor uses to save and stop."""
+    assert settings.password is not None
+    app = settings.username
+    return "\n".join(
+        [
+            f"include {base}",
+            f"port {settings.port}",
+            f"bind {settings.bind}",
+            f"dir {settings.data_dir}",
+            f"appendfsync {settings.appendfsync}",
+            "daemonize no",
+            "user default off",
+            f"user {app} on {acl_password(settings.password.get_secret_value())} "
+            "~* &* +@all -@dangerous +info",
+            f"user {ADMIN_USER} on {acl_password(admin_password)} ~* &* +@all",
+            "",
+        ]
+    )
+
+
+@dataclass
+class RunningServer:
+    process: asyncio.subprocess.Process
+    admin: Redis
+    config_dir: Path
+    log_relay: asyncio.Task[None]
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+
+async def start(settings: RedisServer, *, timeout: float = 30.0) -> RunningServer:
+    binary = shutil.which(settings.redis_server_binary) or settings.redis_server_binary
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    admin_password = secrets.token_urlsafe(32)
+    config_dir = Path(tempfile.mkdtemp(prefix="manycore-redis-"))  # mode 0700
+    config = config_dir / "redis.conf"
+    config.write_text(render_config(settings, admin_password, base_config_path()))
+    config.chmod(0o600)
+    process = await asyncio.create_subprocess_exec(
+        binary, str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    relay = asyncio.create_task(_relay_log(process))
+    host = "127.0.0.1" if settings.bind in ("0.0.0.0", "*", "::") else settings.bind.split()[0]
+    admin = Redis(
+        host=host,
+        port=settings.port,
+        username=ADMIN_USER,
+        password=admin_password,
+        socket_connect_timeout=2,
+        socket_timeout=30,
+        # SHUTDOWN closes the connection on success: a retry would only wait for nothing.
+        retry=Retry(NoBackoff(), retries=0),
+    )
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if process.returncode is not None:
+            raise RuntimeError(f"redis-server exited at start with code {process.returncode}")
+        with contextlib.suppress(RedisError, OSError):
+            # While loading a large AOF, Redis answers LOADING; wait until it serves.
+            if await admin.ping():
+                break
+        if asyncio.get_running_loop().time() > deadline:
+            process.kill()
+            raise RuntimeError(f"redis-server did not answer within {timeout}s")
+        await asyncio.sleep(0.1)
+    log.info(
+        "redis-server started",
+        extra={"pid": process.pid, "port": settings.port, "appendfsync": settings.appendfsync},
+    )
+    return RunningServer(process, admin, config_dir, relay)
+
+
+_REDIS_LOG_LEVELS = {".": logging.DEBUG, "-": logging.INFO, "*": logging.INFO, "#": logging.WARNING}
+
+
+async def _relay_log(process: asyncio.subprocess.Process) -> None:
+    """redis-server's own log lines, re-emitted as our JSON log lines (DESIGN §3)."""
+    assert process.stdout is not None
+    redis_log = logging.getLogger("redis-server")
+    async for raw in process.stdout:
+        line = raw.decode("utf-8", "replace").rstrip()
+        # "pid:role dd Mon yyyy hh:mm:ss.mmm <level> message"
+        parts = line.split(" ", 6)
+        if len(parts) == 7 and parts[5] in _REDIS_LOG_LEVELS:
+            redis_log.log(_REDIS_LOG_LEVELS[parts[5]], parts[6])
+        elif line:
+            redis_log.info(line)
+
+
+async def bgsave(server: RunningServer, timeout: float = 600) -> None:
+    """A consistent RDB snapshot on disk (for a periodic backup)."""
+    before = await server.admin.lastsave()
+    with contextlib.suppress(RedisError):
+        await server.admin.bgsave()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await server.admin.lastsave() == before:
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("BGSAVE did not finish")
+        await asyncio.sleep(0.2)
+    info = await server.admin.info("persistence")
+    if info.get("rdb_last_bgsave_status") != "ok":
+        raise RuntimeError(f"BGSAVE failed: {info.get('rdb_last_bgsave_status')}")
+
+
+async def stop(server: RunningServer, timeout: float) -> int:
+    """SHUTDOWN SAVE: Redis writes a final RDB and fsyncs the AOF, then exits."""
+    with contextlib.suppress(RedisConnectionError):  # the connection closes on success
+        await server.admin.shutdown(save=True)
+    try:
+        code = await asyncio.wait_for(server.process.wait(), timeout)
+    except TimeoutError:
+        log.error("redis-server did not stop in time: killing it")
+        server.process.kill()
+        code = await server.process.wait()
+    with contextlib.suppress(RedisError, OSError):
+        await server.admin.aclose()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.log_relay, 5)
+    shutil.rmtree(server.config_dir, ignore_errors=True)
+    log.info("redis-server stopped", extra={"code": code})
+    return code

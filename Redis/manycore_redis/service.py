@@ -1,0 +1,163 @@
+"""``manycore-redis``: the Redis pod's process.
+
+With a ``redis.server`` section it runs redis-server itself: restores the newest backup from
+object storage into an empty data directory, starts redis-server with the runtime config,
+backs up periodically, and on SIGTERM stops it with SHUTDOWN SAVE and uploads the data. In
+every case it serves the queue gauges on its Prometheus port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, Counter
+
+from manycore_common import redisconn
+from manycore_common.config import Config, ConfigError, RedisSection, RedisServer
+from manycore_common.health import HealthServer
+from manycore_common.lifecycle import run_service
+
+from . import backup as backups
+from . import server as redis_server
+from .exporter import QueueCollector, poll, readme_gauges
+
+log = logging.getLogger(__name__)
+
+SERVICE = "redis"
+
+BACKUPS = Counter("redis_backups", "Backups uploaded to object storage, by outcome", ["outcome"])
+for _outcome in ("ok", "failed"):
+    BACKUPS.labels(_outcome)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    section: RedisSection
+    store: backups.ObjectStore | None
+
+
+def prepare(config: Config) -> Prepared:
+    section: RedisSection = config.require("redis")
+    store = None
+    storage = config.customer.common_config.object_storage
+    if section.server is not None:
+        if shutil.which(section.server.redis_server_binary) is None:
+            raise ConfigError(
+                [
+                    f"redis.server.redis-server-binary: {section.server.redis_server_binary} "
+                    "not found"
+                ]
+            )
+        if storage is None:
+            log.info("object storage not configured: no backups, nothing to restore")
+        else:
+            store = backups.ObjectStore.from_config(storage)
+    return Prepared(section, store)
+
+
+async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
+    assert isinstance(prepared, Prepared)
+    section = prepared.section
+    settings = section.server
+    running = None
+    if settings is not None:
+        if prepared.store is not None:
+            try:
+                await asyncio.to_thread(backups.restore, prepared.store, settings.data_dir)
+            except backups.BackupError as exc:
+                # Starting empty would let new mail pile on top of a lost queue; an operator
+                # decides (fix storage, or remove object-storage to start empty).
+                log.error("restore failed: not starting", extra={"error": str(exc)})
+                sys.exit(1)
+        running = await redis_server.start(settings)
+
+    client = redisconn.connect(section.reliable_queue.redis)
+    collector = QueueCollector(readme_gauges(config))
+    REGISTRY.register(collector)
+
+    async def redis_ok() -> bool:
+        return bool(await client.ping())
+
+    health = HealthServer(section.prometheus, {"redis": redis_ok})
+    await health.start()
+    inner_stop = asyncio.Event()
+    tasks = [asyncio.create_task(poll(client, collector, section.poll_seconds, inner_stop))]
+    if (
+        running is not None
+        and prepared.store is not None
+        and settings is not None
+        and settings.backup_interval_seconds > 0
+    ):
+        tasks.append(asyncio.create_task(_periodic(running, prepared.store, settings, inner_stop)))
+    exit_code = 0
+    try:
+        if running is None:
+            await stop.wait()
+        else:
+            stopped = asyncio.create_task(stop.wait())
+            died = asyncio.create_task(running.wait())
+            await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
+            if died.done():
+                log.error("redis-server exited unexpectedly", extra={"code": died.result()})
+                exit_code = 1
+            stopped.cancel()
+    finally:
+        inner_stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await client.aclose()
+        if running is not None and settings is not None and running.process.returncode is None:
+            code = await redis_server.stop(running, settings.stop_timeout_seconds)
+            if code == 0 and prepared.store is not None:
+                await _backup(prepared.store, settings, reason="stop", include_aof=True)
+        await health.stop()
+    if exit_code:
+        sys.exit(exit_code)
+
+
+async def _backup(
+    store: backups.ObjectStore, settings: RedisServer, *, reason: str, include_aof: bool
+) -> None:
+    try:
+        await asyncio.to_thread(
+            backups.backup,
+            store,
+            settings.data_dir,
+            reason=reason,
+            include_aof=include_aof,
+            keep=settings.backups_kept,
+        )
+        BACKUPS.labels("ok").inc()
+    except backups.BackupError as exc:
+        BACKUPS.labels("failed").inc()
+        log.error("backup failed", extra={"reason": reason, "error": str(exc)})
+
+
+async def _periodic(
+    running: redis_server.RunningServer,
+    store: backups.ObjectStore,
+    settings: RedisServer,
+    stop: asyncio.Event,
+) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.backup_interval_seconds)
+            return
+        try:
+            await redis_server.bgsave(running)
+        except Exception as exc:  # noqa: BLE001 - a failed snapshot must not stop Redis
+            BACKUPS.labels("failed").inc()
+            log.error("snapshot for backup failed", extra={"error": str(exc)})
+            continue
+        # The RDB of a finished BGSAVE is consistent; the AOF is being written, so leave it.
+        await _backup(store, settings, reason="periodic", include_aof=False)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_service(SERVICE, argv, prepare, serve)
