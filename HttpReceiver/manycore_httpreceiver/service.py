@@ -14,8 +14,10 @@ from manycore_common.config import Config, HttpReceiverSection
 from manycore_common.health import HealthServer
 from manycore_common.intake import Intake
 from manycore_common.lifecycle import run_service
+from manycore_common.queue import ReliableQueue
 
 from .app import make_app
+from .unsubscribe import Unsubscribe, add_routes
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,12 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         FailureThrottle(section.auth_throttle),
         section.trusted_proxies,
     )
+    secret = config.customer.common_config.unsubscribe_secret
+    if secret is not None:
+        event_queue = ReliableQueue(redis, config.global_.backdata.queue_name)
+        add_routes(app, Unsubscribe(secret.get_secret_value().encode(), event_queue))
+    else:
+        log.info("common-config.unsubscribe-secret not set: no one-click unsubscribe route")
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
     await runner.setup()
     site = web.TCPSite(runner, section.bind.inet_interface, section.bind.inet_port)

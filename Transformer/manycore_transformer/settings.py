@@ -39,6 +39,7 @@ class SettingsSpec:
     campaign_id: str
     mail_type: str
     sender_id: str
+    unsubscribe_secret: bytes | None = None
 
 
 def _read(config: Config, path_key: str, path: object, inline: object) -> bytes:
@@ -111,6 +112,11 @@ def read_spec(config: Config) -> tuple[SettingsSpec, list[str]]:
         campaign_id=section.feedback_id.campaign_id,
         mail_type=section.feedback_id.mail_type,
         sender_id=section.feedback_id.sender_id,
+        unsubscribe_secret=(
+            secret.get_secret_value().encode()
+            if (secret := config.customer.common_config.unsubscribe_secret)
+            else None
+        ),
     )
     if not problems:
         problems.extend(check_templates(build(spec)))
@@ -139,4 +145,5 @@ def build(spec: SettingsSpec) -> Settings:
         campaign_id=spec.campaign_id,
         mail_type=spec.mail_type,
         sender_id=spec.sender_id,
+        unsubscribe_secret=spec.unsubscribe_secret,
     )

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses
 
 from manycore_common.message import STREAM_ID_RE, UUID_RE
+from manycore_common.unsubscribe import make_token
 
 from . import dkim
 from .beacon import add_beacon
@@ -137,10 +138,18 @@ class Settings:
     mail_type: str = "default"
     sender_id: str = "default"
     removed: frozenset[str] = field(default=REMOVED)
+    #: Signs {{unsubscribe-token}}; None when common-config.unsubscribe-secret is not set.
+    unsubscribe_secret: bytes | None = None
 
 
 #: Placeholders each template may use.
-INJECT_PLACEHOLDERS = ("uuid", "return-path-domain", "from-domain", "stream-id")
+INJECT_PLACEHOLDERS = (
+    "uuid",
+    "return-path-domain",
+    "from-domain",
+    "stream-id",
+    "unsubscribe-token",
+)
 FEEDBACK_PLACEHOLDERS = ("campaign", "mail-type", "sender-id", "stream-id", "from-domain")
 BEACON_PLACEHOLDERS = ("uuid", "stream-id", "from-domain", "return-path-domain")
 
@@ -163,8 +172,14 @@ def check_templates(settings: Settings) -> list[str]:
                 )
             )
     for where, template, allowed in checks:
+        if "unsubscribe-token" in template and settings.unsubscribe_secret is None:
+            problems.append(
+                f"transformer.{where}: {{{{unsubscribe-token}}}} needs "
+                "common-config.unsubscribe-secret"
+            )
+            continue
         try:
-            rendered = render(template, {k: sample[k] for k in allowed})
+            rendered = render(template, {k: sample.get(k, "x") for k in allowed})
         except TemplateError as exc:
             problems.append(f"transformer.{where}: {exc}")
             continue
@@ -259,6 +274,8 @@ def transform(data: bytes, settings: Settings, now: float) -> Transformed:
         "from-domain": from_domain,
         "return-path-domain": signer.return_path_domain,
     }
+    if settings.unsubscribe_secret is not None:
+        names["unsubscribe-token"] = make_token(settings.unsubscribe_secret, uuid, stream_id)
     if signer.beacon_url:
         body = add_beacon(fields, body, render(signer.beacon_url, names))
     if body and not body.endswith(b"\r\n"):

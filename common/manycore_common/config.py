@@ -363,9 +363,41 @@ class BackDataSection(Section):
     prometheus: Prometheus = Prometheus()
 
 
+class RedisServer(Section):
+    """The redis-server that ``manycore-redis`` runs (the Redis pod). Without this section
+    ``manycore-redis`` only exports queue metrics of a Redis run elsewhere."""
+
+    secret_keys = ("password",)
+
+    bind: str = "127.0.0.1"
+    port: int = Field(default=6379, ge=1, le=65535)
+    data_dir: Path = Path("/data")
+    redis_server_binary: str = "redis-server"
+    #: The ACL user every service connects as (their reliable-queue.redis username/password).
+    username: str = Field(default="manycore", min_length=1)
+    password: SecretStr
+    #: everysec: a crash of the machine loses at most ~1 s of acknowledged writes; always: none.
+    appendfsync: Literal["everysec", "always"] = "everysec"
+    #: Periodic S3 backups (object storage configured), so an unclean stop loses at most this.
+    backup_interval_seconds: float = Field(default=3600, ge=0)
+    backups_kept: int = Field(default=24, ge=1)
+    #: How long a stop may take to save and upload before giving up on the upload.
+    stop_timeout_seconds: float = Field(default=120, gt=0)
+
+    @field_validator("password")
+    @classmethod
+    def _strong_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("use at least 16 characters")
+        return value
+
+
 class RedisSection(Section):
+    server: RedisServer | None = None
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
     prometheus: Prometheus = Prometheus()
+    #: How often the exporter reads the queue sizes.
+    poll_seconds: float = Field(default=5.0, gt=0)
 
 
 class ObjectStorage(Section):
@@ -377,10 +409,24 @@ class ObjectStorage(Section):
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
     endpoint_url: str | None = None
+    #: Key prefix under which Redis backups are stored.
+    prefix: str = "manycore-redis"
 
 
 class CommonConfig(Section):
+    secret_keys = ("unsubscribe-secret",)
+
     object_storage: ObjectStorage | None = None
+    #: Signs one-click unsubscribe tokens (the Transformer makes them, HttpReceiver checks
+    #: them). Needed for the {{unsubscribe-token}} placeholder.
+    unsubscribe_secret: SecretStr | None = None
+
+    @field_validator("unsubscribe_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("use at least 32 characters")
+        return value
 
 
 SectionName = Literal[

@@ -16,8 +16,17 @@ from typing import Any, Literal
 from . import item as item_format
 from .queue import ReliableQueue
 
-EventType = Literal["delivered", "bounce", "unsubscribe", "spam-report", "error"]
-EVENT_TYPES: tuple[EventType, ...] = ("delivered", "bounce", "unsubscribe", "spam-report", "error")
+EventType = Literal["delivered", "bounce", "deferred", "unsubscribe", "spam-report", "error"]
+EVENT_TYPES: tuple[EventType, ...] = (
+    "delivered",
+    "bounce",
+    # A temporary failure, not an outcome: PostfixLog emits it only when
+    # ``postfixlog.deferred-events`` is on; the final event (delivered or bounce) follows.
+    "deferred",
+    "unsubscribe",
+    "spam-report",
+    "error",
+)
 BOUNCE_TYPES = ("hard", "soft", "unroutable", "autoreply")
 
 #: Longest stack trace carried in an error event; the rest is in the service's log.
@@ -78,3 +87,26 @@ async def emit(queue: ReliableQueue, event: dict[str, Any], *, source: str) -> N
     """Put one event on the event queue. Events are never refused for a full queue: they are
     small, and losing an unsubscribe or a bounce is worse than a long queue."""
     await queue.redis.lpush(queue.name, encode_event(event, source=source))
+
+
+# KEYS: event queue, once-key. ARGV: event item, TTL seconds → 1 if pushed, 0 if already done.
+_EMIT_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[2])) then
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+async def emit_once(
+    queue: ReliableQueue, event: dict[str, Any], *, source: str, once_key: str, ttl: int
+) -> bool:
+    """Put the event on the queue unless one with the same ``once_key`` was put there within
+    ``ttl`` seconds (e.g. a mailbox provider POSTing the same one-click unsubscribe twice).
+    Marker and event are written by one script: never one without the other."""
+    script = queue.redis.register_script(_EMIT_ONCE)
+    pushed = await script(
+        keys=[queue.name, once_key], args=[encode_event(event, source=source), ttl]
+    )
+    return int(pushed) == 1

@@ -63,5 +63,7 @@ def message() -> Callable[..., bytes]:
 def set_path(data: dict[str, Any], path: str, value: Any) -> None:
     keys = path.split(".")
     for key in keys[:-1]:
-        data = data.setdefault(key, {})
+        if data.get(key) is None:
+            data[key] = {}
+        data = data[key]
     data[keys[-1]] = value

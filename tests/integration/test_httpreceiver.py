@@ -262,3 +262,50 @@ def test_throttle_uses_the_client_behind_a_trusted_proxy(
 def test_missing_content_type_gets_415(api: Service) -> None:
     status, _, body = post(api, build_message("x1"), content_type=None)
     assert status == 415 and "got none" in body["error"]
+
+
+UNSUB_SECRET = "test-only-unsubscribe-secret-0123456789"
+
+
+def request(service: Service, method: str, path: str, accept: str = "*/*") -> tuple[int, str]:
+    conn = http.client.HTTPConnection(LOOPBACK, service.port, timeout=15)
+    body = b"List-Unsubscribe=One-Click" if method == "POST" else None
+    headers = {"Accept": accept}
+    if body:
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    text = response.read().decode()
+    conn.close()
+    return response.status, text
+
+
+def test_one_click_unsubscribe(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+) -> None:
+    from manycore_common.unsubscribe import make_token
+
+    service = http_service(
+        tmp_path, redis_server.port, **{"common-config__unsubscribe-secret": UNSUB_SECRET}
+    )
+    token = make_token(UNSUB_SECRET.encode(), "u55", "camp1")
+    forged = make_token(b"not-our-secret-0123456789abcdefghijk", "u55", "camp1")
+    with running(service):
+        status, text = request(service, "GET", f"/v1/unsubscribe/{token}", "text/html")
+        assert status == 200 and '<form method="post"' in text
+        assert queues.llen("EVENT_QUEUE") == 0  # GET alone never unsubscribes
+        assert request(service, "GET", f"/v1/unsubscribe/{forged}")[0] == 404
+        status, text = request(service, "POST", f"/v1/unsubscribe/{token}")
+        assert status == 200 and json.loads(text) == {"unsubscribed": True}
+        # Providers may POST again: still 200, still one event.
+        assert request(service, "POST", f"/v1/unsubscribe/{token}", "text/html")[0] == 200
+        assert request(service, "POST", f"/v1/unsubscribe/{forged}")[0] == 404
+        assert request(service, "POST", "/v1/unsubscribe/garbage")[0] == 404
+        assert service.metric("httpreceiver_unsubscribe_total", 'result="ok"') == 1
+        assert service.metric("httpreceiver_unsubscribe_total", 'result="repeated"') == 1
+        assert service.metric("httpreceiver_unsubscribe_total", 'result="invalid"') == 3
+    (raw,) = queues.lrange("EVENT_QUEUE", 0, -1)
+    event = json.loads(item_format.decode(raw).payload)
+    assert event["event"] == "unsubscribe"
+    assert (event["uuid"], event["streamid"]) == ("u55", "camp1")
+    assert event["id"] and event["timestamp"] > 0

@@ -360,3 +360,24 @@ def test_malformed_multipart_is_left_alone() -> None:
     )
     result = transform(message, with_beacon(), NOW)
     assert result.data.split(b"\r\n\r\n", 1)[1] == message.split(b"\r\n\r\n", 1)[1]
+
+
+def test_unsubscribe_token_placeholder() -> None:
+    from manycore_common.unsubscribe import parse_token
+
+    secret = b"test-only-secret-0123456789abcdef"
+    inject = (
+        ("List-Unsubscribe", "<https://mail.example.com/v1/unsubscribe/{{unsubscribe-token}}>"),
+    )
+    result = transform(
+        build_message("u42", stream_id="s9"),
+        settings(inject=inject, unsubscribe_secret=secret),
+        NOW,
+    )
+    (value,) = values(split_message(result.data)[0], "List-Unsubscribe")
+    token = value.removeprefix("<https://mail.example.com/v1/unsubscribe/").removesuffix(">")
+    assert parse_token(secret, token) == ("u42", "s9")
+    assert check_templates(settings(inject=inject)) == [
+        "transformer.email-headers.inject.List-Unsubscribe: {{unsubscribe-token}} needs "
+        "common-config.unsubscribe-secret"
+    ]
