@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SERVICES := common Receiver HttpReceiver Transformer Redis
+SERVICES := common Receiver HttpReceiver Transformer Redis MxServer
 STAMP := $(VENV)/.installed
 
 .PHONY: test run bench lint typecheck unit deps sysdeps clean

@@ -12,7 +12,8 @@ from prometheus_client import Counter
 
 from manycore_common.auth import Credentials, FailureThrottle
 from manycore_common.intake import DROPPED, Intake, TemporarilyUnavailable
-from manycore_common.message import MessageRejected, too_large
+from manycore_common.message import MessageRejected
+from manycore_common.smtpreplies import rewrite
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +44,13 @@ class ReceiverSMTP(SMTP):
     def __init__(self, handler: Handler, *, throttle: FailureThrottle, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.throttle = throttle
-        self._size_reply = too_large(kwargs.get("data_size_limit") or 0).smtp_reply
-        # aiosmtpd's fixed texts that lack an enhanced status code (RFC 2034 asks for one on
-        # every reply once ENHANCEDSTATUSCODES is advertised), mapped to ours.
-        self._rewrites = {
-            "552 Error: Too much mail data": self._size_reply,
-            "552 Error: message size exceeds fixed maximum message size": self._size_reply,
-            "500 Line too long (see RFC5321 4.5.3.1.6)": (
-                "500 5.5.2 Line too long: at most 998 characters per line (RFC 5322 2.1.1)"
-            ),
-            "530 Must issue a STARTTLS command first": (
-                "530 5.7.0 Must issue a STARTTLS command first"
-            ),
-        }
+        self._size_limit = int(kwargs.get("data_size_limit") or 0)
 
     async def push(self, status: Any) -> None:
-        if isinstance(status, str) and status in self._rewrites:
-            if status.startswith("552"):
-                DROPPED.labels("too-large").inc()
-            elif status.startswith("500 Line"):
-                DROPPED.labels("line-too-long").inc()
-            status = self._rewrites[status]
+        if isinstance(status, str):
+            status, refused = rewrite(status, self._size_limit)
+            if refused:
+                DROPPED.labels(refused).inc()
         await super().push(status)
 
     @syntax("AUTH <mechanism>")

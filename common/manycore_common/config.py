@@ -330,13 +330,53 @@ class YahooAbuse(Section):
 
 
 class Abuse(Section):
+    """Addresses registered with providers' feedback loops; their reports come here."""
+
     yahoo: YahooAbuse | None = None
+    #: Further abuse addresses (any provider), accepted even outside the return-path domains.
+    addresses: tuple[str, ...] = ()
+
+    def all(self) -> frozenset[str]:
+        found = set(self.addresses)
+        if self.yahoo is not None:
+            found.add(self.yahoo.to)
+        return frozenset(a.strip().lower() for a in found)
+
+
+class MxServerTls(Section):
+    """STARTTLS certificate and key, relative to the config directory (self-signed if absent)."""
+
+    cert_file: Path = Path("mxserver_cert.pem")
+    key_file: Path = Path("mxserver_key.pem")
+
+
+class RateLimit(Section):
+    """Per client address: at most ``messages`` within ``window-seconds``; more get 450."""
+
+    messages: int = Field(default=120, ge=1)
+    window_seconds: float = Field(default=60.0, gt=0)
+
+
+class Unclassified(Section):
+    """Messages no rule understood are kept in Redis for an operator, bounded."""
+
+    max_count: int = Field(default=1000, ge=0)
+    max_bytes: int = Field(default=256 * 1024, ge=1024)
 
 
 class MxServerSection(Section):
     bind: Listen = _listen(25)
+    #: Name in the SMTP greeting (default: the machine's host name).
+    hostname: str | None = None
+    #: Kept so older files load; unclassified messages are now kept in Redis.
     eml_directory: Path = Path("tmp")
     abuse: Abuse = Abuse()
+    #: Domains accepted besides the return-path domains of transformer.domain-settings.
+    extra_domains: tuple[str, ...] = ()
+    max_message_size: int = Field(default=10 * 1024 * 1024, gt=0)
+    tls: MxServerTls = MxServerTls()
+    rate_limit: RateLimit = RateLimit()
+    unclassified: Unclassified = Unclassified()
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
     prometheus: Prometheus = Prometheus()
 

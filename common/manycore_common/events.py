@@ -11,6 +11,7 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from . import item as item_format
@@ -89,24 +90,41 @@ async def emit(queue: ReliableQueue, event: dict[str, Any], *, source: str) -> N
     await queue.redis.lpush(queue.name, encode_event(event, source=source))
 
 
-# KEYS: event queue, once-key. ARGV: event item, TTL seconds → 1 if pushed, 0 if already done.
+# KEYS: event queue, once-keys... ARGV: TTL seconds, then one event item per once-key
+# → how many were pushed. Each event goes out only if its once-key was not set yet; markers
+# and events are written by one script, so never one without the other.
 _EMIT_ONCE = """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[2])) then
-  redis.call('LPUSH', KEYS[1], ARGV[1])
-  return 1
+local pushed = 0
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', tonumber(ARGV[1])) then
+    redis.call('LPUSH', KEYS[1], ARGV[i])
+    pushed = pushed + 1
+  end
 end
-return 0
+return pushed
 """
+
+
+async def emit_once_many(
+    queue: ReliableQueue,
+    keyed_events: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    source: str,
+    ttl: int,
+) -> int:
+    """Put each (once-key, event) on the queue unless an event with the same once-key was
+    put there within ``ttl`` seconds (e.g. a provider POSTing the same one-click
+    unsubscribe twice, or a second DSN for a bounce already reported). Returns how many."""
+    if not keyed_events:
+        return 0
+    script = queue.redis.register_script(_EMIT_ONCE)
+    keys = [queue.name, *(key for key, _ in keyed_events)]
+    args: list[int | bytes] = [ttl, *(encode_event(e, source=source) for _, e in keyed_events)]
+    return int(await script(keys=keys, args=args))
 
 
 async def emit_once(
     queue: ReliableQueue, event: dict[str, Any], *, source: str, once_key: str, ttl: int
 ) -> bool:
-    """Put the event on the queue unless one with the same ``once_key`` was put there within
-    ``ttl`` seconds (e.g. a mailbox provider POSTing the same one-click unsubscribe twice).
-    Marker and event are written by one script: never one without the other."""
-    script = queue.redis.register_script(_EMIT_ONCE)
-    pushed = await script(
-        keys=[queue.name, once_key], args=[encode_event(event, source=source), ttl]
-    )
-    return int(pushed) == 1
+    """``emit_once_many`` for one event: True if it was pushed."""
+    return await emit_once_many(queue, [(once_key, event)], source=source, ttl=ttl) == 1

@@ -1,0 +1,1 @@
+"""MxServer: the public MX of the return-path domains. Never a relay."""

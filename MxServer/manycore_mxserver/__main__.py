@@ -1,0 +1,3 @@
+from manycore_mxserver.service import main
+
+main()
