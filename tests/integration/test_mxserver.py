@@ -104,15 +104,18 @@ def test_soft_and_delayed(mx: Service, queues: SyncRedis) -> None:
     assert mx.metric("mxserver_received_delay_notice_total") >= 1
 
 
-def test_text_bounce_autoreply_spam_report_and_unsubscribe(
-    mx: Service, queues: SyncRedis
-) -> None:
+def test_text_bounce_autoreply_spam_report_and_unsubscribe(mx: Service, queues: SyncRedis) -> None:
     deliver(mx, "", [f"bounce-m4@{RP}"], fixture("exim.eml", "u1009", "m4"))
-    deliver(mx, "tina@receiver.example", [f"bounce-m5@{RP}"],
-            fixture("autoreply_rfc3834.eml", "u1018", "m5"))
+    deliver(
+        mx,
+        "tina@receiver.example",
+        [f"bounce-m5@{RP}"],
+        fixture("autoreply_rfc3834.eml", "u1018", "m5"),
+    )
     deliver(mx, "fbl@isp.example", [f"abuse@{RP}"], fixture("arf_generic.eml", "u1017", "m6"))
-    deliver(mx, "walt@receiver.example", [f"unsub-m7@{RP}"],
-            fixture("unsubscribe.eml", "u1021", "m7"))
+    deliver(
+        mx, "walt@receiver.example", [f"unsub-m7@{RP}"], fixture("unsubscribe.eml", "u1021", "m7")
+    )
     got = {e["event"] + ":" + e.get("type", ""): e for e in events(queues)}
     assert got["bounce:hard"]["uuid"] == "m4"
     assert got["bounce:hard"]["rcpt"] == "kate@receiver.example"
@@ -131,19 +134,26 @@ def test_yahoo_abuse_address_keeps_working(
         tmp_path, redis_server.port, **{"mxserver__abuse__yahoo__to": "fbl@reports.example"}
     )
     with running(service):
-        code, _ = deliver(service, "feedbackloop@yahoo.example", ["fbl@reports.example"],
-                          fixture("arf_yahoo.eml", "u1016", "m8"))
+        code, _ = deliver(
+            service,
+            "feedbackloop@yahoo.example",
+            ["fbl@reports.example"],
+            fixture("arf_yahoo.eml", "u1016", "m8"),
+        )
         assert code == 250
     (event,) = events(queues)
     assert (event["event"], event["uuid"], event["email"]) == (
-        "spam-report", "m8", "rita@yahoo.example"
+        "spam-report",
+        "m8",
+        "rita@yahoo.example",
     )
 
 
 def test_unclassified_is_stored_not_an_event(mx: Service, queues: SyncRedis) -> None:
     before = mx.metric("mxserver_received_unclassified_total")
-    deliver(mx, "xena@receiver.example", [f"bounce-m9@{RP}"],
-            fixture("human_reply.eml", "u1022", "m9"))
+    deliver(
+        mx, "xena@receiver.example", [f"bounce-m9@{RP}"], fixture("human_reply.eml", "u1022", "m9")
+    )
     assert events(queues) == []
     (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED", 0, -1)
     item = item_format.decode(stored)
@@ -170,9 +180,7 @@ def test_oversize_mail_is_refused(
 
 
 def test_rate_limit(tmp_path: Path, redis_server: RedisServer, queues: SyncRedis) -> None:
-    service = mx_service(
-        tmp_path, redis_server.port, **{"mxserver__rate-limit": {"messages": 2}}
-    )
+    service = mx_service(tmp_path, redis_server.port, **{"mxserver__rate-limit": {"messages": 2}})
     with running(service):
         data = fixture("unsubscribe.eml", "u1021", "m11")
         assert deliver(service, "a@b.example", [f"unsub-m11@{RP}"], data)[0] == 250
@@ -188,8 +196,9 @@ def test_redis_down_means_451(tmp_path: Path) -> None:
         with running(service):
             redis.stop()
             wait_for(lambda: service.readyz()[0] == 503, what="readyz to report redis down")
-            code, reply = deliver(service, "", [f"bounce-m12@{RP}"],
-                                  fixture("exim.eml", "u1009", "m12"))
+            code, reply = deliver(
+                service, "", [f"bounce-m12@{RP}"], fixture("exim.eml", "u1009", "m12")
+            )
             assert code == 451 and reply.startswith(b"4.3.0")
     finally:
         redis.stop()
