@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SERVICES := common Receiver HttpReceiver Transformer Redis MxServer
+SERVICES := common Receiver HttpReceiver Transformer Redis BackData PostfixLog MxServer
 STAMP := $(VENV)/.installed
 
 .PHONY: test run bench lint typecheck unit deps sysdeps clean
@@ -28,6 +28,7 @@ run: deps
 # Not part of CI (minutes, and noisy machines); `make test` runs a quick smoke of it.
 bench: deps
 	$(PY) -m bench.transformer
+	$(PY) -m bench.backdata
 
 deps: sysdeps $(STAMP)
 

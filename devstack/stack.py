@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -63,66 +64,127 @@ def ports(base: int) -> dict[str, int]:
         "redis": base,
         "smtp": base + 1,
         "http": base + 2,
+        "sink": base + 3,
+        "webhook": base + 4,
+        "mx": base + 5,
+        "postfix": base + 6,
+        "redis-metrics": base + 10,
         "receiver-metrics": base + 11,
         "httpreceiver-metrics": base + 12,
         "transformer-metrics": base + 13,
-        "redis-metrics": base + 10,
+        "backdata-metrics": base + 14,
+        "mxserver-metrics": base + 15,
+        "postfixlog-metrics": base + 16,
     }
 
 
+#: How long a temporarily failing message (soft-bounce@) stays in the local Postfix before it
+#: becomes a soft bounce; short so the outcome can be seen while trying things out.
+LOCAL_QUEUE_LIFETIME = os.environ.get("MANYCORE_LOCAL_QUEUE_LIFETIME", "60s")
+
+
+def local_config(data: dict[str, Any], workdir: Path, p: dict[str, int]) -> dict[str, Any]:
+    """The example customer config turned into the local stack's: loopback, unprivileged
+    ports, a password for Redis, Postfix relaying to the sink MX, events to the inbox."""
+
+    def listen(port: int) -> dict[str, Any]:
+        return {"inet-interface": LOOPBACK, "inet-port": port}
+
+    for name, section in data.items():
+        if isinstance(section, dict) and "reliable-queue" in section:
+            section["reliable-queue"]["redis"] = {
+                "hostname": LOOPBACK,
+                "port": p["redis"],
+                "username": "manycore",
+                "password-file": "redis-password",
+            }
+        if isinstance(section, dict) and "prometheus" in section:
+            section["prometheus"] = listen(p[f"{name}-metrics"])
+    data["redis"]["server"] = {
+        "bind": LOOPBACK,
+        "port": p["redis"],
+        "data-dir": str(workdir / "redis"),
+        "password-file": "redis-password",
+        "backup-interval-seconds": 0,
+    }
+    data["receiver"]["hostname"] = "localhost"
+    data["receiver"]["bind"] = listen(p["smtp"])
+    data["httpreceiver"]["bind"] = listen(p["http"])
+    data["transformer"]["email-headers"]["inject"]["List-Unsubscribe"] = (
+        "<mailto:unsub-{{uuid}}@{{return-path-domain}}>, "
+        "<https://mail.example.com/v1/unsubscribe/{{unsubscribe-token}}>"
+    )
+    data["common-config"] = {"unsubscribe-secret-file": "unsubscribe-secret"}
+    data["mxserver"]["bind"] = listen(p["mx"])
+    data["mxserver"]["hostname"] = "mx.local.test"
+    data["backdata"].update(
+        {"post-url": f"http://{LOOPBACK}:{p['webhook']}/", "retry-max-seconds": 10}
+    )
+    postfixlog = data["postfixlog"]
+    postfixlog.update(
+        {
+            "logfile": str(workdir / "postfix-log" / "mail.log"),
+            "postfix-directory": str(workdir / "postfix"),
+            "postfix": {"hostname": LOOPBACK, "port": p["postfix"]},
+            "maximal-queue-lifetime": LOCAL_QUEUE_LIFETIME,
+            "bounce-queue-lifetime": LOCAL_QUEUE_LIFETIME,
+            "stop-grace-seconds": 5,
+        }
+    )
+    postfixlog["string-replacer"] = {
+        "main-cf": {
+            "myhostname": "postfix.local.test",
+            "mailname": "local.test",
+            # Outbound port 25 is blocked on most machines: everything goes to the sink MX,
+            # and with DNS off no lookup ever leaves the machine.
+            "relayhost": f"[{LOOPBACK}]:{p['sink']}",
+            "smtp_dns_support_level": "disabled",
+            "queue_run_delay": "10s",
+            "minimal_backoff_time": "10s",
+            "maximal_backoff_time": "20s",
+        },
+        "master-cf": {"smtpd-port": p["postfix"]},
+    }
+    return data
+
+
+def secret_file(path: Path, length: int) -> None:
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(length) + "\n")
+
+
 def write_config(workdir: Path, p: dict[str, int]) -> tuple[Path, Path]:
-    """The example files with local, unprivileged ports. Kept if already there."""
+    """The example files made local (see local_config). Kept if already there."""
     conf = workdir / "configs"
     conf.mkdir(parents=True, exist_ok=True)
     global_file = conf / "inboxbooster-mailer-global.yaml"
     customer_file = conf / "inboxbooster-mailer-customer.yaml"
+    secret_file(conf / "redis-password", 24)
+    secret_file(conf / "unsubscribe-secret", 32)
     if not global_file.exists():
         shutil.copy(ROOT / "inboxbooster-mailer-global.yaml.example", global_file)
     if not customer_file.exists():
-        data: dict[str, Any] = yaml.safe_load(
-            (ROOT / "inboxbooster-mailer-customer.yaml.example").read_text()
-        )
-        password_file = conf / "redis-password"
-        if not password_file.exists():
-            password_file.touch(mode=0o600)
-            password_file.write_text(secrets.token_urlsafe(24) + "\n")
-        for section in data.values():
-            if isinstance(section, dict) and "reliable-queue" in section:
-                section["reliable-queue"]["redis"] = {
-                    "hostname": LOOPBACK,
-                    "port": p["redis"],
-                    "username": "manycore",
-                    "password-file": "redis-password",
-                }
-        data["redis"]["server"] = {
-            "bind": LOOPBACK,
-            "port": p["redis"],
-            "data-dir": str(workdir / "redis"),
-            "password-file": "redis-password",
-            "backup-interval-seconds": 0,
-        }
-        data["redis"]["prometheus"] = {"inet-interface": LOOPBACK, "inet-port": p["redis-metrics"]}
-        data["receiver"]["hostname"] = "localhost"
-        data["receiver"]["bind"] = {"inet-interface": LOOPBACK, "inet-port": p["smtp"]}
-        data["receiver"]["prometheus"] = {
-            "inet-interface": LOOPBACK,
-            "inet-port": p["receiver-metrics"],
-        }
-        data["httpreceiver"]["bind"] = {"inet-interface": LOOPBACK, "inet-port": p["http"]}
-        data["httpreceiver"]["prometheus"] = {
-            "inet-interface": LOOPBACK,
-            "inet-port": p["httpreceiver-metrics"],
-        }
-        data["transformer"]["prometheus"] = {
-            "inet-interface": LOOPBACK,
-            "inet-port": p["transformer-metrics"],
-        }
+        example = yaml.safe_load((ROOT / "inboxbooster-mailer-customer.yaml.example").read_text())
         customer_file.write_text(
             "# Generated by `make run` from the example file; edit freely, it is kept.\n"
-            + yaml.safe_dump(data, sort_keys=False)
+            + yaml.safe_dump(local_config(example, workdir, p), sort_keys=False)
         )
     write_demo_keys(conf)
     return global_file, customer_file
+
+
+def dkim_records(conf: Path) -> Path:
+    """What the sink MX would find in DNS for the demo keys (selector "mailer")."""
+    from manycore_transformer.dkim import load_key
+
+    records = {}
+    for domain in ("example.com", "bexample.com"):
+        key = load_key((conf / "dkim" / f"dkim-private-key-{domain}.pem").read_bytes())
+        records[f"mailer._domainkey.{domain}"] = key.public_record()
+    path = conf / "dkim-records.json"
+    path.write_text(json.dumps(records, indent=2))
+    return path
 
 
 def write_demo_keys(conf: Path) -> None:
@@ -163,17 +225,57 @@ def service(name: str, bindir: Path, g: Path, c: Path, port: int | None, metrics
 
 
 def plan(workdir: Path, p: dict[str, int]) -> list[Proc]:
-    """Processes in the README's deployment order."""
+    """Processes in the README's deployment order, after the stand-ins for the outside world
+    (the sink MX and the webhook inbox)."""
     g, c = write_config(workdir, p)
-    if shutil.which("redis-server") is None:
-        raise StartError("redis-server is not installed (make run installs it)")
+    for binary in ("redis-server", "postfix"):
+        if shutil.which(binary, path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
+            raise StartError(f"{binary} is not installed (make run installs it)")
     bindir = Path(sys.executable).parent
+    peers = Proc(
+        "peers",
+        [
+            sys.executable,
+            "-m",
+            "devstack.peers",
+            "--workdir",
+            str(workdir),
+            "--sink-port",
+            str(p["sink"]),
+            "--webhook-port",
+            str(p["webhook"]),
+            "--mx-port",
+            str(p["mx"]),
+            "--http-port",
+            str(p["http"]),
+            "--dkim-records",
+            str(dkim_records(c.parent)),
+        ],
+        port=p["webhook"],
+    )
     return [
+        peers,
         service("redis", bindir, g, c, p["redis"], p["redis-metrics"]),
+        service("backdata", bindir, g, c, None, p["backdata-metrics"]),
+        service("mxserver", bindir, g, c, p["mx"], p["mxserver-metrics"]),
+        service("postfixlog", bindir, g, c, p["postfix"], p["postfixlog-metrics"]),
         service("transformer", bindir, g, c, None, p["transformer-metrics"]),
         service("receiver", bindir, g, c, p["smtp"], p["receiver-metrics"]),
         service("httpreceiver", bindir, g, c, p["http"], p["httpreceiver-metrics"]),
     ]
+
+
+#: The README's termination order (the outside world's stand-ins go last).
+TERMINATION_ORDER = (
+    "receiver",
+    "httpreceiver",
+    "transformer",
+    "postfixlog",
+    "backdata",
+    "mxserver",
+    "redis",
+    "peers",
+)
 
 
 class Supervisor:
@@ -223,10 +325,10 @@ class Supervisor:
             time.sleep(0.2)
         return None
 
-    def stop(self, grace: float = 60) -> None:
-        """Reverse of the start order, which is the README's termination order for the
-        modules that exist: receivers first, Redis last."""
-        for proc in reversed(self.procs):
+    def stop(self, grace: float = 120) -> None:
+        """In the README's termination order: receivers first, Redis last."""
+        order = {name: i for i, name in enumerate(TERMINATION_ORDER)}
+        for proc in sorted(self.procs, key=lambda p: order.get(p.name, len(order))):
             if proc.process is None or proc.process.poll() is not None:
                 continue
             proc.process.send_signal(signal.SIGTERM)
@@ -239,32 +341,36 @@ class Supervisor:
 
 
 def banner(p: dict[str, int], workdir: Path) -> str:
+    conf = workdir / "configs"
     return f"""
-Manycore-Mail is running (logs in {workdir / "logs"}, config in {workdir / "configs"}).
+Manycore-Mail is running (logs in {workdir / "logs"}, config in {conf}).
 
   SMTP submission  {LOOPBACK}:{p["smtp"]}   STARTTLS (self-signed) + AUTH apa / banan
   HTTP submission  http://{LOOPBACK}:{p["http"]}/v1/mail/send   Basic auth apa / banan
-  Redis            {LOOPBACK}:{p["redis"]}   user manycore, password in
-                   {workdir / "configs/redis-password"}; data in {workdir / "redis"} (AOF)
-                   metrics http://{LOOPBACK}:{p["redis-metrics"]}/metrics
-  Metrics          http://{LOOPBACK}:{p["receiver-metrics"]}/metrics (receiver)
-                   http://{LOOPBACK}:{p["httpreceiver-metrics"]}/metrics (httpreceiver)
-                   http://{LOOPBACK}:{p["transformer-metrics"]}/metrics (transformer)
-  Queues           .venv/bin/manycore-queues --customer-config-file \\
-                       {workdir / "configs/inboxbooster-mailer-customer.yaml"} \\
-                       --global-config-file \\
-                       {workdir / "configs/inboxbooster-mailer-global.yaml"} stats
+  MX (MxServer)    {LOOPBACK}:{p["mx"]}   bounces, replies, reports, unsubscribes
+  Postfix          {LOOPBACK}:{p["postfix"]} (loopback only), relaying to the sink MX
+  Sink MX          {LOOPBACK}:{p["sink"]}   stores mail in {workdir / "sink"}, checks DKIM
+  Webhook inbox    http://{LOOPBACK}:{p["webhook"]}/events   (events.jsonl in {workdir / "webhook"})
+  Redis            {LOOPBACK}:{p["redis"]}   user manycore, password in {conf / "redis-password"}
+  Metrics          http://{LOOPBACK}:PORT/metrics, PORT = {p["redis-metrics"]} redis,
+                   {p["receiver-metrics"]} receiver, {p["httpreceiver-metrics"]} httpreceiver,
+                   {p["transformer-metrics"]} transformer, {p["backdata-metrics"]} backdata,
+                   {p["mxserver-metrics"]} mxserver, {p["postfixlog-metrics"]} postfixlog
+  Queues           .venv/bin/manycore-queues --global-config-file \\
+                       {conf / "inboxbooster-mailer-global.yaml"} \\
+                       --customer-config-file {conf / "inboxbooster-mailer-customer.yaml"} stats
 
-Send a test message:
+Send a test message (then see its events in the webhook inbox):
 
   printf '%s\\r\\n' 'From: shop@example.com' 'To: alice@example.net' 'X-Uuid: test1' \\
       'Subject: hi' '' 'Hello' |
     curl -sS -u apa:banan -H 'Content-Type: message/rfc822' --data-binary @- \\
     http://{LOOPBACK}:{p["http"]}/v1/mail/send
+  curl -sS http://{LOOPBACK}:{p["webhook"]}/events
 
-The Transformer signs what arrives (demo DKIM keys in {workdir / "configs/dkim"}) and hands
-it to INCOMING-TO-POSTFIX. Not part of this stack yet: PostfixLog (with its Postfix and the
-sink MX), MxServer, BackData and the webhook inbox; signed messages wait in Redis until then.
+The sink answers by recipient: hard-bounce@, soft-bounce@ (a soft bounce after
+{LOCAL_QUEUE_LIFETIME}), unroutable@, async-bounce@, autoreply@, complain@, unsubscribe@ (any
+domain); anything else is delivered.
 
 Press Ctrl-C to stop everything.
 """

@@ -52,6 +52,7 @@ def render_config(settings: RedisServer, admin_password: str, base: Path) -> str
             f"bind {settings.bind}",
             f"dir {settings.data_dir}",
             f"appendfsync {settings.appendfsync}",
+            f"maxmemory {settings.maxmemory}",
             "daemonize no",
             "user default off",
             f"user {app} on {acl_password(settings.password.get_secret_value())} "

@@ -52,6 +52,9 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     _rule("invalid-recipient", "dsn", r"^5\.1\.10$"),
     # X.4.6 routing loop detected.
     _rule("routing", "dsn", r"^[45]\.4\.6$"),
+    # Sender authentication (SPF, DKIM, DMARC) is a policy the sender can fix, even when the
+    # wording says "blocked" (e.g. Gmail's 5.7.26).
+    _rule("policy", "text", r"unauthenticated|dmarc|\bspf\b|\bdkim\b"),
     _rule(
         "spam-block",
         "text",

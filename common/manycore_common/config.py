@@ -18,10 +18,12 @@ Rules:
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -302,27 +304,139 @@ class TransformerSection(Section):
         return value
 
 
+#: A Postfix time value with an explicit unit (postconf(5) "time units": s, m, h, d, w).
+POSTFIX_TIME_RE = re.compile(r"[0-9]+[smhdw]")
+#: What postconf(5) calls a parameter name.
+POSTFIX_PARAMETER_RE = re.compile(r"[a-z][a-z0-9_]*")
+#: main.cf parameters PostfixLog owns: changing them would expose the open relay, move its
+#: files away from where PostfixLog looks, or break the link between log lines and messages.
+PROTECTED_MAIN_CF = {
+    "inet_interfaces": "Postfix listens on loopback only",
+    "mynetworks": "only loopback clients may relay",
+    "mynetworks_style": "only loopback clients may relay",
+    "queue_directory": "set postfixlog.postfix-directory instead",
+    "data_directory": "set postfixlog.postfix-directory instead",
+    "config_directory": "set postfixlog.postfix-directory instead",
+    "maillog_file": "set postfixlog.logfile instead",
+    "maillog_file_prefixes": "set postfixlog.logfile instead",
+    "enable_long_queue_ids": "long queue ids tie log lines to messages",
+    "maximal_queue_lifetime": "set postfixlog.maximal-queue-lifetime instead",
+    "bounce_queue_lifetime": "set postfixlog.bounce-queue-lifetime instead",
+}
+#: Host names under which PostfixLog reaches its own Postfix ("localhost" is read as
+#: 127.0.0.1, never looked up).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+def _postfix_time(value: str) -> str:
+    if not POSTFIX_TIME_RE.fullmatch(value):
+        raise ValueError("must be a number with a unit s, m, h, d or w (e.g. 5d)")
+    return value
+
+
 class PostfixEndpoint(Section):
+    """Where the injector reaches Postfix: always its own smtpd on loopback."""
+
     hostname: str = "127.0.0.1"
-    port: int = Field(default=10025, ge=1, le=65535)
+    #: Defaults to ``string-replacer.master-cf.smtpd-port``; if given it must be the same.
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("hostname")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        if value not in LOOPBACK_HOSTS:
+            raise ValueError("must be 127.0.0.1: PostfixLog only talks to its own Postfix")
+        return value
 
 
 class MasterCf(Section):
     smtpd_port: int = Field(default=10025, ge=1, le=65535)
 
 
+MainCfValue = str | int | bool
+
+
 class StringReplacer(Section):
-    #: Any main.cf parameter; ``myhostname`` and ``mailname`` are the usual ones.
-    main_cf: dict[str, str] = {}
+    #: Any main.cf parameter, plus ``mailname`` (becomes ``myorigin``); ``myhostname`` and
+    #: ``mailname`` fall back to the files ``myhostname`` and ``mailname`` beside the config.
+    main_cf: dict[str, MainCfValue] = {}
     master_cf: MasterCf = MasterCf()
+
+    @field_validator("main_cf")
+    @classmethod
+    def _parameters(cls, value: dict[str, MainCfValue]) -> dict[str, MainCfValue]:
+        for name, setting in value.items():
+            if not POSTFIX_PARAMETER_RE.fullmatch(name):
+                raise ValueError(f"{name!r} is not a main.cf parameter name")
+            if name in PROTECTED_MAIN_CF:
+                raise ValueError(f"{name} cannot be set here: {PROTECTED_MAIN_CF[name]}")
+            # A line break would start a new main.cf line (another parameter).
+            if isinstance(setting, str) and any(c in setting for c in "\r\n\0"):
+                raise ValueError(f"the value of {name} contains a line break")
+        return value
+
+
+class ThrottledTransport(Section):
+    """Destination domains that get a slower transport of their own (postconf(5)
+    ``transport_destination_concurrency_limit`` and ``transport_destination_rate_delay``)."""
+
+    domains: tuple[str, ...] = ()
+    concurrency_limit: int = Field(default=2, ge=1, le=100)
+    rate_delay: str = "1s"
+
+    _check_delay = field_validator("rate_delay")(_postfix_time)
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = tuple(d.strip().lower().rstrip(".") for d in value)
+        for domain in cleaned:
+            if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", domain):
+                raise ValueError(f"{domain!r} is not a domain name")
+        return cleaned
 
 
 class PostfixLogSection(Section):
+    #: Postfix's log (its ``maillog_file``), which PostfixLog follows.
     logfile: Path = Path("/var/log/mail.log")
     postfix: PostfixEndpoint = PostfixEndpoint()
     string_replacer: StringReplacer = StringReplacer()
+    #: Home of the private Postfix instance: etc/ (rendered config), queue/, data/.
+    postfix_directory: Path = Path("/var/spool/manycore-postfix")
+    #: How long Postfix retries a message before it gives up (a ``soft`` bounce event).
+    maximal_queue_lifetime: str = "5d"
+    bounce_queue_lifetime: str = "5d"
+    throttled_transport: ThrottledTransport = ThrottledTransport()
+    #: Backpressure: take from the to-postfix queue only while Postfix's active + incoming
+    #: queues hold fewer messages than this.
+    max_active_incoming: int = Field(default=1000, ge=1)
+    #: SMTP connections from PostfixLog to its Postfix (messages injected in parallel).
+    smtp_connections: int = Field(default=4, ge=1, le=64)
+    #: Also emit a ``deferred`` event for every temporary failure (progress, not final).
+    deferred_events: bool = False
+    #: On stop, how long Postfix may finish deliveries in progress before what is left in its
+    #: queue goes back to the to-postfix queue.
+    stop_grace_seconds: float = Field(default=20.0, ge=0)
+    #: PostfixLog rotates the log file once it is this big (0: never).
+    log_rotate_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
+    #: Names this instance's state in Redis (log position, queue ids); default: host name.
+    instance_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,100}$")
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
     prometheus: Prometheus = Prometheus()
+
+    _check_lifetimes = field_validator("maximal_queue_lifetime", "bounce_queue_lifetime")(
+        _postfix_time
+    )
+
+    @model_validator(mode="after")
+    def _own_smtpd(self) -> PostfixLogSection:
+        port = self.postfix.port
+        if port is not None and port != self.string_replacer.master_cf.smtpd_port:
+            raise ValueError(
+                "postfix.port must equal string-replacer.master-cf.smtpd-port "
+                "(PostfixLog delivers to its own Postfix)"
+            )
+        return self
 
 
 class YahooAbuse(Section):
@@ -392,15 +506,82 @@ class BounceManager(Section):
 
 
 class BackDataSection(Section):
-    secret_keys = ("signing-secret",)
+    """The webhook BackData POSTs events to (DESIGN §6). ``headers`` may come from a file
+    (``headers-file``, one ``Name: value`` per line) since it usually carries a token."""
+
+    secret_keys = ("signing-secret", "headers")
+    #: RFC 9110 §5.1 token characters.
+    header_name: ClassVar[re.Pattern[str]] = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+    #: Headers BackData sets on every POST; a custom header must not replace them.
+    reserved_headers: ClassVar[frozenset[str]] = frozenset(
+        {"content-type", "content-length", "host", "x-manycore-signature"}
+    )
 
     post_url: str = Field(min_length=1)
+    #: Most events in one POST; a POST goes out with what is waiting, it never waits to fill.
     batch_size: int = Field(default=50, ge=1, le=10_000)
+    #: Events that could not be delivered for this long (since they were queued) go to the
+    #: dead-letter list after their next failed attempt.
     max_event_age_seconds: float = Field(default=3 * 24 * 3600, gt=0)
     signing_secret: SecretStr | None = None
+    #: Extra request headers, e.g. Authorization. Values are secrets: never logged.
+    headers: dict[str, SecretStr] = {}
+    #: POSTs in flight at once.
+    concurrency: int = Field(default=4, ge=1, le=64)
+    #: Whole request, connect to last byte of the answer.
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Exponential backoff between failed attempts of one batch: the first wait, and the cap.
+    retry_initial_seconds: float = Field(default=1.0, gt=0)
+    retry_max_seconds: float = Field(default=300.0, gt=0)
+    #: Verify the webhook's certificate (https); ``tls-ca-file`` trusts a private CA.
+    tls_verify: bool = True
+    tls_ca_file: Path | None = None
     bounce_manager: BounceManager | None = None
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
     prometheus: Prometheus = Prometheus()
+
+    @field_validator("post_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _header_lines(cls, value: Any) -> Any:
+        # headers-file arrives here as the file's text.
+        if not isinstance(value, str):
+            return value
+        headers: dict[str, str] = {}
+        for number, line in enumerate(value.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, colon, rest = line.partition(":")
+            if not colon:
+                raise ValueError(f"headers-file line {number}: expected 'Name: value'")
+            headers[name.strip()] = rest.strip()
+        return headers
+
+    @field_validator("headers")
+    @classmethod
+    def _valid_headers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, secret in value.items():
+            if not cls.header_name.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if name.lower() in cls.reserved_headers:
+                raise ValueError(f"{name} is set by BackData itself")
+            # A CR or LF would let a value smuggle in headers of its own (RFC 9110 §5.5).
+            if any(c in secret.get_secret_value() for c in "\r\n\0"):
+                raise ValueError(f"the value of {name} contains a line break")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> BackDataSection:
+        if self.retry_max_seconds < self.retry_initial_seconds:
+            raise ValueError("retry-max-seconds must be at least retry-initial-seconds")
+        return self
 
 
 class RedisServer(Section):
@@ -418,6 +599,10 @@ class RedisServer(Section):
     password: SecretStr
     #: everysec: a crash of the machine loses at most ~1 s of acknowledged writes; always: none.
     appendfsync: Literal["everysec", "always"] = "everysec"
+    #: Redis' memory ceiling (e.g. "3gb"): above it writes are refused (noeviction), so the
+    #: receivers answer 451/503 instead of the pod being killed for memory. Set it well
+    #: below the container's memory limit (an AOF rewrite forks). "0": no ceiling.
+    maxmemory: str = Field(default="0", pattern=r"^\d+(?:[kmg]b?)?$")
     #: Periodic S3 backups (object storage configured), so an unclean stop loses at most this.
     backup_interval_seconds: float = Field(default=3600, ge=0)
     backups_kept: int = Field(default=24, ge=1)

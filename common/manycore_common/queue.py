@@ -97,6 +97,13 @@ if hwm > 0 and redis.call('LLEN', KEYS[1]) >= hwm then return -1 end
 return redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
 """
 
+# KEYS: processing. ARGV: items → how many were still held.
+_ACK_MANY = """
+local n = 0
+for _, raw in ipairs(ARGV) do n = n + redis.call('LREM', KEYS[1], 1, raw) end
+return n
+"""
+
 # KEYS: processing, target. ARGV: pairs of (held item, item for target) → number handed over.
 _HAND_OVER = """
 local moved = 0
@@ -305,6 +312,7 @@ class ReliableQueue:
         self.dead_key = f"{name}:dead"
         self._push = redis.register_script(_PUSH)
         self._hand_over = redis.register_script(_HAND_OVER)
+        self._ack_many = redis.register_script(_ACK_MANY)
         self._retry = redis.register_script(_RETRY)
         self._dead_letter = redis.register_script(_DEAD_LETTER)
         self._heartbeat = redis.register_script(_HEARTBEAT)
@@ -521,6 +529,17 @@ class Consumer:
             item.raw,  # type: ignore[arg-type]
         )
         return int(removed) == 1
+
+    async def ack_many(self, items: Sequence[Item]) -> int:
+        """``ack`` for several items in one round trip (one script call, not one LREM each);
+        returns how many we still held (the others the reaper had returned)."""
+        if not items:
+            return 0
+        for item in items:
+            self._drop(item)
+        return int(
+            await self.queue._ack_many(keys=[self.processing_key], args=[i.raw for i in items])
+        )
 
     async def hand_over(self, item: Item, target: ReliableQueue, new_raw: bytes) -> bool:
         """Atomically remove ``item`` from our hands and put ``new_raw`` on ``target``.

@@ -23,3 +23,19 @@ def test_transformer_bench_quick() -> None:
     assert len(rows) == 2
     for row in rows:
         assert float(row.split()[-1]) > 0
+
+
+def test_backdata_bench_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.backdata", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "bare aiohttp POST loop" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("c1", "c4"))]
+    assert len(rows) == 4
+    for row in rows:
+        assert float(row.split()[-1]) > 0

@@ -1,0 +1,1 @@
+"""BackData: POSTs events from the event queue to the customer's webhook, losing none."""

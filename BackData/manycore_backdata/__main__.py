@@ -1,0 +1,3 @@
+from manycore_backdata.service import main
+
+main()

@@ -1,0 +1,164 @@
+"""``manycore-backdata``: POST events from the event queue to the customer's webhook.
+
+``concurrency`` posters share one consumer of the event queue; each takes a batch, POSTs it
+until it is delivered, rejected or too old, and settles it in Redis (``poster``). A monitor
+reports the age of the oldest waiting event. On SIGTERM the posters finish the POST in flight
+and every batch not yet delivered goes back to the front of the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from manycore_common import redisconn
+from manycore_common.config import BackDataSection, Config
+from manycore_common.health import HealthServer
+from manycore_common.lifecycle import run_service
+from manycore_common.queue import Consumer, ReliableQueue, default_consumer_id
+
+from . import batch
+from .metrics import HELD, OLDEST_AGE
+from .ordering import OrderGate
+from .poster import IDLE_WAIT_SECONDS, Poster, Retrying, pause
+from .webhook import Webhook, WebhookSettings, redacted, settings_from
+
+log = logging.getLogger(__name__)
+
+SERVICE = "backdata"
+#: How often the oldest-event gauge is refreshed.
+MONITOR_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    section: BackDataSection
+    webhook: WebhookSettings
+
+
+def prepare(config: Config) -> Prepared:
+    section: BackDataSection = config.require("backdata")
+    settings = settings_from(section, config)
+    if not section.tls_verify and section.post_url.startswith("https:"):
+        log.warning("tls-verify is false: the webhook's certificate is not checked")
+    if section.bounce_manager is not None:
+        log.info("backdata.bounce-manager is accepted for old files and not used")
+    return Prepared(section, settings)
+
+
+async def monitor(queue: ReliableQueue, consumer: Consumer, stop: asyncio.Event) -> None:
+    """Age of the oldest event not yet delivered: the next one in the queue or the oldest in
+    our hands, whichever is older (the queue is FIFO, so these two are the candidates)."""
+    while not stop.is_set():
+        try:
+            pipe = queue.redis.pipeline(transaction=False)
+            pipe.lindex(queue.name, -1)
+            pipe.lindex(consumer.processing_key, -1)
+            raws = await pipe.execute()
+            OLDEST_AGE.set(batch.oldest_age(raws, time.time()))
+        except (RedisError, OSError) as exc:
+            log.debug("monitor could not read the queue", extra={"error": str(exc)})
+        HELD.set(consumer.holding)
+        await pause(stop, MONITOR_SECONDS)
+
+
+async def _register(consumer: Consumer, stop: asyncio.Event) -> bool:
+    """Register, retrying while Redis is not there yet (readiness shows it meanwhile).
+    False if told to stop first."""
+    while not stop.is_set():
+        try:
+            await consumer.register()
+            return True
+        except (RedisError, OSError) as exc:
+            log.warning("waiting for redis", extra={"error": str(exc)})
+            await pause(stop, 1.0)
+    return False
+
+
+async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
+    assert isinstance(prepared, Prepared)
+    section = prepared.section
+    rq = config.global_.reliable_queue
+    redis = redisconn.connect(section.reliable_queue.redis, blocking_timeout=IDLE_WAIT_SECONDS)
+    queue = ReliableQueue(
+        redis,
+        config.global_.backdata.queue_name,
+        max_attempts=rq.max_attempts,
+        heartbeat_timeout=rq.heartbeat_timeout_seconds,
+    )
+    consumer = queue.consumer(default_consumer_id(SERVICE))
+
+    async def redis_ok() -> bool:
+        return bool(await redis.ping())
+
+    health = HealthServer(section.prometheus, {"redis": redis_ok})
+    await health.start()
+    # The heartbeat and monitor outlive the posters: they keep our processing list ours
+    # until the last in-flight POST is settled and the rest released.
+    background_stop = asyncio.Event()
+    background: list[asyncio.Task[None]] = []
+    loops: list[asyncio.Task[None]] = []
+    try:
+        if not await _register(consumer, stop):
+            return
+        background.append(asyncio.create_task(consumer.keep_alive(background_stop)))
+        background.append(asyncio.create_task(monitor(queue, consumer, background_stop)))
+        retrying = Retrying(
+            section.retry_initial_seconds,
+            section.retry_max_seconds,
+            section.max_event_age_seconds,
+        )
+        async with Webhook(prepared.webhook) as hook:
+            take_lock, gate = asyncio.Lock(), OrderGate()
+            posters = [
+                Poster(f"p{n}", consumer, take_lock, gate, hook, section.batch_size, retrying)
+                for n in range(section.concurrency)
+            ]
+            loops = [asyncio.create_task(p.run(stop)) for p in posters]
+            log.info(
+                "posting events",
+                extra={
+                    "queue": queue.name,
+                    "webhook": redacted(prepared.webhook.url),
+                    "concurrency": section.concurrency,
+                    "consumer": consumer.id,
+                },
+            )
+            await _until_stop_or_crash(stop, loops)
+    finally:
+        stop.set()
+        await asyncio.gather(*loops, return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            released = await consumer.release()
+            if released:
+                log.info("unsent events returned to the queue", extra={"count": released})
+        background_stop.set()
+        await asyncio.gather(*background, return_exceptions=True)
+        await health.stop()
+        await redis.aclose()
+
+
+async def _until_stop_or_crash(stop: asyncio.Event, loops: list[asyncio.Task[None]]) -> None:
+    """Wait for ``stop``; a poster that died of a bug stops the service (and the exception
+    makes it exit non-zero, so it is restarted) rather than leaving it running short-handed."""
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    for task in done:
+        error = None if task is stopper else task.exception()
+        if error is not None:
+            log.error("a poster failed; stopping", exc_info=error)
+            stop.set()
+            raise error
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_service(SERVICE, argv, prepare, serve)

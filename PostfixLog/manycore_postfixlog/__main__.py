@@ -1,0 +1,3 @@
+from manycore_postfixlog.service import main
+
+main()
