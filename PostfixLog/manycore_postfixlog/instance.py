@@ -6,12 +6,14 @@ Facts this relies on (DESIGN §7, checked on our machines):
 * ``postfix start-fg`` works only as PID 1, so ``master -d`` is run directly (master(8):
   ``-d`` stays in the foreground) with ``-c`` naming our config directory;
 * ``postfix -c DIR check`` creates the queue's subdirectories with the right owners;
-* the base directory must not be mode 0700, and ``data_directory`` must belong to
-  ``mail_owner`` or master refuses to start;
+* Postfix's unprivileged processes must reach its files (no 0700 directory of root's on the
+  way), and ``data_directory`` must belong to ``mail_owner``, or master exits at start;
 * master(8) on SIGTERM takes all its children down at once (deliveries in progress are cut),
   on SIGHUP re-reads its configuration and restarts its daemons, which makes postlogd(8)
   reopen ``maillog_file`` (that is all ``postfix logrotate`` does besides renaming);
-* postcat(1) and postsuper(1) work on the queue files whether or not master runs.
+* postcat(1) and postsuper(1) work on the queue files whether or not master runs, but
+  while it is down postsuper writes the log file itself as ``mail_owner``: it runs with a
+  copy of the configuration that logs to stdout instead (``etc-tools``).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import pwd
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from . import postconf
 from .settings import Settings
@@ -96,20 +100,36 @@ def queue_ids(queue_dir: Path, queues: Iterable[str] = LIVE_QUEUES) -> list[tupl
     return found
 
 
-async def run(argv: Sequence[str], stdin: bytes | None = None) -> bytes:
-    """Run a Postfix command; its stdout, or PostfixError with its stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), COMMAND_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise PostfixError(f"{argv[0]} timed out") from None
+async def run(
+    argv: Sequence[str], stdin: bytes | None = None, stdout_owner: pwd.struct_passwd | None = None
+) -> bytes:
+    """Run a Postfix command; its stdout, or PostfixError with its stderr.
+
+    ``stdout_owner``: stdout is a temporary file that user owns. postsuper(1) with the tools
+    configuration reopens /dev/stdout to log, after it dropped to mail_owner; /dev/stdout is
+    a magic link (proc(5) /proc/pid/fd), so only the file's own permissions count, not the
+    directories above it, and not a pipe of root's. Postfix refuses a file without a name
+    ("0 hard links"), hence a named one."""
+    with tempfile.NamedTemporaryFile(prefix="manycore-postsuper-") as capture:
+        stdout: int | IO[bytes] = asyncio.subprocess.PIPE
+        if stdout_owner is not None:
+            os.fchown(capture.fileno(), stdout_owner.pw_uid, stdout_owner.pw_gid)
+            stdout = capture
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), COMMAND_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise PostfixError(f"{argv[0]} timed out") from None
+        if stdout_owner is not None:
+            capture.seek(0)
+            out = capture.read()
     if proc.returncode != 0:
         text = err.decode(errors="replace").strip()
         raise PostfixError(f"{Path(argv[0]).name} failed ({proc.returncode}): {text}")
@@ -117,8 +137,9 @@ async def run(argv: Sequence[str], stdin: bytes | None = None) -> bytes:
 
 
 def untraversable(path: Path, uid: int, gid: int) -> Path | None:
-    """The first directory on the way to ``path`` that user ``uid`` cannot pass through
-    (e.g. a 0700 temp directory of root's): Postfix's unprivileged programs must."""
+    """The first directory above ``path`` that user ``uid`` cannot pass through, e.g. a
+    0700 temporary directory of root's: master(8) exits at once when Postfix's own
+    unprivileged processes cannot reach their files (DESIGN §7)."""
     for directory in reversed(path.parents):
         st = directory.stat()
         mode = st.st_mode
@@ -145,8 +166,15 @@ class PostfixInstance:
         config files root-owned and not group/world writable, data dir owned by mail_owner,
         and no 0700 on the way to the queue (the postfix user must traverse it)."""
         paths = self.paths
-        owner = pwd.getpwnam(self.settings.main_cf.get("mail_owner", "postfix"))
-        for directory in (paths.base, paths.config_dir, paths.queue_dir, paths.data_dir):
+        owner = self._mail_owner()
+        directories = (
+            paths.base,
+            paths.config_dir,
+            paths.tools_config_dir,
+            paths.queue_dir,
+            paths.data_dir,
+        )
+        for directory in directories:
             directory.mkdir(parents=True, exist_ok=True)
             directory.chmod(0o755)
         paths.logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -157,28 +185,18 @@ class PostfixInstance:
                     f"{blocked} must be searchable by {owner.pw_name} (not mode 0700): "
                     f"postfix needs to reach {path}"
                 )
-        self.ensure_logfile()
         os.chown(paths.data_dir, owner.pw_uid, owner.pw_gid)
+        master_cf = postconf.render_master_cf(self.settings)
         files = {
-            "main.cf": postconf.render_main_cf(self.settings),
-            "master.cf": postconf.render_master_cf(self.settings),
-            postconf.TRANSPORT_MAP_FILE: postconf.transport_map(self.settings),
+            paths.config_dir / "main.cf": postconf.render_main_cf(self.settings),
+            paths.config_dir / "master.cf": master_cf,
+            paths.config_dir / postconf.TRANSPORT_MAP_FILE: postconf.transport_map(self.settings),
+            paths.tools_config_dir / "main.cf": postconf.render_tools_main_cf(self.settings),
+            paths.tools_config_dir / "master.cf": master_cf,
         }
-        for name, text in files.items():
-            path = paths.config_dir / name
+        for path, text in files.items():
             path.write_text(text, encoding="utf-8")
             path.chmod(0o644)
-
-    def ensure_logfile(self) -> None:
-        """maillog_file, existing and owned by mail_owner. Without postlogd (master not
-        running) postsuper(1) writes to the file itself, with mail_owner's privileges: it
-        can neither create it nor open one that postlogd created as root (mode 0600)."""
-        owner = pwd.getpwnam(self.settings.main_cf.get("mail_owner", "postfix"))
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(self.paths.logfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-        if self.paths.logfile.stat().st_uid != owner.pw_uid:
-            os.chown(self.paths.logfile, owner.pw_uid, owner.pw_gid)
 
     async def check(self) -> None:
         """``postfix check``: creates missing queue directories, reports bad permissions."""
@@ -342,9 +360,18 @@ class PostfixInstance:
         return queue_ids(self.paths.queue_dir)
 
     def _cmd(self, binary: str, *args: str) -> list[str]:
-        if binary == self.bin.postsuper:
-            self.ensure_logfile()  # see ensure_logfile: master may be stopped
         return [binary, "-c", str(self.paths.config_dir), *args]
+
+    async def postsuper(self, *args: str, stdin: bytes | None = None) -> None:
+        """postsuper(1) with the tools configuration (see postconf.render_tools_main_cf);
+        what it logs while master is down is relayed to our log."""
+        argv = [self.bin.postsuper, "-c", str(self.paths.tools_config_dir), *args]
+        out = await run(argv, stdin=stdin, stdout_owner=self._mail_owner())
+        for line in out.decode(errors="replace").splitlines():
+            log.info("postsuper", extra={"line": line})
+
+    def _mail_owner(self) -> pwd.struct_passwd:
+        return pwd.getpwnam(self.settings.main_cf.get("mail_owner", "postfix"))
 
     async def envelope(self, queue_id: str) -> str:
         """postcat(1) ``-e``: the envelope records (sender, done and pending recipients)."""
@@ -359,12 +386,12 @@ class PostfixInstance:
         """postsuper(1) ``-d -``: queue ids on stdin, one per line."""
         if queue_ids:
             ids = "".join(f"{q}\n" for q in queue_ids).encode()
-            await run(self._cmd(self.bin.postsuper, "-d", "-"), stdin=ids)
+            await self.postsuper("-d", "-", stdin=ids)
 
     async def hold_deferred(self) -> None:
         """Keep deferred mail from being retried while a stop drains the active queue."""
-        await run(self._cmd(self.bin.postsuper, "-h", "ALL", "deferred"))
+        await self.postsuper("-h", "ALL", "deferred")
 
     async def release_held(self) -> None:
         """Mail a previous stop put on hold but could not hand back is delivered again."""
-        await run(self._cmd(self.bin.postsuper, "-H", "ALL"))
+        await self.postsuper("-H", "ALL")

@@ -109,6 +109,18 @@ def render_main_cf(settings: Settings) -> str:
     return set_parameters(text, parameters, "# From postfixlog.string-replacer.main-cf")
 
 
+def render_tools_main_cf(settings: Settings) -> str:
+    """main.cf for postsuper(1): identical but logging to stdout. While master is down,
+    postsuper writes to maillog_file itself, as mail_owner (postlogd(8) BUGS), which fails
+    when the file is root's or its directory out of that user's reach; its output is
+    PostfixLog's to log anyway. While master runs, postsuper logs through postlogd."""
+    return set_parameters(
+        render_main_cf(settings),
+        {"maillog_file": "/dev/stdout", "maillog_file_prefixes": "/dev/stdout"},
+        "",
+    )
+
+
 def render_master_cf(settings: Settings) -> str:
     text = fill(template("master.cf"), {"smtpd_port": str(settings.smtpd_port)})
     if settings.throttled.domains:

@@ -51,6 +51,12 @@ class Paths:
         return self.base / "etc"
 
     @property
+    def tools_config_dir(self) -> Path:
+        """The same configuration, except that Postfix's commands log to stdout (see
+        ``postconf.render_tools_main_cf``)."""
+        return self.base / "etc-tools"
+
+    @property
     def queue_dir(self) -> Path:
         return self.base / "queue"
 

@@ -124,7 +124,7 @@ class PostfixLogEnv:
     def __init__(self, directory: Path, redis_port: int, sink: Sink, **changes: Any) -> None:
         require_binary("postfix")
         self.directory = directory
-        # Postfix's unprivileged programs must reach its files, and pytest's temporary
+        # Postfix's unprivileged processes must reach its files, and pytest's temporary
         # directories are 0700 (DESIGN §7): the instance lives in a 0755 directory of its own.
         self.root = Path(tempfile.mkdtemp(prefix="manycore-postfixlog-"))
         self.root.chmod(0o755)

@@ -405,7 +405,8 @@ def test_graceful_stop_hands_back_undelivered_recipients(
 def test_a_log_directory_postfix_cannot_reach_stops_the_start(
     tmp_path: Path, flushed: int, sink: Sink
 ) -> None:
-    """DESIGN §7: the postfix user must reach its files; pytest's tmp_path is 0700 root."""
+    """DESIGN §7: Postfix's processes must reach its files; pytest's tmp_path is root's 0700.
+    PostfixLog says so and exits, rather than leaving master to die silently."""
     blocked = tmp_path / "private"
     blocked.mkdir(mode=0o700)
     with postfixlog_env(tmp_path, flushed, sink, logfile=str(blocked / "log" / "mail.log")) as env:
@@ -424,3 +425,4 @@ def test_a_log_directory_postfix_cannot_reach_stops_the_start(
         assert postfix_processes(env.base) == []
     assert result.returncode == 1
     assert "must be searchable by postfix (not mode 0700)" in result.stdout
+    assert f"postfix needs to reach {blocked / 'log' / 'mail.log'}" in result.stdout
