@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
 
 from manycore_common import redisconn, tls
 from manycore_common.config import Config, ConfigError, MxServerSection
-from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
 from manycore_common.queue import ReliableQueue
+from manycore_common.smtpserver import serve_smtp
 
 from .classify import Settings
 from .record import Recorder
@@ -81,10 +79,9 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         recorder,
         RateLimiter(section.rate_limit.messages, section.rate_limit.window_seconds),
     )
-    sessions: weakref.WeakSet[MxSMTP] = weakref.WeakSet()
 
     def factory() -> MxSMTP:
-        protocol = MxSMTP(
+        return MxSMTP(
             handler,
             hostname=prepared.hostname,
             ident="Manycore-Mail MxServer",
@@ -96,43 +93,17 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             decode_data=False,
             timeout=300,
         )
-        sessions.add(protocol)
-        return protocol
 
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, section.bind.inet_interface, section.bind.inet_port)
-    log.info(
-        "smtp listening",
-        extra={
-            "address": section.bind.inet_interface,
-            "port": section.bind.inet_port,
-            "domains": sorted(prepared.domains),
-        },
+    await serve_smtp(
+        factory,
+        section.bind,
+        section.prometheus,
+        redis,
+        handler.in_flight,
+        stop,
+        drain_seconds=DRAIN_SECONDS,
+        log_extra={"domains": sorted(prepared.domains)},
     )
-
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
-
-    async def listening() -> bool:
-        return server.is_serving()
-
-    health = HealthServer(section.prometheus, {"redis": redis_ok, "smtp": listening})
-    await health.start()
-    try:
-        await stop.wait()
-    finally:
-        # Stop accepting, answer 421 to messages that complete from now on, let those being
-        # recorded get their answer, then close: an MTA whose DATA got no 250 retries.
-        handler.stopping = True
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(handler.idle.wait(), DRAIN_SECONDS)
-        for protocol in list(sessions):
-            if protocol.transport is not None:
-                protocol.transport.close()
-        await server.wait_closed()
-        await health.stop()
-        await redis.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

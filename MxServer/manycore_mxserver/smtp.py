@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
@@ -13,6 +12,7 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from manycore_common.smtpreplies import rewrite
+from manycore_common.smtpserver import SHUTTING_DOWN, InFlight, with_enhanced_status_codes
 
 from .classify import Envelope as MailEnvelope
 from .classify import Settings, classify
@@ -85,10 +85,7 @@ class Handler:
         self.settings = settings
         self.recorder = recorder
         self.limiter = limiter
-        self.stopping = False
-        self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.in_flight = InFlight()
 
     async def handle_EHLO(
         self,
@@ -99,8 +96,7 @@ class Handler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        *head, last = responses
-        return [*head, "250-ENHANCEDSTATUSCODES", last]
+        return with_enhanced_status_codes(responses)
 
     async def handle_RCPT(
         self,
@@ -119,20 +115,14 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.stopping:
-            return "421 4.3.2 Service shutting down, try again later"
+        if self.in_flight.stopping:
+            return SHUTTING_DOWN
         client = _peer_ip(session)
         if not self.limiter.allow(client):
             REFUSED.labels("rate-limit").inc()
             return "450 4.7.1 Too many messages from your address, slow down"
-        self.in_flight += 1
-        self.idle.clear()
-        try:
+        async with self.in_flight.track():
             return await self._record(envelope, client)
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self.idle.set()
 
     async def _record(self, envelope: Envelope, client: str) -> str:
         data = envelope.original_content or b""

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
@@ -14,9 +12,9 @@ from ssl import SSLContext
 from manycore_common import redisconn, tls
 from manycore_common.auth import Credentials, FailureThrottle
 from manycore_common.config import Config, ReceiverSection
-from manycore_common.health import HealthServer
 from manycore_common.intake import Intake
 from manycore_common.lifecycle import run_service
+from manycore_common.smtpserver import serve_smtp
 
 from .smtp import Authenticator, Handler, ReceiverSMTP
 
@@ -59,11 +57,10 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     throttle = FailureThrottle(section.auth_throttle)
     authenticator = Authenticator(Credentials(section.auth_logins), throttle)
     handler = Handler(intake)
-    sessions: weakref.WeakSet[ReceiverSMTP] = weakref.WeakSet()
     plaintext = section.allow_plaintext_auth
 
     def factory() -> ReceiverSMTP:
-        protocol = ReceiverSMTP(
+        return ReceiverSMTP(
             handler,
             throttle=throttle,
             hostname=prepared.hostname,
@@ -78,39 +75,16 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             decode_data=False,
             timeout=300,
         )
-        sessions.add(protocol)
-        return protocol
 
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, section.bind.inet_interface, section.bind.inet_port)
-    log.info(
-        "smtp listening",
-        extra={"address": section.bind.inet_interface, "port": section.bind.inet_port},
+    await serve_smtp(
+        factory,
+        section.bind,
+        section.prometheus,
+        redis,
+        handler.in_flight,
+        stop,
+        drain_seconds=DRAIN_SECONDS,
     )
-
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
-
-    async def listening() -> bool:
-        return server.is_serving()
-
-    health = HealthServer(section.prometheus, {"redis": redis_ok, "smtp": listening})
-    await health.start()
-    try:
-        await stop.wait()
-    finally:
-        # Stop accepting, refuse new messages (421), let messages already being enqueued get
-        # their answer, then close.
-        handler.stopping = True
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(handler.idle.wait(), DRAIN_SECONDS)
-        for protocol in list(sessions):
-            if protocol.transport is not None:
-                protocol.transport.close()
-        await server.wait_closed()
-        await health.stop()
-        await redis.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,6 +14,7 @@ from manycore_common.auth import Credentials, FailureThrottle
 from manycore_common.intake import DROPPED, Intake, TemporarilyUnavailable
 from manycore_common.message import MessageRejected
 from manycore_common.smtpreplies import rewrite
+from manycore_common.smtpserver import SHUTTING_DOWN, InFlight, with_enhanced_status_codes
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,9 @@ class Handler:
 
     def __init__(self, intake: Intake) -> None:
         self.intake = intake
-        #: Set when a graceful stop begins: new messages get 421 instead of being enqueued
-        #: (their 250 might not reach the client any more, who would then send them again).
-        self.stopping = False
-        self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
+        #: Once stopping, new messages get 421 instead of being enqueued (their 250 might not
+        #: reach the client any more, who would then send them again).
+        self.in_flight = InFlight()
 
     async def handle_EHLO(
         self,
@@ -124,27 +122,22 @@ class Handler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        # RFC 2034: every reply carries an enhanced status code, so say so.
-        *head, last = responses
-        return [*head, "250-ENHANCEDSTATUSCODES", last]
+        return with_enhanced_status_codes(responses)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.stopping:
-            return "421 4.3.2 Service shutting down, try again later"
+        if self.in_flight.stopping:
+            return SHUTTING_DOWN
         data = envelope.original_content
         if data is None:
             data = envelope.content if isinstance(envelope.content, bytes) else b""
-        self.in_flight += 1
-        self.idle.clear()
-        try:
-            accepted, queue = await self.intake.accept(data, source="smtp")
-        except MessageRejected as exc:
-            log.info("message refused", extra={"reason": exc.reason, "client": _peer_ip(session)})
-            return exc.smtp_reply
-        except TemporarilyUnavailable as exc:
-            return f"451 4.3.0 {exc.text}"
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self.idle.set()
+        async with self.in_flight.track():
+            try:
+                accepted, queue = await self.intake.accept(data, source="smtp")
+            except MessageRejected as exc:
+                log.info(
+                    "message refused", extra={"reason": exc.reason, "client": _peer_ip(session)}
+                )
+                return exc.smtp_reply
+            except TemporarilyUnavailable as exc:
+                return f"451 4.3.0 {exc.text}"
         return f"250 2.0.0 Queued as {accepted.uuid} on {queue.name}"

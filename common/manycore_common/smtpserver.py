@@ -1,0 +1,102 @@
+"""What the two SMTP services (Receiver, MxServer) share around aiosmtpd: tracking the
+messages being recorded so a graceful stop can wait for them, the EHLO keyword for enhanced
+status codes, and the listener's lifecycle (listen, health, stop in the right order).
+
+No aiosmtpd import here: the protocol factory is the caller's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from .config import Listen, Prometheus
+from .health import HealthServer
+
+log = logging.getLogger(__name__)
+
+#: The reply to a message that completes while the service is stopping (RFC 5321 §3.8): the
+#: client keeps it and sends it again, to us or another instance.
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+
+class InFlight:
+    """Messages between end-of-data and their reply, so a stop can let them finish."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @contextlib.asynccontextmanager
+    async def track(self) -> AsyncIterator[None]:
+        self.count += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self.idle.set()
+
+
+def with_enhanced_status_codes(responses: list[str]) -> list[str]:
+    """EHLO responses plus ENHANCEDSTATUSCODES (RFC 2034): every reply carries one."""
+    *head, last = responses
+    return [*head, "250-ENHANCEDSTATUSCODES", last]
+
+
+async def serve_smtp(
+    factory: Callable[[], Any],
+    bind: Listen,
+    prometheus: Prometheus,
+    redis: Redis,
+    in_flight: InFlight,
+    stop: asyncio.Event,
+    *,
+    drain_seconds: float = 20.0,
+    log_extra: dict[str, Any] | None = None,
+) -> None:
+    """Listen until ``stop``; then stop accepting, answer 421 to messages that complete from
+    now on, let those being recorded get their answer, close the sessions, and close Redis."""
+    sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def tracked() -> Any:
+        protocol = factory()
+        sessions.add(protocol)
+        return protocol
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(tracked, bind.inet_interface, bind.inet_port)
+    log.info(
+        "smtp listening",
+        extra={"address": bind.inet_interface, "port": bind.inet_port, **(log_extra or {})},
+    )
+
+    async def redis_ok() -> bool:
+        return bool(await redis.ping())
+
+    async def listening() -> bool:
+        return server.is_serving()
+
+    health = HealthServer(prometheus, {"redis": redis_ok, "smtp": listening})
+    await health.start()
+    try:
+        await stop.wait()
+    finally:
+        in_flight.stopping = True
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(in_flight.idle.wait(), drain_seconds)
+        for protocol in list(sessions):
+            if protocol.transport is not None:
+                protocol.transport.close()
+        await server.wait_closed()
+        await health.stop()
+        await redis.aclose()
