@@ -33,7 +33,8 @@ async def main_async(args: argparse.Namespace) -> None:
         http_port=args.http_port,
         dkim_records=records,
     )
-    runner = web.AppRunner(webhook.make_app(args.workdir / "webhook"), access_log=None)
+    app = webhook.make_app(args.workdir / "webhook", args.secret, args.workdir / "sink")
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.webhook_port).start()
     try:
@@ -50,7 +51,13 @@ def main() -> None:
     parser.add_argument("--mx-port", type=int, required=True)
     parser.add_argument("--http-port", type=int)
     parser.add_argument("--dkim-records")
+    parser.add_argument("--webhook-secret-file", help="check BackData's signatures with it")
     args = parser.parse_args()
+    args.secret = (
+        Path(args.webhook_secret_file).read_text().strip().encode()
+        if args.webhook_secret_file
+        else None
+    )
     args.records = json.loads(Path(args.dkim_records).read_text()) if args.dkim_records else {}
     setup_logging("devstack-peers")
     asyncio.run(main_async(args))

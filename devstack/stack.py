@@ -118,7 +118,11 @@ def local_config(data: dict[str, Any], workdir: Path, p: dict[str, int]) -> dict
     data["mxserver"]["bind"] = listen(p["mx"])
     data["mxserver"]["hostname"] = "mx.local.test"
     data["backdata"].update(
-        {"post-url": f"http://{LOOPBACK}:{p['webhook']}/", "retry-max-seconds": 10}
+        {
+            "post-url": f"http://{LOOPBACK}:{p['webhook']}/",
+            "retry-max-seconds": 10,
+            "signing-secret-file": "webhook-secret",
+        }
     )
     postfixlog = data["postfixlog"]
     postfixlog.update(
@@ -162,6 +166,7 @@ def write_config(workdir: Path, p: dict[str, int]) -> tuple[Path, Path]:
     customer_file = conf / "inboxbooster-mailer-customer.yaml"
     secret_file(conf / "redis-password", 24)
     secret_file(conf / "unsubscribe-secret", 32)
+    secret_file(conf / "webhook-secret", 32)
     if not global_file.exists():
         shutil.copy(ROOT / "inboxbooster-mailer-global.yaml.example", global_file)
     if not customer_file.exists():
@@ -350,7 +355,7 @@ Manycore-Mail is running (logs in {workdir / "logs"}, config in {conf}).
   MX (MxServer)    {LOOPBACK}:{p["mx"]}   bounces, replies, reports, unsubscribes
   Postfix          {LOOPBACK}:{p["postfix"]} (loopback only), relaying to the sink MX
   Sink MX          {LOOPBACK}:{p["sink"]}   stores mail in {workdir / "sink"}, checks DKIM
-  Webhook inbox    http://{LOOPBACK}:{p["webhook"]}/events   (events.jsonl in {workdir / "webhook"})
+  Webhook inbox    http://{LOOPBACK}:{p["webhook"]}/   (page; JSON at /events, /received)
   Redis            {LOOPBACK}:{p["redis"]}   user manycore, password in {conf / "redis-password"}
   Metrics          http://{LOOPBACK}:PORT/metrics, PORT = {p["redis-metrics"]} redis,
                    {p["receiver-metrics"]} receiver, {p["httpreceiver-metrics"]} httpreceiver,
@@ -367,6 +372,8 @@ Send a test message (then see its events in the webhook inbox):
     curl -sS -u apa:banan -H 'Content-Type: message/rfc822' --data-binary @- \\
     http://{LOOPBACK}:{p["http"]}/v1/mail/send
   curl -sS http://{LOOPBACK}:{p["webhook"]}/events
+
+or: .venv/bin/python -m devstack.send --to soft-bounce@example.test  (any scenario below)
 
 The sink answers by recipient: hard-bounce@, soft-bounce@ (a soft bounce after
 {LOCAL_QUEUE_LIFETIME}), unroutable@, async-bounce@, autoreply@, complain@, unsubscribe@ (any

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages the suite needs (redis-server, postfix, opendkim, kubectl,
-# promtool) from the configured apt repositories, without starting any system service: the
+# promtool, chromium) from the configured apt repositories, without starting any system service: the
 # suite always runs its own private instances. Idempotent: does nothing when the binaries are already there.
 set -euo pipefail
 
@@ -11,6 +11,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/opendkim ] || need+=(opendkim)
 # unshare (util-linux) runs that verifier without any network, so it cannot do DNS.
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# Headless Chromium renders the local stack's webhook inbox page in the end-to-end tests.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # kubectl renders the Kustomize overlays for tests/deploy (`kubectl kustomize`, offline; its
 # built-in Kustomize must be v5). Installed on its own below: Debian itself has no kubectl
 # package, so a failure there must not keep the others from being installed.
@@ -70,6 +72,7 @@ if [ "$need_promtool" -eq 1 ]; then
 fi
 command -v redis-server >/dev/null
 command -v promtool >/dev/null
+command -v chromium >/dev/null
 [ -x /usr/sbin/postfix ]
 [ -x /usr/sbin/opendkim ]
 command -v kubectl >/dev/null

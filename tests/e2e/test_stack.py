@@ -6,13 +6,20 @@ unsubscribes through MxServer and HttpReceiver's one-click route."""
 
 from __future__ import annotations
 
+import email
+import json
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.stack import Stack, stack_dir
+from tests.e2e.stack import Stack, stack_dir, wait_until
+from tests.helpers import ROOT, require_binary
 from tests.integration.conftest import build_message
 
 
@@ -88,3 +95,75 @@ def test_every_outcome_comes_back_as_its_event(stack: Stack) -> None:
     # Everything the sink received was DKIM-signed, and verified.
     received = stack.received()
     assert received and all(r["dkim_ok"] for r in received), received
+
+
+def test_delivered_message_has_the_design_headers(stack: Stack) -> None:
+    stack.post(
+        build_message(
+            "e2eheaders",
+            to="reader@example.net",
+            cc=None,
+            stream_id="s5",
+            extra_headers=["Bcc: hidden@example.org"],
+        )
+    )
+    wait_until(
+        lambda: any(r["rcpt"] == "reader@example.net" for r in stack.received()),
+        60,
+        "the message at the sink",
+    )
+    (record,) = [r for r in stack.received() if r["rcpt"] == "reader@example.net"]
+    assert record["dkim_ok"] and record["mail_from"] == "bounce-e2eheaders@example.com"
+    msg = email.message_from_bytes(Path(record["path"]).read_bytes())
+    assert msg["Message-ID"] == "<e2eheaders@example.com>"
+    assert msg["Feedback-ID"] == "s5:transactional:example-sender"
+    assert msg["List-Unsubscribe"].startswith("<mailto:unsub-e2eheaders@example.com>")
+    assert "https://mail.example.com/v1/unsubscribe/" in msg["List-Unsubscribe"]
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["Date"] and msg["X-Mailer"] == "Manycore-Mail"
+    for gone in ("X-Uuid", "X-Priority", "X-Stream-Id", "Bcc", "X-ReturnPathIb"):
+        assert msg[gone] is None, gone
+
+
+def test_send_helper_and_the_inbox_page_in_a_real_browser(stack: Stack) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "devstack.send",
+            "--workdir",
+            str(stack.workdir),
+            "--to",
+            "browser@example.test",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    uuid = json.loads(out.stdout)["uuid"]
+    wait_until(lambda: any(e.get("uuid") == uuid for e in stack.events()), 60, "its event")
+    chromium = require_binary("chromium")
+    with tempfile.TemporaryDirectory() as profile:
+        page = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--dump-dom",
+                f"http://127.0.0.1:{stack.base + 4}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert "Webhook inbox" in page.stdout, page.stderr[-2000:]
+    assert uuid in page.stdout and "browser@example.test" in page.stdout
+    assert 'http-equiv="refresh"' in page.stdout
