@@ -29,6 +29,7 @@ run: deps
 bench: deps
 	$(PY) -m bench.transformer
 	$(PY) -m bench.backdata
+	$(PY) -m bench.ingest
 
 deps: sysdeps $(STAMP)
 

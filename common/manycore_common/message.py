@@ -109,11 +109,21 @@ def _single(headers: list[str] | None, name: str) -> str | None:
     return headers[0].strip()
 
 
+def header_section(data: bytes) -> bytes:
+    """The header section with the empty line that ends it (RFC 5322 §2.1), without the
+    body: the parser would otherwise read the whole body line by line only to skip it."""
+    ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
+    if not ends:
+        return data
+    end = min(ends)
+    return data[: end + (4 if data.startswith(b"\r\n\r\n", end) else 2)]
+
+
 def validate(data: bytes, max_size: int) -> Accepted:
     """Check a complete message (RFC 5322 bytes) against the front door's rules."""
     if len(data) > max_size:
         raise too_large(max_size)
-    headers = BytesHeaderParser(policy=compat32).parsebytes(data)
+    headers = BytesHeaderParser(policy=compat32).parsebytes(header_section(data))
     if headers.defects:
         # compat32 records e.g. a header section that never ends or a broken first line.
         defect = headers.defects[0]

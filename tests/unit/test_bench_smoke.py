@@ -39,3 +39,25 @@ def test_backdata_bench_quick() -> None:
     assert len(rows) == 4
     for row in rows:
         assert float(row.split()[-1]) > 0
+
+
+def test_ingest_bench_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.ingest", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "bare aiosmtpd (discard)" in result.stdout
+    assert "bare aiohttp (no-op)" in result.stdout
+    lines = result.stdout.splitlines()
+    rates = [line for line in lines if line.startswith(("c1", "c8"))]
+    assert len(rates) == 4  # SMTP and HTTP, 1 and 8 connections
+    memory = [line for line in lines if line.startswith(("idle", "loaded", "2k"))]
+    assert len(memory) == 5  # RSS of both services idle and loaded, Redis per item
+    for row in rates + memory:
+        fields = row.split()[1:]  # after the case name
+        numbers = [float(f.replace(",", "")) for f in fields if f[0].isdigit()]
+        assert numbers and all(n > 0 for n in numbers), row
