@@ -141,6 +141,17 @@ def classify(envelope: Envelope, data: bytes, settings: Settings) -> Classificat
     kind, uuid = target(envelope)
     if kind == "unsub":
         return Classification("unsubscribe", uuid=uuid, rules=("unsub-address",))
+    try:
+        return _classify(envelope, data, settings, uuid)
+    except RecursionError:
+        # The standard library's parser recurses per MIME level; a few kB of nesting exhaust
+        # the stack. Such a message is kept for an operator, never refused or lost.
+        return Classification("unclassified", uuid=uuid, note="MIME nested too deeply to parse")
+
+
+def _classify(
+    envelope: Envelope, data: bytes, settings: Settings, uuid: str | None
+) -> Classification:
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
 
     abuse = abuse_report(msg)

@@ -1,0 +1,51 @@
+"""Shared pieces of the hostile-input suite: a trusted TLS certificate, raw SMTP helpers and
+the invariants every hostile session must leave intact."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import ssl
+from pathlib import Path
+
+import pytest
+
+from manycore_common.tls import self_signed_pem
+from tests.helpers import LOOPBACK, Service
+
+#: Every socket operation in this suite is bounded: a hang is a failure, never a stuck run.
+IO_TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="session")
+def hostile_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("hostile-tls")
+    cert, key = self_signed_pem("localhost", ip_addresses=("127.0.0.1",))
+    (directory / "cert.pem").write_bytes(cert)
+    (directory / "key.pem").write_bytes(key)
+    return directory / "cert.pem", directory / "key.pem"
+
+
+@pytest.fixture(scope="session")
+def hostile_client_tls(hostile_tls: tuple[Path, Path]) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(hostile_tls[0]))
+
+
+def smtp_client(port: int) -> smtplib.SMTP:
+    # local_hostname avoids smtplib's getfqdn() (a DNS lookup).
+    return smtplib.SMTP(LOOPBACK, port, local_hostname="localhost", timeout=IO_TIMEOUT)
+
+
+_REPLY = re.compile(r"[2-5][0-9][0-9]")
+
+
+def assert_clear_reply(code: int, text: bytes) -> None:
+    """A reply a client can act on: a real code and, for a refusal, words saying why."""
+    assert _REPLY.fullmatch(str(code)), (code, text)
+    if code >= 400:
+        assert text.strip(), f"{code} without any text"
+
+
+def assert_alive(service: Service) -> None:
+    assert service.process is not None and service.process.poll() is None, "service died"
+    assert service.live(), "/livez is not 200"

@@ -1,0 +1,391 @@
+"""The parsers as pure functions under hostile input. Extends (does not repeat) the
+arbitrary-bytes tests of tests/unit: here the input is *almost* valid, which reaches the
+deep branches — mutated DSNs and ARF reports, mutated Postfix log lines, random YAML in
+both config files, and headers crafted to break out of the Transformer's templates."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+from manycore_common.config import ConfigError, load_config
+from manycore_common.message import STREAM_ID_RE, UUID_RE, MessageRejected, validate
+from manycore_mxserver.classify import Envelope, classify
+from manycore_mxserver.classify import Settings as MxSettings
+from manycore_mxserver.record import events_for
+from manycore_postfixlog.logparse import Delivery, Expired, parse_line
+from manycore_transformer import dkim
+from manycore_transformer.headers import split_message
+from manycore_transformer.transform import DomainSigner, Settings, TransformError, transform
+from tests.helpers import CUSTOMER_EXAMPLE, GLOBAL_EXAMPLE, rsa_pem
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+BOUNCES = sorted((FIXTURES / "bounces").glob("*.eml"))
+LOG_LINES = [
+    line
+    for name in ("outcomes.log", "stop-and-restart.log")
+    for line in (FIXTURES / "postfix" / name).read_text().splitlines()
+    if "status=" in line
+]
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+LIMIT = 1_000_000
+PURE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+#: Values crafted to break out of a header or into a template.
+CRAFTED = st.sampled_from(
+    [
+        "abc\rBcc: victim@example.org",
+        "abc\nBcc: victim@example.org",
+        "abc\r\nBcc: victim@example.org",
+        "abc\r\n Bcc: victim@example.org",
+        "abc\r\n\r\nbody",
+        "{{uuid}}",
+        "abc}}{{return-path-domain",
+        "a:b",
+        "abc:",
+        "ünïcödé",
+        "abc\x00",
+        "abc\x0b",
+        "abc\t",
+        " abc ",
+        "abc" + "\u2028" + "def",
+        "x" * 300,
+    ]
+) | st.text(max_size=60)
+
+
+# --- message.validate (Receiver, HttpReceiver) vs transform (Transformer) ----------------
+
+
+def _message(uuid: str, stream_id: str | None, extra: bytes = b"") -> bytes:
+    lines = [
+        b"From: Shop <news@example.com>",
+        b"To: alice@example.net",
+        b"Subject: hi",
+        b"X-Uuid: " + uuid.encode("utf-8", "surrogatepass"),
+    ]
+    if stream_id is not None:
+        lines.append(b"X-Stream-Id: " + stream_id.encode("utf-8", "surrogatepass"))
+    return b"\r\n".join(lines) + b"\r\n" + extra + b"MIME-Version: 1.0\r\n\r\nHello\r\n"
+
+
+RSA = dkim.load_key(rsa_pem(label="hostile"))
+SIGNER = DomainSigner(
+    domain="example.com", return_path_domain="rp.example.com", selector="mailer", rsa=RSA
+)
+TEMPLATE = "<mailto:unsub-{{uuid}}@{{return-path-domain}}?subject={{stream-id}}>"
+TRANSFORM = Settings(
+    domains={"example.com": SIGNER},
+    x_mailer="Manycore-Mail",
+    inject=(("List-Unsubscribe", TEMPLATE),),
+)
+
+
+@PURE
+@given(uuid=st.one_of(st.just("good1"), CRAFTED), stream_id=st.one_of(st.none(), CRAFTED))
+def test_validate_accepts_only_clean_uuid_and_stream_id(uuid: str, stream_id: str | None) -> None:
+    data = _message(uuid, stream_id)
+    try:
+        accepted = validate(data, LIMIT)
+    except MessageRejected as exc:
+        assert exc.smtp_code in (550, 552) and exc.text and exc.reason
+        return
+    assert UUID_RE.fullmatch(accepted.uuid)
+    assert accepted.stream_id is None or STREAM_ID_RE.fullmatch(accepted.stream_id)
+
+
+@PURE
+@given(uuid=st.one_of(st.just("good1"), CRAFTED), stream_id=st.one_of(st.none(), CRAFTED))
+@example(uuid="good1", stream_id="{{uuid}}")
+@example(uuid="abc\rX-Stream-Id: evil", stream_id=None)
+def test_transform_never_renders_crafted_values_into_headers(
+    uuid: str, stream_id: str | None
+) -> None:
+    data = _message(uuid, stream_id)
+    try:
+        out = transform(data, TRANSFORM, now=1_764_290_000.0)
+    except TransformError as exc:
+        assert exc.reason and str(exc)
+        return
+    assert UUID_RE.fullmatch(out.uuid)
+    assert out.stream_id is None or STREAM_ID_RE.fullmatch(out.stream_id)
+    fields, _ = split_message(out.data)
+    unsub = [f.value for f in fields if f.key == "list-unsubscribe"]
+    assert unsub == [f"<mailto:unsub-{out.uuid}@rp.example.com?subject={out.stream_id or ''}>"], (
+        unsub
+    )
+    for f in fields:
+        assert "{{" not in f.value or "{{" in data.decode("utf-8", "replace")
+        assert "\r" not in f.value.replace("\r\n", "") and "\n" not in f.value.replace("\r\n", "")
+
+
+@PURE
+@given(uuid=st.one_of(st.just("good1"), CRAFTED), stream_id=st.one_of(st.none(), CRAFTED))
+@example(uuid="abc\rX-Uuid: other", stream_id=None)
+@example(uuid="abc\nBcc: victim@example.org", stream_id=None)
+def test_receiver_and_transformer_agree_on_uuid_and_stream_id(
+    uuid: str, stream_id: str | None
+) -> None:
+    """What the Receiver queued under a uuid, the Transformer must send under the same uuid
+    (else events are reported against the wrong message or the message is parked)."""
+    data = _message(uuid, stream_id)
+    try:
+        accepted = validate(data, LIMIT)
+    except MessageRejected:
+        return
+    out = transform(data, TRANSFORM, now=1_764_290_000.0)
+    assert (out.uuid, out.stream_id) == (accepted.uuid, accepted.stream_id)
+
+
+HEADER_LINES = st.sampled_from(
+    [
+        b"X-Uuid: abc",
+        b"x-uuid: def",
+        b"X-Uuid : ghi",
+        b"X-Uuid:jkl",
+        b"X-UUID:\t mno ",
+        b" X-Uuid: pqr",
+        b"\tcontinued",
+        b"X-Stream-Id: s1",
+        b"x-stream-id : s2",
+        b"X-Stream-Id: s3 ",
+        b"X-Priority: 0",
+        b"From: a@other.example",
+        b"junk without colon",
+        b"",
+        b"Subject: =?utf-8?b?w7w=?=",
+        b"X-Uuid: \xc3\xbc",
+        b"\xff\xfe: \x80",
+    ]
+)
+
+
+@PURE
+@given(
+    lines=st.lists(HEADER_LINES, min_size=1, max_size=8),
+    sep=st.sampled_from([b"\r\n", b"\n", b"\r", b"\r\r\n"]),
+)
+def test_receiver_and_transformer_agree_whatever_the_line_endings(
+    lines: list[bytes], sep: bytes
+) -> None:
+    """Duplicates, odd spacing, bare CR or LF line ends: whatever the Receiver accepts, the
+    Transformer sends (no dead letter), under the same uuid and stream id."""
+    head = [b"From: news@example.com", b"To: alice@example.net"]
+    data = sep.join(head + lines) + sep + sep + b"body"
+    try:
+        accepted = validate(data, LIMIT)
+    except MessageRejected:
+        return
+    out = transform(data, TRANSFORM, now=1_764_290_000.0)
+    assert (out.uuid, out.stream_id) == (accepted.uuid, accepted.stream_id)
+
+
+# --- MxServer classify --------------------------------------------------------------------
+
+
+@st.composite
+def mutated_report(draw: st.DrawFn) -> bytes:
+    """A corpus DSN/ARF/auto-reply with a few bytes changed, cut, or a part duplicated."""
+    data = draw(st.sampled_from(BOUNCES)).read_bytes()
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "cut", "insert", "dup", "boundary"]))
+        pos = draw(st.integers(0, max(len(data) - 1, 0)))
+        if op == "flip" and data:
+            data = data[:pos] + bytes([draw(st.integers(0, 255))]) + data[pos + 1 :]
+        elif op == "cut":
+            data = data[:pos]
+        elif op == "insert":
+            data = data[:pos] + draw(st.binary(max_size=40)) + data[pos:]
+        elif op == "dup":
+            data = data[:pos] + data[pos : pos + 2000] + data[pos:]
+        else:
+            data = re.sub(rb'boundary="?[^";\r\n]*"?', b'boundary="', data, count=1)
+    return data
+
+
+RCPTS = st.lists(
+    st.sampled_from(
+        [
+            "bounce-abc@rp.example.com",
+            "BOUNCE-ABC@RP.EXAMPLE.COM",
+            "unsub-abc@rp.example.com",
+            "bounce-@rp.example.com",
+            "bounce-ABC-1@rp.example.com",
+            "bounce-{{uuid}}@rp.example.com",
+            "abuse@example.com",
+            "unsub-abc\r\n@rp.example.com",
+            "bounce-" + "a" * 500 + "@rp.example.com",
+            "ünï@rp.example.com",
+        ]
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+@PURE
+@given(data=mutated_report(), rcpts=RCPTS, sender=st.sampled_from(["", "a@b.example", "<>"]))
+def test_classify_mutated_reports(data: bytes, rcpts: list[str], sender: str) -> None:
+    settings_ = MxSettings(
+        own_mtas=frozenset({"mxserver.example.com"}),
+        abuse_addresses=frozenset({"abuse@example.com"}),
+    )
+    started = time.monotonic()
+    result = classify(Envelope(sender, tuple(rcpts)), data, settings_)
+    assert time.monotonic() - started < 2.0, "classify is too slow on a hostile message"
+    assert result.uuid is None or UUID_RE.fullmatch(result.uuid), result.uuid
+    for key, event in events_for(result, now=1.0):
+        assert key
+        json.dumps(event)  # events go to the webhook as JSON
+        assert event.get("uuid") is None or UUID_RE.fullmatch(event["uuid"])
+
+
+# --- PostfixLog parse_line ----------------------------------------------------------------
+
+
+@st.composite
+def mutated_log_line(draw: st.DrawFn) -> str:
+    line = draw(st.sampled_from(LOG_LINES))
+    for _ in range(draw(st.integers(1, 3))):
+        pos = draw(st.integers(0, len(line)))
+        op = draw(st.sampled_from(["insert", "cut", "repeat", "replace"]))
+        if op == "insert":
+            line = line[:pos] + draw(st.text(max_size=20)) + line[pos:]
+        elif op == "cut":
+            line = line[:pos] + line[pos + draw(st.integers(1, 10)) :]
+        elif op == "repeat":
+            line = line[:pos] + line[pos:] * draw(st.integers(2, 30))
+        else:
+            old = draw(st.sampled_from([">, ", "=<", "status=", "dsn=", "(", ")", "["]))
+            line = line.replace(old, draw(st.sampled_from(["", old * 50, "\x00", "\r\n"])))
+    return line
+
+
+@PURE
+@given(line=mutated_log_line())
+@example(line="Nov 28 01:01:16 mx postfix/smtp[1]: ABCDEF1: to=<" + ">, " * 5000)
+@example(
+    line="Nov 28 01:01:16 mx postfix/smtp[1]: ABCDEF1: to=<a>, relay="
+    + "x" * 20000
+    + ", delay=1, delays=1, dsn=5.0.0, status=bounced"
+)
+@example(
+    line="Feb 30 01:01:16 mx postfix/smtp[1]: ABCDEF1: from=<a>, status=expired, returned to sender"
+)
+@example(
+    line="Nov 28 99:99:99 mx postfix/smtp[1]: ABCDEF1: from=<a>, status=expired, returned to sender"
+)
+@example(
+    line="2026-13-45T01:01:16+99:99 mx postfix/smtp[1]: ABCDEF1: from=<a>, status=expired, "
+    "returned to sender"
+)
+def test_log_parser_mutated_lines(line: str) -> None:
+    started = time.monotonic()
+    record = parse_line(line, NOW)
+    assert time.monotonic() - started < 1.0, "regex backtracking on a hostile line"
+    assert record is None or isinstance(record, Delivery | Expired)
+    if isinstance(record, Delivery):
+        assert record.status in ("sent", "bounced", "deferred", "expired")
+        assert isinstance(record.reason, str)
+        assert record.timestamp > 0
+
+
+# --- config loader ------------------------------------------------------------------------
+
+YAML_LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=30),
+    st.sampled_from(["127.0.0.1", "0.0.0.0", "::", "/etc/passwd", "../../x", "1s", "-1"]),
+)
+YAML_VALUE = st.recursive(
+    YAML_LEAF,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=15) | st.integers(), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+GLOBAL = yaml.safe_load(GLOBAL_EXAMPLE.read_text())
+CUSTOMER = yaml.safe_load(CUSTOMER_EXAMPLE.read_text())
+
+
+def _paths(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix] if prefix else []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found += _paths(value, (*prefix, key))
+    return found
+
+
+CUSTOMER_PATHS = _paths(CUSTOMER)
+
+
+def _replace(data: Any, path: tuple[Any, ...], value: Any) -> Any:
+    copy = json.loads(json.dumps(data))
+    node = copy
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return copy
+
+
+def _load(tmp_path: Path, global_text: str, customer_text: str) -> None:
+    global_file, customer_file = tmp_path / "g.yaml", tmp_path / "c.yaml"
+    global_file.write_text(global_text, encoding="utf-8", errors="surrogatepass")
+    customer_file.write_text(customer_text, encoding="utf-8", errors="surrogatepass")
+    try:
+        load_config(global_file, customer_file)
+    except ConfigError as exc:
+        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(path=st.sampled_from(CUSTOMER_PATHS), value=YAML_VALUE)
+def test_config_one_value_replaced(tmp_path: Path, path: tuple[Any, ...], value: Any) -> None:
+    """Any value at any place of a valid customer config: a config error, never a crash."""
+    try:
+        text = yaml.safe_dump(_replace(CUSTOMER, path, value), allow_unicode=True)
+    except (ValueError, yaml.YAMLError):
+        assume(False)
+        return
+    _load(tmp_path, GLOBAL_EXAMPLE.read_text(), text)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    text=st.one_of(
+        st.text(max_size=300),
+        st.sampled_from(
+            [
+                "a: &a [*a]",
+                "!!python/object/apply:os.system ['true']",
+                "a: !!binary AAAA",
+                "- 1\n- 2",
+                "? [1]\n: 2",
+                "a: b\na: c",
+                "<<: {x: 1}",
+                "\ufeffreceiver: {}",
+                "receiver: {bind: {inet-port: 99999999999999999999}}",
+                "receiver: !!float nan",
+            ]
+        ),
+    ),
+    which=st.booleans(),
+)
+def test_config_random_yaml_text(tmp_path: Path, text: str, which: bool) -> None:
+    good_global, good_customer = GLOBAL_EXAMPLE.read_text(), CUSTOMER_EXAMPLE.read_text()
+    if which:
+        _load(tmp_path, text, good_customer)
+    else:
+        _load(tmp_path, good_global, text)
