@@ -295,25 +295,28 @@ class Supervisor:
         for proc in self.procs:
             if proc.port is not None and port_open(proc.port):
                 raise StartError(f"port {proc.port} for {proc.name} is already in use")
-            log = (self.logs / f"{proc.name}.log").open("ab")
-            proc.process = subprocess.Popen(
-                proc.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            deadline = time.monotonic() + timeout
-            while not self._started(proc):
-                if proc.process.poll() is not None:
-                    raise StartError(
-                        f"{proc.name} exited with code {proc.process.returncode}; "
-                        f"see {self.logs / (proc.name + '.log')}"
-                    )
-                if time.monotonic() > deadline:
-                    raise StartError(f"{proc.name} did not become ready within {timeout}s")
-                time.sleep(0.1)
+            self._launch(proc, timeout)
             print(f"  started {proc.name}", flush=True)
+
+    def _launch(self, proc: Proc, timeout: float) -> None:
+        log = (self.logs / f"{proc.name}.log").open("ab")
+        proc.process = subprocess.Popen(
+            proc.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not self._started(proc):
+            if proc.process.poll() is not None:
+                raise StartError(
+                    f"{proc.name} exited with code {proc.process.returncode}; "
+                    f"see {self.logs / (proc.name + '.log')}"
+                )
+            if time.monotonic() > deadline:
+                raise StartError(f"{proc.name} did not become ready within {timeout}s")
+            time.sleep(0.1)
 
     @staticmethod
     def _started(proc: Proc) -> bool:
@@ -321,12 +324,28 @@ class Supervisor:
             return False
         return proc.ready_url is None or ready(proc.ready_url)
 
-    def watch(self) -> str | None:
-        """Block until a child dies (its name) or we are asked to stop (None)."""
+    def watch(self, max_restarts: int = 5, window: float = 60.0) -> str | None:
+        """Restart a child that dies, as Kubernetes would restart its pod; give up (return its
+        name) when one dies more than ``max_restarts`` times within ``window`` seconds.
+        Returns None when we are asked to stop."""
+        restarts: dict[str, list[float]] = {}
         while not self.stopping:
             for proc in self.procs:
-                if proc.process is not None and proc.process.poll() is not None:
+                if proc.process is None or proc.process.poll() is None:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in restarts.get(proc.name, []) if t > now - window]
+                if len(recent) >= max_restarts:
                     return proc.name
+                restarts[proc.name] = [*recent, now]
+                code = proc.process.returncode
+                print(f"  {proc.name} exited ({code}): restarting", flush=True)
+                try:
+                    self._launch(proc, timeout=60)
+                except StartError as exc:
+                    print(f"  {exc}", flush=True)
+                    continue
+                print(f"  restarted {proc.name}", flush=True)
             time.sleep(0.2)
         return None
 
@@ -408,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
         print(banner(p, args.workdir), flush=True)
         died = supervisor.watch()
         if died:
-            print(f"make run: {died} stopped unexpectedly; stopping the rest", flush=True)
+            print(f"make run: {died} keeps failing; stopping the rest", flush=True)
             code = 1
     except StartError as exc:
         print(f"make run: {exc}", file=sys.stderr, flush=True)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import logging
 import secrets
 import shutil
+import signal
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -63,6 +66,18 @@ def render_config(settings: RedisServer, admin_password: str, base: Path) -> str
     )
 
 
+def _stop_with_parent() -> None:
+    """In the child before exec: if manycore-redis dies (even by SIGKILL), the kernel sends
+    redis-server SIGTERM, which it answers with a saving shutdown. In a container the runtime
+    does that anyway; elsewhere an orphan would hold the port and the data directory."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 @dataclass
 class RunningServer:
     process: asyncio.subprocess.Process
@@ -83,7 +98,11 @@ async def start(settings: RedisServer, *, timeout: float = 30.0) -> RunningServe
     config.write_text(render_config(settings, admin_password, base_config_path()))
     config.chmod(0o600)
     process = await asyncio.create_subprocess_exec(
-        binary, str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        binary,
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=_stop_with_parent,
     )
     relay = asyncio.create_task(_relay_log(process))
     host = "127.0.0.1" if settings.bind in ("0.0.0.0", "*", "::") else settings.bind.split()[0]
