@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SERVICES := common Receiver HttpReceiver Transformer Redis BackData PostfixLog MxServer
 STAMP := $(VENV)/.installed
 
-.PHONY: test run bench lint typecheck unit deps sysdeps clean
+.PHONY: test run bench chaos lint typecheck unit deps sysdeps clean
 
 test: deps
 	$(PY) -m ruff check .
@@ -24,6 +24,10 @@ lint: deps
 
 run: deps
 	$(PY) -m devstack
+
+# The longer fault suite (`make test` runs a short one): more mail, more kills, Redis too.
+chaos: deps
+	MANYCORE_CHAOS=1 $(PY) -m pytest -s tests/e2e/test_faults.py
 
 # Not part of CI (minutes, and noisy machines); `make test` runs a quick smoke of it.
 bench: deps

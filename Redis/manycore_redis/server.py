@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import logging
+import os
 import secrets
 import shutil
 import signal
@@ -26,7 +28,7 @@ from manycore_common.config import RedisServer
 
 log = logging.getLogger(__name__)
 
-ADMIN_USER = "manycore-admin"
+ADMIN_USER = "default"
 
 
 def base_config_path() -> Path:
@@ -42,10 +44,16 @@ def acl_password(password: str) -> str:
 def render_config(settings: RedisServer, admin_password: str, base: Path) -> str:
     """The runtime configuration: the shipped base file plus what depends on this deployment.
 
-    Users: ``default`` is off; the application user may run everything but Redis' dangerous
-    commands (FLUSHALL, CONFIG, DEBUG, SHUTDOWN, KEYS, ...) except INFO, which the exporter
-    reads; the admin user, whose password is random per start and never leaves this process,
-    is what this supervisor uses to save and stop."""
+    Users: the application user may run everything but Redis' dangerous commands (FLUSHALL,
+    CONFIG, DEBUG, SHUTDOWN, KEYS, ...) except INFO, which the exporter reads. ``default`` is
+    the administrator this supervisor uses to save and stop, with a password that is random
+    per start and never leaves this process.
+
+    Why ``default`` and not "off": Redis 7.0 replays MULTI/EXEC blocks of the AOF (which is
+    how every Lua script's writes are logged) as the default user, and checks that user's
+    permissions at EXEC. With ``default`` switched off every such block fails on load
+    ("NOPERM ACLs rules changed ...") and the writes of all our scripts are lost at a restart.
+    tests/integration/test_redis_module.py kills Redis after script writes to keep this true."""
     assert settings.password is not None
     app = settings.username
     return "\n".join(
@@ -57,13 +65,29 @@ def render_config(settings: RedisServer, admin_password: str, base: Path) -> str
             f"appendfsync {settings.appendfsync}",
             f"maxmemory {settings.maxmemory}",
             "daemonize no",
-            "user default off",
+            f"user default on resetpass {acl_password(admin_password)} ~* &* +@all",
             f"user {app} on {acl_password(settings.password.get_secret_value())} "
             "~* &* +@all -@dangerous +info",
-            f"user {ADMIN_USER} on {acl_password(admin_password)} ~* &* +@all",
             "",
         ]
     )
+
+
+async def _lock_data_dir(data_dir: Path, timeout: float) -> int:
+    """An exclusive lock on the data directory, waited for: a redis-server from before (an
+    orphan still saving after its supervisor died) must be gone before another one loads the
+    same files, or the newer one could start from an older state."""
+    fd = os.open(data_dir / ".manycore-redis.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if asyncio.get_running_loop().time() > deadline:
+                os.close(fd)
+                raise RuntimeError(f"{data_dir} is still in use by another redis-server") from None
+            await asyncio.sleep(0.1)
 
 
 def _stop_with_parent() -> None:
@@ -97,13 +121,16 @@ async def start(settings: RedisServer, *, timeout: float = 30.0) -> RunningServe
     config = config_dir / "redis.conf"
     config.write_text(render_config(settings, admin_password, base_config_path()))
     config.chmod(0o600)
+    lock = await _lock_data_dir(settings.data_dir, timeout)
     process = await asyncio.create_subprocess_exec(
         binary,
         str(config),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         preexec_fn=_stop_with_parent,
+        pass_fds=(lock,),  # redis-server holds the data directory's lock while it lives
     )
+    os.close(lock)
     relay = asyncio.create_task(_relay_log(process))
     host = "127.0.0.1" if settings.bind in ("0.0.0.0", "*", "::") else settings.bind.split()[0]
     admin = Redis(

@@ -134,7 +134,8 @@ def stack_dir() -> Iterator[Path]:
     try:
         yield root
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not os.environ.get("MANYCORE_KEEP_E2E"):  # keep the logs to look into a failure
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def wait_until(condition: Any, timeout: float, what: str) -> None:
