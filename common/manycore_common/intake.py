@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from . import item as item_format
 from .config import Config
+from .grouppush import GroupPusher
 from .message import PRIORITY_HIGH, REJECT_REASONS, Accepted, MessageRejected, validate
 from .queue import QueueFull, ReliableQueue
 
@@ -46,6 +47,8 @@ class Intake:
         self.primary = primary
         self.default = default
         self.max_size = max_size
+        # Concurrent connections share Redis round trips (see grouppush).
+        self._pushers = {q.name: GroupPusher(q) for q in (primary, default)}
 
     @classmethod
     def from_config(cls, config: Config, redis: object, max_size: int) -> Intake:
@@ -87,7 +90,7 @@ class Intake:
             rcpts=list(accepted.recipients),
         )
         try:
-            await queue.push(raw)
+            await self._pushers[queue.name].push(raw)
         except QueueFull:
             DROPPED.labels("queue-full").inc()
             raise TemporarilyUnavailable("queue-full", "Queue is full, try again later") from None
