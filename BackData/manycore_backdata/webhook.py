@@ -36,6 +36,36 @@ class WebhookSettings:
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     secret: bytes | None = field(default=None, repr=False)
 
+    def secret_values(self) -> tuple[bytes, ...]:
+        """What must never be repeated from an answer: header values (and their words, so a
+        bare token is caught without its "Bearer"), the signing secret, the URL's password
+        and query values. Longest first, so a value is scrubbed before its parts."""
+        found: set[str] = set()
+        for _, value in self.headers:
+            found.add(value)
+            found.update(value.split())
+        parts = urlsplit(self.url)
+        found.add(parts.password or "")
+        found.update(v for _, _, v in (p.partition("=") for p in parts.query.split("&")))
+        values = {v.encode() for v in found if len(v) >= MIN_SECRET}
+        if self.secret:
+            values.add(self.secret)
+        return tuple(sorted(values, key=len, reverse=True))
+
+
+#: Shorter header words ("Bearer", "Basic") are not secrets, and scrubbing them would only
+#: garble the webhook's answer.
+MIN_SECRET = 8
+
+
+def scrub(answer: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """The webhook's answer without our secrets: it goes into logs and dead-letter reasons,
+    and an endpoint that echoes the request (a debugging proxy, a careless 401 page) would
+    otherwise put our credentials there."""
+    for secret in secrets:
+        answer = answer.replace(secret, b"[redacted]")
+    return answer
+
 
 def redacted(url: str) -> str:
     """The URL for logs: webhooks often carry a token in the user part or the query."""
@@ -114,7 +144,9 @@ class Webhook:
             async with self._session.post(
                 self.settings.url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                answer = await response.content.read(MAX_ANSWER)
+                answer = scrub(
+                    await response.content.read(MAX_ANSWER), self.settings.secret_values()
+                )
                 return policy.from_status(
                     response.status, answer, response.headers.get("Retry-After"), time.time()
                 )

@@ -3,7 +3,8 @@
 Every error is JSON ``{"error": "<what is wrong>", "reason": "<code>"}`` with a status that
 says who must act: 400 bad message, 401 credentials (with ``WWW-Authenticate``), 413 too
 large, 415 wrong Content-Type, 429 too many failed logins, 503 with ``Retry-After`` when Redis
-cannot take the message now. ``200`` comes only after Redis holds the message.
+cannot take the message now, 408 when the body does not arrive within the request timeout.
+``200`` comes only after Redis holds the message.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ INTAKE_KEY = web.AppKey("intake", Intake)
 CREDENTIALS_KEY = web.AppKey("credentials", Credentials)
 THROTTLE_KEY = web.AppKey("throttle", FailureThrottle)
 TRUSTED_KEY: web.AppKey[tuple[IPv4Network | IPv6Network, ...]] = web.AppKey("trusted_proxies")
+BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
 
 
 def error(
@@ -146,6 +148,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+async def answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response``, then close at once: aiohttp would otherwise keep reading the rest
+    of an unread body ("lingering", up to 10 s) from a client that is already too slow."""
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the transport sends what it holds, then closes
+    return response
+
+
 async def send(request: web.Request) -> web.Response:
     refusal = await authenticate(request)
     if refusal is not None:
@@ -161,10 +172,24 @@ async def send(request: web.Request) -> web.Response:
             f"got {request.headers.get('Content-Type', 'none')}",
         )
     try:
-        data = await read_body(request, intake.max_size)
+        # aiohttp bounds the header section (keepalive_timeout, see service.py) but not the
+        # body: without this a client sending a byte a minute holds its connection for ever.
+        async with asyncio.timeout(request.app[BODY_TIMEOUT_KEY]):
+            data = await read_body(request, intake.max_size)
     except MessageRejected as exc:
         DROPPED.labels(exc.reason).inc()
         return error(exc.http_status, exc.reason, exc.text)
+    except TimeoutError:
+        DROPPED.labels("timeout").inc()
+        return await answer_and_close(
+            request,
+            error(
+                408,
+                "request-timeout",
+                f"The body took longer than {request.app[BODY_TIMEOUT_KEY]:g} seconds",
+                {"Connection": "close"},
+            ),
+        )
     try:
         accepted, queue = await intake.accept(data, source="http")
     except MessageRejected as exc:
@@ -179,9 +204,11 @@ def make_app(
     credentials: Credentials,
     throttle: FailureThrottle,
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
+    body_timeout: float = 60.0,
 ) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[INTAKE_KEY] = intake
+    app[BODY_TIMEOUT_KEY] = body_timeout
     app[TRUSTED_KEY] = trusted_proxies
     app[CREDENTIALS_KEY] = credentials
     app[THROTTLE_KEY] = throttle

@@ -41,6 +41,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         Credentials(section.auth_logins),
         FailureThrottle(section.auth_throttle),
         section.trusted_proxies,
+        section.request_timeout_seconds,
     )
     secret = config.customer.common_config.unsubscribe_secret
     if secret is not None:
@@ -48,7 +49,15 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         add_routes(app, Unsubscribe(secret.get_secret_value().encode(), event_queue))
     else:
         log.info("common-config.unsubscribe-secret not set: no one-click unsubscribe route")
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
+    # keepalive_timeout is armed when a connection opens or a response ends, and bytes that
+    # do not complete a header section do not re-arm it: it bounds dribbled headers as well
+    # as idle keep-alive connections. The body has its own bound (app.py).
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=DRAIN_SECONDS,
+        keepalive_timeout=section.request_timeout_seconds,
+    )
     await runner.setup()
     site = web.TCPSite(runner, section.bind.inet_interface, section.bind.inet_port)
     await site.start()

@@ -12,7 +12,12 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from manycore_common.smtpreplies import rewrite
-from manycore_common.smtpserver import SHUTTING_DOWN, InFlight, with_enhanced_status_codes
+from manycore_common.smtpserver import (
+    SHUTTING_DOWN,
+    InFlight,
+    say_timeout,
+    with_enhanced_status_codes,
+)
 
 from .classify import Envelope as MailEnvelope
 from .classify import Settings, classify
@@ -71,6 +76,10 @@ class MxSMTP(SMTP):
             if refused:
                 REFUSED.labels(refused).inc()
         await super().push(status)
+
+    def _timeout_cb(self) -> None:
+        say_timeout(self.transport)
+        super()._timeout_cb()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
 
 
 class Handler:

@@ -73,7 +73,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             data_size_limit=section.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
-            timeout=300,
+            timeout=section.command_timeout_seconds,
         )
 
     await serve_smtp(

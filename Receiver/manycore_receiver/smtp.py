@@ -14,16 +14,22 @@ from manycore_common.auth import Credentials, FailureThrottle
 from manycore_common.intake import DROPPED, Intake, TemporarilyUnavailable
 from manycore_common.message import MessageRejected
 from manycore_common.smtpreplies import rewrite
-from manycore_common.smtpserver import SHUTTING_DOWN, InFlight, with_enhanced_status_codes
+from manycore_common.smtpserver import (
+    SHUTTING_DOWN,
+    InFlight,
+    say_timeout,
+    with_enhanced_status_codes,
+)
 
 log = logging.getLogger(__name__)
 
 AUTH_FAILURES = Counter(
     "receiver_auth_failures",
-    "Failed SMTP AUTH attempts, by reason (bad-credentials, locked-out)",
+    "Failed SMTP AUTH attempts, by reason (bad-credentials, locked-out; missing: MAIL, RCPT "
+    "or DATA without AUTH)",
     ["reason"],
 )
-for _reason in ("bad-credentials", "locked-out"):
+for _reason in ("bad-credentials", "locked-out", "missing"):
     AUTH_FAILURES.labels(_reason)
 
 
@@ -53,6 +59,18 @@ class ReceiverSMTP(SMTP):
             if refused:
                 DROPPED.labels(refused).inc()
         await super().push(status)
+
+    def _timeout_cb(self) -> None:
+        say_timeout(self.transport)
+        super()._timeout_cb()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
+
+    async def check_auth_needed(self, caller_method: str) -> bool:
+        # MAIL, RCPT and DATA without a successful AUTH: refused by aiosmtpd (530 5.7.0);
+        # counted so that relay attempts show on a dashboard.
+        needed = bool(await super().check_auth_needed(caller_method))
+        if needed:
+            AUTH_FAILURES.labels("missing").inc()
+        return needed
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:

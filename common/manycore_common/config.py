@@ -205,6 +205,10 @@ class ReceiverSection(Section):
     allow_plaintext_auth: bool = False
     max_message_size: int = Field(default=DEFAULT_MAX_MESSAGE_SIZE, gt=0)
     tls: ReceiverTls = ReceiverTls()
+    #: Longest a client may take to send one command line, or the whole DATA phase (from
+    #: the DATA command to the final dot), before the connection is closed with 421: a
+    #: client dribbling bytes cannot hold a connection longer (RFC 5321 §4.5.3.2: 5 min).
+    command_timeout_seconds: float = Field(default=300.0, gt=0)
     auth_throttle: AuthThrottle = AuthThrottle()
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
     prometheus: Prometheus = Prometheus()
@@ -228,6 +232,10 @@ class HttpReceiverSection(Section):
     #: Proxies (e.g. the TLS ingress) whose X-Forwarded-For names the real client; failed
     #: logins are throttled per real client, not per proxy.
     trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+    #: Longest a client may take to send a request's header section (counted from the
+    #: connection's start or its previous request), and again its body, before the
+    #: connection is closed: a client dribbling bytes cannot hold a connection longer.
+    request_timeout_seconds: float = Field(default=60.0, gt=0)
     auth_throttle: AuthThrottle = AuthThrottle()
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
     prometheus: Prometheus = Prometheus()
@@ -489,6 +497,10 @@ class MxServerSection(Section):
     extra_domains: tuple[str, ...] = ()
     max_message_size: int = Field(default=10 * 1024 * 1024, gt=0)
     tls: MxServerTls = MxServerTls()
+    #: Longest a client may take to send one command line, or the whole DATA phase (from
+    #: the DATA command to the final dot), before the connection is closed with 421: a
+    #: client dribbling bytes cannot hold a connection longer (RFC 5321 §4.5.3.2: 5 min).
+    command_timeout_seconds: float = Field(default=300.0, gt=0)
     rate_limit: RateLimit = RateLimit()
     unclassified: Unclassified = Unclassified()
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
@@ -552,24 +564,33 @@ class BackDataSection(Section):
     @classmethod
     def _header_lines(cls, value: Any) -> Any:
         # headers-file arrives here as the file's text.
-        if not isinstance(value, str):
-            return value
-        headers: dict[str, str] = {}
-        for number, line in enumerate(value.splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            name, colon, rest = line.partition(":")
-            if not colon:
-                raise ValueError(f"headers-file line {number}: expected 'Name: value'")
-            headers[name.strip()] = rest.strip()
-        return headers
+        if isinstance(value, str):
+            headers: dict[str, str] = {}
+            for number, line in enumerate(value.splitlines(), 1):
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                name, colon, rest = line.partition(":")
+                if not colon:
+                    raise ValueError(f"headers-file line {number}: expected 'Name: value'")
+                headers[name.strip()] = rest.strip()
+            value = headers
+        # Names are checked here, before pydantic validates the values: its errors name the
+        # dict key, and a "name" that is no header name is often a value whose colon was
+        # forgotten ("Authorization Bearer <token>"), i.e. a secret that must not be printed.
+        if isinstance(value, Mapping):
+            for number, (name, secret) in enumerate(value.items(), 1):
+                if not isinstance(name, str) or not cls.header_name.fullmatch(name):
+                    raise ValueError(
+                        f"header {number} is not a valid header name (a colon missing?)"
+                    )
+                if not isinstance(secret, str):
+                    raise ValueError(f"the value of {name} must be a string")
+        return value
 
     @field_validator("headers")
     @classmethod
     def _valid_headers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
         for name, secret in value.items():
-            if not cls.header_name.fullmatch(name):
-                raise ValueError(f"{name!r} is not a valid header name")
             if name.lower() in cls.reserved_headers:
                 raise ValueError(f"{name} is set by BackData itself")
             # A CR or LF would let a value smuggle in headers of its own (RFC 9110 §5.5).

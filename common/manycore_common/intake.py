@@ -18,6 +18,8 @@ from .queue import QueueFull, ReliableQueue
 log = logging.getLogger(__name__)
 
 TEMPORARY_REASONS = ("redis-unavailable", "queue-full")
+#: The client did not finish sending the message in time (HttpReceiver's body timeout).
+CLIENT_REASONS = ("timeout",)
 
 ENQUEUED = Counter("nbr_emails_enqueued", "Number of emails accepted and put on Redis")
 RECIPIENTS = Counter(
@@ -29,7 +31,7 @@ DROPPED = Counter(
     "Number of emails that could not be processed, by reason",
     ["reason"],
 )
-for _reason in (*REJECT_REASONS, *TEMPORARY_REASONS):
+for _reason in (*REJECT_REASONS, *TEMPORARY_REASONS, *CLIENT_REASONS):
     DROPPED.labels(_reason)
 
 

@@ -13,6 +13,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from .config import Listen, Prometheus
@@ -23,6 +24,26 @@ log = logging.getLogger(__name__)
 #: The reply to a message that completes while the service is stopping (RFC 5321 §3.8): the
 #: client keeps it and sends it again, to us or another instance.
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+#: Said before closing a client whose command line or DATA phase took longer than
+#: ``command-timeout-seconds`` (RFC 5321 §3.8: a server that closes on a timeout says 421),
+#: so a slow but honest client learns why and retries.
+TIMEOUT_REPLY = b"421 4.4.2 Timeout: command or data took too long, closing connection\r\n"
+
+TIMED_OUT = Counter(
+    "smtp_timeouts",
+    "SMTP connections closed because a command line or the DATA phase took longer than "
+    "command-timeout-seconds (slow or stalled clients)",
+)
+
+
+def say_timeout(transport: Any) -> None:
+    """Count a timed-out connection and tell the client, right before aiosmtpd closes it.
+    aiosmtpd's timer is armed when a command is accepted and is not re-armed by bytes that
+    do not complete one, so a client dribbling a line (or DATA) is cut within the timeout."""
+    TIMED_OUT.inc()
+    if transport is not None and not transport.is_closing():
+        transport.write(TIMEOUT_REPLY)
 
 
 class InFlight:

@@ -32,7 +32,7 @@ IO_SETTINGS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 #: Every status the API documents; anything else (500 above all) is a bug.
-DOCUMENTED = {200, 400, 401, 404, 405, 413, 415, 429, 503}
+DOCUMENTED = {200, 400, 401, 404, 405, 408, 413, 415, 429, 503}
 
 
 @pytest.fixture(scope="module")
