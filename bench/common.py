@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -12,6 +15,41 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"  # benchmarks talk to nothing else
+SBIN = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def bench_fail(text: str) -> SystemExit:
+    return SystemExit(f"bench: {text}")
+
+
+def binary(name: str) -> str:
+    """A system binary the run needs; missing is a failure, never a skip."""
+    path = shutil.which(name) or shutil.which(name, path=SBIN)
+    if path is None:
+        raise bench_fail(f"{name} is not installed (make test installs it with apt)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.5):
+        return True
+    return False
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of a process, from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise bench_fail(f"no VmRSS for {pid}")
 
 
 def pin_to_one_core() -> int | None:
@@ -97,10 +135,12 @@ def write(name: str, rows: list[Row], notes: str = "") -> tuple[Path, Path]:
 
 
 def table(rows: list[Row]) -> str:
-    out = [f"{'case':<8}{'subject':<24}{'rate':>12}  {'baseline':<26}{'rate':>12}{'ratio':>8}"]
+    width = max([8, *(len(r.case) + 2 for r in rows)])
+    head = f"{'case':<{width}}{'subject':<24}{'rate':>12}  {'baseline':<26}{'rate':>12}"
+    out = [f"{head}{'ratio':>8}"]
     for r in rows:
         out.append(
-            f"{r.case:<8}{r.subject:<24}{r.subject_rate:>12,.0f}  {r.baseline:<26}"
+            f"{r.case:<{width}}{r.subject:<24}{r.subject_rate:>12,.0f}  {r.baseline:<26}"
             f"{r.baseline_rate:>12,.0f}{r.ratio:>8.2f}"
         )
     return "\n".join(out)

@@ -1,14 +1,17 @@
 """Ingest: messages/s accepted by the real Receiver (SMTP, STARTTLS + AUTH PLAIN, 5 KB
 messages) against a bare aiosmtpd server that discards (same TLS context, same AUTH rules,
-its own process), and requests/s of the real HttpReceiver against a bare aiohttp handler
-that reads the body and answers 200. Then memory: RSS of each server idle and after the
-load, and Redis ``used_memory`` per queued 5 KB item.
+its own process) and against Postfix's own smtpd accepting into its queue (bench.postfix);
+requests/s of the real HttpReceiver against a bare aiohttp handler that reads the body and
+answers 200. Growth: the 8-connection case with 50 and 500 KB messages, and with 100,000
+items already queued. Then memory: RSS of each server idle and after the load, and Redis
+``used_memory`` per queued 5 KB item.
 
-Every server runs in its own process; the load comes from one separate client process per
-round (a lean asyncio client: one coroutine per connection, connections opened, upgraded
-and authenticated before the clock starts, then messages back to back until the time is up).
-Subject and baseline alternate, round after round, so drift in the machine's load hits both
-alike; the figures are medians. Everything is on 127.0.0.1, no DNS.
+Redis runs as the Redis pod runs it (AOF, fsync every second). Every server runs in its own
+process; the load comes from one separate client process per round (a lean asyncio client:
+one coroutine per connection, connections opened, upgraded and authenticated before the
+clock starts, then messages back to back until the time is up). Subject and baseline
+alternate, round after round, so drift in the machine's load hits both alike; the figures
+are medians. Everything is on 127.0.0.1, no DNS.
 
     python -m bench.ingest            # full run (make bench)
     python -m bench.ingest --quick    # smoke run (make test)
@@ -23,8 +26,6 @@ import contextlib
 import functools
 import json
 import os
-import shutil
-import socket
 import ssl
 import statistics
 import subprocess
@@ -39,22 +40,15 @@ from typing import Any
 import yaml
 from redis import Redis
 
-from bench.common import Row, table, write
+from bench.common import LOOPBACK, ROOT, Row, binary, free_port, port_open, rss_kb, table, write
+from bench.postfix import PostfixAlone
 
-LOOPBACK = "127.0.0.1"
-ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "apa", "banan"
 MESSAGE_SIZE = 5 * 1024
 QUEUE = "IB-MAIL-QUEUE-P1"
 
 
 # ----------------------------------------------------------------- small helpers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
@@ -67,22 +61,9 @@ def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
     raise SystemExit(f"bench.ingest: timed out waiting for {what}")
 
 
-def port_open(port: int) -> bool:
-    with socket.create_connection((LOOPBACK, port), timeout=0.5):
-        return True
-
-
 def http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=3) as response:
         return int(response.status) == 200
-
-
-def rss_kb(pid: int) -> int:
-    """Resident set size of a process, from /proc/<pid>/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise SystemExit(f"bench.ingest: no VmRSS for {pid}")
 
 
 def message(uuid: str, size: int = MESSAGE_SIZE) -> bytes:
@@ -179,7 +160,7 @@ async def _reply(reader: asyncio.StreamReader, expected: int) -> None:
         raise RuntimeError(f"expected {expected}, got {line!r}")
 
 
-async def _smtp_session(port: int, context: ssl.SSLContext) -> tuple[Any, Any]:
+async def _smtp_session(port: int, context: ssl.SSLContext, auth: bool = True) -> tuple[Any, Any]:
     reader, writer = await asyncio.open_connection(LOOPBACK, port)
     await _reply(reader, 220)
     writer.write(b"EHLO localhost\r\n")
@@ -189,6 +170,8 @@ async def _smtp_session(port: int, context: ssl.SSLContext) -> tuple[Any, Any]:
     await writer.start_tls(context, server_hostname="localhost")
     writer.write(b"EHLO localhost\r\n")
     await _reply(reader, 250)
+    if not auth:  # Postfix: our client's address is in mynetworks (no SASL in its image)
+        return reader, writer
     token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
     writer.write(b"AUTH PLAIN " + token + b"\r\n")
     await _reply(reader, 235)
@@ -229,17 +212,18 @@ async def _http_send(reader: asyncio.StreamReader, writer: Any, data: bytes) -> 
 
 
 async def load(
-    kind: str, port: int, connections: int, seconds: float, cafile: str
+    kind: str, port: int, connections: int, seconds: float, cafile: str, size: int = MESSAGE_SIZE
 ) -> dict[str, Any]:
     """Open ``connections`` sessions, then send back to back for ``seconds``."""
-    context = ssl.create_default_context(cafile=cafile) if kind == "smtp" else None
+    smtp = kind.startswith("smtp")
+    context = ssl.create_default_context(cafile=cafile) if smtp else None
     sessions = await asyncio.gather(
         *(
-            _smtp_session(port, context) if context else _http_session(port)
+            _smtp_session(port, context, auth=kind == "smtp") if context else _http_session(port)
             for _ in range(connections)
         )
     )
-    send = _smtp_send if kind == "smtp" else _http_send
+    send = _smtp_send if smtp else _http_send
     counts = {"ok": 0, "errors": 0}
     tag = os.urandom(3).hex()
     started = time.perf_counter()
@@ -250,11 +234,11 @@ async def load(
         while time.perf_counter() < deadline:
             n += 1
             try:
-                await send(reader, writer, message(f"b{tag}c{number}n{n}"))
+                await send(reader, writer, message(f"b{tag}c{number}n{n}", size))
                 counts["ok"] += 1
             except RuntimeError:
                 counts["errors"] += 1
-                if kind == "smtp":
+                if smtp:
                     writer.write(b"RSET\r\n")
                     await _reply(reader, 250)
 
@@ -265,11 +249,13 @@ async def load(
     return {"ok": counts["ok"], "errors": counts["errors"], "seconds": elapsed}
 
 
-def run_load(kind: str, port: int, connections: int, seconds: float, cafile: Path) -> float:
+def run_load(
+    kind: str, port: int, connections: int, seconds: float, cafile: Path, size: int = MESSAGE_SIZE
+) -> float:
     """Rate measured by a client in a separate process."""
     argv = [sys.executable, "-m", "bench.ingest", "--client", kind, "--port", str(port),
             "--connections", str(connections), "--seconds", str(seconds),
-            "--cafile", str(cafile)]  # fmt: skip
+            "--cafile", str(cafile), "--size", str(size)]  # fmt: skip
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise SystemExit(f"bench.ingest: client failed:\n{result.stderr}")
@@ -301,7 +287,10 @@ def write_configs(directory: Path, redis_port: int) -> tuple[Path, Path, dict[st
     """The example config files with Redis and every listener on loopback ports."""
     global_file = directory / "global.yaml"
     customer_file = directory / "customer.yaml"
-    shutil.copy(ROOT / "inboxbooster-mailer-global.yaml.example", global_file)
+    settings = yaml.safe_load((ROOT / "inboxbooster-mailer-global.yaml.example").read_text())
+    # The queue-depth case puts 100,000 items in the queue before the load starts.
+    settings["reliable-queue"]["high-water-mark"] = 10_000_000
+    global_file.write_text(yaml.safe_dump(settings, sort_keys=False))
     customer = yaml.safe_load((ROOT / "inboxbooster-mailer-customer.yaml.example").read_text())
     for section in customer.values():
         if not isinstance(section, dict):
@@ -337,22 +326,34 @@ def compare(
     seconds: float,
     cafile: Path,
     redis: Redis,
+    size: int = MESSAGE_SIZE,
+    queued: int = 0,
+    case: str = "",
+    baseline_kind: str | None = None,
+    reset_baseline: Callable[[], object] | None = None,
 ) -> list[Row]:
+    """Subject against baseline, alternating; before each round Redis holds ``queued``
+    waiting 5 KB items (the queue-depth growth case) and nothing else, and the baseline is
+    reset (Postfix's queue emptied) the same way."""
     rows = []
-    unit = "msg/s" if kind == "smtp" else "req/s"
+    unit = "msg/s" if kind.startswith("smtp") else "req/s"
     for n in connections:
         subject_rates, baseline_rates, ratios = [], [], []
         for _ in range(rounds):
-            redis.flushall()  # stay far below the high-water mark
-            s = run_load(kind, subject[1], n, seconds, cafile)
-            b = run_load(kind, baseline[1], n, seconds, cafile)
+            redis.flushall()
+            if queued:
+                asyncio.run(push_items(redis_port(redis), queued))
+            if reset_baseline is not None:
+                reset_baseline()
+            s = run_load(kind, subject[1], n, seconds, cafile, size)
+            b = run_load(baseline_kind or kind, baseline[1], n, seconds, cafile, size)
             subject_rates.append(s)
             baseline_rates.append(b)
             ratios.append(s / b)
         rows.append(
             Row(
                 label,
-                f"c{n}",
+                f"c{n}{case}",
                 subject[0],
                 statistics.median(subject_rates),
                 baseline[0],
@@ -386,6 +387,10 @@ async def push_items(port: int, count: int) -> int:
     return size
 
 
+def redis_port(redis: Redis) -> int:
+    return int(redis.connection_pool.connection_kwargs["port"])
+
+
 def redis_memory(redis: Redis, port: int, count: int) -> Row:
     redis.flushall()
     before = int(redis.info("memory")["used_memory"])
@@ -398,12 +403,72 @@ def redis_memory(redis: Redis, port: int, count: int) -> Row:
                "item bytes", float(size), per_item / size, unit="B")  # fmt: skip
 
 
+def against_postfix(
+    args: argparse.Namespace,
+    workdir: Path,
+    configs: tuple[Path, Path],
+    smtp_port: int,
+    cert: Path,
+    redis: Redis,
+) -> list[Row]:
+    """The Receiver against Postfix's own smtpd accepting into its queue: Postfix from
+    Debian, configured as PostfixLog configures it, plus STARTTLS with the Receiver's
+    certificate and a HOLD on every message, so that its 250 means "written to the queue
+    and fsynced" (cleanup(8)) and nothing is delivered meanwhile. Its queue is emptied
+    before each round, as Redis is. AUTH happens before the clock starts for the Receiver,
+    so the baseline doing without it (no SASL in Debian's postfix package alone) costs the
+    comparison nothing per message."""
+    main_cf = {
+        "smtpd_tls_security_level": "may",
+        "smtpd_tls_cert_file": str(cert),
+        "smtpd_tls_key_file": str(cert.with_name("receiver_key.pem")),
+        "smtpd_client_restrictions": "check_client_access static:HOLD",
+    }
+    root = workdir / "postfix-ingest"
+    root.mkdir(mode=0o755)
+    with PostfixAlone(root, *configs, main_cf=main_cf, name="bench-ingest") as postfix:
+
+        def empty_queue() -> None:
+            asyncio.run(postfix.instance.postsuper("-d", "ALL"))
+
+        rows = compare("smtp", "smtp-vs-postfix", ("manycore-receiver", smtp_port),
+                       ("postfix smtpd (queue)", postfix.port), args.connections, args.rounds,
+                       args.seconds, cert, redis, baseline_kind="smtp-noauth",
+                       reset_baseline=empty_queue)  # fmt: skip
+        held = postfix.instance.queue_counts().get("hold", 0)
+    if not held:
+        raise SystemExit("bench.ingest: Postfix held nothing: the baseline did not queue")
+    return rows
+
+
+def growth(
+    args: argparse.Namespace,
+    smtp: tuple[int, int],
+    http: tuple[int, int],
+    cert: Path,
+    redis: Redis,
+) -> list[Row]:
+    """The 8-connection case again with larger messages, and with ``args.depth`` items
+    already waiting in the queue the front doors push to."""
+    rows: list[Row] = []
+    cases = [(size, 0, f" {size // 1024}KB") for size in args.sizes if size != MESSAGE_SIZE]
+    if args.depth:
+        cases.append((MESSAGE_SIZE, args.depth, f" {args.depth // 1000}k-queued"))
+    for size, queued, case in cases:
+        for kind, label, (subject, baseline), names in (
+            ("smtp", "growth-smtp", smtp, ("manycore-receiver", "bare aiosmtpd (discard)")),
+            ("http", "growth-http", http, ("manycore-httpreceiver", "bare aiohttp (no-op)")),
+        ):
+            rows += compare(kind, label, (names[0], subject), (names[1], baseline), [8],
+                            args.rounds, args.seconds, cert, redis, size=size, queued=queued,
+                            case=case)  # fmt: skip
+    return rows
+
+
 def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
     from manycore_common.tls import self_signed_pem
 
-    binary = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/usr/bin")
-    if binary is None:
-        raise SystemExit("bench.ingest: redis-server is not installed (make test installs it)")
+    redis_server = binary("redis-server")
     cert_pem, key_pem = self_signed_pem("localhost", ip_addresses=(LOOPBACK,))
     cert, key = workdir / "receiver_cert.pem", workdir / "receiver_key.pem"
     cert.write_bytes(cert_pem)
@@ -413,8 +478,13 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
     smtp_port = int(customer["receiver"]["bind"]["inet-port"])
     http_port = int(customer["httpreceiver"]["bind"]["inet-port"])
     me = [sys.executable, "-m", "bench.ingest"]
-    redis_argv = [binary, "--port", str(redis_port), "--bind", LOOPBACK, "--dir", str(workdir),
-                  "--save", "", "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
+    # Redis as production runs it (the Redis pod's default): AOF with fsync every second,
+    # so "250" costs what it costs there. Rewrites are off: each round starts with FLUSHALL,
+    # and a rewrite forking in the middle of a round would only add noise.
+    redis_argv = [redis_server, "--port", str(redis_port), "--bind", LOOPBACK,
+                  "--dir", str(workdir), "--save", "", "--appendonly", "yes",
+                  "--appendfsync", "everysec", "--auto-aof-rewrite-percentage", "0",
+                  "--daemonize", "no"]  # fmt: skip
     rows: list[Row] = []
     with (
         process(redis_argv, workdir / "redis.log"),
@@ -451,6 +521,8 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
             ):
                 s, b = values[subject.pid], values[baseline.pid]
                 rows.append(Row("memory", case, sname, s, bname, b, s / b, unit="KB"))
+        rows += against_postfix(args, workdir, (global_file, customer_file), smtp_port, cert, redis)
+        rows += growth(args, (smtp_port, bare_smtp), (http_port, bare_http), cert, redis)
         rows.append(redis_memory(redis, redis_port, args.queued))
         redis.close()
     return rows
@@ -463,11 +535,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--connections", default="1,8,32", help="concurrent connections")
     parser.add_argument("--queued", type=int, default=100_000, help="items for Redis memory")
+    parser.add_argument("--sizes", default="5,50,500", help="message sizes in KB (growth)")
+    parser.add_argument("--depth", type=int, default=100_000, help="queued items (growth)")
+    parser.add_argument("--size", type=int, default=MESSAGE_SIZE, help=argparse.SUPPRESS)
     parser.add_argument("--bare-smtp", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare-http", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
-    parser.add_argument("--client", choices=("smtp", "http"), help=argparse.SUPPRESS)
+    parser.add_argument("--client", choices=("smtp", "smtp-noauth", "http"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cafile", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -479,21 +554,29 @@ def main() -> None:
         return
     if args.client:
         counts = asyncio.run(
-            load(args.client, args.port, int(args.connections), args.seconds, args.cafile)
+            load(
+                args.client, args.port, int(args.connections), args.seconds, args.cafile, args.size
+            )
         )
         print(json.dumps(counts))
         return
     args.connections = [int(c) for c in str(args.connections).split(",")]
+    args.sizes = [int(kb) * 1024 for kb in str(args.sizes).split(",")]
     if args.quick:
         args.seconds, args.rounds, args.queued = 0.5, 1, 2000
-        args.connections = [1, 8]
+        args.connections, args.sizes, args.depth = [1, 8], [MESSAGE_SIZE, 50 * 1024], 2000
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        Path(tmp).chmod(0o755)  # Postfix's unprivileged processes must reach its queue
         rows = run(args, Path(tmp))
     print(
         f"Ingest, {MESSAGE_SIZE // 1024} KB messages, cN = N connections, "
         f"medians of {args.rounds} interleaved rounds of {args.seconds:g} s:"
     )
-    print(table([r for r in rows if r.benchmark != "memory"]))
+    print(table([r for r in rows if r.benchmark.endswith("-ingest")]))
+    print("Receiver against Postfix's smtpd accepting into its queue (STARTTLS):")
+    print(table([r for r in rows if r.benchmark == "smtp-vs-postfix"]))
+    print("Growth: 8 connections, larger messages and a deep queue:")
+    print(table([r for r in rows if "growth" in r.benchmark]))
     print("Memory (RSS in KB; Redis in bytes per queued item):")
     print(table([r for r in rows if r.benchmark == "memory"]))
     if not args.quick:
@@ -502,12 +585,16 @@ def main() -> None:
             rows,
             f"Ingest of {MESSAGE_SIZE // 1024} KB messages. smtp-ingest: msg/s accepted by "
             "manycore-receiver (STARTTLS + AUTH PLAIN, 250 only after the Redis push) vs a bare "
-            "aiosmtpd with the same TLS/AUTH shape that discards. http-ingest: req/s of "
-            "manycore-httpreceiver (POST /v1/mail/send, Basic auth) vs a bare aiohttp handler "
-            "that reads the body and answers 200. cN: N keep-alive connections, opened and "
-            "authenticated before the clock starts, one client process (lean asyncio). "
-            f"Medians of {args.rounds} interleaved rounds of {args.seconds:g} s. memory: VmRSS "
-            "(KB) idle and after the load, and Redis used_memory growth per queued item with "
+            "aiosmtpd with the same TLS/AUTH shape that discards. smtp-vs-postfix: the same "
+            "Receiver vs Postfix's smtpd (Debian's Postfix, STARTTLS, every message put on "
+            "hold so its 250 means queued and fsynced, nothing delivered). http-ingest: req/s "
+            "of manycore-httpreceiver (POST /v1/mail/send, Basic auth) vs a bare aiohttp "
+            "handler that reads the body and answers 200. growth-*: 8 connections with larger "
+            f"messages, and with {args.depth:,} items already queued. cN: N keep-alive "
+            "connections, opened and authenticated before the clock starts, one client "
+            f"process (lean asyncio). Medians of {args.rounds} interleaved rounds of "
+            f"{args.seconds:g} s. Redis: AOF, appendfsync everysec. memory: VmRSS (KB) idle "
+            "and after the load, and Redis used_memory growth per queued item with "
             f"{args.queued:,} 5 KB items pushed by ReliableQueue.push_many (rate column = "
             f"bytes). Machine: {os.cpu_count()} CPUs shared by Redis, server and client.",
         )

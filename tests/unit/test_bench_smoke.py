@@ -54,10 +54,14 @@ def test_ingest_bench_quick() -> None:
     assert "bare aiohttp (no-op)" in result.stdout
     lines = result.stdout.splitlines()
     rates = [line for line in lines if line.startswith(("c1", "c8"))]
-    assert len(rates) == 4  # SMTP and HTTP, 1 and 8 connections
+    # SMTP and HTTP against bare servers, the Receiver against Postfix, at 1 and 8
+    # connections; then the growth cases at 8 (50 KB, a deep queue) for SMTP and HTTP.
+    assert len(rates) == 6 + 4, rates
+    assert sum("postfix smtpd (queue)" in line for line in rates) == 2
     memory = [line for line in lines if line.startswith(("idle", "loaded", "2k"))]
     assert len(memory) == 5  # RSS of both services idle and loaded, Redis per item
     for row in rates + memory:
-        fields = row.split()[1:]  # after the case name
-        numbers = [float(f.replace(",", "")) for f in fields if f[0].isdigit()]
-        assert numbers and all(n > 0 for n in numbers), row
+        # Three numeric columns: the subject's rate, the baseline's rate, the ratio.
+        fields = [f for f in row.split() if f.replace(",", "").replace(".", "").isdigit()]
+        numbers = [float(f.replace(",", "")) for f in fields]
+        assert len(numbers) == 3 and all(n > 0 for n in numbers), row
