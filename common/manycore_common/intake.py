@@ -64,6 +64,7 @@ class Intake:
                 max_attempts=rq.max_attempts,
                 heartbeat_timeout=rq.heartbeat_timeout_seconds,
                 high_water_mark=rq.high_water_mark,
+                doorbell=True,  # the Transformer waits on P0 and P1 at once
             )
 
         return cls(queue(names.primary_queue), queue(names.default_queue), max_size)

@@ -16,6 +16,9 @@ Key layout, for a queue named ``Q`` (the name from the global config, e.g. ``IB-
 ``Q:dead`` (LIST)
     Dead letters: the item with ``dead`` = {reason, at, queue} added to its header; newest at
     the left.
+``Q:doorbell`` (LIST, at most one token)
+    Only for queues made with ``doorbell=True`` (P0 and P1): set by every push, in the push
+    script, so that a consumer of both blocks on both at once (``wait_for_doorbells``).
 
 Items are ``manycore_common.item`` bytes (a JSON header line, then the payload). The scripts
 rewrite only the header, with Redis' built-in cjson, to count attempts and record why an item
@@ -94,7 +97,12 @@ end
 _PUSH = """
 local hwm = tonumber(ARGV[1])
 if hwm > 0 and redis.call('LLEN', KEYS[1]) >= hwm then return -1 end
-return redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
+local length = redis.call('LPUSH', KEYS[1], unpack(ARGV, 2))
+if KEYS[2] then
+  redis.call('LPUSH', KEYS[2], '1')
+  redis.call('LTRIM', KEYS[2], 0, 0)
+end
+return length
 """
 
 # KEYS: processing. ARGV: items → how many were still held.
@@ -302,6 +310,7 @@ class ReliableQueue:
         max_attempts: int = 5,
         heartbeat_timeout: float = 30.0,
         high_water_mark: int = 0,
+        doorbell: bool = False,
     ) -> None:
         self.redis = redis
         self.name = name
@@ -310,6 +319,13 @@ class ReliableQueue:
         self.high_water_mark = high_water_mark
         self.consumers_key = f"{name}:consumers"
         self.dead_key = f"{name}:dead"
+        #: With ``doorbell``, every push also leaves one token in this list, in the same
+        #: script: a consumer of several queues blocks on all their doorbells at once
+        #: (BLPOP takes many keys, BLMOVE only one) instead of polling them in turn. Only a
+        #: wake-up: items that come back another way (reaper, requeue) wait for the
+        #: consumer's next look, bounded by its wait timeout.
+        self.doorbell_key = f"{name}:doorbell"
+        self._push_keys = [name, self.doorbell_key] if doorbell else [name]
         self._push = redis.register_script(_PUSH)
         self._hand_over = redis.register_script(_HAND_OVER)
         self._ack_many = redis.register_script(_ACK_MANY)
@@ -329,7 +345,7 @@ class ReliableQueue:
 
     async def push(self, raw: bytes) -> int:
         """Append one item; returns the queue length. Raises QueueFull above the mark."""
-        length = int(await self._push(keys=[self.name], args=[self.high_water_mark, raw]))
+        length = int(await self._push(keys=self._push_keys, args=[self.high_water_mark, raw]))
         if length < 0:
             raise QueueFull(self.name, self.high_water_mark)
         return length
@@ -339,7 +355,9 @@ class ReliableQueue:
         length = 0
         for start in range(0, len(raws), self.PUSH_CHUNK):
             chunk = list(raws[start : start + self.PUSH_CHUNK])
-            length = int(await self._push(keys=[self.name], args=[self.high_water_mark, *chunk]))
+            length = int(
+                await self._push(keys=self._push_keys, args=[self.high_water_mark, *chunk])
+            )
             if length < 0:
                 raise QueueFull(self.name, self.high_water_mark)
         return length
@@ -409,6 +427,14 @@ def _decode_any(raw: bytes | str) -> Item:
         return item_format.decode(raw)
     except item_format.ItemFormatError:
         return Item(header={"corrupt": True}, payload=raw, raw=raw)
+
+
+async def wait_for_doorbells(redis: Redis, queues: Sequence[ReliableQueue], timeout: float) -> bool:
+    """Block until one of ``queues`` (made with ``doorbell=True``) was pushed to since its
+    doorbell was last taken, or ``timeout`` seconds pass; True when a doorbell rang. A token
+    left from before makes this return at once, so a push between the caller's last look and
+    this call is never slept through."""
+    return await redis.blpop([q.doorbell_key for q in queues], timeout=timeout) is not None
 
 
 class Consumer:

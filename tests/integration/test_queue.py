@@ -13,7 +13,12 @@ import pytest
 from redis.asyncio import Redis
 
 from manycore_common import item as item_format
-from manycore_common.queue import QueueFull, ReliableQueue, default_consumer_id
+from manycore_common.queue import (
+    QueueFull,
+    ReliableQueue,
+    default_consumer_id,
+    wait_for_doorbells,
+)
 from tests.helpers import RedisServer
 
 CONSUMER_PROC = Path(__file__).with_name("consumer_proc.py")
@@ -368,3 +373,33 @@ async def test_push_is_never_silently_repeated(redis: Redis, redis_server: Redis
     await asyncio.sleep(0.1)
     assert await redis.llen("Q") == 1
     await client.aclose()
+
+
+async def test_doorbell_wakes_a_consumer_of_several_queues(redis: Redis) -> None:
+    p0 = ReliableQueue(redis, "P0", doorbell=True)
+    p1 = ReliableQueue(redis, "P1", doorbell=True)
+    # Nothing pushed: the wait runs out.
+    assert not await wait_for_doorbells(redis, [p0, p1], timeout=0.1)
+    # A push to either queue while waiting wakes the waiter (long before its 30 s).
+    waiter = asyncio.ensure_future(wait_for_doorbells(redis, [p0, p1], timeout=30))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    await p1.push(make_items(1)[0])
+    assert await asyncio.wait_for(waiter, 10)
+    # A push before the wait is not slept through, and many pushes leave one token.
+    await p0.push_many(make_items(5))
+    assert await redis.llen("P0:doorbell") == 1
+    assert await wait_for_doorbells(redis, [p0, p1], timeout=30)
+    assert not await wait_for_doorbells(redis, [p0, p1], timeout=0.1)
+
+
+async def test_no_doorbell_without_a_push(redis: Redis) -> None:
+    plain = ReliableQueue(redis, "Q")
+    await plain.push(make_items(1)[0])
+    assert not await redis.exists("Q:doorbell")  # only queues that ask for one
+    full = ReliableQueue(redis, "F", high_water_mark=1, doorbell=True)
+    await full.push(make_items(1)[0])
+    await redis.delete("F:doorbell")
+    with pytest.raises(QueueFull):
+        await full.push(make_items(1)[0])
+    assert not await redis.exists("F:doorbell")  # a refused push rings nothing
