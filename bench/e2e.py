@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import functools
 import json
@@ -57,8 +56,8 @@ from redis import Redis
 
 from bench.common import LOOPBACK, ROOT, Row, binary, port_open, table, write
 from bench.postfix import PostfixAlone
+from bench.smtpclient import Refused, reply, session
 
-USER, PASSWORD = "apa", "banan"
 DOMAIN = "example.net"  # the sink delivers every local part that names no scenario
 KB = 1024
 #: Services of the stack whose RSS is reported, in the README's deployment order.
@@ -134,43 +133,13 @@ def rcpt_of(tag: str, n: int) -> tuple[str, str]:
 # ----------------------------------------------------------------- the client (own process)
 
 
-class Refused(Exception):
-    """A 4xx answer: the message is offered again (the Receiver's 451 when a queue is full)."""
-
-
-async def reply(reader: asyncio.StreamReader, expected: int) -> None:
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise ConnectionError("connection closed")
-        if line[3:4] != b"-":
-            break
-    code = int(line[:3])
-    if code == expected:
-        return
-    if 400 <= code < 500:
-        raise Refused(line.decode(errors="replace").strip())
-    raise RuntimeError(f"expected {expected}, got {line!r}")
-
-
-async def session(port: int, tls: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection(LOOPBACK, port)
-    await reply(reader, 220)
-    writer.write(b"EHLO localhost\r\n")
-    await reply(reader, 250)
-    if tls:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # the local stack's self-signed certificate
-        writer.write(b"STARTTLS\r\n")
-        await reply(reader, 220)
-        await writer.start_tls(context, server_hostname="localhost")
-        writer.write(b"EHLO localhost\r\n")
-        await reply(reader, 250)
-        token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
-        writer.write(b"AUTH PLAIN " + token + b"\r\n")
-        await reply(reader, 235)
-    return reader, writer
+def unverified_tls(tls: bool) -> ssl.SSLContext | None:
+    if not tls:
+        return None
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the local stack's self-signed certificate
+    return context
 
 
 async def drive(
@@ -180,7 +149,8 @@ async def drive(
     """Send ``count`` messages over ``connections`` sessions; the time of each 250.
     ``key``: sign them (the same signature fits all, see presign) before the clock starts.
     ``rate``: offer message n at start + n / rate (0: as fast as the server takes them)."""
-    sessions = await asyncio.gather(*(session(port, tls) for _ in range(connections)))
+    context = unverified_tls(tls)
+    sessions = await asyncio.gather(*(session(port, context) for _ in range(connections)))
     text = body(size, len(head(*rcpt_of(tag, count))))
     signature = presign(head(*rcpt_of(tag, 0)) + text, key)
     numbers = iter(range(count))  # shared: whichever session is free sends the next one

@@ -42,8 +42,8 @@ from redis import Redis
 
 from bench.common import LOOPBACK, ROOT, Row, binary, free_port, port_open, rss_kb, table, write
 from bench.postfix import PostfixAlone
+from bench.smtpclient import PASSWORD, USER, reply, session
 
-USER, PASSWORD = "apa", "banan"
 MESSAGE_SIZE = 5 * 1024
 QUEUE = "IB-MAIL-QUEUE-P1"
 
@@ -149,44 +149,15 @@ def serve_bare_http(port: int) -> None:
 # ----------------------------------------------------------------- the load (own process)
 
 
-async def _reply(reader: asyncio.StreamReader, expected: int) -> None:
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise ConnectionError("connection closed")
-        if line[3:4] != b"-":
-            break
-    if int(line[:3]) != expected:
-        raise RuntimeError(f"expected {expected}, got {line!r}")
-
-
-async def _smtp_session(port: int, context: ssl.SSLContext, auth: bool = True) -> tuple[Any, Any]:
-    reader, writer = await asyncio.open_connection(LOOPBACK, port)
-    await _reply(reader, 220)
-    writer.write(b"EHLO localhost\r\n")
-    await _reply(reader, 250)
-    writer.write(b"STARTTLS\r\n")
-    await _reply(reader, 220)
-    await writer.start_tls(context, server_hostname="localhost")
-    writer.write(b"EHLO localhost\r\n")
-    await _reply(reader, 250)
-    if not auth:  # Postfix: our client's address is in mynetworks (no SASL in its image)
-        return reader, writer
-    token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
-    writer.write(b"AUTH PLAIN " + token + b"\r\n")
-    await _reply(reader, 235)
-    return reader, writer
-
-
 async def _smtp_send(reader: asyncio.StreamReader, writer: Any, data: bytes) -> None:
     writer.write(b"MAIL FROM:<news@example.com>\r\n")
-    await _reply(reader, 250)
+    await reply(reader, 250)
     writer.write(b"RCPT TO:<alice@example.net>\r\n")
-    await _reply(reader, 250)
+    await reply(reader, 250)
     writer.write(b"DATA\r\n")
-    await _reply(reader, 354)
+    await reply(reader, 354)
     writer.write(data + b".\r\n")
-    await _reply(reader, 250)
+    await reply(reader, 250)
 
 
 async def _http_session(port: int) -> tuple[Any, Any]:
@@ -219,7 +190,7 @@ async def load(
     context = ssl.create_default_context(cafile=cafile) if smtp else None
     sessions = await asyncio.gather(
         *(
-            _smtp_session(port, context, auth=kind == "smtp") if context else _http_session(port)
+            session(port, context, auth=kind == "smtp") if context else _http_session(port)
             for _ in range(connections)
         )
     )
@@ -240,7 +211,7 @@ async def load(
                 counts["errors"] += 1
                 if smtp:
                     writer.write(b"RSET\r\n")
-                    await _reply(reader, 250)
+                    await reply(reader, 250)
 
     await asyncio.gather(*(worker(i, r, w) for i, (r, w) in enumerate(sessions)))
     elapsed = time.perf_counter() - started

@@ -4,14 +4,20 @@ the invariants every hostile session must leave intact."""
 from __future__ import annotations
 
 import re
+import shutil
 import smtplib
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 
 from manycore_common.tls import self_signed_pem
-from tests.helpers import LOOPBACK, Service
+from tests.helpers import LOOPBACK, RedisServer, Service, running, write_configs
+from tests.integration.conftest import set_path
 
 #: Every socket operation in this suite is bounded: a hang is a failure, never a stuck run.
 IO_TIMEOUT = 10.0
@@ -49,3 +55,34 @@ def assert_clear_reply(code: int, text: bytes) -> None:
 def assert_alive(service: Service) -> None:
     assert service.process is not None and service.process.poll() is None, "service died"
     assert service.live(), "/livez is not 200"
+
+
+@contextmanager
+def configured_service(
+    name: str,
+    directory: Path,
+    redis_port: int,
+    settings: dict[str, Any],
+    tls: tuple[Path, Path] | None = None,
+) -> Iterator[Service]:
+    """The real service ``name`` on the example config with Redis on ``redis_port`` and each
+    ``settings`` entry (a dotted key path of the customer file → value) set; ``tls`` is the
+    receiver's certificate and key."""
+
+    def change(customer: dict[str, Any]) -> None:
+        for path, value in settings.items():
+            set_path(customer, path, value)
+
+    global_file, customer_file = write_configs(directory, redis_port, change)
+    if tls is not None:
+        shutil.copy(tls[0], directory / f"{name}_cert.pem")
+        shutil.copy(tls[1], directory / f"{name}_key.pem")
+    with running(Service(name, global_file, customer_file, directory / f"{name}.log")) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def redis_client(redis_server: RedisServer) -> Iterator[SyncRedis]:
+    client = SyncRedis(host=LOOPBACK, port=redis_server.port)
+    yield client
+    client.close()

@@ -45,7 +45,7 @@ from tests.helpers import (
     write_configs,
     write_dkim_keys,
 )
-from tests.hostile.conftest import IO_TIMEOUT, assert_alive
+from tests.hostile.conftest import IO_TIMEOUT, assert_alive, configured_service
 from tests.integration.conftest import build_message, set_path
 from tests.integration.postfix_env import Sink, postfix_processes, postfixlog_env
 from tests.integration.test_postfixlog import listening_sockets
@@ -69,49 +69,30 @@ def receiver(
     redis_server: RedisServer,
     hostile_tls: tuple[Path, Path],
 ) -> Iterator[Service]:
+    settings = {
+        "receiver.command-timeout-seconds": TIMEOUT,
+        "receiver.auth-throttle": {
+            "max-failures": MAX_FAILURES,
+            "lockout-seconds": 600,
+            "delay-seconds": 0.05,
+            "max-delay-seconds": 0.2,
+        },
+    }
     directory = tmp_path_factory.mktemp("abuse-rcv")
-
-    def change(customer: dict[str, Any]) -> None:
-        set_path(customer, "receiver.command-timeout-seconds", TIMEOUT)
-        set_path(
-            customer,
-            "receiver.auth-throttle",
-            {
-                "max-failures": MAX_FAILURES,
-                "lockout-seconds": 600,
-                "delay-seconds": 0.05,
-                "max-delay-seconds": 0.2,
-            },
-        )
-
-    global_file, customer_file = write_configs(directory, redis_server.port, change)
-    shutil.copy(hostile_tls[0], directory / "receiver_cert.pem")
-    shutil.copy(hostile_tls[1], directory / "receiver_key.pem")
-    service = Service("receiver", global_file, customer_file, directory / "receiver.log")
-    with running(service):
-        yield service
+    with configured_service("receiver", directory, redis_server.port, settings, hostile_tls) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
 def mx(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Service]:
+    settings = {
+        "mxserver.hostname": "mx.test",
+        "mxserver.command-timeout-seconds": TIMEOUT,
+        "mxserver.rate-limit": {"messages": 100000, "window-seconds": 60},
+    }
     directory = tmp_path_factory.mktemp("abuse-mx")
-
-    def change(customer: dict[str, Any]) -> None:
-        set_path(customer, "mxserver.hostname", "mx.test")
-        set_path(customer, "mxserver.command-timeout-seconds", TIMEOUT)
-        set_path(customer, "mxserver.rate-limit", {"messages": 100000, "window-seconds": 60})
-
-    global_file, customer_file = write_configs(directory, redis_server.port, change)
-    service = Service("mxserver", global_file, customer_file, directory / "mxserver.log")
-    with running(service):
+    with configured_service("mxserver", directory, redis_server.port, settings) as service:
         yield service
-
-
-@pytest.fixture(scope="module")
-def redis_client(redis_server: RedisServer) -> Iterator[SyncRedis]:
-    client = SyncRedis(host=LOOPBACK, port=redis_server.port)
-    yield client
-    client.close()
 
 
 # --- clients ----------------------------------------------------------------------------

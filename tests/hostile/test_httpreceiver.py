@@ -12,7 +12,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -21,8 +20,8 @@ from redis import Redis as SyncRedis
 
 from manycore_common import item as item_format
 from manycore_common.message import UUID_RE
-from tests.helpers import LOOPBACK, RedisServer, Service, running, write_configs
-from tests.hostile.conftest import IO_TIMEOUT, assert_alive
+from tests.helpers import LOOPBACK, RedisServer, Service
+from tests.hostile.conftest import IO_TIMEOUT, assert_alive, configured_service
 
 MAX_SIZE = 100_000
 GOOD_AUTH = "Basic " + base64.b64encode(b"apa:banan").decode()
@@ -37,24 +36,13 @@ DOCUMENTED = {200, 400, 401, 404, 405, 408, 413, 415, 429, 503}
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Service]:
+    settings = {
+        "httpreceiver.auth-throttle": {"max-failures": 100000, "delay-seconds": 0},
+        "httpreceiver.max-message-size": MAX_SIZE,
+    }
     directory = tmp_path_factory.mktemp("hostile-http")
-
-    def change(customer: dict[str, Any]) -> None:
-        section = customer["httpreceiver"]
-        section["auth-throttle"] = {"max-failures": 100000, "delay-seconds": 0}
-        section["max-message-size"] = MAX_SIZE
-
-    global_file, customer_file = write_configs(directory, redis_server.port, change)
-    service = Service("httpreceiver", global_file, customer_file, directory / "http.log")
-    with running(service):
+    with configured_service("httpreceiver", directory, redis_server.port, settings) as service:
         yield service
-
-
-@pytest.fixture(scope="module")
-def redis_client(redis_server: RedisServer) -> Iterator[SyncRedis]:
-    client = SyncRedis(host=LOOPBACK, port=redis_server.port)
-    yield client
-    client.close()
 
 
 def good_message(uuid: str) -> bytes:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import smtplib
 import socket
 import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,11 +21,12 @@ from redis import Redis as SyncRedis
 
 from manycore_common import item as item_format
 from manycore_common.message import UUID_RE
-from tests.helpers import LOOPBACK, RedisServer, Service, running, write_configs
+from tests.helpers import LOOPBACK, RedisServer, Service
 from tests.hostile.conftest import (
     IO_TIMEOUT,
     assert_alive,
     assert_clear_reply,
+    configured_service,
     smtp_client,
 )
 
@@ -41,53 +40,31 @@ IO_SETTINGS = settings(
 )
 
 
-def _set(data: dict[str, Any], path: str, value: Any) -> None:
-    *parents, last = path.split(".")
-    for key in parents:
-        data = data.setdefault(key, {}) or {}
-    data[last] = value
-
-
 @pytest.fixture(scope="module")
 def receiver(
     tmp_path_factory: pytest.TempPathFactory,
     redis_server: RedisServer,
     hostile_tls: tuple[Path, Path],
 ) -> Iterator[Service]:
+    settings = {
+        "receiver.auth-throttle": {"max-failures": 100000, "delay-seconds": 0},
+        "receiver.max-message-size": MAX_SIZE,
+    }
     directory = tmp_path_factory.mktemp("hostile-rcv")
-
-    def change(customer: dict[str, Any]) -> None:
-        _set(customer, "receiver.auth-throttle", {"max-failures": 100000, "delay-seconds": 0})
-        _set(customer, "receiver.max-message-size", MAX_SIZE)
-
-    global_file, customer_file = write_configs(directory, redis_server.port, change)
-    shutil.copy(hostile_tls[0], directory / "receiver_cert.pem")
-    shutil.copy(hostile_tls[1], directory / "receiver_key.pem")
-    service = Service("receiver", global_file, customer_file, directory / "receiver.log")
-    with running(service):
-        yield service
+    with configured_service("receiver", directory, redis_server.port, settings, hostile_tls) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
 def mx(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Service]:
+    settings = {
+        "mxserver.hostname": "mx.test",
+        "mxserver.max-message-size": MAX_SIZE,
+        "mxserver.rate-limit": {"messages": 100000, "window-seconds": 60},
+    }
     directory = tmp_path_factory.mktemp("hostile-mx")
-
-    def change(customer: dict[str, Any]) -> None:
-        _set(customer, "mxserver.hostname", "mx.test")
-        _set(customer, "mxserver.max-message-size", MAX_SIZE)
-        _set(customer, "mxserver.rate-limit", {"messages": 100000, "window-seconds": 60})
-
-    global_file, customer_file = write_configs(directory, redis_server.port, change)
-    service = Service("mxserver", global_file, customer_file, directory / "mxserver.log")
-    with running(service):
+    with configured_service("mxserver", directory, redis_server.port, settings) as service:
         yield service
-
-
-@pytest.fixture(scope="module")
-def redis_client(redis_server: RedisServer) -> Iterator[SyncRedis]:
-    client = SyncRedis(host=LOOPBACK, port=redis_server.port)
-    yield client
-    client.close()
 
 
 # --- strategies -------------------------------------------------------------------------
