@@ -25,7 +25,9 @@ lint: deps
 run: deps
 	$(PY) -m devstack
 
-# The longer fault suite (`make test` runs a short one): more mail, more kills, Redis too.
+# The longer fault suite (`make test` runs a short one): a few thousand messages while every
+# service is killed twice, Redis and PostfixLog stop gracefully, the webhook inbox is down a
+# minute and the sink MX hangs; about 8-15 minutes. MANYCORE_CHAOS_MESSAGES sets how many.
 chaos: deps
 	MANYCORE_CHAOS=1 $(PY) -m pytest -s tests/e2e/test_faults.py
 
@@ -34,6 +36,7 @@ bench: deps
 	$(PY) -m bench.transformer
 	$(PY) -m bench.backdata
 	$(PY) -m bench.ingest
+	$(PY) -m bench.e2e
 
 deps: sysdeps $(STAMP)
 

@@ -5,6 +5,11 @@ Everything lives under ``--workdir`` (default ``.run/``): the generated config (
 runs, so a second run continues with the same queues), Redis' data (AOF on) and one log file
 per process. Children run in their own sessions so that Ctrl-C reaches only this supervisor,
 which then stops them one by one in the README's termination order.
+
+A child that exits for any reason but the supervisor's own stop (crash, kill, or a clean exit
+after someone else's SIGTERM) is started again, as Kubernetes restarts a container. To keep
+one down for a while, as an outage would, create ``<workdir>/hold/<name>`` before stopping it;
+it starts again once the file is gone (the fault tests take the webhook inbox down this way).
 """
 
 from __future__ import annotations
@@ -82,6 +87,22 @@ def ports(base: int) -> dict[str, int]:
 #: becomes a soft bounce; short so the outcome can be seen while trying things out.
 LOCAL_QUEUE_LIFETIME = os.environ.get("MANYCORE_LOCAL_QUEUE_LIFETIME", "60s")
 
+#: Postfix waits up to 5 (greeting, commands) or 10 minutes (end of data) for a mail server
+#: that stopped answering (postconf(5) smtp_*_timeout). The fault tests make the sink MX hang
+#: and shorten these so the hang is a deferral, retried within the test, not a stuck delivery.
+LOCAL_SMTP_TIMEOUT = os.environ.get("MANYCORE_LOCAL_SMTP_TIMEOUT")
+SMTP_TIMEOUTS = (
+    "smtp_connect_timeout",
+    "smtp_helo_timeout",
+    "smtp_mail_timeout",
+    "smtp_rcpt_timeout",
+    "smtp_data_init_timeout",
+    "smtp_data_xfer_timeout",
+    "smtp_data_done_timeout",
+    "smtp_quit_timeout",
+    "smtp_rset_timeout",
+)
+
 
 def local_config(data: dict[str, Any], workdir: Path, p: dict[str, int]) -> dict[str, Any]:
     """The example customer config turned into the local stack's: loopback, unprivileged
@@ -149,6 +170,10 @@ def local_config(data: dict[str, Any], workdir: Path, p: dict[str, int]) -> dict
         },
         "master-cf": {"smtpd-port": p["postfix"]},
     }
+    if LOCAL_SMTP_TIMEOUT:
+        postfixlog["string-replacer"]["main-cf"].update(
+            dict.fromkeys(SMTP_TIMEOUTS, LOCAL_SMTP_TIMEOUT)
+        )
     return data
 
 
@@ -237,18 +262,21 @@ def plan(workdir: Path, p: dict[str, int]) -> list[Proc]:
         if shutil.which(binary, path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
             raise StartError(f"{binary} is not installed (make run installs it)")
     bindir = Path(sys.executable).parent
-    peers = Proc(
-        "peers",
+    peer = [sys.executable, "-m", "devstack.peers", "--workdir", str(workdir)]
+    # Two processes, so that each can fail on its own: "sink" is the sink MX (the Internet's
+    # mailbox providers), "webhook" the customer's inbox, which checks BackData's signatures.
+    secret = str(c.parent / "webhook-secret")
+    webhook = Proc(
+        "webhook",
+        [*peer, "--webhook-port", str(p["webhook"]), "--webhook-secret-file", secret],
+        port=p["webhook"],
+    )
+    sink = Proc(
+        "sink",
         [
-            sys.executable,
-            "-m",
-            "devstack.peers",
-            "--workdir",
-            str(workdir),
+            *peer,
             "--sink-port",
             str(p["sink"]),
-            "--webhook-port",
-            str(p["webhook"]),
             "--mx-port",
             str(p["mx"]),
             "--http-port",
@@ -256,10 +284,11 @@ def plan(workdir: Path, p: dict[str, int]) -> list[Proc]:
             "--dkim-records",
             str(dkim_records(c.parent)),
         ],
-        port=p["webhook"],
+        port=p["sink"],
     )
     return [
-        peers,
+        webhook,
+        sink,
         service("redis", bindir, g, c, p["redis"], p["redis-metrics"]),
         service("backdata", bindir, g, c, None, p["backdata-metrics"]),
         service("mxserver", bindir, g, c, p["mx"], p["mxserver-metrics"]),
@@ -279,7 +308,8 @@ TERMINATION_ORDER = (
     "backdata",
     "mxserver",
     "redis",
-    "peers",
+    "webhook",
+    "sink",
 )
 
 
@@ -289,6 +319,7 @@ class Supervisor:
         self.procs = procs
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.hold = workdir / "hold"
         self.stopping = False
 
     def start(self, timeout: float = 30) -> None:
@@ -325,20 +356,29 @@ class Supervisor:
         return proc.ready_url is None or ready(proc.ready_url)
 
     def watch(self, max_restarts: int = 5, window: float = 60.0) -> str | None:
-        """Restart a child that dies, as Kubernetes would restart its pod; give up (return its
-        name) when one dies more than ``max_restarts`` times within ``window`` seconds.
-        Returns None when we are asked to stop."""
+        """Restart a child that exits, whatever its exit code, as Kubernetes would restart its
+        container: only the supervisor's own stop is final. A child with a file of its name in
+        ``hold/`` stays down until the file is removed. Give up (return its name) when one
+        dies more than ``max_restarts`` times within ``window`` seconds. Returns None when we
+        are asked to stop."""
         restarts: dict[str, list[float]] = {}
+        held: set[str] = set()
         while not self.stopping:
             for proc in self.procs:
                 if proc.process is None or proc.process.poll() is None:
                     continue
+                code = proc.process.returncode
+                if (self.hold / proc.name).exists():
+                    if proc.name not in held:
+                        held.add(proc.name)
+                        print(f"  {proc.name} exited ({code}): held", flush=True)
+                    continue
+                held.discard(proc.name)
                 now = time.monotonic()
                 recent = [t for t in restarts.get(proc.name, []) if t > now - window]
                 if len(recent) >= max_restarts:
                     return proc.name
                 restarts[proc.name] = [*recent, now]
-                code = proc.process.returncode
                 print(f"  {proc.name} exited ({code}): restarting", flush=True)
                 try:
                     self._launch(proc, timeout=60)

@@ -1,6 +1,8 @@
 """The webhook inbox of the local stack: receives BackData's POSTs and records every event.
 
-``POST /`` takes a JSON array of events and appends them to ``events.jsonl``; ``GET /events``
+``POST /`` takes a JSON array of events and appends them to ``events.jsonl`` (read back at
+start, so a restarted inbox still lists what it had received, as a customer's database
+would); ``GET /events``
 lists what arrived (newest last), ``GET /events?event=bounce`` only one kind; ``GET
 /received`` lists what the sink MX received; ``GET /`` shows both on a page that refreshes
 itself. With a signing secret it checks ``X-Manycore-Signature`` and refuses (401) what does
@@ -45,10 +47,11 @@ async def receive(request: web.Request) -> web.Response:
         return web.json_response({"error": "not JSON"}, status=400)
     if not isinstance(batch, list):
         return web.json_response({"error": "expected a JSON array"}, status=400)
-    request.app[EVENTS_KEY].extend(batch)
+    # The file first: what is listed has been stored, and a batch whose write failed is
+    # answered 500, which BackData retries.
     with request.app[FILE_KEY].open("a") as out:
-        for event in batch:
-            out.write(json.dumps(event) + "\n")
+        out.write("".join(json.dumps(event) + "\n" for event in batch))
+    request.app[EVENTS_KEY].extend(batch)
     log.info("events received", extra={"count": len(batch)})
     return web.json_response({"received": len(batch)})
 
@@ -116,13 +119,28 @@ td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px;text-align:left}}</s
     return web.Response(text=body, content_type="text/html")
 
 
+def load(path: Path) -> list[dict[str, Any]]:
+    """The events stored by earlier runs. A process killed in the middle of a write leaves a
+    torn last line; that batch was never answered 200, so BackData sends it again: cut it off,
+    or the next append would run on from it and spoil a good line too."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        kept = text[: text.rfind("\n") + 1]
+        log.warning("cutting a torn last line", extra={"file": str(path)})
+        path.write_text(kept)
+        text = kept
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def make_app(
     directory: Path, secret: bytes | None = None, sink_dir: Path | None = None
 ) -> web.Application:
     directory.mkdir(parents=True, exist_ok=True)
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[EVENTS_KEY] = []
     app[FILE_KEY] = directory / "events.jsonl"
+    app[EVENTS_KEY] = load(app[FILE_KEY])
     app[SECRET_KEY] = secret
     app[SINK_KEY] = sink_dir or directory
     app.router.add_post("/", receive)

@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,15 +35,21 @@ def free_base() -> int:
 
 
 class Stack:
-    def __init__(self, workdir: Path, queue_lifetime: str = "15s") -> None:
+    def __init__(
+        self, workdir: Path, queue_lifetime: str = "15s", smtp_timeout: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.base = free_base()
         self.queue_lifetime = queue_lifetime
+        self.smtp_timeout = smtp_timeout
         self.process: subprocess.Popen[str] | None = None
         self.output = ""
+        self._reader: threading.Thread | None = None
 
     def start(self) -> Stack:
         env = {**os.environ, "MANYCORE_LOCAL_QUEUE_LIFETIME": self.queue_lifetime}
+        if self.smtp_timeout:
+            env["MANYCORE_LOCAL_SMTP_TIMEOUT"] = self.smtp_timeout
         self.output = ""
         self.process = subprocess.Popen(
             [
@@ -64,6 +71,10 @@ class Stack:
         for line in self.process.stdout:
             self.output += line
             if "Press Ctrl-C" in line:
+                # Keep reading: the supervisor reports restarts while tests run, and a full
+                # pipe would block it.
+                self._reader = threading.Thread(target=self._read, daemon=True)
+                self._reader.start()
                 return self
         raise AssertionError(f"stack did not start:\n{self.output}\n{self.logs()}")
 
@@ -73,13 +84,72 @@ class Stack:
             out.append(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-15:]))
         return "\n".join(out)
 
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output += line
+
     def stop(self) -> str:
         assert self.process is not None
         self.process.send_signal(signal.SIGINT)
-        out, _ = self.process.communicate(timeout=300)
-        self.output += out
+        self.process.wait(timeout=300)
+        if self._reader is not None:
+            self._reader.join(30)
         assert self.process.returncode == 0, self.output
         return self.output
+
+    def config_files(self) -> list[str]:
+        conf = self.workdir / "configs"
+        return [
+            "--global-config-file",
+            str(conf / "inboxbooster-mailer-global.yaml"),
+            "--customer-config-file",
+            str(conf / "inboxbooster-mailer-customer.yaml"),
+        ]
+
+    def pids(self, name: str) -> list[int]:
+        """The processes of one of the supervisor's children, by its name: a service, the
+        webhook inbox ("webhook"), the sink MX ("sink"), or the Redis pod's redis-server."""
+        if name == "redis-server":
+            return [c for p in self.pids("redis") for c in children(p)]
+        if name == "webhook":
+            pattern = f"devstack.peers --workdir {self.workdir} --webhook-port"
+        elif name == "sink":
+            pattern = f"devstack.peers --workdir {self.workdir} --sink-port"
+        else:
+            pattern = f"manycore-{name} " + " ".join(self.config_files()[:2])
+        out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+        return [int(p) for p in out.stdout.split()]
+
+    def hold(self, name: str) -> Path:
+        """Keep the supervisor from restarting ``name`` until the returned file is removed."""
+        path = self.workdir / "hold" / name
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
+        return path
+
+    def restarts(self, name: str) -> int:
+        return self.output.count(f"  restarted {name}\n")
+
+    def queues(self, *args: str) -> list[dict[str, Any]]:
+        """``manycore-queues --json ARGS``: the operator's view of the queues."""
+        out = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "manycore-queues"),
+                *self.config_files(),
+                "--json",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        rows: list[dict[str, Any]] = []
+        for line in out.stdout.splitlines():
+            loaded = json.loads(line)
+            rows += loaded if isinstance(loaded, list) else [loaded]
+        return rows
 
     def post(self, data: bytes) -> dict[str, Any]:
         request = urllib.request.Request(
@@ -136,6 +206,11 @@ def stack_dir() -> Iterator[Path]:
     finally:
         if not os.environ.get("MANYCORE_KEEP_E2E"):  # keep the logs to look into a failure
             shutil.rmtree(root, ignore_errors=True)
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
 
 
 def wait_until(condition: Any, timeout: float, what: str) -> None:

@@ -32,7 +32,8 @@ def test_stop_in_order_and_continue_after_restart() -> None:
                 "backdata",
                 "mxserver",
                 "redis",
-                "peers",
+                "webhook",
+                "sink",
             )
         ]
         assert order == sorted(order), out
