@@ -112,11 +112,15 @@ def _single(headers: list[str] | None, name: str) -> str | None:
 def header_section(data: bytes) -> bytes:
     """The header section with the empty line that ends it (RFC 5322 §2.1), without the
     body: the parser would otherwise read the whole body line by line only to skip it."""
-    ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
-    if not ends:
-        return data
-    end = min(ends)
-    return data[: end + (4 if data.startswith(b"\r\n\r\n", end) else 2)]
+    crlf = data.find(b"\r\n\r\n")
+    # A bare-LF end can only come first if it is before the CRLF one: search only up to
+    # there, or a CRLF message (no "\n\n" in it at all) would be scanned to its last byte.
+    lf = data.find(b"\n\n", 0, len(data) if crlf < 0 else crlf + 4)
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        return data[: lf + 2]
+    if crlf >= 0:
+        return data[: crlf + 4]
+    return data
 
 
 def validate(data: bytes, max_size: int) -> Accepted:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from manycore_common.message import MessageRejected, extract_recipients, validate
+from manycore_common.message import MessageRejected, extract_recipients, header_section, validate
 from tests.integration.conftest import build_message
 
 LIMIT = 1_000_000
@@ -110,3 +110,26 @@ def test_utf8_addresses_survive() -> None:
 def test_empty_group_inside_a_list() -> None:
     assert extract_recipients(["a@x.com, undisclosed-recipients:;"], []) == ("a@x.com",)
     assert extract_recipients(["undisclosed-recipients:;, b@y.org"], []) == ("b@y.org",)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore", b"A: 1\r\nB: 2\r\n\r\n"),
+        (b"A: 1\nB: 2\n\nbody\n\nmore", b"A: 1\nB: 2\n\n"),
+        (b"A: 1\n\nbody\r\n\r\n", b"A: 1\n\n"),  # the bare-LF end comes first
+        (b"A: 1\r\n\r\nbody\n\n", b"A: 1\r\n\r\n"),  # the CRLF end comes first
+        (b"A: 1\r\nB: 2\r\n", b"A: 1\r\nB: 2\r\n"),  # no end: all of it
+    ],
+)
+def test_header_section_ends_at_the_first_empty_line(data: bytes, expected: bytes) -> None:
+    assert header_section(data) == expected
+
+
+@given(st.lists(st.sampled_from([b"a", b":", b"\r", b"\n", b"\r\n", b"\n\n"]), max_size=40))
+def test_header_section_is_the_prefix_up_to_the_first_empty_line(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    head = header_section(data)
+    assert data.startswith(head)
+    ends = [i + len(m) for m in (b"\r\n\r\n", b"\n\n") if (i := data.find(m)) >= 0]
+    assert len(head) == (min(ends) if ends else len(data))
