@@ -100,21 +100,35 @@ def relaxed_field(field: Field) -> bytes:
     return relaxed_header(field.name, raw_value)
 
 
-def relaxed_body(body: bytes) -> bytes:
-    """RFC 6376 §3.4.4: runs of WSP to one SP, no WSP before line ends, no empty lines at the
-    end; a non-empty body ends with CRLF. ``body`` uses CRLF line endings."""
+def _relaxed(body: bytes) -> tuple[bytes, int]:
+    """RFC 6376 §3.4.4 on ``body`` (CRLF line endings): runs of WSP to one SP, no WSP before
+    line ends; and where the canonical body's content ends (no empty lines at the end). An
+    end rather than a slice: a slice (and the CRLF added to it) would copy a large body
+    twice only to hash it."""
     if b"\t" in body or b"  " in body:
         body = _WSP_TO_COLLAPSE.sub(b" ", body)
     if b" \r\n" in body:
         body = _TRAILING_WSP.sub(CRLF, body)
-    if body.endswith(b" "):
-        body = body.rstrip(b" ")
-    body = body.rstrip(b"\r\n")
-    return body + CRLF if body else b""
+    end = len(body)
+    while end and body[end - 1] == 0x20:  # WSP at the very end, with no line end after it
+        end -= 1
+    while end and body[end - 1] in (0x0D, 0x0A):
+        end -= 1
+    return body, end
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The relaxed canonical body: a non-empty one ends with exactly one CRLF."""
+    body, end = _relaxed(body)
+    return body[:end] + CRLF if end else b""
 
 
 def body_hash(body: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
+    body, end = _relaxed(body)
+    digest = hashlib.sha256(memoryview(body)[:end])
+    if end:
+        digest.update(CRLF)
+    return base64.b64encode(digest.digest()).decode("ascii")
 
 
 # ----------------------------------------------------------------- signing
