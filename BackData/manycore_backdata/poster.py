@@ -81,6 +81,7 @@ class Poster:
         batch_size: int,
         retrying: Retrying,
         *,
+        batch_wait: float = 0.0,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -90,6 +91,7 @@ class Poster:
         self.gate = gate
         self.webhook = webhook
         self.batch_size = batch_size
+        self.batch_wait = batch_wait
         self.retrying = retrying
         self.clock = clock
         self.jitter = jitter
@@ -111,14 +113,20 @@ class Poster:
                 self.gate.settle(ticket)
 
     async def take(self, stop: asyncio.Event) -> tuple[list[Item], Ticket] | None:
-        """The next batch, without waiting to fill it. One poster takes at a time, so batches
-        are contiguous runs of the queue and tickets are issued in queue order."""
+        """The next batch: what is waiting, and if that is less than a full batch, what
+        arrives within ``batch_wait`` too. One poster takes at a time (the lock is held while
+        it waits for more), so batches are contiguous runs of the queue and tickets are
+        issued in queue order."""
         async with self.take_lock:
             if stop.is_set():
                 return None
             items = await self.consumer.take_batch(self.batch_size, timeout=IDLE_WAIT_SECONDS)
             if not items:
                 return None
+            if len(items) < self.batch_size and self.batch_wait > 0:
+                # The taken items are in our processing list (heartbeat-protected) meanwhile.
+                await pause(stop, self.batch_wait)
+                items += await self.consumer.take_batch(self.batch_size - len(items), timeout=0)
             return items, self.gate.issue(i.uuid for i in items if i.uuid)
 
     async def deliver(self, items: list[Item], ticket: Ticket, stop: asyncio.Event) -> None:

@@ -117,7 +117,16 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         async with Webhook(prepared.webhook) as hook:
             take_lock, gate = asyncio.Lock(), OrderGate()
             posters = [
-                Poster(f"p{n}", consumer, take_lock, gate, hook, section.batch_size, retrying)
+                Poster(
+                    f"p{n}",
+                    consumer,
+                    take_lock,
+                    gate,
+                    hook,
+                    section.batch_size,
+                    retrying,
+                    batch_wait=section.batch_wait_seconds,
+                )
                 for n in range(section.concurrency)
             ]
             loops = [asyncio.create_task(p.run(stop)) for p in posters]

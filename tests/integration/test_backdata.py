@@ -394,3 +394,19 @@ def test_https_webhook_verified_against_a_private_ca(
         assert_accounted(queues, hook, ids)
     finally:
         hook.close()
+
+
+def test_a_trickle_of_events_is_batched_within_batch_wait(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis, hook: Webhook
+) -> None:
+    """Events arriving one by one (as mail is delivered) share a POST when they come within
+    batch-wait-seconds of the first; with 0 each goes alone, as soon as it is taken."""
+    hook.start()
+    with running(backdata(tmp_path, redis_server.port, hook.url, batch_wait_seconds=1.0)):
+        ids: list[str] = []
+        for n in range(5):
+            ids += push(queues, 1, uuid=f"trickle{n}")
+            time.sleep(0.05)
+        wait_for(lambda: delivered_all(hook, ids), what="the trickle delivered")
+    assert len(hook.requests) == 1, [len(json.loads(r.body)) for r in hook.requests]
+    assert [e["id"] for e in hook.received] == ids
