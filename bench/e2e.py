@@ -33,7 +33,6 @@ import contextlib
 import functools
 import json
 import os
-import random
 import re
 import resource
 import shutil
@@ -54,9 +53,10 @@ from typing import Any
 import dkim
 from redis import Redis
 
-from bench.common import LOOPBACK, ROOT, Row, binary, port_open, table, write
+from bench.common import LOOPBACK, ROOT, Row, binary, table, write
 from bench.postfix import PostfixAlone
 from bench.smtpclient import Refused, reply, session
+from devstack.stack import free_port_base
 
 DOMAIN = "example.net"  # the sink delivers every local part that names no scenario
 KB = 1024
@@ -227,20 +227,12 @@ class JsonlTail:
         return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
-def free_base(width: int = 20) -> int:
-    for _ in range(100):
-        base = random.randrange(20000, 60000)
-        if not any(port_open(base + i) for i in range(width)):
-            return base
-    raise fail("no free range of loopback ports")
-
-
 class Stack:
     """``python -m devstack`` (what ``make run`` starts) in ``workdir``."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.base = free_base()
+        self.base = free_port_base()
         self.smtp_port = self.base + 1
         self.sink_port = self.base + 3
         self.process: subprocess.Popen[str] | None = None

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -54,6 +55,28 @@ def port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.2):
         return True
     return False
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_port_base(width: int = 20, tries: int = 100) -> int:
+    """A base port with nothing listening on it or the ``width - 1`` ports above it, for a
+    second stack beside others (the tests and benchmarks). Chosen below the kernel's
+    ephemeral range: an outgoing connection may take any port in that range between this
+    check and our services' bind, which would fail with "address already in use"."""
+    low, _ = _ephemeral_ports()
+    top = max(10_000 + width, low - width)
+    for _ in range(tries):
+        base = random.randrange(10_000, top)
+        if not any(port_open(base + i) for i in range(width)):
+            return base
+    raise StartError(f"no {width} free ports in a row below {low}")
 
 
 def ready(url: str) -> bool:

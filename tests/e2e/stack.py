@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import random
 import shutil
 import signal
 import smtplib
@@ -21,17 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import LOOPBACK, ROOT, port_open, require_binary
+from devstack.stack import free_port_base
+from tests.helpers import LOOPBACK, ROOT, require_binary
 
 PORTS = 20
-
-
-def free_base() -> int:
-    for _ in range(100):
-        base = random.randrange(20000, 60000)
-        if not any(port_open(base + i) for i in range(PORTS)):
-            return base
-    raise AssertionError("no free port range")
 
 
 class Stack:
@@ -39,7 +31,7 @@ class Stack:
         self, workdir: Path, queue_lifetime: str = "15s", smtp_timeout: str | None = None
     ) -> None:
         self.workdir = workdir
-        self.base = free_base()
+        self.base = free_port_base(PORTS)
         self.queue_lifetime = queue_lifetime
         self.smtp_timeout = smtp_timeout
         self.process: subprocess.Popen[str] | None = None
