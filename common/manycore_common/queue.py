@@ -362,6 +362,15 @@ class ReliableQueue:
                 raise QueueFull(self.name, self.high_water_mark)
         return length
 
+    async def ring_doorbell(self) -> None:
+        """Leave a doorbell token without pushing: a consumer that took a full batch (so more
+        is probably waiting) wakes a sibling blocked in ``wait_for_doorbells``, because one
+        push of many items rang only once."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpush(self.doorbell_key, "1")
+        pipe.ltrim(self.doorbell_key, 0, 0)
+        await pipe.execute()
+
     # ------------------------------------------------------------------ inspection
 
     async def size(self) -> int:

@@ -403,3 +403,15 @@ async def test_no_doorbell_without_a_push(redis: Redis) -> None:
     with pytest.raises(QueueFull):
         await full.push(make_items(1)[0])
     assert not await redis.exists("F:doorbell")  # a refused push rings nothing
+
+
+async def test_a_full_batch_rings_for_a_sibling(redis: Redis) -> None:
+    p0 = ReliableQueue(redis, "P0", doorbell=True)
+    p1 = ReliableQueue(redis, "P1", doorbell=True)
+    await p0.push_many(make_items(10))  # one push of many: one token
+    assert await wait_for_doorbells(redis, [p0, p1], timeout=1)
+    assert not await wait_for_doorbells(redis, [p0, p1], timeout=0.1)
+    await p0.ring_doorbell()
+    await p0.ring_doorbell()
+    assert await redis.llen("P0:doorbell") == 1  # never more than one token
+    assert await wait_for_doorbells(redis, [p0, p1], timeout=1)
