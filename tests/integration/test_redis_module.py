@@ -200,7 +200,19 @@ def test_exporter_reports_readme_gauges_and_pod_exits_when_redis_dies(tmp_path: 
         push(app, "EVENT_QUEUE", 2)
         push(app, "INCOMING-TO-POSTFIX", 1)
         app.lpush("IB-MAIL-QUEUE-P1:dead", b'{"v":1}\nx')
-        wait_for(lambda: pod.metrics().get("default_queue_messages") == 5, what="a reading")
+        # One reading taken after every push: the exporter reads the queues one by one, so a
+        # reading that began between two pushes may show some and not others.
+        expected = {
+            "primary_queue_messages": 3,
+            "default_queue_messages": 5,
+            "event_queue_messages": 2,
+            "queue_to_postfix_messages": 1,
+            'redis_queue_dead_messages{queue="IB-MAIL-QUEUE-P1"}': 1,
+        }
+        wait_for(
+            lambda: all(pod.metrics().get(k) == v for k, v in expected.items()),
+            what="a reading after every push",
+        )
         m = pod.metrics()
         assert m["redis_up"] == 1
         assert m["primary_queue_messages"] == 3
