@@ -105,6 +105,19 @@ end
 return length
 """
 
+# KEYS: queue, processing. ARGV: most items → the items moved, oldest first. One call that
+# stops at an empty queue, where a pipeline of LMOVEs always sent (and parsed) all of them:
+# taking one item with room for 50 cost half a millisecond of client CPU.
+_TAKE_MANY = """
+local out = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local raw = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not raw then break end
+  out[#out + 1] = raw
+end
+return out
+"""
+
 # KEYS: processing. ARGV: items → how many were still held.
 _ACK_MANY = """
 local n = 0
@@ -327,6 +340,7 @@ class ReliableQueue:
         self.doorbell_key = f"{name}:doorbell"
         self._push_keys = [name, self.doorbell_key] if doorbell else [name]
         self._push = redis.register_script(_PUSH)
+        self._take_many = redis.register_script(_TAKE_MANY)
         self._hand_over = redis.register_script(_HAND_OVER)
         self._ack_many = redis.register_script(_ACK_MANY)
         self._retry = redis.register_script(_RETRY)
@@ -549,11 +563,10 @@ class Consumer:
             first, count = [item], count - 1
         if count <= 0:
             return first
-        pipe = self.queue.redis.pipeline(transaction=False)
-        for _ in range(count):
-            pipe.lmove(self.queue.name, self.processing_key, "RIGHT", "LEFT")
-        raws: list[Any] = await pipe.execute()
-        return first + self._hold([_decode_any(raw) for raw in raws if raw is not None])
+        raws: list[Any] = await self.queue._take_many(
+            keys=[self.queue.name, self.processing_key], args=[count]
+        )
+        return first + self._hold([_decode_any(raw) for raw in raws])
 
     async def ack(self, item: Item) -> bool:
         """Done with it. False means we no longer held it (the reaper had returned it)."""

@@ -415,3 +415,14 @@ async def test_a_full_batch_rings_for_a_sibling(redis: Redis) -> None:
     await p0.ring_doorbell()
     assert await redis.llen("P0:doorbell") == 1  # never more than one token
     assert await wait_for_doorbells(redis, [p0, p1], timeout=1)
+
+
+async def test_take_batch_stops_at_an_empty_queue(redis: Redis) -> None:
+    queue = ReliableQueue(redis, "Q")
+    consumer = queue.consumer("c1")
+    await queue.push_many(make_items(3))
+    taken = await consumer.take_batch(50, timeout=0)  # room for 50, three waiting
+    assert payload_ids([t.raw for t in taken]) == ["00000000", "00000001", "00000002"]
+    assert await queue.size() == 0 and await queue.processing_size() == 3
+    assert await consumer.take_batch(50, timeout=0) == []
+    assert await consumer.ack_many(taken) == 3
