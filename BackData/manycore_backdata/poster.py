@@ -126,7 +126,11 @@ class Poster:
             if len(items) < self.batch_size and self.batch_wait > 0:
                 # The taken items are in our processing list (heartbeat-protected) meanwhile.
                 await pause(stop, self.batch_wait)
-                items += await self.consumer.take_batch(self.batch_size - len(items), timeout=0)
+                # A failure here must not drop the batch already held (it would sit in our
+                # processing list unsettled); Redis' trouble shows on the next step instead.
+                with contextlib.suppress(RedisError, OSError):
+                    more = await self.consumer.take_batch(self.batch_size - len(items), timeout=0)
+                    items += more
             return items, self.gate.issue(i.uuid for i in items if i.uuid)
 
     async def deliver(self, items: list[Item], ticket: Ticket, stop: asyncio.Event) -> None:

@@ -158,7 +158,10 @@ class Worker:
             items = await consumer.take_batch(n, timeout=0)
             if items:
                 if len(items) == n:
-                    await consumer.queue.ring_doorbell()  # more waiting: wake a sibling
+                    # More waiting: wake a sibling. Only a wake-up, so a failure must not
+                    # make us drop the batch we now hold.
+                    with contextlib.suppress(RedisError, OSError):
+                        await consumer.queue.ring_doorbell()
                 return items, consumer
         # Both empty: sleep until either is pushed to. Blocking on P0 alone left a P1
         # message waiting up to the whole wait (bench.e2e: p50 120 ms at light load).

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from . import item as item_format
 from .item import Item
@@ -563,9 +564,17 @@ class Consumer:
             first, count = [item], count - 1
         if count <= 0:
             return first
-        raws: list[Any] = await self.queue._take_many(
-            keys=[self.queue.name, self.processing_key], args=[count]
-        )
+        try:
+            raws: list[Any] = await self.queue._take_many(
+                keys=[self.queue.name, self.processing_key], args=[count]
+            )
+        except (RedisError, OSError):
+            if first:
+                # Never lose sight of an item we hold: raising here would leave it in our
+                # processing list with nobody settling it (the fault suite found this). What
+                # the failed call may have moved is a stray, and recover_strays returns it.
+                return first
+            raise
         return first + self._hold([_decode_any(raw) for raw in raws])
 
     async def ack(self, item: Item) -> bool:

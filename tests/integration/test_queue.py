@@ -426,3 +426,22 @@ async def test_take_batch_stops_at_an_empty_queue(redis: Redis) -> None:
     assert await queue.size() == 0 and await queue.processing_size() == 3
     assert await consumer.take_batch(50, timeout=0) == []
     assert await consumer.ack_many(taken) == 3
+
+
+async def test_a_failure_after_the_first_take_keeps_the_item_in_hand(redis: Redis) -> None:
+    """Found by the fault suite: Redis died between the blocking take of the first item and
+    the take of the rest; the error dropped the first item from view while it sat in our
+    processing list, unsettled until the consumer stopped."""
+    queue = ReliableQueue(redis, "Q")
+    await queue.push_many(make_items(2))
+
+    async def redis_died(**_: object) -> list[bytes]:
+        raise OSError("connection lost")
+
+    consumer = queue.consumer("c1")
+    queue._take_many = redis_died  # type: ignore[assignment,method-assign]
+    taken = await consumer.take_batch(10, timeout=1)
+    assert payload_ids([t.raw for t in taken]) == ["00000000"]
+    assert await consumer.ack_many(taken) == 1
+    with pytest.raises(OSError):
+        await consumer.take_batch(10, timeout=0)  # nothing in hand: the error is the caller's
