@@ -353,7 +353,13 @@ def test_faults_while_mail_flows() -> None:
             try:
                 wait_until(settled, DRAIN, "a final event for every recipient")
             except AssertionError as exc:
-                raise AssertionError(f"{exc}\n{stack.logs()}") from None
+                have = set(final_events(stack))
+                missing = sorted(k for k in expected if k not in have)
+                raise AssertionError(
+                    f"{exc} (seed {SEED}, faults {[str(f) for f in faults]})\n"
+                    f"{len(missing)} missing, e.g. {missing[:10]}\n"
+                    f"queues: {stack.queues()}\n{stack.logs()}"
+                ) from None
             time.sleep(3)  # a duplicate on its way would arrive now
             got = final_events(stack)
             parked = dead_letters(stack)
