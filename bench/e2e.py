@@ -298,7 +298,7 @@ class Stack:
 
     def peers_pids(self) -> dict[str, int]:
         """The stand-ins for the outside world, by role: the sink MX and the webhook inbox
-        (one devstack.peers process or two, depending on the devstack's version)."""
+        (devstack runs each as a devstack.peers process of its own)."""
         pattern = f"devstack.peers --workdir {self.workdir} "
         out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
         found = {}

@@ -42,10 +42,6 @@ class GroupPusher:
         self._inflight: list[_Waiter] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    @property
-    def name(self) -> str:
-        return self.queue.name
-
     async def push(self, raw: bytes) -> None:
         """Return once Redis holds ``raw``; raise what the push raised otherwise."""
         waiter = _Waiter(raw)
