@@ -28,7 +28,9 @@ STREAM_ID_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_STREAM_ID_LENGTH}}}")
 # A deliberately plain address check: local@domain, no spaces or angle brackets, a domain
 # with at least one character. Full RFC 5321 syntax is Postfix's job; this catches what would
 # otherwise only fail hours later as a bounce.
-_NOT_IN_ADDRESS = r'@\s<>()\[\],;:"'
+# Control characters and U+FFFD (what undecodable 8-bit bytes became) are refused here too:
+# such an address would be accepted now only to bounce later, or not at all.
+_NOT_IN_ADDRESS = r'@\s<>()\[\],;:"\x00-\x1f\x7f\ufffd'
 ADDRESS_RE = re.compile(rf"[^{_NOT_IN_ADDRESS}]+@[^{_NOT_IN_ADDRESS}]+")
 
 PRIORITY_HIGH = 0
@@ -165,7 +167,10 @@ def _single(headers: list[str] | None, name: str) -> str | None:
             "5.6.0",
             f"Header {name} appears {len(headers)} times, expected once",
         )
-    return headers[0].strip()
+    # ASCII whitespace only, as the Transformer strips the raw bytes: str.strip() would also
+    # take away e.g. a no-break space, and the front door would accept an X-Uuid that the
+    # Transformer then refuses, after the client was told 250.
+    return headers[0].strip(" \t\r\n\x0b\x0c")
 
 
 def header_section(data: bytes) -> bytes:

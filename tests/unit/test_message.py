@@ -133,3 +133,29 @@ def test_header_section_is_the_prefix_up_to_the_first_empty_line(parts: list[byt
     assert data.startswith(head)
     ends = [i + len(m) for m in (b"\r\n\r\n", b"\n\n") if (i := data.find(m)) >= 0]
     assert len(head) == (min(ends) if ends else len(data))
+
+
+@pytest.mark.parametrize(
+    "value", ["abc123\u00a0", "abc123\u2028", "\u00a0abc123", "abc123\x1c", "abc123\x85"]
+)
+def test_uuid_whitespace_is_stripped_as_the_transformer_strips_it(value: str) -> None:
+    # Only ASCII whitespace goes, as in the Transformer's byte-level strip: a no-break space
+    # (or another Unicode space) is part of the value, which is then not a valid X-Uuid. The
+    # front door refuses it rather than say 250 for a message the Transformer would refuse.
+    data = build_message("placeholder").replace(b"placeholder", value.encode())
+    assert rejected(data).reason == "bad-uuid"
+
+
+def test_ascii_whitespace_around_a_uuid_is_stripped() -> None:
+    data = build_message("placeholder").replace(b"placeholder", b"abc123 \t\x0b\x0c")
+    assert validate(data, LIMIT).uuid == "abc123"
+
+
+@pytest.mark.parametrize(
+    "to",
+    [b"a\x00b@example.com", b"a\x01b@example.com", b"Name <a\x7fb@example.com>",
+     b"a@exa\x1bmple.com", b"a\xffb@example.com", b"Name <a@exam\xfeple.com>"],
+)  # fmt: skip
+def test_control_characters_and_undecodable_bytes_are_no_address(to: bytes) -> None:
+    data = build_message("abc", to="placeholder@x.org", cc=None).replace(b"placeholder@x.org", to)
+    assert rejected(data).reason == "bad-recipient"
