@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from manycore_common import redisconn
+from manycore_common import redisconn, workers
 from manycore_common.auth import Credentials, FailureThrottle
 from manycore_common.config import Config, HttpReceiverSection
 from manycore_common.health import HealthServer
@@ -59,8 +59,17 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         keepalive_timeout=section.request_timeout_seconds,
     )
     await runner.setup()
-    site = web.TCPSite(runner, section.bind.inet_interface, section.bind.inet_port)
-    await site.start()
+    # A worker accepts on the sockets its parent bound and leaves /metrics and the probes to
+    # the parent (see workers).
+    handoff = workers.handoff()
+    acceptors: list[workers.Acceptor] = []
+    if handoff is None:
+        await web.TCPSite(runner, section.bind.inet_interface, section.bind.inet_port).start()
+    else:
+        assert runner.server is not None  # set by setup()
+        acceptors = [workers.Acceptor(sock, runner.server) for sock in handoff.listeners]
+        for acceptor in acceptors:
+            acceptor.start()
     log.info(
         "http listening",
         extra={"address": section.bind.inet_interface, "port": section.bind.inet_port},
@@ -70,15 +79,23 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         return bool(await redis.ping())
 
     health = HealthServer(section.prometheus, {"redis": redis_ok})
-    await health.start()
+    if handoff is None:
+        await health.start()
     try:
         await stop.wait()
     finally:
         # cleanup() stops listening first, then waits for requests in progress.
+        for acceptor in acceptors:
+            acceptor.close()
         await runner.cleanup()
         await health.stop()
         await redis.aclose()
 
 
+def _section(prepared: object) -> HttpReceiverSection:
+    assert isinstance(prepared, HttpReceiverSection)
+    return prepared
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    run_service(SERVICE, argv, prepare, serve)
+    run_service(SERVICE, argv, prepare, serve, front_door=_section)

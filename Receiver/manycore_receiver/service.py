@@ -11,7 +11,7 @@ from ssl import SSLContext
 
 from manycore_common import redisconn, tls
 from manycore_common.auth import Credentials, FailureThrottle
-from manycore_common.config import Config, ReceiverSection
+from manycore_common.config import Config, ConfigError, ReceiverSection
 from manycore_common.intake import Intake
 from manycore_common.lifecycle import run_service
 from manycore_common.smtpserver import serve_smtp
@@ -39,6 +39,16 @@ def prepare(config: Config) -> Prepared:
     context, generated = tls.server_context(
         config.path(section.tls.cert_file), config.path(section.tls.key_file), hostname
     )
+    if generated and section.workers > 1:
+        # Each worker would generate a pair of its own: clients would meet a different
+        # certificate on each connection.
+        raise ConfigError(
+            [
+                "receiver.workers: above 1 needs the STARTTLS certificate files "
+                f"(receiver.tls.cert-file {section.tls.cert_file}, key-file "
+                f"{section.tls.key_file}); without them each worker would make its own"
+            ]
+        )
     if generated:
         log.warning(
             "no STARTTLS certificate found: using a generated self-signed one",
@@ -87,5 +97,10 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     )
 
 
+def _section(prepared: object) -> ReceiverSection:
+    assert isinstance(prepared, Prepared)
+    return prepared.section
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    run_service(SERVICE, argv, prepare, serve)
+    run_service(SERVICE, argv, prepare, serve, front_door=_section)

@@ -209,6 +209,9 @@ class ReceiverSection(Section):
     #: the DATA command to the final dot), before the connection is closed with 421: a
     #: client dribbling bytes cannot hold a connection longer (RFC 5321 §4.5.3.2: 5 min).
     command_timeout_seconds: float = Field(default=300.0, gt=0)
+    #: Processes accepting on the port: one event loop uses one core, so N workers let one
+    #: pod or machine use N (see workers.py). 1 runs no separate worker process.
+    workers: int = Field(default=1, ge=1, le=64)
     auth_throttle: AuthThrottle = AuthThrottle()
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
     prometheus: Prometheus = Prometheus()
@@ -236,6 +239,9 @@ class HttpReceiverSection(Section):
     #: connection's start or its previous request), and again its body, before the
     #: connection is closed: a client dribbling bytes cannot hold a connection longer.
     request_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: Processes accepting on the port: one event loop uses one core, so N workers let one
+    #: pod or machine use N (see workers.py). 1 runs no separate worker process.
+    workers: int = Field(default=1, ge=1, le=64)
     auth_throttle: AuthThrottle = AuthThrottle()
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
     prometheus: Prometheus = Prometheus()

@@ -16,9 +16,10 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "ta
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, worker: int | None = None) -> None:
         super().__init__()
         self.service = service
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -28,6 +29,8 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "logger": record.name,
         }
+        if self.worker is not None:
+            data["worker"] = self.worker
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 data[key] = value
@@ -36,10 +39,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str, ensure_ascii=False)
 
 
-def setup_logging(service: str, level: str | None = None) -> None:
-    """Route all logging to stdout as JSON. ``MANYCORE_LOG_LEVEL`` overrides the level."""
+def setup_logging(service: str, level: str | None = None, worker: int | None = None) -> None:
+    """Route all logging to stdout as JSON. ``MANYCORE_LOG_LEVEL`` overrides the level. A
+    worker process (see workers) adds its index to every line."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(JsonFormatter(service, worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("MANYCORE_LOG_LEVEL", "INFO")).upper())

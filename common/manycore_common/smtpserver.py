@@ -16,6 +16,7 @@ from typing import Any
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
+from . import workers
 from .config import Listen, Prometheus
 from .health import HealthServer
 
@@ -85,7 +86,10 @@ async def serve_smtp(
     log_extra: dict[str, Any] | None = None,
 ) -> None:
     """Listen until ``stop``; then stop accepting, answer 421 to messages that complete from
-    now on, let those being recorded get their answer, close the sessions, and close Redis."""
+    now on, let those being recorded get their answer, close the sessions, and close Redis.
+
+    A worker (see workers) accepts on the sockets its parent bound and leaves /metrics and
+    the probes to the parent."""
     sessions: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def tracked() -> Any:
@@ -94,7 +98,15 @@ async def serve_smtp(
         return protocol
 
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(tracked, bind.inet_interface, bind.inet_port)
+    handoff = workers.handoff()
+    servers: list[asyncio.Server | workers.Acceptor]
+    if handoff is None:
+        servers = [await loop.create_server(tracked, bind.inet_interface, bind.inet_port)]
+    else:
+        acceptors = [workers.Acceptor(sock, tracked) for sock in handoff.listeners]
+        for acceptor in acceptors:
+            acceptor.start()
+        servers = [*acceptors]
     log.info(
         "smtp listening",
         extra={"address": bind.inet_interface, "port": bind.inet_port, **(log_extra or {})},
@@ -104,20 +116,23 @@ async def serve_smtp(
         return bool(await redis.ping())
 
     async def listening() -> bool:
-        return server.is_serving()
+        return all(server.is_serving() for server in servers)
 
     health = HealthServer(prometheus, {"redis": redis_ok, "smtp": listening})
-    await health.start()
+    if handoff is None:
+        await health.start()
     try:
         await stop.wait()
     finally:
         in_flight.stopping = True
-        server.close()
+        for server in servers:
+            server.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(in_flight.idle.wait(), drain_seconds)
         for protocol in list(sessions):
             if protocol.transport is not None:
                 protocol.transport.close()
-        await server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
         await health.stop()
         await redis.aclose()
