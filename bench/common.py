@@ -136,11 +136,13 @@ def write(name: str, rows: list[Row], notes: str = "") -> tuple[Path, Path]:
 
 def table(rows: list[Row]) -> str:
     width = max([8, *(len(r.case) + 2 for r in rows)])
-    head = f"{'case':<{width}}{'subject':<24}{'rate':>12}  {'baseline':<26}{'rate':>12}"
-    out = [f"{head}{'ratio':>8}"]
+    subject = max([24, *(len(r.subject) + 2 for r in rows)])
+    baseline = max([26, *(len(r.baseline) + 2 for r in rows)])
+    head = f"{'case':<{width}}{'subject':<{subject}}{'rate':>12}  {'baseline':<{baseline}}"
+    out = [f"{head}{'rate':>12}{'ratio':>8}"]
     for r in rows:
         out.append(
-            f"{r.case:<{width}}{r.subject:<24}{r.subject_rate:>12,.0f}  {r.baseline:<26}"
-            f"{r.baseline_rate:>12,.0f}{r.ratio:>8.2f}"
+            f"{r.case:<{width}}{r.subject:<{subject}}{r.subject_rate:>12,.0f}  "
+            f"{r.baseline:<{baseline}}{r.baseline_rate:>12,.0f}{r.ratio:>8.2f}"
         )
     return "\n".join(out)

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import copy
 import functools
 import json
 import os
@@ -45,6 +46,8 @@ from bench.postfix import PostfixAlone
 from bench.smtpclient import PASSWORD, USER, reply, session
 
 MESSAGE_SIZE = 5 * 1024
+#: Worker processes of the front doors in the workers rows: the machine's two cores.
+WORKERS = 2
 QUEUE = "IB-MAIL-QUEUE-P1"
 
 
@@ -278,6 +281,21 @@ def write_configs(directory: Path, redis_port: int) -> tuple[Path, Path, dict[st
     return global_file, customer_file, customer
 
 
+def with_workers(
+    customer: dict[str, Any], directory: Path, workers: int
+) -> tuple[Path, dict[str, Any]]:
+    """The same customer config with both front doors on other ports running ``workers``
+    worker processes each (workers.py)."""
+    changed = copy.deepcopy(customer)
+    for name in ("receiver", "httpreceiver"):
+        changed[name]["workers"] = workers
+        for key in ("bind", "prometheus"):
+            changed[name][key] = {"inet-interface": LOOPBACK, "inet-port": free_port()}
+    path = directory / f"customer-{workers}-workers.yaml"
+    path.write_text(yaml.safe_dump(changed, sort_keys=False))
+    return path, changed
+
+
 def service_argv(name: str, global_file: Path, customer_file: Path) -> list[str]:
     script = Path(sys.executable).with_name(f"manycore-{name}")
     return [str(script), "--global-config-file", str(global_file),
@@ -412,6 +430,28 @@ def against_postfix(
     return rows
 
 
+def workers_rows(
+    args: argparse.Namespace,
+    pool: dict[str, Any],
+    bare: tuple[int, int],
+    cert: Path,
+    redis: Redis,
+) -> list[Row]:
+    """Both front doors with WORKERS worker processes (workers.py) against the same
+    one-process baselines, at 8 connections and more: one Python process uses one core, and
+    a pod given more cores uses them this way."""
+    connections = [n for n in args.connections if n >= 8]
+    rows: list[Row] = []
+    for kind, name, label, baseline in (
+        ("smtp", "receiver", "smtp-workers", ("bare aiosmtpd (discard)", bare[0])),
+        ("http", "httpreceiver", "http-workers", ("bare aiohttp (no-op)", bare[1])),
+    ):
+        subject = (f"manycore-{name} ×{WORKERS} workers", int(pool[name]["bind"]["inet-port"]))
+        rows += compare(kind, label, subject, baseline, connections, args.rounds, args.seconds,
+                        cert, redis)  # fmt: skip
+    return rows
+
+
 def growth(
     args: argparse.Namespace,
     smtp: tuple[int, int],
@@ -448,6 +488,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
     global_file, customer_file, customer = write_configs(workdir, redis_port)
     smtp_port = int(customer["receiver"]["bind"]["inet-port"])
     http_port = int(customer["httpreceiver"]["bind"]["inet-port"])
+    pool_file, pool = with_workers(customer, workdir, WORKERS)
     me = [sys.executable, "-m", "bench.ingest"]
     # Redis as production runs it (the Redis pod's default): AOF with fsync every second,
     # so "250" costs what it costs there. Rewrites are off: each round starts with FLUSHALL,
@@ -468,12 +509,16 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
             workdir / "bare-smtp.log",
         ) as bsmtp,
         process([*me, "--bare-http", str(bare_http)], workdir / "bare-http.log") as bhttp,
+        process(service_argv("receiver", global_file, pool_file), workdir / "rcv-pool.log"),
+        process(service_argv("httpreceiver", global_file, pool_file), workdir / "http-pool.log"),
     ):
         redis = Redis(host=LOOPBACK, port=redis_port)
         wait_until(redis.ping, 10, "redis-server")
         for name in ("receiver", "httpreceiver"):
-            metrics = customer[name]["prometheus"]["inet-port"]
-            wait_until(functools.partial(http_ok, f"http://{LOOPBACK}:{metrics}/readyz"), 30, name)
+            for settings in (customer, pool):
+                metrics = settings[name]["prometheus"]["inet-port"]
+                ready = functools.partial(http_ok, f"http://{LOOPBACK}:{metrics}/readyz")
+                wait_until(ready, 30, name)
         for port in (bare_smtp, bare_http):
             wait_until(functools.partial(port_open, port), 30, f"bare server on {port}")
         time.sleep(0.5)
@@ -485,6 +530,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
                         ("bare aiohttp (no-op)", bare_http), args.connections, args.rounds,
                         args.seconds, cert, redis)  # fmt: skip
         loaded = {p.pid: rss_kb(p.pid) for p in (rcv, api, bsmtp, bhttp)}
+        rows += workers_rows(args, pool, (bare_smtp, bare_http), cert, redis)
         for case, values in (("idle", idle), ("loaded", loaded)):
             for subject, baseline, sname, bname in (
                 (rcv, bsmtp, "manycore-receiver", "bare aiosmtpd"),
@@ -544,6 +590,8 @@ def main() -> None:
         f"medians of {args.rounds} interleaved rounds of {args.seconds:g} s:"
     )
     print(table([r for r in rows if r.benchmark.endswith("-ingest")]))
+    print(f"The front doors with {WORKERS} worker processes (one-process baselines):")
+    print(table([r for r in rows if r.benchmark.endswith("-workers")]))
     print("Receiver against Postfix's smtpd accepting into its queue (STARTTLS):")
     print(table([r for r in rows if r.benchmark == "smtp-vs-postfix"]))
     print("Growth: 8 connections, larger messages and a deep queue:")
@@ -560,7 +608,9 @@ def main() -> None:
             "Receiver vs Postfix's smtpd (Debian's Postfix, STARTTLS, every message put on "
             "hold so its 250 means queued and fsynced, nothing delivered). http-ingest: req/s "
             "of manycore-httpreceiver (POST /v1/mail/send, Basic auth) vs a bare aiohttp "
-            "handler that reads the body and answers 200. growth-*: 8 connections with larger "
+            "handler that reads the body and answers 200. *-workers: the same front doors "
+            f"with {WORKERS} worker processes each (workers: {WORKERS}) against the same "
+            "one-process baselines. growth-*: 8 connections with larger "
             f"messages, and with {args.depth:,} items already queued. cN: N keep-alive "
             "connections, opened and authenticated before the clock starts, one client "
             f"process (lean asyncio). Medians of {args.rounds} interleaved rounds of "
