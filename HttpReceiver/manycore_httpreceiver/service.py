@@ -59,17 +59,16 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         keepalive_timeout=section.request_timeout_seconds,
     )
     await runner.setup()
-    # A worker accepts on the sockets its parent bound and leaves /metrics and the probes to
-    # the parent (see workers).
+    # A worker serves the connections its parent hands it and leaves /metrics and the probes
+    # to the parent (see workers).
     handoff = workers.handoff()
-    acceptors: list[workers.Acceptor] = []
+    inbox: workers.Inbox | None = None
     if handoff is None:
         await web.TCPSite(runner, section.bind.inet_interface, section.bind.inet_port).start()
     else:
         assert runner.server is not None  # set by setup()
-        acceptors = [workers.Acceptor(sock, runner.server) for sock in handoff.listeners]
-        for acceptor in acceptors:
-            acceptor.start()
+        inbox = workers.Inbox(handoff.channel, runner.server)
+        inbox.start()
     log.info(
         "http listening",
         extra={"address": section.bind.inet_interface, "port": section.bind.inet_port},
@@ -85,8 +84,8 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         # cleanup() stops listening first, then waits for requests in progress.
-        for acceptor in acceptors:
-            acceptor.close()
+        if inbox is not None:
+            inbox.close()
         await runner.cleanup()
         await health.stop()
         await redis.aclose()

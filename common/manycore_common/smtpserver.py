@@ -88,8 +88,8 @@ async def serve_smtp(
     """Listen until ``stop``; then stop accepting, answer 421 to messages that complete from
     now on, let those being recorded get their answer, close the sessions, and close Redis.
 
-    A worker (see workers) accepts on the sockets its parent bound and leaves /metrics and
-    the probes to the parent."""
+    A worker (see workers) serves the connections its parent hands it and leaves /metrics
+    and the probes to the parent."""
     sessions: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def tracked() -> Any:
@@ -99,14 +99,12 @@ async def serve_smtp(
 
     loop = asyncio.get_running_loop()
     handoff = workers.handoff()
-    servers: list[asyncio.Server | workers.Acceptor]
+    server: asyncio.Server | workers.Inbox
     if handoff is None:
-        servers = [await loop.create_server(tracked, bind.inet_interface, bind.inet_port)]
+        server = await loop.create_server(tracked, bind.inet_interface, bind.inet_port)
     else:
-        acceptors = [workers.Acceptor(sock, tracked) for sock in handoff.listeners]
-        for acceptor in acceptors:
-            acceptor.start()
-        servers = [*acceptors]
+        server = workers.Inbox(handoff.channel, tracked)
+        server.start()
     log.info(
         "smtp listening",
         extra={"address": bind.inet_interface, "port": bind.inet_port, **(log_extra or {})},
@@ -116,7 +114,7 @@ async def serve_smtp(
         return bool(await redis.ping())
 
     async def listening() -> bool:
-        return all(server.is_serving() for server in servers)
+        return server.is_serving()
 
     health = HealthServer(prometheus, {"redis": redis_ok, "smtp": listening})
     if handoff is None:
@@ -125,14 +123,12 @@ async def serve_smtp(
         await stop.wait()
     finally:
         in_flight.stopping = True
-        for server in servers:
-            server.close()
+        server.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(in_flight.idle.wait(), drain_seconds)
         for protocol in list(sessions):
             if protocol.transport is not None:
                 protocol.transport.close()
-        for server in servers:
-            await server.wait_closed()
+        await server.wait_closed()
         await health.stop()
         await redis.aclose()

@@ -1,14 +1,20 @@
 """Worker processes for the front doors (Receiver, HttpReceiver).
 
 One Python process runs one event loop on one core. With ``workers: N`` in its section a
-front door runs N processes that accept on the same listening socket, so one pod (or one
-machine under ``make run``) can use N cores. The ingest benchmark found the Receiver bound by
-one core at 8 connections (bench/ingest.py).
+front door runs N processes serving one port, so one pod (or one machine under ``make run``)
+can use N cores. The ingest benchmark found the Receiver bound by one core at 8 connections
+(bench/ingest.py).
 
 The parent, the process Kubernetes or the operator started:
 
-- binds the listening socket(s) once, so a bind error is reported once, and the port keeps
-  accepting (the kernel queues connections) while a worker restarts;
+- binds the listening socket(s) once, so a bind error is reported once and the port stays
+  open while a worker restarts;
+- accepts every connection itself and hands it to the next worker in turn (round-robin),
+  passing the socket over a Unix socketpair (SCM_RIGHTS). Letting the workers accept on the
+  shared socket leaves the balance to whichever wakes first: the bench's 8 connections, opened
+  at once, went 8 to 0 or 6 to 2. Node's cluster module hands connections out the same way
+  for the same reason. Clients keep their connections (SMTP sessions, HTTP keep-alive), so
+  turns even out the work;
 - starts each worker as a fresh interpreter of the same service with the same arguments.
   Fresh, not forked: prometheus_client chooses its multiprocess mode when it is imported, and
   the parent has imported it long before it reads ``workers`` from the config;
@@ -16,15 +22,15 @@ The parent, the process Kubernetes or the operator started:
   mode; the front doors have only counters, which add exactly), ``/livez`` and ``/readyz``
   (Redis answers and every worker is running);
 - restarts a worker that exits on its own, after a pause that grows while restarts keep
-  failing, so a worker that cannot start does not spin;
-- on SIGTERM passes the stop on and waits until every worker has stopped gracefully (each
-  stops accepting and answers what is in flight, DESIGN §3); a second signal kills them.
+  failing, so a worker that cannot start does not spin; meanwhile the others get its turns;
+- on SIGTERM stops accepting, passes the stop on and waits until every worker has stopped
+  gracefully (each answers what is in flight, DESIGN §3); a second signal kills them.
 
-A worker learns all this from its environment (``handoff``): the listening sockets' file
-descriptors, its index, and the read end of a pipe whose write end only the parent holds.
-End of file on that pipe means the parent is gone (even by SIGKILL): the worker stops
-gracefully rather than outlive it holding the port. A worker ignores SIGINT: Ctrl-C reaches the
-whole process group, and only the parent decides what it means.
+A worker learns all this from its environment (``handoff``): its index, its end of the
+socketpair, and the read end of a pipe whose write end only the parent holds. End of file on
+that pipe means the parent is gone (even by SIGKILL): the worker stops gracefully. A worker
+ignores SIGINT: Ctrl-C reaches the whole process group, and only the parent decides what it
+means.
 
 State kept in memory is per worker, as it is per replica: the AUTH failure throttle counts
 the failures each worker saw.
@@ -58,7 +64,7 @@ log = logging.getLogger(__name__)
 
 #: Environment a worker is started with.
 ENV_INDEX = "MANYCORE_WORKER_INDEX"
-ENV_LISTEN_FDS = "MANYCORE_WORKER_LISTEN_FDS"
+ENV_CHANNEL_FD = "MANYCORE_WORKER_CHANNEL_FD"
 ENV_PARENT_FD = "MANYCORE_WORKER_PARENT_FD"
 #: prometheus_client reads this when imported: each worker keeps its values in files there.
 ENV_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -70,6 +76,8 @@ FIRST_RESTART_PAUSE = 1.0
 MAX_RESTART_PAUSE = 30.0
 #: The kernel's queue of connections not yet accepted (asyncio's default).
 BACKLOG = 100
+#: Pause after accept() fails for lack of resources, as asyncio's server does.
+RESOURCE_PAUSE = 1.0
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,8 @@ class Handoff:
     """What a worker received from its parent."""
 
     index: int
-    listeners: tuple[socket.socket, ...]
+    #: The worker's end of the socketpair its connections arrive on.
+    channel: socket.socket
     parent_fd: int
 
 
@@ -87,10 +96,9 @@ def handoff() -> Handoff | None:
     index = os.environ.get(ENV_INDEX)
     if index is None:
         return None
-    fds = [int(fd) for fd in os.environ[ENV_LISTEN_FDS].split(",")]
     return Handoff(
         index=int(index),
-        listeners=tuple(socket.socket(fileno=fd) for fd in fds),
+        channel=socket.socket(fileno=int(os.environ[ENV_CHANNEL_FD])),
         parent_fd=int(os.environ[ENV_PARENT_FD]),
     )
 
@@ -134,23 +142,15 @@ def watch_parent(fd: int, gone: Callable[[], object]) -> None:
     loop.add_reader(fd, readable)
 
 
-class Acceptor:
-    """Accepts connections on a socket shared with sibling workers, one per readiness event.
+class Inbox:
+    """A worker's side of the hand-out: connections arrive on the channel, one socket per
+    message, and each is served by ``protocol_factory`` as if the worker had accepted it."""
 
-    Every worker is woken when a connection waits; the first to call accept() gets it and
-    the others find nothing. asyncio's own server accepts up to its backlog (100) in one go,
-    so whichever worker woke first would take a whole burst: with 8 connections opened at
-    once, all 8 went to one worker and the other idled (bench/ingest.py). One at a time, a
-    busy worker wakes later than an idle one and takes fewer. (SO_REUSEPORT would spread
-    connections by a hash of their addresses, blind to load, and the port would be gone
-    whenever no worker is listening.)"""
-
-    #: Pause after accept() fails for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM),
-    #: as asyncio does, so a full file table does not spin the loop.
-    RESOURCE_PAUSE = 1.0
-
-    def __init__(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.BaseProtocol]):
-        self.sock = sock
+    def __init__(
+        self, channel: socket.socket, protocol_factory: Callable[[], asyncio.BaseProtocol]
+    ):
+        self.channel = channel
+        self.channel.setblocking(False)
         self.protocol_factory = protocol_factory
         self._loop = asyncio.get_running_loop()
         self._pending: set[asyncio.Task[object]] = set()
@@ -158,13 +158,14 @@ class Acceptor:
 
     def start(self) -> None:
         self._serving = True
-        self._loop.add_reader(self.sock.fileno(), self._ready)
+        self._loop.add_reader(self.channel.fileno(), self._readable)
 
     def close(self) -> None:
-        """Stop accepting (connections already accepted carry on)."""
+        """Take no more connections (those already taken carry on). Any still in the channel
+        are closed when this process exits, and their clients try again."""
         if self._serving:
             self._serving = False
-            self._loop.remove_reader(self.sock.fileno())
+            self._loop.remove_reader(self.channel.fileno())
 
     def is_serving(self) -> bool:
         return self._serving
@@ -172,16 +173,19 @@ class Acceptor:
     async def wait_closed(self) -> None:
         """Like asyncio.Server's: the sessions themselves are the caller's to close."""
 
-    def _ready(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return  # a sibling was quicker, or the client gave up
-        except OSError as exc:
-            log.error("accept failed: pausing", extra={"error": str(exc)})
-            self._loop.remove_reader(self.sock.fileno())
-            self._loop.call_later(self.RESOURCE_PAUSE, self._resume)
-            return
+    def _readable(self) -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.channel, 1, 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data and not fds:
+                self.close()  # the parent is gone; lifecycle's watch on the pipe stops us
+                return
+            for fd in fds:
+                self._serve(socket.socket(fileno=fd))
+
+    def _serve(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         task: asyncio.Task[object] = self._loop.create_task(
             self._loop.connect_accepted_socket(self.protocol_factory, conn)
@@ -193,10 +197,6 @@ class Acceptor:
         self._pending.discard(task)
         if task.cancelled() or task.exception() is not None:
             conn.close()
-
-    def _resume(self) -> None:
-        if self._serving:
-            self._loop.add_reader(self.sock.fileno(), self._ready)
 
 
 def restart_pause(previous: float, ran_for: float) -> float:
@@ -210,6 +210,8 @@ class _Worker:
     def __init__(self, index: int) -> None:
         self.index = index
         self.process: asyncio.subprocess.Process | None = None
+        #: The parent's end of the socketpair connections are handed over on.
+        self.channel: socket.socket | None = None
         self.started = 0.0
         self.pause = 0.0
 
@@ -241,29 +243,87 @@ class Supervisor:
         self._parent_read, self._parent_write = os.pipe()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._next = 0  # the worker whose turn it is
 
     def all_running(self) -> bool:
         return all(w.running for w in self.workers)
 
     async def _spawn(self, worker: _Worker) -> None:
-        fds = [s.fileno() for s in self.listeners]
+        # SEQPACKET keeps each hand-over a message of its own, with its one descriptor.
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent_end.setblocking(False)
         env = {
             **os.environ,
             ENV_INDEX: str(worker.index),
-            ENV_LISTEN_FDS: ",".join(map(str, fds)),
+            ENV_CHANNEL_FD: str(child_end.fileno()),
             ENV_PARENT_FD: str(self._parent_read),
             ENV_METRICS_DIR: self.metrics_dir,
         }
-        worker.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            self.module,
-            *self.argv,
-            pass_fds=(*fds, self._parent_read),
-            env=env,
-        )
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                self.module,
+                *self.argv,
+                pass_fds=(child_end.fileno(), self._parent_read),
+                env=env,
+            )
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        if worker.channel is not None:
+            worker.channel.close()
+        worker.channel = parent_end
         worker.started = time.monotonic()
         log.info("worker started", extra={"worker": worker.index, "pid": worker.process.pid})
+
+    def _accept(self, listener: socket.socket) -> None:
+        """Take every waiting connection and hand each to a worker."""
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                # EMFILE, ENFILE, ENOBUFS, ENOMEM: pause as asyncio does, rather than spin.
+                log.error("accept failed: pausing", extra={"error": str(exc)})
+                self._stop_accepting()
+                asyncio.get_running_loop().call_later(RESOURCE_PAUSE, self._start_accepting)
+                return
+            with conn:  # the parent's copy; the worker received its own
+                self._hand_out(conn)
+
+    def _hand_out(self, conn: socket.socket) -> None:
+        """Send ``conn`` to the next worker in turn that takes it."""
+        count = len(self.workers)
+        for step in range(count):
+            worker = self.workers[(self._next + step) % count]
+            if worker.channel is None or not worker.running:
+                continue
+            try:
+                socket.send_fds(worker.channel, [b"c"], [conn.fileno()])
+            except OSError:
+                # Its channel is full (a stuck worker) or closed (it just died): next one.
+                continue
+            self._next = (self._next + step + 1) % count
+            return
+        log.warning("no worker could take a connection: closed it")
+
+    def _start_accepting(self) -> None:
+        if self._stopping.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        for listener in self.listeners:
+            loop.add_reader(listener.fileno(), self._accept, listener)
+
+    def _stop_accepting(self) -> None:
+        loop = asyncio.get_running_loop()
+        for listener in self.listeners:
+            loop.remove_reader(listener.fileno())
 
     async def _keep(self, worker: _Worker) -> None:
         """Start ``worker`` again whenever it exits before the stop."""
@@ -287,6 +347,7 @@ class Supervisor:
         for worker in self.workers:
             await self._spawn(worker)
             self._tasks.append(asyncio.create_task(self._keep(worker)))
+        self._start_accepting()
 
     def kill(self) -> None:
         """Second signal: no grace."""
@@ -300,6 +361,7 @@ class Supervisor:
         """Pass the stop on, wait for every worker's graceful stop (kill after the timeout),
         then release the port, the pipe and the metrics files."""
         self._stopping.set()
+        self._stop_accepting()
         running = [w.process for w in self.workers if w.running and w.process is not None]
         for process in running:
             with contextlib.suppress(ProcessLookupError):
@@ -315,6 +377,9 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for sock in self.listeners:
             sock.close()
+        for worker in self.workers:
+            if worker.channel is not None:
+                worker.channel.close()
         os.close(self._parent_write)
         os.close(self._parent_read)
         shutil.rmtree(self.metrics_dir, ignore_errors=True)

@@ -1,13 +1,24 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 
 from manycore_common.tls import self_signed_pem
+from tests.helpers import LOOPBACK, RedisServer
+
+
+@pytest.fixture
+def queues(redis_server: RedisServer) -> Iterator[SyncRedis]:
+    """A client of the session's redis-server, emptied before the test."""
+    client = SyncRedis(host=LOOPBACK, port=redis_server.port)
+    client.flushall()
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

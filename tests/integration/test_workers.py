@@ -1,7 +1,6 @@
-"""Front doors with ``workers: 2``: one parent process binding the port and serving the
-probes and summed metrics, two worker processes accepting on the same socket (workers.py).
-Real processes, real Redis, real clients; a worker is pinned down with SIGSTOP so the test
-knows which process takes a connection."""
+"""Front doors with ``workers: 2``: one parent process binding the port, handing each
+connection to the next worker in turn and serving the probes and summed metrics (workers.py).
+Real processes, real Redis, real clients."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from redis import Redis as SyncRedis
 
-from tests.helpers import LOOPBACK, RedisServer, Service, port_open, running, wait_for
+from tests.helpers import RedisServer, Service, port_open, running, wait_for
 from tests.integration.conftest import build_message
 from tests.integration.test_httpreceiver import http_service, post
 from tests.integration.test_receiver import receiver_service, send
@@ -57,14 +56,6 @@ def counter(service: Service, name: str) -> float:
 
 
 @pytest.fixture
-def queues(redis_server: RedisServer) -> Iterator[SyncRedis]:
-    client = SyncRedis(host=LOOPBACK, port=redis_server.port)
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def receiver2(
     tmp_path: Path, redis_server: RedisServer, tls_files: tuple[Path, Path]
 ) -> Iterator[Service]:
@@ -73,24 +64,30 @@ def receiver2(
         yield service
 
 
-def test_receiver_workers_share_the_port_and_sum_their_counters(
+def handled_by(log: Path, uuids: list[str]) -> list[int]:
+    """Which worker logged each message."""
+    text = log.read_text()
+    found = []
+    for uuid in uuids:
+        match = re.search(rf'"worker": (\d+), "uuid": "{uuid}"', text)
+        assert match, (uuid, text[-2000:])
+        found.append(int(match.group(1)))
+    return found
+
+
+def test_receiver_workers_take_connections_in_turn_and_sum_their_counters(
     receiver2: Service, client_tls: ssl.SSLContext, queues: SyncRedis
 ) -> None:
-    first, second = workers_of(receiver2)
-    # Each worker alone in turn: the other is stopped and cannot accept.
-    for asleep, uuid in ((second, "wone"), (first, "wtwo")):
-        os.kill(asleep, signal.SIGSTOP)
-        try:
-            code, reply = send(receiver2, client_tls, build_message(uuid))
-            assert code == 250, reply
-        finally:
-            os.kill(asleep, signal.SIGCONT)
-    assert queues.llen(P1) == 2
-    # Both workers counted one message each; the parent's /metrics adds them up.
-    assert counter(receiver2, "nbr_emails_enqueued_total") == 2
-    log = receiver2.log.read_text()
-    for index, uuid in ((0, "wone"), (1, "wtwo")):
-        assert re.search(rf'"worker": {index}, "uuid": "{uuid}"', log), log[-2000:]
+    uuids = [f"turn{n}" for n in range(4)]
+    for uuid in uuids:  # one connection each
+        code, reply = send(receiver2, client_tls, build_message(uuid))
+        assert code == 250, reply
+    assert queues.llen(P1) == 4
+    # Round-robin: whichever worker's turn came first, they alternate.
+    workers = handled_by(receiver2.log, uuids)
+    assert workers in ([0, 1, 0, 1], [1, 0, 1, 0]), workers
+    # Each worker counted its own two; the parent's /metrics adds them up.
+    assert counter(receiver2, "nbr_emails_enqueued_total") == 4
     assert receiver2.readyz() == (200, {"status": "ready"})
 
 
@@ -99,17 +96,22 @@ def test_a_worker_that_dies_is_started_again(
 ) -> None:
     first, second = workers_of(receiver2)
     os.kill(second, signal.SIGKILL)
-    # The other worker keeps taking mail meanwhile; the port never closed.
-    code, reply = send(receiver2, client_tls, build_message("during"))
-    assert code == 250, reply
+    wait_for(lambda: not alive(second), 10, what="the worker to die")
+    # The other worker takes every connection meanwhile; the port never closed.
+    for n in range(3):
+        code, reply = send(receiver2, client_tls, build_message(f"during{n}"))
+        assert code == 250, reply
     wait_for(lambda: second not in children(pid(receiver2)), 10, what="the old worker reaped")
     replacement = [p for p in workers_of(receiver2) if p != first]
     assert len(replacement) == 1 and replacement[0] != second
     wait_for(receiver2.ready, 10, what="ready again")
     assert "worker exited: starting it again" in receiver2.log.read_text()
-    code, reply = send(receiver2, client_tls, build_message("after"))
-    assert code == 250, reply
-    assert queues.llen(P1) == 2
+    after = [f"after{n}" for n in range(2)]
+    for uuid in after:
+        code, reply = send(receiver2, client_tls, build_message(uuid))
+        assert code == 250, reply
+    assert queues.llen(P1) == 5
+    assert sorted(handled_by(receiver2.log, after)) == [0, 1]  # the new worker has turns
 
 
 def test_sigterm_stops_every_worker_and_frees_the_port(
@@ -135,18 +137,16 @@ def test_workers_stop_when_their_parent_is_killed(
 
 def test_http_workers(tmp_path: Path, redis_server: RedisServer, queues: SyncRedis) -> None:
     with running(http_service(tmp_path, redis_server.port, httpreceiver__workers=2)) as api:
-        first, second = workers_of(api)
-        for asleep, uuid in ((second, "hone"), (first, "htwo")):
-            os.kill(asleep, signal.SIGSTOP)
-            try:
-                status, _, body = post(api, build_message(uuid))
-                assert status == 200, body
-            finally:
-                os.kill(asleep, signal.SIGCONT)
-        assert queues.llen(P1) == 2
-        assert counter(api, "nbr_emails_enqueued_total") == 2
+        pids = workers_of(api)
+        uuids = [f"http{n}" for n in range(4)]
+        for uuid in uuids:  # http.client: one connection per request
+            status, _, body = post(api, build_message(uuid))
+            assert status == 200, body
+        assert queues.llen(P1) == 4
+        assert sorted(handled_by(api.log, uuids)) == [0, 0, 1, 1]
+        assert counter(api, "nbr_emails_enqueued_total") == 4
         assert api.stop(signal.SIGTERM) == 0
-        assert not any(alive(p) for p in (first, second))
+        assert not any(alive(p) for p in pids)
 
 
 def test_several_workers_need_the_certificate_files(
