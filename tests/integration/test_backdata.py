@@ -44,14 +44,6 @@ METRICS = {
 
 
 @pytest.fixture
-def queues(redis_server: RedisServer) -> Iterator[SyncRedis]:
-    client = SyncRedis(host=LOOPBACK, port=redis_server.port)
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def hook() -> Iterator[Webhook]:
     webhook = Webhook()
     yield webhook

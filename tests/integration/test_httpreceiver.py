@@ -38,14 +38,6 @@ def api(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> 
         yield service
 
 
-@pytest.fixture
-def queues(redis_server: RedisServer) -> Iterator[SyncRedis]:
-    client = SyncRedis(host=LOOPBACK, port=redis_server.port)
-    client.flushall()
-    yield client
-    client.close()
-
-
 def post(
     service: Service,
     body: bytes | Iterable[bytes],

@@ -37,14 +37,6 @@ def mx(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> I
         yield service
 
 
-@pytest.fixture
-def queues(redis_server: RedisServer) -> Iterator[SyncRedis]:
-    client = SyncRedis(host=LOOPBACK, port=redis_server.port)
-    client.flushall()
-    yield client
-    client.close()
-
-
 def fixture(name: str, uuid_from: str, uuid_to: str) -> bytes:
     """A corpus message re-addressed to the example config's return-path domain."""
     data = (FIXTURES / name).read_bytes().replace(b"rp.example.com", RP.encode())

@@ -46,14 +46,6 @@ def receiver(
         yield service
 
 
-@pytest.fixture
-def queues(redis_server: RedisServer) -> Iterator[SyncRedis]:
-    client = SyncRedis(host=LOOPBACK, port=redis_server.port)
-    client.flushall()
-    yield client
-    client.close()
-
-
 def connect(service: Service, context: ssl.SSLContext, login: bool = True) -> smtplib.SMTP:
     # local_hostname avoids smtplib's getfqdn() (a DNS lookup).
     smtp = smtplib.SMTP(LOOPBACK, service.port, local_hostname="localhost", timeout=15)

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from manycore_common import item as item_format
 from manycore_transformer import dkim
 from tests.dkimcheck import dkimpy_results
 from tests.helpers import (
-    LOOPBACK,
     RedisServer,
     Service,
     rsa_pem,
@@ -40,14 +38,6 @@ def transformer_service(directory: Path, redis_port: int, **changes: Any) -> Ser
     global_file, customer_file = write_configs(directory, redis_port, change)
     write_dkim_keys(directory)
     return Service("transformer", global_file, customer_file, directory / "transformer.log")
-
-
-@pytest.fixture
-def queues(redis_server: RedisServer) -> Iterator[SyncRedis]:
-    client = SyncRedis(host=LOOPBACK, port=redis_server.port)
-    client.flushall()
-    yield client
-    client.close()
 
 
 def enqueue(client: SyncRedis, queue: str, data: bytes, uuid: str) -> None:
