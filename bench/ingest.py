@@ -97,14 +97,18 @@ def serve_bare_smtp(port: int, cert: Path, key: Path, lean: bool = False) -> Non
     from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
     from manycore_common import tls
-    from manycore_receiver.smtp import plain_path
 
-    class LeanSMTP(AiosmtpdSMTP):
-        def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-            plain = plain_path(arg)
-            return super()._getaddr(arg) if plain is None else plain
+    SMTP = AiosmtpdSMTP
+    if lean:
+        # Imported only here: the plain bare server's memory is aiosmtpd's alone.
+        from manycore_receiver.smtp import plain_path
 
-    SMTP = LeanSMTP if lean else AiosmtpdSMTP
+        class LeanSMTP(AiosmtpdSMTP):
+            def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+                plain = plain_path(arg)
+                return super()._getaddr(arg) if plain is None else plain
+
+        SMTP = LeanSMTP
 
     context, _ = tls.server_context(cert, key, "localhost")
 
