@@ -47,20 +47,25 @@ def _locked_reply(seconds: float) -> str:
 
 
 # A Path (RFC 5321 §4.1.2) of the plain kind nearly every client sends: "<local@domain>" with
-# a dot-atom local part and a domain of LDH labels, then the parameters.
+# a dot-atom local part and a domain of LDH labels, then nothing or parameters (printable
+# ASCII without parentheses) each after spaces. aiosmtpd reads text after the ">" as
+# comments and folding white space, so anything fancier there is left to it.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_PLAIN_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@{_LABEL}(?:\.{_LABEL})*)>[ \t]*")
+_PLAIN_PATH = re.compile(
+    rf"<({_ATEXT}(?:\.{_ATEXT})*@{_LABEL}(?:\.{_LABEL})*)>((?: +[!-'*-~]+)* *)"
+)
 
 
 def plain_path(arg: str) -> tuple[str, str] | None:
     """(address, parameters) of a plain ``<local@domain> PARAMS``, exactly as aiosmtpd's own
     parser answers them; None for anything else (quoted local parts, address literals, source
-    routes, comments, no angle brackets, 8-bit), which aiosmtpd's parser then reads."""
-    match = _PLAIN_PATH.match(arg)
-    if match is None or arg.startswith("(", match.end()):
-        return None  # a comment after the path: aiosmtpd's parser drops it
-    return match[1], arg[match.end() :]
+    routes, comments, no angle brackets, 8-bit, RFC 2047 encoded words, which aiosmtpd's
+    parser decodes), which aiosmtpd's parser then reads."""
+    match = _PLAIN_PATH.fullmatch(arg)
+    if match is None or "=?" in match[1]:
+        return None
+    return match[1], match[2].lstrip(" ")
 
 
 class ReceiverSMTP(SMTP):

@@ -23,8 +23,8 @@ def aiosmtpd_getaddr(arg: str) -> tuple[str | None, str | None]:
         ("<news@example.com>", ("news@example.com", "")),
         ("<a.b+tag@Mail.Example.COM> SIZE=5120 BODY=8BITMIME",
          ("a.b+tag@Mail.Example.COM", "SIZE=5120 BODY=8BITMIME")),
-        ("<a@b>SIZE=5", ("a@b", "SIZE=5")),
-        ("<a@b> \t SMTPUTF8", ("a@b", "SMTPUTF8")),
+        ("<a@b>   SMTPUTF8  ", ("a@b", "SMTPUTF8  ")),
+        ("<a@b>  ", ("a@b", "")),
     ],
 )  # fmt: skip
 def test_plain_paths_are_read_here(arg: str, expected: tuple[str, str]) -> None:
@@ -36,7 +36,8 @@ def test_plain_paths_are_read_here(arg: str, expected: tuple[str, str]) -> None:
     "arg",
     ["<>", "a@b", ' <a@b>', '<"x y"@b>', "<a@[1.2.3.4]>", "<@relay:a@b>", "<a..b@c>",
      "<.a@b>", "<a@b..c>", "<a@-b>", "<a@b> (comment) SIZE=5", "<a@b>(c)", "<ü@b>",
-     "<a@b", "<a @b>"],
+     "<a@b", "<a @b>", "<a@b>SIZE=5", "<a@b> \t SMTPUTF8", "<a@b> \x0bSIZE=10",
+     "<=?utf-8?q?abc?=@example.com>", "<a@b> SIZE=(5)", "<a@b.c> \x0c(c)"],
 )  # fmt: skip
 def test_everything_else_goes_to_aiosmtpd(arg: str) -> None:
     assert plain_path(arg) is None
@@ -44,7 +45,8 @@ def test_everything_else_goes_to_aiosmtpd(arg: str) -> None:
 
 PIECES = st.sampled_from(
     ["<", ">", "@", ".", "a", "Z", "0", "-", "+", "_", "'", "!", "~", " ", "\t", '"', "(", ")",
-     "[", "]", ":", ",", ";", "\\", "ü", "SIZE=10", "BODY=8BITMIME", "example.com", "x-y"]
+     "[", "]", ":", ",", ";", "\\", "ü", "SIZE=10", "BODY=8BITMIME", "example.com", "x-y",
+     "\x0b", "\x0c", "\r", "\n", "\x1c", "\u2028", "\x85", "=?", "?=", "=?utf-8?q?a?="]
 )  # fmt: skip
 
 
