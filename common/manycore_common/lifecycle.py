@@ -114,6 +114,13 @@ async def _main(
 
     def on_signal(signum: int) -> None:
         nonlocal received
+        if handoff is not None:
+            # A worker may get SIGTERM twice: from its parent and from whoever signalled the
+            # whole group (systemd, kill -- -PGID). Only the parent forces an exit (SIGKILL).
+            # Ignored for good, not just by this handler: asyncio puts back the default
+            # action (die) when the loop closes, and a late second SIGTERM would find it.
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         received += 1
         if received == 1:
             log.info("stopping gracefully", extra={"signal": signal.Signals(signum).name})

@@ -20,7 +20,7 @@ The parent, the process Kubernetes or the operator started:
   the parent has imported it long before it reads ``workers`` from the config;
 - serves ``/metrics`` (every worker's counters added up, prometheus_client's multiprocess
   mode; the front doors have only counters, which add exactly), ``/livez`` and ``/readyz``
-  (Redis answers and every worker is running);
+  (Redis answers and every worker has said it serves);
 - restarts a worker that exits on its own, after a pause that grows while restarts keep
   failing, so a worker that cannot start does not spin; meanwhile the others get its turns;
 - on SIGTERM stops accepting, passes the stop on and waits until every worker has stopped
@@ -159,13 +159,29 @@ class Inbox:
     def start(self) -> None:
         self._serving = True
         self._loop.add_reader(self.channel.fileno(), self._readable)
+        # Tell the parent: its /readyz waits for every worker to say so.
+        with contextlib.suppress(OSError):
+            self.channel.send(b"r")
 
     def close(self) -> None:
-        """Take no more connections (those already taken carry on). Any still in the channel
-        are closed when this process exits, and their clients try again."""
-        if self._serving:
-            self._serving = False
-            self._loop.remove_reader(self.channel.fileno())
+        """Take no more connections (those already taken carry on). The parent's next
+        hand-over to this worker fails, so it goes to another; connections already in the
+        channel are closed unanswered, and their clients try again."""
+        if not self._serving:
+            return
+        self._serving = False
+        self._loop.remove_reader(self.channel.fileno())
+        with contextlib.suppress(OSError):
+            self.channel.shutdown(socket.SHUT_RD)
+        while True:
+            try:
+                _, fds, _, _ = socket.recv_fds(self.channel, 1, 1)
+            except OSError:
+                break
+            if not fds:
+                break
+            for fd in fds:
+                os.close(fd)
 
     def is_serving(self) -> bool:
         return self._serving
@@ -181,6 +197,8 @@ class Inbox:
                 return
             if not data and not fds:
                 self.close()  # the parent is gone; lifecycle's watch on the pipe stops us
+                return
+            if not self._serving:
                 return
             for fd in fds:
                 self._serve(socket.socket(fileno=fd))
@@ -212,6 +230,8 @@ class _Worker:
         self.process: asyncio.subprocess.Process | None = None
         #: The parent's end of the socketpair connections are handed over on.
         self.channel: socket.socket | None = None
+        #: The worker said it is serving (see Inbox.start).
+        self.serving = False
         self.started = 0.0
         self.pause = 0.0
 
@@ -244,9 +264,34 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._next = 0  # the worker whose turn it is
+        #: Accepting paused because no worker runs: connections wait in the kernel's queue.
+        self._no_worker = False
 
-    def all_running(self) -> bool:
-        return all(w.running for w in self.workers)
+    def ready(self) -> bool:
+        """Every worker is running and has said it serves, and the stop has not begun."""
+        return not self._stopping.is_set() and all(w.running and w.serving for w in self.workers)
+
+    def _close_channel(self, worker: _Worker) -> None:
+        if worker.channel is not None:
+            asyncio.get_running_loop().remove_reader(worker.channel.fileno())
+            worker.channel.close()
+            worker.channel = None
+        worker.serving = False
+
+    def _heard(self, worker: _Worker, channel: socket.socket) -> None:
+        """A worker's word on its channel: "r" once it serves; end of file once it is gone."""
+        try:
+            data = channel.recv(16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(channel.fileno())
+            if worker.channel is channel:
+                worker.serving = False
+        elif worker.channel is channel and b"r" in data:
+            worker.serving = True
 
     async def _spawn(self, worker: _Worker) -> None:
         # SEQPACKET keeps each hand-over a message of its own, with its one descriptor.
@@ -273,15 +318,24 @@ class Supervisor:
             raise
         finally:
             child_end.close()
-        if worker.channel is not None:
-            worker.channel.close()
+        self._close_channel(worker)
         worker.channel = parent_end
+        asyncio.get_running_loop().add_reader(parent_end.fileno(), self._heard, worker, parent_end)
         worker.started = time.monotonic()
         log.info("worker started", extra={"worker": worker.index, "pid": worker.process.pid})
+        if self._no_worker:
+            self._no_worker = False
+            self._start_accepting()
 
     def _accept(self, listener: socket.socket) -> None:
         """Take every waiting connection and hand each to a worker."""
         while True:
+            if not any(w.running and w.channel is not None for w in self.workers):
+                # Leave them in the kernel's queue until a worker is back (see _spawn).
+                log.error("no worker running: not accepting until one is")
+                self._no_worker = True
+                self._stop_accepting()
+                return
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -326,22 +380,28 @@ class Supervisor:
             loop.remove_reader(listener.fileno())
 
     async def _keep(self, worker: _Worker) -> None:
-        """Start ``worker`` again whenever it exits before the stop."""
+        """Start ``worker`` again whenever it exits (or fails to start) before the stop."""
         while True:
-            assert worker.process is not None
-            code = await worker.process.wait()
-            if self._stopping.is_set():
-                return
+            if worker.process is not None:
+                code = await worker.process.wait()
+                if self._stopping.is_set():
+                    return
+                log.error("worker exited", extra={"worker": worker.index, "exit_code": code})
             worker.pause = restart_pause(worker.pause, time.monotonic() - worker.started)
-            log.error(
-                "worker exited: starting it again",
-                extra={"worker": worker.index, "exit_code": code, "pause_seconds": worker.pause},
+            log.info(
+                "starting the worker again",
+                extra={"worker": worker.index, "pause_seconds": worker.pause},
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), worker.pause)
             if self._stopping.is_set():
                 return
-            await self._spawn(worker)
+            try:
+                await self._spawn(worker)
+            except OSError as exc:  # fork or exec failed (EAGAIN, ENOMEM, EMFILE): try again
+                log.error("cannot start worker", extra={"worker": worker.index, "error": str(exc)})
+                worker.process = None
+                worker.started = time.monotonic()
 
     async def start(self) -> None:
         for worker in self.workers:
@@ -357,29 +417,37 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.kill()
 
-    async def stop(self) -> None:
-        """Pass the stop on, wait for every worker's graceful stop (kill after the timeout),
-        then release the port, the pipe and the metrics files."""
-        self._stopping.set()
-        self._stop_accepting()
+    async def _terminate(self, deadline: float) -> None:
+        """SIGTERM every running worker and wait for it until ``deadline``, then kill."""
         running = [w.process for w in self.workers if w.running and w.process is not None]
         for process in running:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), self.stop_timeout)
+            await asyncio.wait_for(
+                asyncio.gather(*(p.wait() for p in running)), max(0.0, deadline - time.monotonic())
+            )
         except TimeoutError:
             log.error("workers did not stop in time: killing them")
             self.kill()
             await asyncio.gather(*(p.wait() for p in running))
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Stop accepting and close the port (new clients are refused at once, as by one
+        process), pass the stop on, wait for every worker's graceful stop (kill after the
+        timeout), then release the pipe and the metrics files."""
+        self._stopping.set()
+        self._stop_accepting()
         for sock in self.listeners:
             sock.close()
+        deadline = time.monotonic() + self.stop_timeout
+        await self._terminate(deadline)
+        # The keepers return now; one that was starting a worker when the stop came has
+        # started it by the time it returns: stop that one too.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._terminate(deadline)
         for worker in self.workers:
-            if worker.channel is not None:
-                worker.channel.close()
+            self._close_channel(worker)
         os.close(self._parent_write)
         os.close(self._parent_read)
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
@@ -425,7 +493,7 @@ async def run_parent(
         return bool(await redis.ping())
 
     async def workers_running() -> bool:
-        return supervisor.all_running()
+        return supervisor.ready()
 
     health = HealthServer(
         section.prometheus,

@@ -44,8 +44,11 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie (exited, not yet reaped) still answers kill(0).
-    return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    # A zombie (exited, not yet reaped) still answers kill(0); it may be reaped meanwhile.
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
 
 
 def counter(service: Service, name: str) -> float:
@@ -105,13 +108,31 @@ def test_a_worker_that_dies_is_started_again(
     replacement = [p for p in workers_of(receiver2) if p != first]
     assert len(replacement) == 1 and replacement[0] != second
     wait_for(receiver2.ready, 10, what="ready again")
-    assert "worker exited: starting it again" in receiver2.log.read_text()
+    log = receiver2.log.read_text()
+    assert '"msg": "worker exited"' in log and '"msg": "starting the worker again"' in log
     after = [f"after{n}" for n in range(2)]
     for uuid in after:
         code, reply = send(receiver2, client_tls, build_message(uuid))
         assert code == 250, reply
     assert queues.llen(P1) == 5
     assert sorted(handled_by(receiver2.log, after)) == [0, 1]  # the new worker has turns
+
+
+def test_a_worker_stops_gracefully_even_when_signalled_twice(
+    receiver2: Service, client_tls: ssl.SSLContext, queues: SyncRedis
+) -> None:
+    # As when both the parent and a signal to the whole process group reach it.
+    _, second = workers_of(receiver2)
+    os.kill(second, signal.SIGTERM)
+    os.kill(second, signal.SIGTERM)
+    wait_for(lambda: not alive(second), 15, what="the worker to stop")
+    wait_for(lambda: '"exit_code": ' in receiver2.log.read_text(), 10, what="its exit logged")
+    log = receiver2.log.read_text()
+    assert re.search(r'"msg": "worker exited", [^\n]*"exit_code": 0}', log), log
+    assert "second signal" not in log
+    workers_of(receiver2)  # and it is replaced
+    code, reply = send(receiver2, client_tls, build_message("twice"))
+    assert code == 250, reply
 
 
 def test_sigterm_stops_every_worker_and_frees_the_port(
