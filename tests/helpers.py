@@ -146,16 +146,19 @@ class Service:
         self.port = int(customer["bind"]["inet-port"]) if "bind" in customer else None
         self.metrics_port = int(customer["prometheus"]["inet-port"])
 
-    def start(self, wait_ready: bool = True) -> Service:
+    def argv(self) -> list[str]:
+        """The console script with this service's config files."""
         script = Path(sys.executable).with_name(f"manycore-{self.name}")
+        return [str(script), "--global-config-file", str(self.global_file),
+                "--customer-config-file", str(self.customer_file)]  # fmt: skip
+
+    def run_to_exit(self, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run it in the foreground, for a service expected to exit at once (a config error)."""
+        return subprocess.run(self.argv(), capture_output=True, text=True, timeout=timeout)
+
+    def start(self, wait_ready: bool = True) -> Service:
         self.process = subprocess.Popen(
-            [
-                str(script),
-                "--global-config-file",
-                str(self.global_file),
-                "--customer-config-file",
-                str(self.customer_file),
-            ],
+            self.argv(),
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
             env={**os.environ, "MANYCORE_LOG_LEVEL": "DEBUG"},

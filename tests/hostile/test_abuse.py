@@ -83,6 +83,29 @@ def receiver(
         yield s
 
 
+def post_basic(
+    service: Service, user: str, password: str, uuid: str, source: str = LOOPBACK
+) -> int:
+    """POST a message with HTTP Basic credentials on a new connection from ``source``; the
+    status code."""
+    conn = http.client.HTTPConnection(
+        LOOPBACK, int(service.port or 0), timeout=IO_TIMEOUT, source_address=(source, 0)
+    )
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    try:
+        conn.request(
+            "POST",
+            "/v1/mail/send",
+            body=build_message(uuid),
+            headers={"Authorization": f"Basic {token}", "Content-Type": "message/rfc822"},
+        )
+        response = conn.getresponse()
+        response.read()
+        return int(response.status)
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="module")
 def mx(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Service]:
     settings = {
@@ -418,23 +441,7 @@ def test_httpreceiver_basic_auth_guessing_is_throttled_per_client_address(
     service = Service("httpreceiver", global_file, customer_file, tmp_path / "http.log")
 
     def post(password: str, source: str) -> int:
-        # A new connection each time, from the given source address.
-        conn = http.client.HTTPConnection(
-            LOOPBACK, int(service.port or 0), timeout=IO_TIMEOUT, source_address=(source, 0)
-        )
-        token = base64.b64encode(f"apa:{password}".encode()).decode()
-        try:
-            conn.request(
-                "POST",
-                "/v1/mail/send",
-                body=build_message("httpguess"),
-                headers={"Authorization": f"Basic {token}", "Content-Type": "message/rfc822"},
-            )
-            response = conn.getresponse()
-            response.read()
-            return int(response.status)
-        finally:
-            conn.close()
+        return post_basic(service, "apa", password, "httpguess", source)
 
     with running(service):
         codes = [post(f"guess{n}", OTHER_CLIENT) for n in range(MAX_FAILURES + 2)]
@@ -696,18 +703,7 @@ def _drive_failures(rcv: Service, api: Service, mx: Service, context: ssl.SSLCon
         (HTTP_PW, "x", 401),
         ("apa", HTTP_PW, 200),
     ):
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        conn = http.client.HTTPConnection(LOOPBACK, int(api.port or 0), timeout=IO_TIMEOUT)
-        conn.request(
-            "POST",
-            "/v1/mail/send",
-            body=build_message("httpsecret"),
-            headers={"Authorization": f"Basic {token}", "Content-Type": "message/rfc822"},
-        )
-        response = conn.getresponse()
-        response.read()
-        conn.close()
-        assert response.status == expected
+        assert post_basic(api, user, password, "httpsecret") == expected
     conn = http.client.HTTPConnection(LOOPBACK, int(api.port or 0), timeout=IO_TIMEOUT)
     conn.request("POST", "/v1/unsubscribe/forged-token")
     assert conn.getresponse().status >= 400

@@ -8,8 +8,6 @@ import os
 import re
 import signal
 import ssl
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,14 +173,6 @@ def test_several_workers_need_the_certificate_files(
 ) -> None:
     service = receiver_service(tmp_path, redis_server.port, tls_files, receiver__workers=2)
     (tmp_path / "receiver_cert.pem").unlink()
-    script = Path(sys.executable).with_name("manycore-receiver")
-    argv = [str(script), "--global-config-file", str(service.global_file),
-            "--customer-config-file", str(service.customer_file)]  # fmt: skip
-    result = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = service.run_to_exit()
     assert result.returncode == 2, result
     assert "receiver.workers" in result.stdout + result.stderr
