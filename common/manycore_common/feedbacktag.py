@@ -1,0 +1,201 @@
+"""Feedback addresses that prove which message, and which recipient, they belong to.
+
+Every address MxServer believes (the envelope sender Postfix uses, the Message-ID, the
+``mailto:`` unsubscribe address) is minted here, one per recipient (VERP: every recipient
+gets its own envelope), and carries a truncated HMAC over what it names. An outsider cannot
+mint one, so a report sent to any other address yields no event; and a recipient who sees
+their own return path learns nothing that speaks for anybody else, because the tag is bound
+to their address too.
+
+    local part  = <kind><uuid>.<blob>          at most 64 octets (RFC 5321 §4.5.3.1.1)
+    kind        = "b" (bounces: envelope sender, Message-ID) | "u" (unsubscribe mailto)
+    uuid        = the message's X-Uuid, 1-36 of [a-z0-9-] (an RFC 4122 UUID fits)
+    blob        = base32 (RFC 4648 §6, lower case, no padding) of 16 octets:
+                  fingerprint(4) | stream(4) | mac(8)
+    fingerprint = HMAC-SHA256(key, "manycore-rcpt:" + normalised recipient)[:4]
+    stream      = SHA-256(X-Stream-Id)[:4], or four zero octets without one
+    mac         = HMAC-SHA256(key, "manycore-feedback:1:" + kind + uuid + "." + fp + stream)[:8]
+
+1 + 36 + 1 + 26 = 64. Base32 and lower case because mail systems fold the case of local
+parts they hand back (RFC 5321 says they should not; some do). The stream id itself does not
+fit, so the Transformer records ``stream hash → stream id`` once per stream id (not per
+message) under :data:`STREAMS_KEY`.
+
+Verification is stateless: :func:`read_local_part` checks the MAC with each configured key
+(the current one first, then those being retired, so a return path of a message still in a
+five-day Postfix queue verifies after a rotation). :meth:`Tag.names` then tells whether an
+address found in a report is the recipient the tag was minted for. Pure functions only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["bounce", "unsub"]
+
+#: The longest X-Uuid the receivers accept: what is left of 64 octets after kind, dot, blob.
+MAX_UUID_LENGTH = 36
+#: Lower-case letters, digits and inner hyphens: RFC 4122 UUIDs and the older plain ids.
+UUID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,34}[a-z0-9])?")
+#: Redis hash: stream hash (8 hex digits) → X-Stream-Id. One field per stream id ever used.
+STREAMS_KEY = "MANYCORE-FEEDBACK-STREAMS"
+
+_PREFIX: dict[Kind, str] = {"bounce": "b", "unsub": "u"}
+_KIND: dict[str, Kind] = {v: k for k, v in _PREFIX.items()}
+_MAC_LABEL = b"manycore-feedback:1:"
+_RCPT_LABEL = b"manycore-rcpt:"
+_BLOB_CHARS = 26
+_NO_STREAM = b"\0\0\0\0"
+_LOCAL = re.compile(rf"([bu])({UUID_RE.pattern})\.([a-z2-7]{{{_BLOB_CHARS}}})")
+#: A tagged address anywhere in a text (a quoted original, a Message-ID, a report body).
+TAGGED_ADDRESS_RE = re.compile(
+    rf"(?<![\w.+-])([bu][a-z0-9-]{{1,36}}\.[a-z2-7]{{{_BLOB_CHARS}}})@([a-z0-9.-]{{1,253}})",
+    re.IGNORECASE,
+)
+
+
+def normalize_address(address: str) -> str:
+    """The form a recipient is fingerprinted in: no brackets or blanks, lower case, the
+    domain in its ASCII (IDNA) form, so ``User@Bücher.de`` and ``user@xn--bcher-kva.de``
+    are one recipient."""
+    address = address.strip().strip("<>").strip()
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address.lower()
+    domain = domain.rstrip(".").lower()
+    if not domain.isascii():
+        with contextlib.suppress(UnicodeError):  # not a valid IDN: fingerprint it as it is
+            domain = domain.encode("idna").decode("ascii")
+    return f"{local.lower()}@{domain}"
+
+
+def fingerprint(key: bytes, address: str) -> bytes:
+    digest = hmac.new(key, _RCPT_LABEL + normalize_address(address).encode(), hashlib.sha256)
+    return digest.digest()[:4]
+
+
+def stream_hash(stream_id: str | None) -> bytes:
+    if not stream_id:
+        return _NO_STREAM
+    return hashlib.sha256(stream_id.encode("utf-8")).digest()[:4]
+
+
+def stream_field(stream_id: str) -> str:
+    """The field name of a stream id in :data:`STREAMS_KEY`."""
+    return stream_hash(stream_id).hex()
+
+
+def _mac(key: bytes, prefix: str, uuid: str, fp: bytes, stream: bytes) -> bytes:
+    message = _MAC_LABEL + f"{prefix}{uuid}.".encode("ascii") + fp + stream
+    return hmac.new(key, message, hashlib.sha256).digest()[:8]
+
+
+def _b32(data: bytes) -> str:
+    return base64.b32encode(data).decode("ascii").rstrip("=").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    """A verified feedback tag: which message, which kind of address, which recipient."""
+
+    kind: Kind
+    uuid: str
+    #: SHA-256(X-Stream-Id)[:4], or zeros when the message had none.
+    stream: bytes
+    fingerprint: bytes
+    #: The key the MAC verified with: the recipient's fingerprint is checked with it too.
+    key: bytes = field(repr=False)
+
+    @property
+    def has_stream(self) -> bool:
+        return self.stream != _NO_STREAM
+
+    @property
+    def stream_field(self) -> str | None:
+        """The field of this message's stream id in :data:`STREAMS_KEY`, if it had one."""
+        return self.stream.hex() if self.has_stream else None
+
+    def names(self, address: str) -> bool:
+        """Whether ``address`` is the recipient this tag was minted for."""
+        return hmac.compare_digest(fingerprint(self.key, address), self.fingerprint)
+
+    def recipient(self, candidates: Iterable[str]) -> str | None:
+        """The first candidate address that is this tag's recipient."""
+        return next((c for c in candidates if self.names(c)), None)
+
+
+def make_local_part(
+    key: bytes, kind: Kind, uuid: str, rcpt: str, stream_id: str | None = None
+) -> str:
+    """The tagged local part for ``rcpt`` of message ``uuid``; ValueError for a bad uuid."""
+    if not UUID_RE.fullmatch(uuid):
+        raise ValueError(f"uuid must be 1 to {MAX_UUID_LENGTH} of a-z, 0-9 and inner '-'")
+    prefix = _PREFIX[kind]
+    fp = fingerprint(key, rcpt)
+    stream = stream_hash(stream_id)
+    return f"{prefix}{uuid}.{_b32(fp + stream + _mac(key, prefix, uuid, fp, stream))}"
+
+
+def make_address(
+    key: bytes, kind: Kind, uuid: str, rcpt: str, domain: str, stream_id: str | None = None
+) -> str:
+    return f"{make_local_part(key, kind, uuid, rcpt, stream_id)}@{domain}"
+
+
+def read_local_part(keys: Sequence[bytes], local: str) -> Tag | None:
+    """The tag of a local part whose MAC verifies with one of ``keys``, else None."""
+    if len(local) > 64:
+        return None
+    match = _LOCAL.fullmatch(local.lower())
+    if match is None:
+        return None
+    prefix, uuid, blob = match.groups()
+    try:
+        raw = base64.b32decode(blob.upper() + "======")
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 16:
+        return None
+    fp, stream, mac = raw[:4], raw[4:8], raw[8:]
+    for key in keys:
+        if hmac.compare_digest(mac, _mac(key, prefix, uuid, fp, stream)):
+            return Tag(_KIND[prefix], uuid, stream, fp, key)
+    return None
+
+
+def read_address(keys: Sequence[bytes], address: str, domains: Iterable[str]) -> Tag | None:
+    """The tag of ``local@domain`` when the domain is one of ours and the MAC verifies."""
+    local, at, domain = address.strip().strip("<>").rpartition("@")
+    if not at or domain.rstrip(".").lower() not in {d.lower() for d in domains}:
+        return None
+    return read_local_part(keys, local)
+
+
+def find_tags(
+    keys: Sequence[bytes], text: str, domains: Iterable[str], limit: int = 8
+) -> list[Tag]:
+    """Distinct verified tags of addresses at our ``domains`` found in ``text`` (a quoted
+    original's Return-Path or Message-ID, say), at most ``limit`` of them. The caller bounds
+    ``text``; the pattern is linear."""
+    ours = {d.lower() for d in domains}
+    found: list[Tag] = []
+    seen: set[str] = set()
+    for match in TAGGED_ADDRESS_RE.finditer(text):
+        local, domain = match.group(1).lower(), match.group(2).rstrip(".").lower()
+        if domain not in ours or local in seen:
+            continue
+        seen.add(local)
+        tag = read_local_part(keys, local)
+        if tag is not None:
+            found.append(tag)
+            if len(found) >= limit:
+                break
+    return found

@@ -1,0 +1,74 @@
+"""The tagged feedback addresses: minted per recipient, verified statelessly."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from manycore_common import feedbacktag as ft
+
+KEY = b"k" * 32
+OLD = b"o" * 32
+
+
+def test_round_trip_binds_message_and_recipient() -> None:
+    local = ft.make_local_part(KEY, "bounce", "abc123", "Alice@Example.COM", "news-1")
+    tag = ft.read_local_part([KEY], local)
+    assert tag is not None
+    assert (tag.kind, tag.uuid) == ("bounce", "abc123")
+    assert tag.names("alice@example.com")
+    assert tag.names("<ALICE@example.com>")
+    assert not tag.names("victim@gmail.com")
+    assert tag.stream_field == ft.stream_field("news-1")
+    assert tag.recipient(["x@y.z", "alice@example.com"]) == "alice@example.com"
+
+
+def test_longest_uuid_fits_64_octets() -> None:
+    for uuid in (str(uuidlib.uuid4()), "a" * ft.MAX_UUID_LENGTH):
+        local = ft.make_local_part(KEY, "unsub", uuid, "r@example.com")
+        assert len(local) <= 64
+        tag = ft.read_local_part([KEY], local.upper())  # case folded on the way back
+        assert tag is not None and tag.uuid == uuid and tag.kind == "unsub"
+
+
+def test_forgeries_fail() -> None:
+    local = ft.make_local_part(KEY, "bounce", "abc", "r@example.com")
+    assert ft.read_local_part([b"x" * 32], local) is None
+    # Another kind, uuid or blob: the MAC no longer holds.
+    assert ft.read_local_part([KEY], "u" + local[1:]) is None
+    assert ft.read_local_part([KEY], local.replace("abc", "abd", 1)) is None
+    flipped = local[:-1] + ("a" if local[-1] != "a" else "b")
+    assert ft.read_local_part([KEY], flipped) is None
+    assert ft.read_local_part([KEY], "bounce-abc") is None
+    assert ft.read_local_part([KEY], "b" + "a" * 80) is None
+
+
+def test_rotation_accepts_the_old_key() -> None:
+    local = ft.make_local_part(OLD, "bounce", "abc", "r@example.com")
+    tag = ft.read_local_part([KEY, OLD], local)
+    assert tag is not None and tag.names("r@example.com")
+    assert ft.read_local_part([KEY], local) is None
+
+
+def test_idna_and_case_are_one_recipient() -> None:
+    local = ft.make_local_part(KEY, "bounce", "abc", "user@Bücher.de")
+    tag = ft.read_local_part([KEY], local)
+    assert tag is not None and tag.names("USER@xn--bcher-kva.de")
+
+
+def test_find_tags_in_text_only_at_our_domains() -> None:
+    good = ft.make_address(KEY, "bounce", "abc", "r@example.com", "bounce.example.com")
+    other = ft.make_address(KEY, "bounce", "def", "r@example.com", "elsewhere.net")
+    text = f"Return-Path: <{good}>\nMessage-ID: <{good}>\nX: {other}\n"
+    tags = ft.find_tags([KEY], text, ["bounce.example.com"])
+    assert [t.uuid for t in tags] == ["abc"]
+
+
+@given(st.from_regex(ft.UUID_RE, fullmatch=True), st.emails())
+def test_any_accepted_uuid_round_trips(uuid: str, rcpt: str) -> None:
+    local = ft.make_local_part(KEY, "bounce", uuid, rcpt)
+    assert len(local) <= 64
+    tag = ft.read_local_part([KEY], local)
+    assert tag is not None and tag.uuid == uuid and tag.names(rcpt)
