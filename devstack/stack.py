@@ -158,7 +158,10 @@ def local_config(data: dict[str, Any], workdir: Path, p: dict[str, int]) -> dict
         "<mailto:unsub-{{uuid}}@{{return-path-domain}}>, "
         "<https://mail.example.com/v1/unsubscribe/{{unsubscribe-token}}>"
     )
-    data["common-config"] = {"unsubscribe-secret-file": "unsubscribe-secret"}
+    data["common-config"] = {
+        "unsubscribe-secret-file": "unsubscribe-secret",
+        "feedback-secret-file": "feedback-secret",
+    }
     data["mxserver"]["bind"] = listen(p["mx"])
     data["mxserver"]["hostname"] = "mx.local.test"
     data["backdata"].update(
@@ -214,6 +217,7 @@ def write_config(workdir: Path, p: dict[str, int]) -> tuple[Path, Path]:
     customer_file = conf / "inboxbooster-mailer-customer.yaml"
     secret_file(conf / "redis-password", 24)
     secret_file(conf / "unsubscribe-secret", 32)
+    secret_file(conf / "feedback-secret", 32)
     secret_file(conf / "webhook-secret", 32)
     if not global_file.exists():
         shutil.copy(ROOT / "inboxbooster-mailer-global.yaml.example", global_file)

@@ -23,6 +23,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 GLOBAL_EXAMPLE = ROOT / "inboxbooster-mailer-global.yaml.example"
 CUSTOMER_EXAMPLE = ROOT / "inboxbooster-mailer-customer.yaml.example"
+#: TEST KEY for common-config.feedback-secret in every test config (never used in production).
+FEEDBACK_SECRET = "test-feedback-secret-0123456789abcdef"
 LOOPBACK = "127.0.0.1"
 
 
@@ -127,6 +129,8 @@ def write_configs(
                 section[key] = {"inet-interface": LOOPBACK, "inet-port": free_port()}
     # An explicit SMTP greeting name: the default would be this machine's host name.
     customer["receiver"]["hostname"] = "localhost"
+    # TEST KEY, not a secret: signs the feedback addresses the Transformer mints.
+    customer.setdefault("common-config", {})["feedback-secret"] = FEEDBACK_SECRET
     if customer_changes:
         customer_changes(customer)
     customer_file.write_text(yaml.safe_dump(customer, sort_keys=False))

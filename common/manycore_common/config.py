@@ -670,19 +670,41 @@ class ObjectStorage(Section):
 
 
 class CommonConfig(Section):
-    secret_keys = ("unsubscribe-secret",)
+    secret_keys = ("unsubscribe-secret", "feedback-secret", "feedback-secret-previous")
 
     object_storage: ObjectStorage | None = None
     #: Signs one-click unsubscribe tokens (the Transformer makes them, HttpReceiver checks
     #: them). Needed for the {{unsubscribe-token}} placeholder.
     unsubscribe_secret: SecretStr | None = None
+    #: Signs the tagged feedback addresses (return paths, Message-IDs, unsubscribe mailtos:
+    #: ``manycore_common.feedbacktag``). The Transformer mints with it, MxServer verifies;
+    #: both refuse to start without it.
+    feedback_secret: SecretStr | None = None
+    #: The secret being retired during a rotation: still accepted by MxServer, never used to
+    #: mint. Keep it until every message signed with it has left Postfix's queue and its
+    #: bounces have had time to come back (a week is plenty).
+    feedback_secret_previous: SecretStr | None = None
 
-    @field_validator("unsubscribe_secret")
+    @field_validator("unsubscribe_secret", "feedback_secret", "feedback_secret_previous")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:
             raise ValueError("use at least 32 characters")
         return value
+
+    def feedback_keys(self, service: str) -> tuple[bytes, ...]:
+        """The feedback keys, the minting one first; ConfigError when none is set."""
+        if self.feedback_secret is None:
+            raise ConfigError(
+                [
+                    f"common-config.feedback-secret: required by the {service} (at least 32 "
+                    "characters; it signs the return paths MxServer believes)"
+                ]
+            )
+        keys = [self.feedback_secret.get_secret_value().encode()]
+        if self.feedback_secret_previous is not None:
+            keys.append(self.feedback_secret_previous.get_secret_value().encode())
+        return tuple(keys)
 
 
 SectionName = Literal[
