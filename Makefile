@@ -1,5 +1,7 @@
 # Thin on purpose: bootstrap system packages and the virtualenv, then hand over to Python.
-# `make test` and `make run` work on a fresh Debian machine as root.
+# `make test` and `make run` work on a fresh Debian 12 machine as root, with nothing but Debian's
+# own apt archive and the Python package index: `make run` installs only what it runs
+# (redis-server, postfix), `make test` also the test tools (scripts/install-system-deps.sh).
 
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +9,7 @@ PY := $(VENV)/bin/python
 SERVICES := common Receiver HttpReceiver Transformer Redis BackData PostfixLog MxServer
 STAMP := $(VENV)/.installed
 
-.PHONY: test run bench chaos lint typecheck unit deps sysdeps clean
+.PHONY: test run bench chaos lint typecheck unit deps run-deps sysdeps sysdeps-run clean
 
 test: deps
 	$(PY) -m ruff check .
@@ -22,7 +24,7 @@ lint: deps
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-run: deps
+run: run-deps
 	$(PY) -m devstack
 
 # The longer fault suite (`make test` runs a short one): a few thousand messages while every
@@ -38,10 +40,16 @@ bench: deps
 	$(PY) -m bench.ingest
 	$(PY) -m bench.e2e
 
+# Everything `make test` needs (and bench, chaos); `make run` needs less.
 deps: sysdeps $(STAMP)
 
+run-deps: sysdeps-run $(STAMP)
+
 sysdeps:
-	@bash scripts/install-system-deps.sh
+	@bash scripts/install-system-deps.sh test
+
+sysdeps-run:
+	@bash scripts/install-system-deps.sh run
 
 # Reinstall when a pin or a package definition changes.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt $(addsuffix /pyproject.toml,$(SERVICES))

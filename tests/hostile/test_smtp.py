@@ -31,7 +31,7 @@ from tests.hostile.conftest import (
 )
 
 MAX_SIZE = 200_000  # a small limit so that "huge" stays quick
-RP = "example.com"  # the example config's return-path domain
+RP = "bounce.example.com"  # the example config's return-path domain
 QUEUES = ("IB-MAIL-QUEUE-P0", "IB-MAIL-QUEUE-P1")
 IO_SETTINGS = settings(
     max_examples=25,

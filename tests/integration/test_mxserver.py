@@ -18,7 +18,7 @@ from tests.helpers import LOOPBACK, RedisServer, Service, running, wait_for, wri
 from tests.integration.conftest import set_path
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bounces"
-RP = "example.com"  # the return-path domain of the example config
+RP = "bounce.example.com"  # the return-path domain of the example config
 
 
 def mx_service(directory: Path, redis_port: int, **changes: Any) -> Service:

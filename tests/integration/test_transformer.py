@@ -82,7 +82,7 @@ def test_p0_before_p1_and_signed_hand_over(
     )
     for item in got:
         assert item.header["rcpts"] == ["alice@example.net"]
-        assert item.header["return_path"] == f"bounce-{item.uuid}@example.com"
+        assert item.header["return_path"] == f"bounce-{item.uuid}@bounce.example.com"
         assert item.header["from_domain"] == "example.com"
         assert item.header["source"] == "transformer" and item.attempts == 0
         assert dkimpy_results(item.payload, records()) == [True]
