@@ -13,7 +13,7 @@ from tests import corpus
 
 #: The accuracy the classifier reaches on the corpus (rounded down): raise it as the classifier
 #: improves, never lower it to make a change pass.
-THRESHOLD = 0.37
+THRESHOLD = 0.38
 
 ENTRIES = corpus.load()
 
