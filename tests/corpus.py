@@ -15,6 +15,7 @@ Run ``python -m tests.corpus`` for the accuracy overall and per MTA and a list o
 from __future__ import annotations
 
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class Result:
     entry: Entry
     kind: str
     got: tuple[Got, ...]
+    seconds: float = 0.0
     right: int = 0
     misses: list[str] = field(default_factory=list)
     false: list[Got] = field(default_factory=list)
@@ -127,12 +129,22 @@ def _category(failure: Any) -> str:
 
 
 def run(entry: Entry) -> Result:
-    """Classify one corpus message and compare with what it says."""
-    got_class = classify(ENVELOPE, entry.path.read_bytes(), Settings())
+    """Classify one corpus message and compare with what it says. A classifier that raises
+    scores nothing for the entry and the error is listed as a miss (the other entries still
+    count)."""
+    data = entry.path.read_bytes()
+    started = time.perf_counter()
+    try:
+        got_class = classify(ENVELOPE, data, Settings())
+    except Exception as exc:  # any crash is a miss to report, not a reason to stop scoring
+        result = Result(entry, "error", (), time.perf_counter() - started)
+        result.misses.append(f"classify raised {type(exc).__name__}: {exc}")
+        return result
+    seconds = time.perf_counter() - started
     got = tuple(
         Got(str(f.rcpt).lower(), bool(f.permanent), _category(f)) for f in got_class.failures
     )
-    result = Result(entry, got_class.kind, got)
+    result = Result(entry, got_class.kind, got, seconds)
     if entry.kind not in ("bounce", "delayed"):
         if got_class.kind == entry.kind:
             result.right = 1
@@ -181,12 +193,14 @@ def report(found: Score) -> str:
     for r in found.results:
         per_mta[r.entry.mta][0] += r.right
         per_mta[r.entry.mta][1] += r.entry.points
+    slowest = max(found.results, key=lambda r: r.seconds, default=None)
     lines = [
         f"overall: {found.right}/{found.points} = {found.accuracy:.1%} "
         f"({len(found.results)} messages, {len(per_mta)} MTAs); false failures: {found.false}",
-        "",
-        "per MTA:",
     ]
+    if slowest is not None:
+        lines.append(f"slowest: {slowest.entry.file} {slowest.seconds * 1000:.0f} ms")
+    lines += ["", "per MTA:"]
     for mta, (right, points) in sorted(per_mta.items(), key=lambda kv: kv[0].lower()):
         lines.append(f"  {right / points:7.1%}  {right:3}/{points:<3} {mta}")
     lines += ["", "misses:"]
