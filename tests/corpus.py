@@ -90,6 +90,8 @@ class Result:
     kind: str
     got: tuple[Got, ...]
     seconds: float = 0.0
+    #: The complainer classify named, for spam reports (informative, not scored).
+    email: str | None = None
     right: int = 0
     misses: list[str] = field(default_factory=list)
     false: list[Got] = field(default_factory=list)
@@ -144,7 +146,8 @@ def run(entry: Entry) -> Result:
     got = tuple(
         Got(str(f.rcpt).lower(), bool(f.permanent), _category(f)) for f in got_class.failures
     )
-    result = Result(entry, got_class.kind, got, seconds)
+    email = getattr(got_class, "email", None)
+    result = Result(entry, got_class.kind, got, seconds, str(email).lower() if email else None)
     if entry.kind not in ("bounce", "delayed"):
         if got_class.kind == entry.kind:
             result.right = 1
@@ -194,12 +197,15 @@ def report(found: Score) -> str:
         per_mta[r.entry.mta][0] += r.right
         per_mta[r.entry.mta][1] += r.entry.points
     slowest = max(found.results, key=lambda r: r.seconds, default=None)
+    named = [r for r in found.results if r.entry.complainer]
+    complainers = sum(r.email == str(r.entry.complainer).lower() for r in named)
     lines = [
         f"overall: {found.right}/{found.points} = {found.accuracy:.1%} "
         f"({len(found.results)} messages, {len(per_mta)} MTAs); false failures: {found.false}",
     ]
     if slowest is not None:
         lines.append(f"slowest: {slowest.entry.file} {slowest.seconds * 1000:.0f} ms")
+    lines.append(f"spam-report complainers named right (not scored): {complainers}/{len(named)}")
     lines += ["", "per MTA:"]
     for mta, (right, points) in sorted(per_mta.items(), key=lambda kv: kv[0].lower()):
         lines.append(f"  {right / points:7.1%}  {right:3}/{points:<3} {mta}")
