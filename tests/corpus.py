@@ -206,6 +206,13 @@ def report(found: Score) -> str:
     if slowest is not None:
         lines.append(f"slowest: {slowest.entry.file} {slowest.seconds * 1000:.0f} ms")
     lines.append(f"spam-report complainers named right (not scored): {complainers}/{len(named)}")
+    per_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in found.results:
+        per_kind[r.entry.kind][0] += r.right
+        per_kind[r.entry.kind][1] += r.entry.points
+    lines += ["", "per kind:"]
+    for kind, (right, points) in sorted(per_kind.items()):
+        lines.append(f"  {right / points:7.1%}  {right:3}/{points:<3} {kind}")
     lines += ["", "per MTA:"]
     for mta, (right, points) in sorted(per_mta.items(), key=lambda kv: kv[0].lower()):
         lines.append(f"  {right / points:7.1%}  {right:3}/{points:<3} {mta}")
