@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
+from redis.asyncio import Redis as AsyncRedis
 
 from manycore_common import feedbacktag
 from manycore_common import item as item_format
 from manycore_transformer import dkim
+from manycore_transformer.streams import StreamRegistry
 from tests.dkimcheck import dkimpy_results
 from tests.helpers import (
     FEEDBACK_SECRET,
@@ -247,3 +249,25 @@ def test_no_feedback_secret_stops_the_service_naming_the_key(
     result = service.run_to_exit()
     assert result.returncode == 2
     assert "common-config.feedback-secret: required by the transformer" in result.stderr
+
+
+async def test_stream_registry_writes_each_stream_once_and_reports_clashes(
+    redis: AsyncRedis,
+) -> None:
+    registry = StreamRegistry(redis, capacity=2)
+    field = feedbacktag.stream_field
+    await redis.hset(feedbacktag.STREAMS_KEY, field("s2"), "another-stream-same-hash")
+    assert await registry.ensure(["s1", None, "s2", "s1"]) == ["s2"]
+    assert await redis.hgetall(feedbacktag.STREAMS_KEY) == {
+        field("s1").encode(): b"s1",
+        field("s2").encode(): b"s2",
+    }
+    # Known streams cost no command: a field deleted behind its back stays deleted...
+    await redis.hdel(feedbacktag.STREAMS_KEY, field("s1"))
+    assert await registry.ensure(["s1"]) == []
+    assert not await redis.hexists(feedbacktag.STREAMS_KEY, field("s1"))
+    # ...until the LRU has forgotten it (s1 was used last, so s2 goes first).
+    await registry.ensure(["s3"])
+    assert registry.unknown(["s1", "s2", "s3"]) == {field("s2"): "s2"}
+    await registry.ensure(["s4", "s5"])
+    assert registry.unknown(["s1"]) == {field("s1"): "s1"}
