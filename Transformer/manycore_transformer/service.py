@@ -73,9 +73,13 @@ SIGN_SECONDS = Histogram(
 )
 for _reason in ("unknown-domain", "bad-uuid", "bad-from", "unparseable", "bad-recipients"):
     ERRORS.labels(_reason)
-for _reason in ("weak-key", "legacy-unsubscribe-address", "recipients-from-headers"):
-    WARNINGS.labels(_reason)
-for _reason in ("stream-registry", "stream-hash-collision"):
+for _reason in (
+    "weak-key",
+    "legacy-unsubscribe-address",
+    "recipients-from-headers",
+    "stream-registry",
+    "stream-hash-collision",
+):
     WARNINGS.labels(_reason)
 
 # ----------------------------------------------------------------- worker side (pure)
@@ -248,7 +252,7 @@ class Worker:
             if result.rcpts_from_headers:
                 WARNINGS.labels("recipients-from-headers").inc()
             splits.append((item, split_items(item.header, result)))
-        await self.register_streams([r.stream_id for s, r in results if s == "ok"])
+        await self.register_streams([r.stream_id for status, r in results if status == "ok"])
         moved, pushed = await consumer.hand_over_split(splits, self.target)
         PUSHED.inc(moved)
         COPIES.inc(pushed)
@@ -302,15 +306,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     consumer_id = default_consumer_id(SERVICE)
     consumers = (primary.consumer(consumer_id), default.consumer(consumer_id))
 
-    executor = None
-    if section.workers > 1:
-        # spawn, not fork: a forked child would inherit the event loop and Redis sockets.
-        executor = ProcessPoolExecutor(
-            max_workers=section.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(prepared.spec,),
-        )
+    executor = _executor(section.workers, prepared.spec)
     settings = settings_module.build(prepared.spec)
     streams = StreamRegistry(redis)
 
@@ -345,6 +341,19 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             executor.shutdown(wait=True, cancel_futures=True)
         await health.stop()
         await redis.aclose()
+
+
+def _executor(workers: int, spec: settings_module.SettingsSpec) -> ProcessPoolExecutor | None:
+    """The signing pool: None for one worker, which then signs in the event loop's process."""
+    if workers <= 1:
+        return None
+    # spawn, not fork: a forked child would inherit the event loop and Redis sockets.
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(spec,),
+    )
 
 
 async def _register(consumer: Consumer, stop: asyncio.Event) -> None:
