@@ -71,7 +71,14 @@ SIGN_SECONDS = Histogram(
     "Time to DKIM-sign one message: its body hash and every recipient's copy",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
 )
-for _reason in ("unknown-domain", "bad-uuid", "bad-from", "unparseable", "bad-recipients"):
+for _reason in (
+    "unknown-domain",
+    "bad-uuid",
+    "bad-from",
+    "unparseable",
+    "bad-recipients",
+    "too-many-copies",
+):
     ERRORS.labels(_reason)
 for _reason in (
     "weak-key",

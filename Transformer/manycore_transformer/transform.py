@@ -86,6 +86,13 @@ SIGNED_HEADERS = (
 )
 
 
+#: Most bytes the copies of one message may add up to (recipients × message size). Every copy
+#: is held in memory, crosses from the signing process, and lands in Redis and in Postfix's
+#: queue; past this a message goes to the dead-letter list ("too-many-copies") rather than
+#: taking the Transformer down. 128 MiB: 2,600 recipients of a 50 KB message, 5 of 25 MB.
+MAX_COPIES_BYTES = 128 * 2**20
+
+
 class TransformError(Exception):
     """The message cannot be transformed; it goes to the dead-letter list with this reason."""
 
@@ -366,6 +373,13 @@ def transform(
         raise TransformError("unparseable", f"cannot parse the header section: {exc}") from None
     message, index = _prepare(fields, body, settings, now)
     recipients, from_headers = distinct_recipients(rcpts, index, message.uuid)
+    if len(recipients) * len(data) > MAX_COPIES_BYTES:
+        raise TransformError(
+            "too-many-copies",
+            f"{len(recipients)} recipients of a {len(data)}-byte message make more than "
+            f"{MAX_COPIES_BYTES} bytes of copies (one per recipient); send fewer per message",
+            message.uuid,
+        )
 
     started = time.perf_counter()
     body_hash = dkim.body_hash(message.body)

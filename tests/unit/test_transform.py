@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from manycore_common import feedbacktag
 from manycore_transformer import dkim
+from manycore_transformer import transform as transform_module
 from manycore_transformer.headers import split_message, values
 from manycore_transformer.settings import check_templates, upgrade_inject
 from manycore_transformer.templates import upgrade_legacy
@@ -322,6 +323,16 @@ def test_without_item_recipients_to_and_cc_are_used() -> None:
         "carol@example.org",
     ]
     assert transform(build_message("u1"), settings(), NOW, []).rcpts_from_headers
+
+
+def test_too_many_copies_go_to_the_dead_letters(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = build_message("u1")
+    monkeypatch.setattr(transform_module, "MAX_COPIES_BYTES", 3 * len(message))
+    assert len(transform(message, settings(), NOW, RCPTS).copies) == 3
+    with pytest.raises(TransformError) as failure:
+        transform(message, settings(), NOW, [*RCPTS, "dave@example.org"])
+    assert failure.value.reason == "too-many-copies" and failure.value.uuid == "u1"
+    assert "4 recipients" in failure.value.text
 
 
 def test_without_a_stream_the_tag_has_none() -> None:
