@@ -76,7 +76,7 @@ def split_message(data: bytes) -> tuple[list[Field], bytes]:
 
 
 def join_message(fields: list[Field], body: bytes) -> bytes:
-    return b"".join(f.raw for f in fields) + CRLF + body
+    return b"".join([*(f.raw for f in fields), CRLF, body])
 
 
 def make_field(name: str, value: str) -> Field:

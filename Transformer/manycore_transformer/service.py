@@ -140,18 +140,20 @@ def split_items(header: dict[str, Any], result: Transformed) -> list[bytes]:
             "from_domain": result.from_domain,
         }
     )
-    return [
-        item_format.encode(
+    items = []
+    for copy in result.copies:
+        line = item_format.encode(
             {
                 **base,
                 "id": item_format.new_item_id(),
                 "rcpts": [copy.rcpt],
                 "return_path": copy.return_path,
             },
-            copy.data,
+            b"",
         )
-        for copy in result.copies
-    ]
+        # One join, so the (shared) body is copied once, into the item itself.
+        items.append(b"".join((line, copy.head, copy.body)))
+    return items
 
 
 # ----------------------------------------------------------------- service side

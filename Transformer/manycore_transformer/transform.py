@@ -133,12 +133,20 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class Copy:
-    """The message as it goes to one recipient."""
+    """The message as it goes to one recipient: its own header section, and the body every
+    copy shares (the same object, so pickling a message's copies to the main process sends
+    it once, and it is copied only into each queue item)."""
 
     rcpt: str
     #: The tagged envelope sender (VERP), also in the copy's X-ReturnPathIb and Message-ID.
     return_path: str
-    data: bytes
+    #: The header fields and the empty line that ends them.
+    head: bytes
+    body: bytes
+
+    @property
+    def data(self) -> bytes:
+        return self.head + self.body
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +332,7 @@ def _copy(message: _Message, body_hash: str, rcpt: str, settings: Settings, now:
         )
         if signing_key is not None
     ]
-    return Copy(rcpt, return_path, join_message(signatures + fields, message.body))
+    return Copy(rcpt, return_path, join_message(signatures + fields, b""), message.body)
 
 
 def _prepare(
