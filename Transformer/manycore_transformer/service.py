@@ -83,6 +83,7 @@ for _reason in (
 for _reason in (
     "weak-key",
     "legacy-unsubscribe-address",
+    "untagged-unsubscribe-address",
     "recipients-from-headers",
     "stream-registry",
     "stream-hash-collision",

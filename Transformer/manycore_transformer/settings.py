@@ -18,6 +18,7 @@ from .templates import (
     BEACON_PLACEHOLDERS,
     FEEDBACK_PLACEHOLDERS,
     INJECT_PLACEHOLDERS,
+    untagged_unsubscribe,
     upgrade_legacy,
 )
 from .templates import problems as template_problems
@@ -121,6 +122,17 @@ def upgrade_inject(
                     f"transformer.email-headers.inject.{name}: "
                     "unsub-{{uuid}}@{{return-path-domain}} is read as {{unsubscribe-address}} "
                     "(a tagged address per recipient); write that in the config",
+                )
+            )
+        elif untagged_unsubscribe(template):
+            # Another domain than the return path's: maybe the customer's own MX, so it is
+            # left as written; if it is ours, MxServer refuses it at RCPT.
+            warnings.append(
+                (
+                    "untagged-unsubscribe-address",
+                    f"transformer.email-headers.inject.{name}: unsub-{{{{uuid}}}}@… is not a "
+                    "tagged address and MxServer refuses it; for mail to a return-path domain "
+                    "write {{unsubscribe-address}}",
                 )
             )
         out.append((name, upgraded))

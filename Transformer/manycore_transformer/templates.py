@@ -30,6 +30,7 @@ BEACON_PLACEHOLDERS = ("uuid", "stream-id", "from-domain", "return-path-domain")
 #: The unsubscribe address of Inboxbooster-Mailer's configs, which MxServer no longer believes
 #: (anyone could write it): ``unsub-{{uuid}}@{{return-path-domain}}``, spaces allowed in braces.
 _LEGACY_UNSUBSCRIBE = re.compile(r"unsub-\{\{\s*uuid\s*\}\}@\{\{\s*return-path-domain\s*\}\}")
+_UNTAGGED_UNSUBSCRIBE = re.compile(r"unsub-\{\{\s*uuid\s*\}\}@")
 
 
 class TemplateError(ValueError):
@@ -69,6 +70,11 @@ def upgrade_legacy(template: str) -> str:
     ``{{unsubscribe-address}}``, so that configs written for Inboxbooster-Mailer keep an
     unsubscribe link that MxServer believes. Unchanged when there is none."""
     return _LEGACY_UNSUBSCRIBE.sub("{{unsubscribe-address}}", template)
+
+
+def untagged_unsubscribe(template: str) -> bool:
+    """Whether ``template`` still has an untagged ``unsub-{{uuid}}@`` address."""
+    return _UNTAGGED_UNSUBSCRIBE.search(template) is not None
 
 
 def problems(

@@ -383,6 +383,19 @@ def test_upgrading_the_config_warns_once_per_header() -> None:
         )
     ]
     assert upgrade_inject({"X-Other": "{{uuid}}"})[1] == []
+    # Another domain: maybe the customer's own MX, so left alone, with a warning.
+    own = {"List-Unsubscribe": "<mailto:unsub-{{uuid}}@{{from-domain}}>"}
+    assert upgrade_inject(own) == (
+        (("List-Unsubscribe", "<mailto:unsub-{{uuid}}@{{from-domain}}>"),),
+        [
+            (
+                "untagged-unsubscribe-address",
+                "transformer.email-headers.inject.List-Unsubscribe: unsub-{{uuid}}@… is not a "
+                "tagged address and MxServer refuses it; for mail to a return-path domain "
+                "write {{unsubscribe-address}}",
+            )
+        ],
+    )
     assert check_templates(settings(inject=inject)) == []
 
 
