@@ -1,6 +1,8 @@
 """Transformer: messages/s of the whole transform function (headers, body hash, RSA-2048 DKIM
 signature) against a bare OpenSSL RSA-2048 PKCS#1 v1.5 SHA-256 signature of the same message
-via ``cryptography``, on one core.
+via ``cryptography``, on one core; and the cost of VERP: a message to 5 recipients (5 copies,
+each with its own return path and signature, one body hash) against the same message to 1,
+in messages/s and recipients/s.
 
     python -m bench.transformer            # full run (make bench)
     python -m bench.transformer --quick    # smoke run (make test)
@@ -18,6 +20,10 @@ from bench.common import Row, interleaved, pin_to_one_core, table, write
 from manycore_transformer import dkim
 from manycore_transformer.transform import DomainSigner, Settings, transform
 
+#: Recipients per message in the VERP case.
+MANY = 5
+RCPTS = [f"user{i}@example.net" for i in range(MANY)]
+
 LINE = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n"
 
 
@@ -31,7 +37,7 @@ def message(size: int) -> bytes:
     return (head + body).encode()
 
 
-def run(sizes: list[int], seconds: float, rounds: int) -> list[Row]:
+def setup() -> tuple[rsa.RSAPrivateKey, Settings]:
     key = rsa.generate_private_key(65537, 2048)
     signing_key = dkim.load_key(
         key.private_bytes(
@@ -43,16 +49,22 @@ def run(sizes: list[int], seconds: float, rounds: int) -> list[Row]:
     settings = Settings(
         domains={"example.com": DomainSigner("example.com", "example.com", "mailer", signing_key)},
         x_mailer="Manycore-Mail",
-        inject=(("List-Unsubscribe", "<mailto:unsub-{{uuid}}@{{return-path-domain}}>"),),
+        feedback_key=b"bench-feedback-secret-0123456789abcdef",
+        inject=(("List-Unsubscribe", "<mailto:{{unsubscribe-address}}>"),),
         sender_id="bench",
     )
+    return key, settings
+
+
+def run(sizes: list[int], seconds: float, rounds: int) -> list[Row]:
+    key, settings = setup()
     pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
     rows = []
     for size in sizes:
         data = message(size)
 
         def subject_fn(data: bytes = data) -> object:
-            return transform(data, settings, time.time())
+            return transform(data, settings, time.time(), RCPTS[:1])
 
         def baseline_fn(data: bytes = data) -> object:
             return key.sign(data, pkcs1, sha256)
@@ -72,6 +84,54 @@ def run(sizes: list[int], seconds: float, rounds: int) -> list[Row]:
     return rows
 
 
+def run_verp(sizes: list[int], seconds: float, rounds: int) -> list[Row]:
+    """5 recipients against 1, same message: what each extra recipient's copy costs."""
+    _, settings = setup()
+    rows = []
+    for size in sizes:
+        data = message(size)
+
+        def many(data: bytes = data) -> object:
+            return transform(data, settings, time.time(), RCPTS)
+
+        def one(data: bytes = data) -> object:
+            return transform(data, settings, time.time(), RCPTS[:1])
+
+        many_rate, one_rate, ratio = interleaved(many, one, seconds, rounds)
+        case = f"VERP, {size // 1000} KB"
+        rows.append(
+            Row(
+                "transformer", case, f"{MANY} recipients", many_rate, "1 recipient", one_rate, ratio
+            )
+        )
+        rows.append(
+            Row(
+                "transformer",
+                case,
+                f"{MANY} recipients",
+                many_rate * MANY,
+                "1 recipient",
+                one_rate,
+                ratio * MANY,
+                unit="rcpt/s",
+            )
+        )
+    return rows
+
+
+def extra_recipient_cost(rows: list[Row]) -> list[str]:
+    """Per size: time one more recipient adds to a message, from the msg/s rows."""
+    lines = []
+    for r in rows:
+        if r.unit == "msg/s":
+            extra = (1 / r.subject_rate - 1 / r.baseline_rate) / (MANY - 1)
+            lines.append(
+                f"{r.case}: each extra recipient adds {extra * 1e6:,.0f} µs "
+                f"(a 1-recipient message takes {1e6 / r.baseline_rate:,.0f} µs)"
+            )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bench.transformer")
     parser.add_argument("--quick", action="store_true", help="short smoke run")
@@ -81,17 +141,23 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.quick:
         rows = run(sizes[:2], seconds=0.05, rounds=1)
+        verp = run_verp(sizes[1:2], seconds=0.05, rounds=1)
     else:
         rows = run(sizes, seconds=1.0, rounds=7)
+        verp = run_verp(sizes, seconds=1.0, rounds=7)
+    costs = extra_recipient_cost(verp)
     print(f"Transformer on one core (core {core}), medians of interleaved rounds:")
-    print(table(rows))
+    print(table(rows + verp))
+    print(*costs, sep="\n")
     if not args.quick:
         paths = write(
             "transformer",
-            rows,
+            rows + verp,
             "Messages/s of the Transformer's transform function against a bare OpenSSL "
             "RSA-2048 signature of the same message, one core, medians of 7 interleaved "
-            "1-second rounds.",
+            f"1-second rounds. VERP rows: a message to {MANY} recipients ({MANY} signed "
+            "copies, one body hash) against the same message to 1, in messages/s and "
+            "recipients/s.\n\n" + "\n".join(f"- {c}" for c in costs),
         )
         print("written:", *paths)
 

@@ -155,7 +155,7 @@ def local_config(data: dict[str, Any], workdir: Path, p: dict[str, int]) -> dict
     data["receiver"]["bind"] = listen(p["smtp"])
     data["httpreceiver"]["bind"] = listen(p["http"])
     data["transformer"]["email-headers"]["inject"]["List-Unsubscribe"] = (
-        "<mailto:unsub-{{uuid}}@{{return-path-domain}}>, "
+        "<mailto:{{unsubscribe-address}}>, "
         "<https://mail.example.com/v1/unsubscribe/{{unsubscribe-token}}>"
     )
     data["common-config"] = {

@@ -17,6 +17,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from manycore_common import feedbacktag
 from manycore_common import item as item_format
 
 from . import metrics
@@ -27,8 +28,12 @@ from .state import Message, State
 log = logging.getLogger(__name__)
 
 SOURCE = "postfixlog"
-#: The Transformer's return path: bounce-<uuid>@<return-path-domain> (DESIGN §5).
-_BOUNCE_ADDRESS = re.compile(r"bounce-([a-z0-9]+)@")
+#: The Transformer's return path, b<uuid>.<tag>@<return-path-domain> (feedbacktag; the tag is
+#: not checked here: PostfixLog has no key and only reads back what our own queue held), or
+#: bounce-<uuid>@ of mail queued before tagged return paths.
+_BOUNCE_ADDRESS = re.compile(
+    rf"(?:b({feedbacktag.UUID_RE.pattern})\.[a-z2-7]{{26}}|bounce-([a-z0-9]+))@"
+)
 
 
 def parse_envelope(text: str) -> tuple[str, list[str]]:
@@ -54,7 +59,7 @@ def handback_item(
     uuid = msg.uuid if msg else None
     if uuid is None:
         match = _BOUNCE_ADDRESS.match(sender)
-        uuid = match.group(1) if match else None
+        uuid = (match.group(1) or match.group(2)) if match else None
     extra: dict[str, Any] = {
         "return_path": sender,
         "from_domain": msg.from_domain if msg else None,

@@ -96,8 +96,10 @@ def relaxed_header(name: str, raw_value: bytes) -> bytes:
 
 
 def relaxed_field(field: Field) -> bytes:
-    _, _, raw_value = field.raw.partition(b":")
-    return relaxed_header(field.name, raw_value)
+    if field.relaxed is None:
+        _, _, raw_value = field.raw.partition(b":")
+        field.relaxed = relaxed_header(field.name, raw_value)
+    return field.relaxed
 
 
 def _relaxed(body: bytes) -> tuple[bytes, int]:

@@ -26,12 +26,15 @@ class Field:
     """One header field. Treated as immutable. A plain slotted class rather than a frozen
     dataclass: every message creates a dozen, and frozen dataclasses are slow to build."""
 
-    __slots__ = ("key", "name", "raw")
+    __slots__ = ("key", "name", "raw", "relaxed")
 
     def __init__(self, name: str, raw: bytes, key: str | None = None) -> None:
         self.name = name  # as written
         self.raw = raw  # the whole field: "Name: value\r\n" with any continuation lines
         self.key = key or name.lower()  # for lookups
+        #: Its DKIM relaxed form, once computed (``dkim.relaxed_field``): the fields every
+        #: recipient's copy shares are canonicalized once per message, not once per copy.
+        self.relaxed: bytes | None = None
 
     def __repr__(self) -> str:
         return f"Field({self.name!r}, {self.raw!r})"
@@ -73,7 +76,7 @@ def split_message(data: bytes) -> tuple[list[Field], bytes]:
 
 
 def join_message(fields: list[Field], body: bytes) -> bytes:
-    return b"".join(f.raw for f in fields) + CRLF + body
+    return b"".join([*(f.raw for f in fields), CRLF, body])
 
 
 def make_field(name: str, value: str) -> Field:

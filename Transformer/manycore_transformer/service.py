@@ -26,7 +26,6 @@ from manycore_common.config import Config, TransformerSection
 from manycore_common.health import HealthServer
 from manycore_common.item import Item
 from manycore_common.lifecycle import run_service
-from manycore_common.message import MessageRejected, extract_recipients
 from manycore_common.queue import (
     Consumer,
     ReliableQueue,
@@ -35,8 +34,8 @@ from manycore_common.queue import (
 )
 
 from . import settings as settings_module
-from .headers import normalize_line_endings, split_message, values
-from .transform import Settings, TransformError, transform
+from .streams import StreamRegistry
+from .transform import Settings, Transformed, TransformError, transform
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,10 @@ POLLED_DEFAULT = Counter(
     "transformer_polled_default", "Number of emails received from Receiver on default queue"
 )
 PUSHED = Counter("transformer_pushed", "Number of emails pushed to postfix queue")
+COPIES = Counter(
+    "transformer_pushed_copies",
+    "Items pushed to the postfix queue: one per recipient, each with its own return path",
+)
 ERRORS = Counter(
     "transformer_errors",
     "Messages that could not be transformed and went to the dead-letter list, by reason",
@@ -65,11 +68,27 @@ WARNINGS = Counter(
 )
 SIGN_SECONDS = Histogram(
     "transformer_sign_seconds",
-    "Time to DKIM-sign one message (body hash and signatures)",
+    "Time to DKIM-sign one message: its body hash and every recipient's copy",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
 )
-for _reason in ("unknown-domain", "bad-uuid", "bad-from", "unparseable", "bad-recipients"):
+for _reason in (
+    "unknown-domain",
+    "bad-uuid",
+    "bad-from",
+    "unparseable",
+    "bad-recipients",
+    "too-many-copies",
+):
     ERRORS.labels(_reason)
+for _reason in (
+    "weak-key",
+    "legacy-unsubscribe-address",
+    "untagged-unsubscribe-address",
+    "recipients-from-headers",
+    "stream-registry",
+    "stream-hash-collision",
+):
+    WARNINGS.labels(_reason)
 
 # ----------------------------------------------------------------- worker side (pure)
 
@@ -81,30 +100,61 @@ def _init_worker(spec: settings_module.SettingsSpec) -> None:
     _worker_settings = settings_module.build(spec)
 
 
+#: One message to transform: its bytes and the recipients in its item (None: To and Cc).
+Job = tuple[bytes, tuple[str, ...] | None]
+
+
 def transform_batch(
-    payloads: Sequence[bytes], now: float, settings: Settings | None = None
+    jobs: Sequence[Job], now: float, settings: Settings | None = None
 ) -> list[tuple[str, Any]]:
-    """("ok", Transformed) or ("error", TransformError) per payload; runs in a worker."""
+    """("ok", Transformed) or ("error", TransformError) per job; runs in a worker."""
     active = settings or _worker_settings
     assert active is not None, "worker not initialised"
     out: list[tuple[str, Any]] = []
-    for payload in payloads:
+    for payload, rcpts in jobs:
         try:
-            out.append(("ok", transform(payload, active, now)))
+            out.append(("ok", transform(payload, active, now, rcpts)))
         except TransformError as exc:
             out.append(("error", exc))
     return out
 
 
-def recipients_of(item: Item, data: bytes) -> list[str]:
-    """The recipients the receiver determined, or (for an item that bypassed the receivers)
-    the To and Cc of the message itself."""
+def item_rcpts(item: Item) -> tuple[str, ...] | None:
+    """The recipients the receiver determined; None for an item that bypassed the receivers
+    (the Transformer then reads To and Cc)."""
     rcpts = item.header.get("rcpts")
     if isinstance(rcpts, list) and rcpts:
-        return [str(r) for r in rcpts]
-    WARNINGS.labels("recipients-from-headers").inc()
-    fields, _ = split_message(normalize_line_endings(data))
-    return list(extract_recipients(values(fields, "To"), values(fields, "Cc")))
+        return tuple(str(r) for r in rcpts)
+    return None
+
+
+def split_items(header: dict[str, Any], result: Transformed) -> list[bytes]:
+    """One to-postfix item per recipient (VERP): each its own id, recipient, return path and
+    signed copy; the rest of the header as the input item had it."""
+    base = dict(header)
+    base.update(
+        {
+            "attempts": 0,
+            "source": SERVICE,
+            "uuid": result.uuid,
+            "stream_id": result.stream_id,
+            "from_domain": result.from_domain,
+        }
+    )
+    items = []
+    for copy in result.copies:
+        line = item_format.encode(
+            {
+                **base,
+                "id": item_format.new_item_id(),
+                "rcpts": [copy.rcpt],
+                "return_path": copy.return_path,
+            },
+            b"",
+        )
+        # One join, so the (shared) body is copied once, into the item itself.
+        items.append(b"".join((line, copy.head, copy.body)))
+    return items
 
 
 # ----------------------------------------------------------------- service side
@@ -119,9 +169,9 @@ class Prepared:
 def prepare(config: Config) -> Prepared:
     section: TransformerSection = config.require("transformer")
     spec, warnings = settings_module.read_spec(config)
-    for warning in warnings:
-        WARNINGS.labels("weak-key").inc()
-        log.warning(warning)
+    for reason, text in warnings:
+        WARNINGS.labels(reason).inc()
+        log.warning(text, extra={"reason": reason})
     return Prepared(section, spec)
 
 
@@ -137,6 +187,7 @@ class Worker:
         section: TransformerSection,
         executor: ProcessPoolExecutor | None,
         settings: Settings,
+        streams: StreamRegistry,
     ) -> None:
         self.primary = primary
         self.default = default
@@ -145,6 +196,7 @@ class Worker:
         self.section = section
         self.executor = executor
         self.settings = settings
+        self.streams = streams
         self.streak = 0
 
     async def take(self) -> tuple[list[Item], Consumer | None]:
@@ -195,41 +247,41 @@ class Worker:
             POLLED_DEFAULT.inc(len(items))
             self.streak = 0
         now = time.time()
-        payloads = [i.payload for i in items]
+        jobs = [(i.payload, item_rcpts(i)) for i in items]
         if self.executor is None:
-            results = transform_batch(payloads, now, self.settings)
+            results = transform_batch(jobs, now, self.settings)
         else:
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self.executor, transform_batch, payloads, now)
-        pairs: list[tuple[Item, bytes]] = []
+            results = await loop.run_in_executor(self.executor, transform_batch, jobs, now)
+        splits: list[tuple[Item, list[bytes]]] = []
         for item, (status, result) in zip(items, results, strict=True):
             if status == "error":
                 await self.reject(consumer, item, result)
                 continue
             SIGN_SECONDS.observe(result.sign_seconds)
-            try:
-                rcpts = recipients_of(item, result.data)
-            except MessageRejected as exc:
-                await self.reject(consumer, item, TransformError("bad-recipients", exc.text))
-                continue
-            header = dict(item.header)
-            header.update(
-                {
-                    "attempts": 0,
-                    "source": SERVICE,
-                    "uuid": result.uuid,
-                    "stream_id": result.stream_id,
-                    "rcpts": rcpts,
-                    "from_domain": result.from_domain,
-                    "return_path": result.return_path,
-                }
-            )
-            pairs.append((item, item_format.encode(header, result.data)))
-        moved = await consumer.hand_over_many(pairs, self.target)
+            if result.rcpts_from_headers:
+                WARNINGS.labels("recipients-from-headers").inc()
+            splits.append((item, split_items(item.header, result)))
+        await self.register_streams([r.stream_id for status, r in results if status == "ok"])
+        moved, pushed = await consumer.hand_over_split(splits, self.target)
         PUSHED.inc(moved)
-        if moved < len(pairs):
+        COPIES.inc(pushed)
+        if moved < len(splits):
             # The reaper had given some back (we looked dead); they will be done again.
-            log.warning("items no longer held", extra={"count": len(pairs) - moved})
+            log.warning("items no longer held", extra={"count": len(splits) - moved})
+
+    async def register_streams(self, stream_ids: list[str | None]) -> None:
+        """Record new stream ids for MxServer before their first message leaves. A failure
+        does not hold the mail: the stream is tried again with its next message, and until
+        then MxServer's events for it lack ``streamid`` (a warning counts it)."""
+        try:
+            clashes = await self.streams.ensure(stream_ids)
+        except (RedisError, OSError) as exc:
+            WARNINGS.labels("stream-registry").inc()
+            log.warning("could not record stream ids", extra={"error": str(exc)})
+            return
+        if clashes:
+            WARNINGS.labels("stream-hash-collision").inc(len(clashes))
 
     async def reject(self, consumer: Consumer, item: Item, error: TransformError) -> None:
         """Dead-letter the item with an `error` event, in one step."""
@@ -264,16 +316,9 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     consumer_id = default_consumer_id(SERVICE)
     consumers = (primary.consumer(consumer_id), default.consumer(consumer_id))
 
-    executor = None
-    if section.workers > 1:
-        # spawn, not fork: a forked child would inherit the event loop and Redis sockets.
-        executor = ProcessPoolExecutor(
-            max_workers=section.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(prepared.spec,),
-        )
+    executor = _executor(section.workers, prepared.spec)
     settings = settings_module.build(prepared.spec)
+    streams = StreamRegistry(redis)
 
     async def redis_ok() -> bool:
         return bool(await redis.ping())
@@ -288,7 +333,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             await _register(consumer, stop)
             keepers.append(asyncio.create_task(consumer.keep_alive(inner_stop)))
         workers = [
-            Worker(*consumers, target, event_queue, section, executor, settings)
+            Worker(*consumers, target, event_queue, section, executor, settings, streams)
             for _ in range(section.workers)
         ]
         loops = [asyncio.create_task(w.run(inner_stop)) for w in workers]
@@ -306,6 +351,19 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             executor.shutdown(wait=True, cancel_futures=True)
         await health.stop()
         await redis.aclose()
+
+
+def _executor(workers: int, spec: settings_module.SettingsSpec) -> ProcessPoolExecutor | None:
+    """The signing pool: None for one worker, which then signs in the event loop's process."""
+    if workers <= 1:
+        return None
+    # spawn, not fork: a forked child would inherit the event loop and Redis sockets.
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(spec,),
+    )
 
 
 async def _register(consumer: Consumer, stop: asyncio.Event) -> None:

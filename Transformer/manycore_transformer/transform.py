@@ -1,4 +1,4 @@
-"""The transformation: a pure function of (message bytes, settings, clock).
+"""The transformation: a pure function of (message bytes, recipients, settings, clock).
 
 What it does (DESIGN §5):
 
@@ -6,11 +6,15 @@ What it does (DESIGN §5):
 * removes what the customer must not set or what we set ourselves (no duplicates ever go
   out): X-Uuid, X-Priority, X-Stream-Id, Bcc, Message-ID, Date, X-Mailer, List-Unsubscribe,
   List-Unsubscribe-Post, Feedback-ID, DKIM-Signature, X-ReturnPathIb and any injected header;
-* adds Date, Message-ID <uuid@return-path-domain>, X-Mailer, Feedback-ID, the injected
-  headers (List-Unsubscribe), List-Unsubscribe-Post for an https unsubscribe URL (RFC 8058)
-  and X-ReturnPathIb: bounce-<uuid>@<return-path-domain> for PostfixLog;
 * inserts the beacon into HTML parts when the domain has one;
-* signs with DKIM last: Ed25519 (when configured) and RSA.
+* makes one copy per recipient (VERP: every recipient gets its own envelope sender), each with
+  Date, X-Mailer, Feedback-ID, the injected headers (List-Unsubscribe; List-Unsubscribe-Post
+  for an https unsubscribe URL, RFC 8058) and three headers of its own, all minted by
+  ``manycore_common.feedbacktag`` for that recipient:
+  ``X-ReturnPathIb: <return path>`` (PostfixLog's MAIL FROM, removed before sending),
+  ``Message-ID: <return path>`` and the ``{{unsubscribe-address}}`` placeholder;
+* signs every copy with DKIM last: Ed25519 (when configured) and RSA. The body is the same
+  in every copy, so its hash is computed once; only the header sets are signed n times.
 """
 
 from __future__ import annotations
@@ -18,12 +22,19 @@ from __future__ import annotations
 import functools
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses
 
-from manycore_common.message import STREAM_ID_RE, UUID_RE
+from manycore_common import feedbacktag
+from manycore_common.message import (
+    STREAM_ID_RE,
+    UUID_RE,
+    UUID_RULE,
+    MessageRejected,
+    extract_recipients,
+)
 from manycore_common.unsubscribe import make_token
 
 from . import dkim
@@ -36,6 +47,7 @@ from .headers import (
     split_message,
     without,
 )
+from .templates import HEADER_VALUE, render
 
 REMOVED = frozenset(
     {
@@ -73,9 +85,12 @@ SIGNED_HEADERS = (
     "references",
 )
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([a-z-]+)\s*\}\}")
-# What a generated header value may contain: visible ASCII and spaces (RFC 5322 §2.2).
-_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
+
+#: Most bytes the copies of one message may add up to (recipients × message size). Every copy
+#: is held in memory, crosses from the signing process, and lands in Redis and in Postfix's
+#: queue; past this a message goes to the dead-letter list ("too-many-copies") rather than
+#: taking the Transformer down. 128 MiB: 2,600 recipients of a 50 KB message, 5 of 25 MB.
+MAX_COPIES_BYTES = 128 * 2**20
 
 
 class TransformError(Exception):
@@ -86,34 +101,6 @@ class TransformError(Exception):
         self.reason = reason
         self.text = text
         self.uuid = uuid
-
-
-class TemplateError(ValueError):
-    pass
-
-
-@functools.lru_cache(maxsize=256)
-def _compile(template: str) -> tuple[tuple[str, str | None], ...]:
-    """(literal, placeholder or None) pieces; templates are few, messages many."""
-    pieces: list[tuple[str, str | None]] = []
-    position = 0
-    for match in _PLACEHOLDER.finditer(template):
-        pieces.append((template[position : match.start()], match.group(1)))
-        position = match.end()
-    pieces.append((template[position:], None))
-    return tuple(pieces)
-
-
-def render(template: str, values: Mapping[str, str]) -> str:
-    """``{{name}}`` (spaces allowed inside the braces) replaced by ``values[name]``."""
-    out = []
-    for literal, name in _compile(template):
-        out.append(literal)
-        if name is not None:
-            if name not in values:
-                raise TemplateError(f"unknown placeholder {{{{{name}}}}} in {template!r}")
-            out.append(values[name])
-    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -131,7 +118,9 @@ class DomainSigner:
 class Settings:
     domains: Mapping[str, DomainSigner]
     x_mailer: str
-    #: (header name, template), e.g. ("List-Unsubscribe", "<mailto:unsub-{{uuid}}@...>")
+    #: Mints the tagged feedback addresses (``common-config.feedback-secret``).
+    feedback_key: bytes
+    #: (header name, template), e.g. ("List-Unsubscribe", "<mailto:{{unsubscribe-address}}>")
     inject: tuple[tuple[str, str], ...] = ()
     feedback_format: str = "{{campaign}}:{{mail-type}}:{{sender-id}}"
     campaign_id: str = "default"
@@ -142,60 +131,35 @@ class Settings:
     unsubscribe_secret: bytes | None = None
 
 
-#: Placeholders each template may use.
-INJECT_PLACEHOLDERS = (
-    "uuid",
-    "return-path-domain",
-    "from-domain",
-    "stream-id",
-    "unsubscribe-token",
-)
-FEEDBACK_PLACEHOLDERS = ("campaign", "mail-type", "sender-id", "stream-id", "from-domain")
-BEACON_PLACEHOLDERS = ("uuid", "stream-id", "from-domain", "return-path-domain")
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """The message as it goes to one recipient: its own header section, and the body every
+    copy shares (the same object, so pickling a message's copies to the main process sends
+    it once, and it is copied only into each queue item)."""
 
+    rcpt: str
+    #: The tagged envelope sender (VERP), also in the copy's X-ReturnPathIb and Message-ID.
+    return_path: str
+    #: The header fields and the empty line that ends them.
+    head: bytes
+    body: bytes
 
-def check_templates(settings: Settings) -> list[str]:
-    """Problems with the configured templates, found at start rather than per message."""
-    problems = []
-    sample = dict.fromkeys((*INJECT_PLACEHOLDERS, *FEEDBACK_PLACEHOLDERS), "x")
-    checks: list[tuple[str, str, tuple[str, ...]]] = [
-        (f"email-headers.inject.{n}", t, INJECT_PLACEHOLDERS) for n, t in settings.inject
-    ]
-    checks.append(("feedback-id.format", settings.feedback_format, FEEDBACK_PLACEHOLDERS))
-    for signer in settings.domains.values():
-        if signer.beacon_url:
-            checks.append(
-                (
-                    f"domain-settings[{signer.domain}].beacon-url",
-                    signer.beacon_url,
-                    BEACON_PLACEHOLDERS,
-                )
-            )
-    for where, template, allowed in checks:
-        if "unsubscribe-token" in template and settings.unsubscribe_secret is None:
-            problems.append(
-                f"transformer.{where}: {{{{unsubscribe-token}}}} needs "
-                "common-config.unsubscribe-secret"
-            )
-            continue
-        try:
-            rendered = render(template, {k: sample.get(k, "x") for k in allowed})
-        except TemplateError as exc:
-            problems.append(f"transformer.{where}: {exc}")
-            continue
-        if not _HEADER_VALUE.fullmatch(rendered):
-            problems.append(f"transformer.{where}: must be printable ASCII on one line")
-    return problems
+    @property
+    def data(self) -> bytes:
+        return self.head + self.body
 
 
 @dataclass(frozen=True, slots=True)
 class Transformed:
-    data: bytes
     uuid: str
     stream_id: str | None
     from_domain: str
-    return_path: str
+    #: One per distinct recipient, in the order given.
+    copies: tuple[Copy, ...]
+    #: Body hash and every copy's headers and signatures.
     sign_seconds: float
+    #: The recipients came from To and Cc (the item had none of its own).
+    rcpts_from_headers: bool = False
 
 
 def _single(index: dict[str, list[Field]], name: str, uuid: str | None = None) -> str | None:
@@ -234,29 +198,25 @@ def _from_domain(from_values: list[str]) -> str | None:
 
 
 def _header_value(name: str, value: str, uuid: str) -> Field:
-    if not _HEADER_VALUE.fullmatch(value):
+    if not HEADER_VALUE.fullmatch(value):
         raise TransformError("bad-header-value", f"generated {name} is not a valid header", uuid)
     return make_field(name, value)
 
 
-def transform(data: bytes, settings: Settings, now: float) -> Transformed:
-    """The message as it will be sent, or TransformError."""
-    data = normalize_line_endings(data)
-    try:
-        fields, body = split_message(data)
-    except ValueError as exc:
-        raise TransformError("unparseable", f"cannot parse the header section: {exc}") from None
-
-    index: dict[str, list[Field]] = {}
-    for f in fields:
-        index.setdefault(f.key, []).append(f)
+def _ids(index: dict[str, list[Field]]) -> tuple[str, str | None]:
+    """(X-Uuid, X-Stream-Id), as the front doors accept them."""
     uuid = _single(index, "X-Uuid")
     if uuid is None or not UUID_RE.fullmatch(uuid):
-        raise TransformError("bad-uuid", "missing or malformed X-Uuid (it must be [a-z0-9]+)")
+        raise TransformError("bad-uuid", f"missing or malformed X-Uuid ({UUID_RULE})")
     stream_id = _single(index, "X-Stream-Id", uuid)
     if stream_id is not None and not STREAM_ID_RE.fullmatch(stream_id):
         raise TransformError("bad-stream-id", "malformed X-Stream-Id", uuid)
+    return uuid, stream_id
 
+
+def _signer(
+    index: dict[str, list[Field]], settings: Settings, uuid: str
+) -> tuple[str, DomainSigner]:
     from_domain = _from_domain([f.value for f in index.get("from", ())])
     if from_domain is None:
         raise TransformError("bad-from", "the From header must hold exactly one address", uuid)
@@ -267,7 +227,122 @@ def transform(data: bytes, settings: Settings, now: float) -> Transformed:
             f"From domain {from_domain} is not configured in transformer.domain-settings",
             uuid,
         )
+    return from_domain, signer
 
+
+def distinct_recipients(
+    rcpts: Sequence[str] | None, index: dict[str, list[Field]], uuid: str
+) -> tuple[list[str], bool]:
+    """The recipients the receiver determined, or (for an item that bypassed the receivers)
+    the To and Cc of the message itself; each once, as feedbacktag fingerprints them (two
+    spellings of one address would get the same tag). True when taken from the headers."""
+    from_headers = not rcpts
+    if from_headers:
+        try:
+            rcpts = extract_recipients(
+                [f.value for f in index.get("to", ())], [f.value for f in index.get("cc", ())]
+            )
+        except MessageRejected as exc:
+            raise TransformError("bad-recipients", exc.text, uuid) from None
+    seen: set[str] = set()
+    out: list[str] = []
+    for rcpt in rcpts or ():
+        key = feedbacktag.normalize_address(rcpt)
+        if key not in seen:
+            seen.add(key)
+            out.append(rcpt)
+    return out, from_headers
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """What every copy of one message shares."""
+
+    uuid: str
+    stream_id: str | None
+    from_domain: str
+    signer: DomainSigner
+    names: dict[str, str]
+    #: Date, X-Mailer, Feedback-ID: before the injected headers.
+    common: list[Field]
+    #: The customer's headers that stay: after ours.
+    kept: list[Field]
+    body: bytes
+
+
+def _common_fields(
+    settings: Settings, uuid: str, stream_id: str | None, from_domain: str, now: float
+) -> list[Field]:
+    feedback_id = render(
+        settings.feedback_format,
+        {
+            "campaign": stream_id or settings.campaign_id,
+            "mail-type": settings.mail_type,
+            "sender-id": settings.sender_id,
+            "stream-id": stream_id or "",
+            "from-domain": from_domain,
+        },
+    )
+    return [
+        make_field("Date", _rfc5322_date(int(now))),
+        _header_value("X-Mailer", settings.x_mailer, uuid),
+        _header_value("Feedback-ID", feedback_id, uuid),
+    ]
+
+
+def _copy(message: _Message, body_hash: str, rcpt: str, settings: Settings, now: float) -> Copy:
+    """One recipient's copy: its own return path, Message-ID and unsubscribe address, its own
+    signatures over the shared body hash."""
+    uuid, stream_id, key = message.uuid, message.stream_id, settings.feedback_key
+    domain = message.signer.return_path_domain
+    return_path = feedbacktag.make_address(key, "bounce", uuid, rcpt, domain, stream_id)
+    names = dict(message.names)
+    names["unsubscribe-address"] = feedbacktag.make_address(
+        key, "unsub", uuid, rcpt, domain, stream_id
+    )
+    fields = [
+        make_field("X-ReturnPathIb", return_path),
+        # The tagged address again: a report that quotes only the headers of the original
+        # (ARF, RFC 5965) still names the message and the recipient.
+        make_field("Message-ID", f"<{return_path}>"),
+        *message.common,
+    ]
+    for name, template in settings.inject:
+        value = render(template, names)
+        fields.append(_header_value(name, value, uuid))
+        # RFC 8058: one-click unsubscribe needs an https URI in List-Unsubscribe.
+        if name.lower() == "list-unsubscribe" and "<https://" in value.lower():
+            fields.append(make_field("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    fields += message.kept
+    signer = message.signer
+    signatures = [
+        dkim.sign(
+            fields,
+            body_hash,
+            key=signing_key,
+            domain=message.from_domain,
+            selector=selector,
+            timestamp=int(now),
+            header_names=SIGNED_HEADERS,
+        )
+        # The RSA signature goes on top (the one every verifier understands).
+        for selector, signing_key in (
+            (signer.selector, signer.rsa),
+            (signer.ed25519_selector or signer.selector, signer.ed25519),
+        )
+        if signing_key is not None
+    ]
+    return Copy(rcpt, return_path, join_message(signatures + fields, b""), message.body)
+
+
+def _prepare(
+    fields: list[Field], body: bytes, settings: Settings, now: float
+) -> tuple[_Message, dict[str, list[Field]]]:
+    index: dict[str, list[Field]] = {}
+    for f in fields:
+        index.setdefault(f.key, []).append(f)
+    uuid, stream_id = _ids(index)
+    from_domain, signer = _signer(index, settings, uuid)
     names = {
         "uuid": uuid,
         "stream-id": stream_id or "",
@@ -281,64 +356,47 @@ def transform(data: bytes, settings: Settings, now: float) -> Transformed:
     if body and not body.endswith(b"\r\n"):
         # SMTP ends DATA with CRLF anyway (RFC 5321 §4.1.1.4); store what will be sent.
         body += b"\r\n"
-
-    kept = without(fields, _removed(settings.removed, settings.inject))
-    return_path = f"bounce-{uuid}@{signer.return_path_domain}"
-    added = [
-        make_field("X-ReturnPathIb", return_path),
-        make_field("Message-ID", f"<{uuid}@{signer.return_path_domain}>"),
-        make_field("Date", _rfc5322_date(int(now))),
-        _header_value("X-Mailer", settings.x_mailer, uuid),
-        _header_value(
-            "Feedback-ID",
-            render(
-                settings.feedback_format,
-                {
-                    "campaign": stream_id or settings.campaign_id,
-                    "mail-type": settings.mail_type,
-                    "sender-id": settings.sender_id,
-                    "stream-id": stream_id or "",
-                    "from-domain": from_domain,
-                },
-            ),
-            uuid,
-        ),
-    ]
-    for name, template in settings.inject:
-        value = render(template, names)
-        added.append(_header_value(name, value, uuid))
-        # RFC 8058: one-click unsubscribe needs an https URI in List-Unsubscribe.
-        if name.lower() == "list-unsubscribe" and "<https://" in value.lower():
-            added.append(make_field("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-    fields = added + kept
-
-    started = time.perf_counter()
-    bh = dkim.body_hash(body)
-    signatures = []
-    for selector, key in (
-        (signer.ed25519_selector or signer.selector, signer.ed25519),
-        (signer.selector, signer.rsa),
-    ):
-        if key is None:
-            continue
-        signatures.append(
-            dkim.sign(
-                fields,
-                bh,
-                key=key,
-                domain=from_domain,
-                selector=selector,
-                timestamp=int(now),
-                header_names=SIGNED_HEADERS,
-            )
-        )
-    sign_seconds = time.perf_counter() - started
-    # The RSA signature goes on top (the one every verifier understands).
-    return Transformed(
-        data=join_message(list(reversed(signatures)) + fields, body),
+    message = _Message(
         uuid=uuid,
         stream_id=stream_id,
         from_domain=from_domain,
-        return_path=return_path,
-        sign_seconds=sign_seconds,
+        signer=signer,
+        names=names,
+        common=_common_fields(settings, uuid, stream_id, from_domain, now),
+        kept=without(fields, _removed(settings.removed, settings.inject)),
+        body=body,
+    )
+    return message, index
+
+
+def transform(
+    data: bytes, settings: Settings, now: float, rcpts: Sequence[str] | None = None
+) -> Transformed:
+    """The message as it will be sent to each of ``rcpts`` (None or empty: To and Cc), or
+    TransformError."""
+    data = normalize_line_endings(data)
+    try:
+        fields, body = split_message(data)
+    except ValueError as exc:
+        raise TransformError("unparseable", f"cannot parse the header section: {exc}") from None
+    message, index = _prepare(fields, body, settings, now)
+    recipients, from_headers = distinct_recipients(rcpts, index, message.uuid)
+    if len(recipients) * len(data) > MAX_COPIES_BYTES:
+        raise TransformError(
+            "too-many-copies",
+            f"{len(recipients)} recipients of a {len(data)}-byte message make more than "
+            f"{MAX_COPIES_BYTES} bytes of copies (one per recipient); send fewer per message",
+            message.uuid,
+        )
+
+    started = time.perf_counter()
+    body_hash = dkim.body_hash(message.body)
+    copies = tuple(_copy(message, body_hash, rcpt, settings, now) for rcpt in recipients)
+    return Transformed(
+        uuid=message.uuid,
+        stream_id=message.stream_id,
+        from_domain=message.from_domain,
+        copies=copies,
+        sign_seconds=time.perf_counter() - started,
+        rcpts_from_headers=from_headers,
     )

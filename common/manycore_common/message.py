@@ -15,10 +15,19 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
 
-#: X-Uuid becomes the local part of ``bounce-<uuid>@`` and ``unsub-<uuid>@``; RFC 5321
-#: §4.5.3.1.1 limits a local part to 64 octets, and "bounce-" takes 7 of them.
-MAX_UUID_LENGTH = 57
-UUID_RE = re.compile(rf"[a-z0-9]{{1,{MAX_UUID_LENGTH}}}")
+from . import feedbacktag
+
+#: X-Uuid is part of every tagged feedback address (``feedbacktag``: kind, uuid, ".", a
+#: 26-character tag), and RFC 5321 §4.5.3.1.1 limits a local part to 64 octets: 36 characters
+#: are left, enough for an RFC 4122 UUID in lower case. Lower-case letters, digits and inner
+#: hyphens only, because some mail systems fold the case of the addresses they hand back.
+MAX_UUID_LENGTH = feedbacktag.MAX_UUID_LENGTH
+UUID_RE = feedbacktag.UUID_RE
+#: The rule as a refusal states it (SMTP reply text and HTTP JSON alike).
+UUID_RULE = (
+    f"use 1 to {MAX_UUID_LENGTH} characters of a-z, 0-9 and '-', not starting or ending "
+    "with '-' (a lower-case RFC 4122 UUID fits)"
+)
 
 #: X-Stream-Id ends up in Feedback-ID (colon separated) and in URL templates, so it is kept to
 #: characters that are safe in both.
@@ -212,7 +221,7 @@ def _validate(data: bytes, max_size: int, *, fast: bool) -> Accepted:
             "bad-uuid",
             550,
             "5.6.0",
-            f"Invalid X-Uuid header: use 1 to {MAX_UUID_LENGTH} characters of a-z and 0-9",
+            f"Invalid X-Uuid header: {UUID_RULE}",
         )
 
     priority_raw = _single(fields.get("x-priority"), "X-Priority")

@@ -138,6 +138,32 @@ end
 return moved
 """
 
+# KEYS: processing, target. ARGV: per held item: the item, n, then its n new items (n ≥ 1)
+# → {held items handed over, new items pushed}. One held item becomes several (the
+# Transformer's one copy per recipient): it is removed once and all its new items are pushed,
+# or (not held any more) none. The target's type is checked first, so the LPUSHes that
+# follow the LREM cannot fail (a script is not rolled back), and once it has written Redis
+# lets it finish even past maxmemory. LPUSH takes at most 500 at a time (Lua's unpack).
+_HAND_OVER_SPLIT = """
+local kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'list' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' is not a list')
+end
+local moved, pushed, i = 0, 0, 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  local last = i + 1 + n
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    for first = i + 2, last, 500 do
+      redis.call('LPUSH', KEYS[2], unpack(ARGV, first, math.min(first + 499, last)))
+    end
+    moved, pushed = moved + 1, pushed + n
+  end
+  i = last + 1
+end
+return {moved, pushed}
+"""
+
 # KEYS: processing, queue, dead. ARGV: item, reason, max attempts, queue name
 # → 'gone' (not held any more), 'requeued' or 'dead'.
 _RETRY = (
@@ -619,6 +645,26 @@ class Consumer:
             self._drop(held)
             args += [held.raw, new_raw]
         return int(await self.queue._hand_over(keys=[self.processing_key, target.name], args=args))
+
+    async def hand_over_split(
+        self, splits: Sequence[tuple[Item, Sequence[bytes]]], target: ReliableQueue
+    ) -> tuple[int, int]:
+        """``hand_over_many`` where each held item becomes one or more items on ``target``,
+        in one round trip: per held item all of its new items or (no longer held) none.
+        Returns (held items handed over, new items pushed)."""
+        if not splits:
+            return 0, 0
+        args: list[bytes | int] = []
+        for held, new_raws in splits:
+            if not new_raws:
+                raise ValueError("hand_over_split: every held item needs at least one new item")
+            self._drop(held)
+            args += [held.raw, len(new_raws), *new_raws]
+        # Registered here, not in ReliableQueue.__init__: redis-py's Script only hashes the
+        # text and loads it on first use, so this costs microseconds.
+        script = self.queue.redis.register_script(_HAND_OVER_SPLIT)
+        moved, pushed = await script(keys=[self.processing_key, target.name], args=args)
+        return int(moved), int(pushed)
 
     async def retry(self, item: Item, reason: str) -> str:
         """A failed attempt: back of the queue, or the dead-letter list once attempts reach

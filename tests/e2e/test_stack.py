@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from manycore_common import feedbacktag
 from tests.e2e.stack import Stack, stack_dir, wait_until
 from tests.helpers import ROOT, require_binary
 from tests.integration.conftest import build_message
@@ -113,11 +114,19 @@ def test_delivered_message_has_the_design_headers(stack: Stack) -> None:
         "the message at the sink",
     )
     (record,) = [r for r in stack.received() if r["rcpt"] == "reader@example.net"]
-    assert record["dkim_ok"] and record["mail_from"] == "bounce-e2eheaders@bounce.example.com"
+    # MAIL FROM, Message-ID and the unsubscribe mailto are tagged for this recipient.
+    secret = (stack.workdir / "configs" / "feedback-secret").read_text().rstrip("\r\n")
+    key = secret.encode()
+    rp = "bounce.example.com"
+    return_path = feedbacktag.make_address(
+        key, "bounce", "e2eheaders", "reader@example.net", rp, "s5"
+    )
+    unsub = feedbacktag.make_address(key, "unsub", "e2eheaders", "reader@example.net", rp, "s5")
+    assert record["dkim_ok"] and record["mail_from"] == return_path
     msg = email.message_from_bytes(Path(record["path"]).read_bytes())
-    assert msg["Message-ID"] == "<e2eheaders@bounce.example.com>"
+    assert msg["Message-ID"] == f"<{return_path}>"
     assert msg["Feedback-ID"] == "s5:transactional:example-sender"
-    assert msg["List-Unsubscribe"].startswith("<mailto:unsub-e2eheaders@bounce.example.com>")
+    assert msg["List-Unsubscribe"].startswith(f"<mailto:{unsub}>")
     assert "https://mail.example.com/v1/unsubscribe/" in msg["List-Unsubscribe"]
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert msg["Date"] and msg["X-Mailer"] == "Manycore-Mail"

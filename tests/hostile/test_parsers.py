@@ -85,6 +85,7 @@ TEMPLATE = "<mailto:unsub-{{uuid}}@{{return-path-domain}}?subject={{stream-id}}>
 TRANSFORM = Settings(
     domains={"example.com": SIGNER},
     x_mailer="Manycore-Mail",
+    feedback_key=b"test-feedback-secret-0123456789abcdef",
     inject=(("List-Unsubscribe", TEMPLATE),),
 )
 
@@ -117,7 +118,8 @@ def test_transform_never_renders_crafted_values_into_headers(
         return
     assert UUID_RE.fullmatch(out.uuid)
     assert out.stream_id is None or STREAM_ID_RE.fullmatch(out.stream_id)
-    fields, _ = split_message(out.data)
+    (copy,) = out.copies
+    fields, _ = split_message(copy.data)
     unsub = [f.value for f in fields if f.key == "list-unsubscribe"]
     assert unsub == [f"<mailto:unsub-{out.uuid}@rp.example.com?subject={out.stream_id or ''}>"], (
         unsub

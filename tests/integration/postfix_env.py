@@ -30,8 +30,16 @@ import yaml
 from aiosmtpd.controller import Controller
 from redis import Redis as SyncRedis
 
+from manycore_common import feedbacktag
 from manycore_common import item as item_format
-from tests.helpers import LOOPBACK, Service, free_port, require_binary, write_configs
+from tests.helpers import (
+    FEEDBACK_SECRET,
+    LOOPBACK,
+    Service,
+    free_port,
+    require_binary,
+    write_configs,
+)
 
 INCOMING, EVENTS = "INCOMING-TO-POSTFIX", "EVENT_QUEUE"
 MYHOSTNAME = "mx.postfixlog.test"
@@ -204,13 +212,15 @@ class PostfixLogEnv:
     def push(
         self, uuid: str, rcpts: list[str], stream_id: str | None = "stream-1", body: str = "Hi"
     ) -> None:
-        """A to-postfix item as the Transformer makes it (signature first, X-ReturnPathIb)."""
-        return_path = f"bounce-{uuid}@bounces.postfixlog.test"
+        """A to-postfix item as the Transformer makes it (signature first, X-ReturnPathIb with a
+        tagged return path: a 64-octet local part). The Transformer makes one item per
+        recipient; several recipients in one item is what a hand-back on stop makes."""
+        return_path = self.return_path(uuid, rcpts[0], stream_id)
         payload = (
             "DKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=mailer;\r\n"
             "\tbh=unchecked; b=unchecked\r\n"
             f"X-ReturnPathIb: {return_path}\r\n"
-            f"Message-ID: <{uuid}@bounces.postfixlog.test>\r\n"
+            f"Message-ID: <{return_path}>\r\n"
             "Date: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
             "From: Shop <news@example.com>\r\n"
             f"To: {', '.join(rcpts)}\r\n"
@@ -229,6 +239,12 @@ class PostfixLogEnv:
             extra={"from_domain": "example.com", "return_path": return_path},
         )
         self.redis.lpush(INCOMING, raw)
+
+    @staticmethod
+    def return_path(uuid: str, rcpt: str, stream_id: str | None = "stream-1") -> str:
+        key = FEEDBACK_SECRET.encode()
+        domain = "bounces.postfixlog.test"
+        return feedbacktag.make_address(key, "bounce", uuid, rcpt, domain, stream_id)
 
     def events(self) -> list[dict[str, Any]]:
         raws = reversed(self.redis.lrange(EVENTS, 0, -1))

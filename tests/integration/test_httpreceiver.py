@@ -80,6 +80,21 @@ def test_messages_land_byte_for_byte_by_priority(api: Service, queues: SyncRedis
     assert api.metric("nbr_emails_enqueued_total") >= 2
 
 
+def test_hyphenated_uuid_accepted_and_the_rule_named_on_refusal(
+    api: Service, queues: SyncRedis
+) -> None:
+    uuid = "9f1c2e4a-0b7d-4c3e-8a1f-2d3e4f5a6b7c"
+    status, _, body = post(api, build_message(uuid))
+    assert (status, body) == (200, {"uuid": uuid, "queue": P1})
+    status, _, body = post(api, build_message(uuid + "0"))
+    assert (status, body["reason"]) == (400, "bad-uuid")
+    assert body["error"] == (
+        "Invalid X-Uuid header: use 1 to 36 characters of a-z, 0-9 and '-', "
+        "not starting or ending with '-' (a lower-case RFC 4122 UUID fits)"
+    )
+    assert [i.uuid for i in queued(queues, P1)] == [uuid]
+
+
 def test_chunked_upload(api: Service, queues: SyncRedis) -> None:
     data = build_message("chunky", body="line\r\n" * 2000)
     chunks = [data[i : i + 1000] for i in range(0, len(data), 1000)]

@@ -95,6 +95,15 @@ def test_messages_land_byte_for_byte_by_priority(
     assert item.attempts == 0
 
 
+def test_a_hyphenated_rfc4122_uuid_is_accepted(
+    receiver: Service, client_tls: ssl.SSLContext, queues: SyncRedis
+) -> None:
+    uuid = "9f1c2e4a-0b7d-4c3e-8a1f-2d3e4f5a6b7c"
+    code, reply = send(receiver, client_tls, build_message(uuid))
+    assert code == 250, reply
+    assert [i.uuid for i in queued(queues, P1)] == [uuid]
+
+
 def test_auth_login_mechanism(
     receiver: Service, client_tls: ssl.SSLContext, queues: SyncRedis
 ) -> None:
@@ -146,7 +155,8 @@ def test_ehlo_advertises_what_we_do(receiver: Service, client_tls: ssl.SSLContex
 BAD_INPUTS = [
     ("missing-uuid", build_message(None), 550, "5.6.0", "Missing X-Uuid"),
     ("bad-uuid", build_message("ABC-123"), 550, "5.6.0", "Invalid X-Uuid"),
-    ("bad-uuid", build_message("a" * 58), 550, "5.6.0", "Invalid X-Uuid"),
+    ("bad-uuid", build_message("a" * 37), 550, "5.6.0", "Invalid X-Uuid"),
+    ("bad-uuid", build_message("-abc"), 550, "5.6.0", "1 to 36 characters of a-z, 0-9 and '-'"),
     ("bad-priority", build_message("u1", "3"), 550, "5.6.0", "X-Priority"),
     ("bad-stream-id", build_message("u1", stream_id="a:b"), 550, "5.6.0", "X-Stream-Id"),
     ("bad-from", build_message("u1", sender="no address"), 550, "5.1.7", "From"),

@@ -12,11 +12,15 @@ from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
+from redis.asyncio import Redis as AsyncRedis
 
+from manycore_common import feedbacktag
 from manycore_common import item as item_format
 from manycore_transformer import dkim
+from manycore_transformer.streams import StreamRegistry
 from tests.dkimcheck import dkimpy_results
 from tests.helpers import (
+    FEEDBACK_SECRET,
     RedisServer,
     Service,
     rsa_pem,
@@ -40,10 +44,31 @@ def transformer_service(directory: Path, redis_port: int, **changes: Any) -> Ser
     return Service("transformer", global_file, customer_file, directory / "transformer.log")
 
 
-def enqueue(client: SyncRedis, queue: str, data: bytes, uuid: str) -> None:
-    client.lpush(
-        queue, item_format.new_item(data, source="test", uuid=uuid, rcpts=["alice@example.net"])
+KEYS = [FEEDBACK_SECRET.encode()]
+
+
+def enqueue(
+    client: SyncRedis,
+    queue: str,
+    data: bytes,
+    uuid: str,
+    rcpts: list[str] | None = None,
+    stream_id: str | None = None,
+) -> None:
+    item = item_format.new_item(
+        data, source="test", uuid=uuid, stream_id=stream_id, rcpts=rcpts or ["alice@example.net"]
     )
+    client.lpush(queue, item)
+
+
+def tag_of(item: item_format.Item) -> feedbacktag.Tag:
+    """The verified tag of an output item's return path, which its message carries too."""
+    return_path = item.header["return_path"]
+    assert f"\r\nX-ReturnPathIb: {return_path}\r\n".encode() in item.payload
+    assert f"\r\nMessage-ID: <{return_path}>\r\n".encode() in item.payload
+    tag = feedbacktag.read_address(KEYS, return_path, ["example.com"])
+    assert tag is not None and tag.kind == "bounce" and tag.uuid == item.uuid
+    return tag
 
 
 def out_items(client: SyncRedis) -> list[item_format.Item]:
@@ -82,7 +107,7 @@ def test_p0_before_p1_and_signed_hand_over(
     )
     for item in got:
         assert item.header["rcpts"] == ["alice@example.net"]
-        assert item.header["return_path"] == f"bounce-{item.uuid}@bounce.example.com"
+        assert tag_of(item).names("alice@example.net")
         assert item.header["from_domain"] == "example.com"
         assert item.header["source"] == "transformer" and item.attempts == 0
         assert dkimpy_results(item.payload, records()) == [True]
@@ -160,3 +185,89 @@ def test_sigterm_releases_nothing_held_and_exits_0(
     wait_for(lambda: queues.llen(OUT) == 1, what="handed over")
     assert service.stop(signal.SIGTERM) == 0
     assert queues.zcard(f"{P1}:consumers") == 0
+
+
+def test_one_item_per_recipient_in_one_step(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+) -> None:
+    rcpts = ["alice@example.net", "bob@example.org", "carol@example.org"]
+    uuid = "9f1c2e4a-0b7d-4c3e-8a1f-2d3e4f5a6b7c"
+    enqueue(queues, P1, build_message(uuid, stream_id="spring-sale"), uuid, rcpts, "spring-sale")
+    enqueue(queues, P1, build_message("solo1", stream_id="spring-sale"), "solo1")
+    with running(transformer_service(tmp_path, redis_server.port)) as service:
+        wait_for(lambda: queues.llen(OUT) == 4, what="four copies handed over")
+        assert service.metric("transformer_pushed_total") == 2
+        assert service.metric("transformer_pushed_copies_total") == 4
+    copies = [i for i in out_items(queues) if i.uuid == uuid]
+    assert sorted(r for i in copies for r in i.header["rcpts"]) == rcpts
+    assert len({i.id for i in out_items(queues)}) == 4
+    for item in copies:
+        (rcpt,) = item.header["rcpts"]
+        tag = tag_of(item)
+        assert tag.names(rcpt) and not any(tag.names(r) for r in rcpts if r != rcpt)
+        assert item.stream_id == "spring-sale" and item.header["from_domain"] == "example.com"
+        assert item.header["source"] == "transformer" and item.attempts == 0
+        assert dkimpy_results(item.payload, records()) == [True]
+        (unsub,) = [
+            line for line in item.payload.split(b"\r\n") if line.startswith(b"List-Unsubscribe:")
+        ]
+        address = unsub.decode().split("<mailto:", 1)[1].split(">", 1)[0]
+        unsub_tag = feedbacktag.read_address(KEYS, address, ["example.com"])
+        assert unsub_tag is not None and unsub_tag.kind == "unsub" and unsub_tag.names(rcpt)
+    # The stream registry names the stream for MxServer: one field, however many messages.
+    field = feedbacktag.stream_field("spring-sale")
+    assert queues.hgetall(feedbacktag.STREAMS_KEY) == {field.encode(): b"spring-sale"}
+    assert tag_of(copies[0]).stream_field == field
+    assert queues.llen(P1) == 0 and all(queues.llen(k) == 0 for k in queues.keys(f"{P1}:proc*"))
+
+
+def test_old_unsubscribe_template_is_upgraded_with_a_warning(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+) -> None:
+    old = {"List-Unsubscribe": "<mailto:unsub-{{uuid}}@{{return-path-domain}}>"}
+    service = transformer_service(
+        tmp_path, redis_server.port, **{"transformer__email-headers__inject": old}
+    )
+    enqueue(queues, P1, build_message("legacy1"), "legacy1")
+    with running(service):
+        wait_for(lambda: queues.llen(OUT) == 1, what="handed over")
+        assert (
+            service.metric("transformer_warnings_total", 'reason="legacy-unsubscribe-address"') == 1
+        )
+    (item,) = out_items(queues)
+    assert b"unsub-legacy1@" not in item.payload
+    assert b"List-Unsubscribe: <mailto:ulegacy1." in item.payload
+    assert "is read as {{unsubscribe-address}}" in service.log.read_text()
+
+
+def test_no_feedback_secret_stops_the_service_naming_the_key(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    service = transformer_service(
+        tmp_path, redis_server.port, **{"common-config": {"unsubscribe-secret": "x" * 32}}
+    )
+    result = service.run_to_exit()
+    assert result.returncode == 2
+    assert "common-config.feedback-secret: required by the transformer" in result.stderr
+
+
+async def test_stream_registry_writes_each_stream_once_and_reports_clashes(
+    redis: AsyncRedis,
+) -> None:
+    registry = StreamRegistry(redis, capacity=2)
+    field = feedbacktag.stream_field
+    await redis.hset(feedbacktag.STREAMS_KEY, field("s2"), "another-stream-same-hash")
+    assert await registry.ensure(["s1", None, "s2", "s1"]) == ["s2"]
+    assert await redis.hgetall(feedbacktag.STREAMS_KEY) == {
+        field("s1").encode(): b"s1",
+        field("s2").encode(): b"s2",
+    }
+    # Known streams cost no command: a field deleted behind its back stays deleted...
+    await redis.hdel(feedbacktag.STREAMS_KEY, field("s1"))
+    assert await registry.ensure(["s1"]) == []
+    assert not await redis.hexists(feedbacktag.STREAMS_KEY, field("s1"))
+    # ...until the LRU has forgotten it (s1 was used last, so s2 goes first).
+    await registry.ensure(["s3"])
+    assert registry.unknown(["s1", "s2", "s3"]) == {field("s2"): "s2"}
+    await registry.ensure(["s4", "s5"])
+    assert registry.unknown(["s1"]) == {field("s1"): "s1"}

@@ -164,7 +164,20 @@ MAILBOXES = [
     b"undisclosed-recipients:;",
     b"",
 ]
-UUIDS = [b"abc123", b"abc123 \t", b"abc123\r\n ", b"ab\xc3\xa9", b"", b"Abc", b"a" * 58]
+UUIDS = [
+    b"abc123",
+    b"abc123 \t",
+    b"abc123\r\n ",
+    b"ab\xc3\xa9",
+    b"",
+    b"Abc",
+    b"a" * 58,
+    b"a" * 37,
+    b"9f1c2e4a-0b7d-4c3e-8a1f-2d3e4f5a6b7c",
+    b"9f1c2e4a-0b7d-4c3e-8a1f-2d3e4f5a6b7c ",
+    b"-abc",
+    b"abc-",
+]
 PRIORITIES = [b"0", b"1", b" 1 ", b"2", b"", b"0\r\n "]
 STREAM_IDS = [b"spring.1", b"spring.1 ", b"x{{y}}", b"", b"a b", b"s" * 101]
 #: Pieces of values, safe ones (no line structure) and ones that may break the section.

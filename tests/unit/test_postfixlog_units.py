@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from manycore_common import feedbacktag
 from manycore_common import item as item_format
 from manycore_common.config import ConfigError, PostfixLogSection, load_config
 from manycore_postfixlog import headers, outcomes, postconf, settings
@@ -268,6 +269,10 @@ def test_handback_item_looks_like_the_transformers() -> None:
     # Without state (it expired), the uuid still comes from the return path.
     item = item_format.decode(handback_item("Q", stored, "bounce-zz9@rp.example", ["b@y"], None))
     assert item.uuid == "zz9" and "stream_id" not in item.header
+    uuid = "9f1c2e4a-0b7d-4c3e-8a1f-2d3e4f5a6b7c"
+    tagged = feedbacktag.make_address(b"k" * 32, "bounce", uuid, "b@y", "rp.example", "s1")
+    item = item_format.decode(handback_item("Q", stored, tagged, ["b@y"], None))
+    assert item.uuid == uuid and item.header["return_path"] == tagged
 
 
 # ---------------------------------------------------------------- records → events

@@ -14,22 +14,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from manycore_common import feedbacktag
 from manycore_transformer import dkim
+from manycore_transformer import transform as transform_module
 from manycore_transformer.headers import split_message, values
+from manycore_transformer.settings import check_templates, upgrade_inject
+from manycore_transformer.templates import upgrade_legacy
 from manycore_transformer.transform import (
+    Copy,
     DomainSigner,
     Settings,
     TransformError,
-    check_templates,
     transform,
 )
 from tests.dkimcheck import dkimpy_results, opendkim_results
-from tests.helpers import ed25519_pem, rsa_pem
+from tests.helpers import FEEDBACK_SECRET, ed25519_pem, rsa_pem
 from tests.integration.conftest import build_message
 
 NOW = 1_764_290_000.0  # Fri, 28 Nov 2025 00:33:20 +0000
 RSA = dkim.load_key(rsa_pem(label="unit"))
 ED = dkim.load_key(ed25519_pem(label="unit"))
+KEY = FEEDBACK_SECRET.encode()
+RCPT = "alice@example.net"
 RECORDS = {
     "mailer._domainkey.example.com": RSA.public_record(),
     "ed._domainkey.example.com": ED.public_record(),
@@ -48,13 +54,20 @@ def settings(**changes: object) -> Settings:
     base: dict[str, object] = {
         "domains": {"example.com": signer},
         "x_mailer": "Manycore-Mail",
-        "inject": (("List-Unsubscribe", "<mailto:unsub-{{uuid}}@{{return-path-domain}}>"),),
+        "feedback_key": KEY,
+        "inject": (("List-Unsubscribe", "<mailto:{{unsubscribe-address}}>"),),
         "campaign_id": "default-campaign",
         "mail_type": "transactional",
         "sender_id": "shop",
     }
     base.update(changes)
     return Settings(**base)  # type: ignore[arg-type]
+
+
+def one(message: bytes, settings_: Settings | None = None) -> Copy:
+    """The copy for alice@example.net alone."""
+    (copy,) = transform(message, settings_ or settings(), NOW, [RCPT]).copies
+    return copy
 
 
 def headers_of(data: bytes) -> list[tuple[str, str]]:
@@ -80,8 +93,9 @@ def test_golden_headers() -> None:
             "Reply-To: help@example.com",
         ],
     )
-    result = transform(message, settings(), NOW)
-    got = headers_of(result.data)
+    result = transform(message, settings(), NOW, [RCPT])
+    (copy,) = result.copies
+    got = headers_of(copy.data)
     names = [name for name, _ in got]
     assert names == [
         "DKIM-Signature",
@@ -101,15 +115,20 @@ def test_golden_headers() -> None:
         "Content-Type",
     ]
     values_ = dict(got[2:])
-    assert values_["X-ReturnPathIb"] == "bounce-abc123@rp.example.com"
-    assert values_["Message-ID"] == "<abc123@rp.example.com>"
+    return_path = feedbacktag.make_address(
+        KEY, "bounce", "abc123", RCPT, "rp.example.com", "spring-sale"
+    )
+    unsub = feedbacktag.make_address(KEY, "unsub", "abc123", RCPT, "rp.example.com", "spring-sale")
+    assert values_["X-ReturnPathIb"] == return_path
+    assert values_["Message-ID"] == f"<{return_path}>"
     assert values_["Date"] == "Fri, 28 Nov 2025 00:33:20 +0000"
     assert values_["X-Mailer"] == "Manycore-Mail"
     assert values_["Feedback-ID"] == "spring-sale:transactional:shop"
-    assert values_["List-Unsubscribe"] == "<mailto:unsub-abc123@rp.example.com>"
+    assert values_["List-Unsubscribe"] == f"<mailto:{unsub}>"
     assert result.uuid == "abc123" and result.stream_id == "spring-sale"
     assert result.from_domain == "example.com"
-    assert result.return_path == "bounce-abc123@rp.example.com"
+    assert (copy.rcpt, copy.return_path) == (RCPT, return_path)
+    assert not result.rcpts_from_headers
     rsa_sig, ed_sig = got[0][1], got[1][1]
     assert "a=rsa-sha256" in rsa_sig and "a=ed25519-sha256" in ed_sig
     assert "d=example.com" in rsa_sig and "s=mailer" in rsa_sig and "s=ed" in ed_sig
@@ -119,11 +138,11 @@ def test_golden_headers() -> None:
         "feedback-id:list-unsubscribe;" in rsa_sig.replace(" ", "")
     )
     # The body is untouched.
-    assert result.data.split(b"\r\n\r\n", 1)[1] == message.split(b"\r\n\r\n", 1)[1]
+    assert copy.data.split(b"\r\n\r\n", 1)[1] == message.split(b"\r\n\r\n", 1)[1]
 
 
 def test_feedback_id_without_stream_uses_the_campaign() -> None:
-    result = transform(build_message("u1"), settings(), NOW)
+    result = one(build_message("u1"))
     assert values(split_message(result.data)[0], "Feedback-ID") == [
         "default-campaign:transactional:shop"
     ]
@@ -133,20 +152,20 @@ def test_one_click_header_only_with_an_https_url() -> None:
     inject = (
         (
             "List-Unsubscribe",
-            "<mailto:unsub-{{uuid}}@{{return-path-domain}}>, <https://u.example.com/{{uuid}}>",
+            "<mailto:{{unsubscribe-address}}>, <https://u.example.com/{{uuid}}>",
         ),
     )
-    result = transform(build_message("u1"), settings(inject=inject), NOW)
+    result = one(build_message("u1"), settings(inject=inject))
     fields, _ = split_message(result.data)
     assert values(fields, "List-Unsubscribe-Post") == ["List-Unsubscribe=One-Click"]
     assert "list-unsubscribe-post" in values(fields, "DKIM-Signature")[0]
-    plain = transform(build_message("u1"), settings(), NOW)
+    plain = one(build_message("u1"))
     assert values(split_message(plain.data)[0], "List-Unsubscribe-Post") == []
 
 
 def test_bare_line_feeds_become_crlf() -> None:
     message = build_message("u1").replace(b"\r\n", b"\n")
-    result = transform(message, settings(), NOW)
+    result = one(message)
     assert b"\n" not in result.data.replace(b"\r\n", b"")
     assert dkimpy_results(result.data, RECORDS) == [True, True]
 
@@ -163,7 +182,7 @@ def test_bare_line_feeds_become_crlf() -> None:
 )
 def test_signatures_verify_with_two_independent_verifiers(body: str, tmp_path: Path) -> None:
     message = build_message("u1", stream_id="s1", body=body)
-    result = transform(message, settings(), NOW)
+    result = one(message)
     assert dkimpy_results(result.data, RECORDS) == [True, True]
     assert opendkim_results(result.data, RECORDS, tmp_path) == {
         "rsa-sha256": "pass",
@@ -180,7 +199,7 @@ def test_signatures_verify_with_two_independent_verifiers(body: str, tmp_path: P
     ],
 )
 def test_changes_break_the_signatures(old: bytes, new: bytes, tmp_path: Path) -> None:
-    signed = transform(build_message("u1"), settings(), NOW).data
+    signed = one(build_message("u1")).data
     assert old in signed
     tampered = signed.replace(old, new)
     assert dkimpy_results(tampered, RECORDS) == [False, False]
@@ -189,19 +208,19 @@ def test_changes_break_the_signatures(old: bytes, new: bytes, tmp_path: Path) ->
 
 
 def test_unsigned_header_added_later_keeps_signatures_valid() -> None:
-    signed = transform(build_message("u1"), settings(), NOW).data
+    signed = one(build_message("u1")).data
     assert dkimpy_results(b"Received: by mx.example.net\r\n" + signed, RECORDS) == [True, True]
 
 
 def test_rsa_only_domain() -> None:
     signer = DomainSigner("example.com", "rp.example.com", "mailer", RSA)
-    result = transform(build_message("u1"), settings(domains={"example.com": signer}), NOW)
+    result = one(build_message("u1"), settings(domains={"example.com": signer}))
     assert dkimpy_results(result.data, RECORDS) == [True]
 
 
 def test_from_domain_is_case_insensitive() -> None:
     message = build_message("u1", sender='"Shop, Inc." <News@EXAMPLE.COM>')
-    assert transform(message, settings(), NOW).from_domain == "example.com"
+    assert transform(message, settings(), NOW, [RCPT]).from_domain == "example.com"
 
 
 @pytest.mark.parametrize(
@@ -213,7 +232,11 @@ def test_from_domain_is_case_insensitive() -> None:
             "From domain example.org is not configured",
         ),
         (build_message(None), "bad-uuid", "X-Uuid"),
-        (build_message("NOT_OK"), "bad-uuid", "X-Uuid"),
+        (build_message("NOT_OK"), "bad-uuid", "1 to 36 characters of a-z, 0-9 and '-'"),
+        (build_message("-abc"), "bad-uuid", "X-Uuid"),
+        (build_message("a" * 37), "bad-uuid", "X-Uuid"),
+        (build_message("u1", to="a@", cc=None), "bad-recipients", "Invalid recipient"),
+        (build_message("u1", to="undisclosed:;", cc=None), "bad-recipients", "No recipient"),
         (build_message("u1", sender="a@example.com, b@example.com"), "bad-from", "From"),
         (build_message("u1", stream_id="a b"), "bad-stream-id", "X-Stream-Id"),
         (b"not a header\r\n\r\nbody", "unparseable", "header"),
@@ -238,6 +261,142 @@ def test_template_problems_are_found_at_start() -> None:
     assert any("email-headers.inject.List-Unsubscribe" in p and "nope" in p for p in problems)
     assert any("feedback-id.format" in p for p in problems)
     assert check_templates(settings()) == []
+
+
+# ------------------------------------------------------------------ one copy per recipient
+
+RCPTS = ["alice@example.net", "Bob@Example.ORG", "carol@example.org"]
+
+
+def test_one_copy_per_recipient_each_with_its_own_tagged_addresses(tmp_path: Path) -> None:
+    uuid = "9f1c2e4a-0b7d-4c3e-8a1f-2d3e4f5a6b7c"
+    message = build_message(uuid, stream_id="spring-sale")
+    result = transform(message, settings(), NOW, RCPTS)
+    assert [c.rcpt for c in result.copies] == RCPTS
+    bodies = {c.data.split(b"\r\n\r\n", 1)[1] for c in result.copies}
+    assert bodies == {message.split(b"\r\n\r\n", 1)[1]}
+    for copy, other in zip(result.copies, [*result.copies[1:], result.copies[0]], strict=True):
+        fields, _ = split_message(copy.data)
+        (return_path,) = values(fields, "X-ReturnPathIb")
+        (unsub,) = values(fields, "List-Unsubscribe")
+        assert return_path == copy.return_path and len(return_path.partition("@")[0]) == 64
+        assert values(fields, "Message-ID") == [f"<{return_path}>"]
+        tag = feedbacktag.read_address([KEY], return_path, ["rp.example.com"])
+        assert tag is not None and (tag.kind, tag.uuid) == ("bounce", uuid)
+        assert tag.names(copy.rcpt) and not tag.names(other.rcpt)
+        assert tag.stream_field == feedbacktag.stream_field("spring-sale")
+        address = unsub.removeprefix("<mailto:").removesuffix(">")
+        unsub_tag = feedbacktag.read_address([KEY], address, ["rp.example.com"])
+        assert unsub_tag is not None and unsub_tag.kind == "unsub"
+        assert unsub_tag.names(copy.rcpt) and not unsub_tag.names(other.rcpt)
+        assert dkimpy_results(copy.data, RECORDS) == [True, True]
+    assert opendkim_results(result.copies[1].data, RECORDS, tmp_path) == {
+        "rsa-sha256": "pass",
+        "ed25519-sha256": "pass",
+    }
+    assert len({c.return_path for c in result.copies}) == len(RCPTS)
+
+
+def test_a_signature_of_one_copy_does_not_fit_another() -> None:
+    first, second = transform(build_message("u1"), settings(), NOW, RCPTS[:2]).copies
+    head_1, body = first.data.split(b"\r\n\r\n", 1)
+    head_2, _ = second.data.split(b"\r\n\r\n", 1)
+    signatures_1 = b"".join(f.raw for f in split_message(first.data)[0][:2])
+    rest_2 = b"".join(f.raw for f in split_message(second.data)[0][2:])
+    assert head_1 != head_2
+    assert dkimpy_results(signatures_1 + rest_2 + b"\r\n" + body, RECORDS) == [False, False]
+
+
+def test_recipients_are_distinct_as_the_tag_sees_them() -> None:
+    result = transform(
+        build_message("u1"), settings(), NOW, ["a@x.example", "A@X.EXAMPLE.", " <a@x.example>"]
+    )
+    assert [c.rcpt for c in result.copies] == ["a@x.example"]
+
+
+def test_without_item_recipients_to_and_cc_are_used() -> None:
+    result = transform(build_message("u1"), settings(), NOW)
+    assert result.rcpts_from_headers
+    assert [c.rcpt for c in result.copies] == [
+        "alice@example.net",
+        "bob@example.org",
+        "carol@example.org",
+    ]
+    assert transform(build_message("u1"), settings(), NOW, []).rcpts_from_headers
+
+
+def test_too_many_copies_go_to_the_dead_letters(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = build_message("u1")
+    monkeypatch.setattr(transform_module, "MAX_COPIES_BYTES", 3 * len(message))
+    assert len(transform(message, settings(), NOW, RCPTS).copies) == 3
+    with pytest.raises(TransformError) as failure:
+        transform(message, settings(), NOW, [*RCPTS, "dave@example.org"])
+    assert failure.value.reason == "too-many-copies" and failure.value.uuid == "u1"
+    assert "4 recipients" in failure.value.text
+
+
+def test_without_a_stream_the_tag_has_none() -> None:
+    copy = one(build_message("u1"))
+    tag = feedbacktag.read_address([KEY], copy.return_path, ["rp.example.com"])
+    assert tag is not None and tag.stream_field is None and tag.names(RCPT)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("<mailto:unsub-{{uuid}}@{{return-path-domain}}>", "<mailto:{{unsubscribe-address}}>"),
+        (
+            "<mailto:unsub-{{ uuid }}@{{return-path-domain }}?subject=unsubscribe>, "
+            "<https://u.example.com/{{uuid}}>",
+            "<mailto:{{unsubscribe-address}}?subject=unsubscribe>, <https://u.example.com/{{uuid}}>",
+        ),
+        # Not the old address: left as written.
+        ("<mailto:unsub-{{uuid}}@{{from-domain}}>", "<mailto:unsub-{{uuid}}@{{from-domain}}>"),
+        ("<mailto:{{unsubscribe-address}}>", "<mailto:{{unsubscribe-address}}>"),
+        (
+            "<https://u.example.com/{{unsubscribe-token}}>",
+            "<https://u.example.com/{{unsubscribe-token}}>",
+        ),
+    ],
+)
+def test_old_unsubscribe_address_is_read_as_the_tagged_one(old: str, new: str) -> None:
+    assert upgrade_legacy(old) == new
+
+
+def test_upgrading_the_config_warns_once_per_header() -> None:
+    inject, warnings = upgrade_inject(
+        {
+            "List-Unsubscribe": "<mailto:unsub-{{uuid}}@{{return-path-domain}}>",
+            "X-Other": "{{uuid}}",
+        }
+    )
+    assert inject == (
+        ("List-Unsubscribe", "<mailto:{{unsubscribe-address}}>"),
+        ("X-Other", "{{uuid}}"),
+    )
+    assert warnings == [
+        (
+            "legacy-unsubscribe-address",
+            "transformer.email-headers.inject.List-Unsubscribe: "
+            "unsub-{{uuid}}@{{return-path-domain}} is read as {{unsubscribe-address}} "
+            "(a tagged address per recipient); write that in the config",
+        )
+    ]
+    assert upgrade_inject({"X-Other": "{{uuid}}"})[1] == []
+    # Another domain: maybe the customer's own MX, so left alone, with a warning.
+    own = {"List-Unsubscribe": "<mailto:unsub-{{uuid}}@{{from-domain}}>"}
+    assert upgrade_inject(own) == (
+        (("List-Unsubscribe", "<mailto:unsub-{{uuid}}@{{from-domain}}>"),),
+        [
+            (
+                "untagged-unsubscribe-address",
+                "transformer.email-headers.inject.List-Unsubscribe: unsub-{{uuid}}@… is not a "
+                "tagged address and MxServer refuses it; for mail to a return-path domain "
+                "write {{unsubscribe-address}}",
+            )
+        ],
+    )
+    assert check_templates(settings(inject=inject)) == []
 
 
 # ------------------------------------------------------------------ keys
@@ -322,7 +481,7 @@ def with_beacon(url: str = "https://t.example.com/o/{{uuid}}/{{stream-id}}.gif")
 
 def test_beacon_goes_into_every_html_part_and_nothing_else(tmp_path: Path) -> None:
     message = alternative_message()
-    result = transform(message, with_beacon(), NOW)
+    result = one(message, with_beacon())
     tag = (
         '<img src="https://t.example.com/o/u1/camp9.gif" width="1" height="1" alt="" '
         'style="border:0;width:1px;height:1px" />'
@@ -342,7 +501,7 @@ def test_beacon_goes_into_every_html_part_and_nothing_else(tmp_path: Path) -> No
 
 def test_without_beacon_the_mime_body_is_byte_identical() -> None:
     message = alternative_message()
-    result = transform(message, settings(), NOW)
+    result = one(message)
     assert result.data.split(b"\r\n\r\n", 1)[1] == message.split(b"\r\n\r\n", 1)[1]
     assert [p[1] for p in parts(result.data)][1] == HTML.encode()
 
@@ -351,7 +510,7 @@ def test_beacon_in_single_part_html_without_body_tag() -> None:
     message = build_message("u1", body="<p>hi</p>\r\n").replace(
         b"Content-Type: text/plain", b"Content-Type: text/html"
     )
-    result = transform(message, with_beacon("https://t.example.com/{{uuid}}.gif"), NOW)
+    result = one(message, with_beacon("https://t.example.com/{{uuid}}.gif"))
     body = result.data.split(b"\r\n\r\n", 1)[1]
     assert body.startswith(b'<p>hi</p><img src="https://t.example.com/u1.gif"')
     assert body.endswith(b"/>\r\n")
@@ -361,7 +520,7 @@ def test_malformed_multipart_is_left_alone() -> None:
     message = build_message("u1", body="--b\r\nno close delimiter\r\n").replace(
         b"Content-Type: text/plain; charset=utf-8", b'Content-Type: multipart/mixed; boundary="b"'
     )
-    result = transform(message, with_beacon(), NOW)
+    result = one(message, with_beacon())
     assert result.data.split(b"\r\n\r\n", 1)[1] == message.split(b"\r\n\r\n", 1)[1]
 
 
@@ -372,10 +531,8 @@ def test_unsubscribe_token_placeholder() -> None:
     inject = (
         ("List-Unsubscribe", "<https://mail.example.com/v1/unsubscribe/{{unsubscribe-token}}>"),
     )
-    result = transform(
-        build_message("u42", stream_id="s9"),
-        settings(inject=inject, unsubscribe_secret=secret),
-        NOW,
+    result = one(
+        build_message("u42", stream_id="s9"), settings(inject=inject, unsubscribe_secret=secret)
     )
     (value,) = values(split_message(result.data)[0], "List-Unsubscribe")
     token = value.removeprefix("<https://mail.example.com/v1/unsubscribe/").removesuffix(">")
