@@ -66,7 +66,7 @@ def tag_of(item: item_format.Item) -> feedbacktag.Tag:
     return_path = item.header["return_path"]
     assert f"\r\nX-ReturnPathIb: {return_path}\r\n".encode() in item.payload
     assert f"\r\nMessage-ID: <{return_path}>\r\n".encode() in item.payload
-    tag = feedbacktag.read_address(KEYS, return_path, ["example.com"])
+    tag = feedbacktag.read_address(KEYS, return_path, ["bounce.example.com"])
     assert tag is not None and tag.kind == "bounce" and tag.uuid == item.uuid
     return tag
 
@@ -212,7 +212,7 @@ def test_one_item_per_recipient_in_one_step(
             line for line in item.payload.split(b"\r\n") if line.startswith(b"List-Unsubscribe:")
         ]
         address = unsub.decode().split("<mailto:", 1)[1].split(">", 1)[0]
-        unsub_tag = feedbacktag.read_address(KEYS, address, ["example.com"])
+        unsub_tag = feedbacktag.read_address(KEYS, address, ["bounce.example.com"])
         assert unsub_tag is not None and unsub_tag.kind == "unsub" and unsub_tag.names(rcpt)
     # The stream registry names the stream for MxServer: one field, however many messages.
     field = feedbacktag.stream_field("spring-sale")
