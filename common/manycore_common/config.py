@@ -246,6 +246,9 @@ class HttpReceiverSection(Section):
     #: Proxies (e.g. the TLS ingress) whose X-Forwarded-For names the real client; failed
     #: logins are throttled per real client, not per proxy.
     trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+    #: One-click unsubscribe links older than this get 410 with a page that points to the
+    #: message's mailto unsubscribe (manycore_httpreceiver.unsubscribe).
+    unsubscribe_token_max_age_days: float = Field(default=90, gt=0)
     #: Longest a client may take to send a request's header section (counted from the
     #: connection's start or its previous request), and again its body, before the
     #: connection is closed: a client dribbling bytes cannot hold a connection longer.

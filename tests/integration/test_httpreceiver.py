@@ -301,3 +301,55 @@ def test_one_click_unsubscribe(
     assert event["event"] == "unsubscribe"
     assert (event["uuid"], event["streamid"]) == ("u55", "camp1")
     assert event["id"] and event["timestamp"] > 0
+
+
+def test_old_unsubscribe_links_get_410_and_point_to_the_mailto(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+) -> None:
+    import time
+
+    from manycore_common.unsubscribe import make_token
+    from tests.unit.test_unsubscribe_token import untimed_token
+
+    secret = UNSUB_SECRET.encode()
+    day = 24 * 3600
+    service = http_service(
+        tmp_path,
+        redis_server.port,
+        **{
+            "common-config__unsubscribe-secret": UNSUB_SECRET,
+            "httpreceiver__unsubscribe-token-max-age-days": 30,
+        },
+    )
+    now = int(time.time())
+    fresh = make_token(secret, "fresh1", issued=now - 29 * day)
+    old = make_token(secret, "old1", issued=now - 31 * day)
+    # The old token with its time moved forward: the MAC no longer matches.
+    payload, _, mac = old.partition(".")
+    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    moved = raw.replace(str(now - 31 * day).encode(), str(now).encode())
+    altered = base64.urlsafe_b64encode(moved).rstrip(b"=").decode() + "." + mac
+    with running(service):
+        status, text = request(service, "GET", f"/v1/unsubscribe/{old}", "text/html")
+        assert status == 410 and "mailto:" in text and "<form" not in text
+        status, text = request(service, "POST", f"/v1/unsubscribe/{old}")
+        assert status == 410 and json.loads(text)["reason"] == "expired"
+        assert request(service, "POST", f"/v1/unsubscribe/{old}", "text/html")[0] == 410
+        assert request(service, "GET", f"/v1/unsubscribe/{altered}")[0] == 404
+        assert request(service, "POST", f"/v1/unsubscribe/{altered}")[0] == 404
+        assert request(service, "POST", f"/v1/unsubscribe/{fresh}")[0] == 200
+        # A link from before issue times is honoured, counted from the first one seen...
+        legacy = untimed_token(secret, "legacy1")
+        assert request(service, "POST", f"/v1/unsubscribe/{legacy}")[0] == 200
+        first_seen = int(queues.get("unsubscribe:untimed-since") or 0)
+        assert abs(first_seen - now) < 60
+        # ...until max age after that.
+        queues.set("unsubscribe:untimed-since", now - 31 * day)
+        assert request(service, "POST", f"/v1/unsubscribe/{legacy}")[0] == 410
+        assert request(service, "GET", f"/v1/unsubscribe/{legacy}")[0] == 410
+        assert service.metric("httpreceiver_unsubscribe_total", 'result="expired"') == 5
+        assert service.metric("httpreceiver_unsubscribe_total", 'result="invalid"') == 2
+    events = [
+        json.loads(item_format.decode(r).payload) for r in queues.lrange("EVENT_QUEUE", 0, -1)
+    ]
+    assert sorted(e["uuid"] for e in events) == ["fresh1", "legacy1"]
