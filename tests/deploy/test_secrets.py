@@ -123,3 +123,10 @@ def test_a_service_that_reads_nothing_from_a_secret_would_fail(
     assert not {p for p in read if p.parent == PurePosixPath("/secrets/receiver-tls")}
     assert "backdata-signing-secret" not in {p.name for p in read}
     assert "feedback-secret" in {p.name for p in read}
+
+
+def test_production_trusts_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ingress that SNATs clients into a trusted range would let five bad passwords lock
+    every API client out: production trusts no proxy unless the operator lists one."""
+    loaded, _ = load_production_config(monkeypatch, "httpreceiver")
+    assert loaded.customer.httpreceiver.trusted_proxies == ()
