@@ -5,19 +5,27 @@ says who must act: 400 bad message, 401 credentials (with ``WWW-Authenticate``),
 large, 415 wrong Content-Type, 429 too many failed logins, 503 with ``Retry-After`` when Redis
 cannot take the message now, 408 when the body does not arrive within the request timeout.
 ``200`` comes only after Redis holds the message.
+
+Failed logins are throttled per client address. Behind ``trusted-proxies`` they are also
+counted per login name (a guesser spread over many addresses still locks only the name it
+attacks), and never against a proxy's own address: when a request's X-Forwarded-For names
+no client outside the trusted ranges, locking that address out would lock out every client
+behind the proxy, so it is refused with a warning (the ranges are too wide, or the proxy
+sets no header) and ``httpreceiver_proxy_lockouts_refused_total``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
 from aiohttp import BasicAuth, web
 from prometheus_client import Counter
 
-from manycore_common.auth import Credentials, FailureThrottle
+from manycore_common.auth import Credentials, FailureThrottle, username_key
 from manycore_common.intake import DROPPED, Intake, TemporarilyUnavailable
 from manycore_common.message import MessageRejected, too_large
 
@@ -34,12 +42,21 @@ AUTH_FAILURES = Counter(
 )
 for _reason in ("missing", "bad-credentials", "locked-out"):
     AUTH_FAILURES.labels(_reason)
+PROXY_LOCKOUTS_REFUSED = Counter(
+    "httpreceiver_proxy_lockouts_refused",
+    "Failed logins not counted against a trusted proxy's own address (X-Forwarded-For named "
+    "no client outside trusted-proxies): locking it out would lock out every client behind it",
+)
+#: At most one misconfiguration warning about a proxy per this many seconds.
+PROXY_WARNING_SECONDS = 60.0
 
 INTAKE_KEY = web.AppKey("intake", Intake)
 CREDENTIALS_KEY = web.AppKey("credentials", Credentials)
 THROTTLE_KEY = web.AppKey("throttle", FailureThrottle)
 TRUSTED_KEY: web.AppKey[tuple[IPv4Network | IPv6Network, ...]] = web.AppKey("trusted_proxies")
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
+#: When the last proxy misconfiguration warning was logged (monotonic seconds).
+PROXY_WARNED_KEY: web.AppKey[list[float]] = web.AppKey("proxy_warned")
 
 
 def error(
@@ -102,35 +119,88 @@ def _locked(seconds: float) -> web.Response:
     )
 
 
+def throttle_keys(
+    client: str,
+    trusted: tuple[IPv4Network | IPv6Network, ...],
+    login: str | None,
+    known_login: bool,
+) -> list[str]:
+    """What a failed login counts against: the client's address unless it is one of our
+    proxies, and behind proxies also a configured login name (unknown names lock nothing
+    worth protecting). Pure."""
+    keys = [] if trusted and _is_trusted(client, trusted) else [client]
+    if trusted and login is not None and known_login:
+        keys.append(username_key(login))
+    return keys
+
+
+def _keys_for(request: web.Request, client: str, auth: BasicAuth | None) -> list[str]:
+    login = auth.login if auth is not None else None
+    known = login is not None and request.app[CREDENTIALS_KEY].knows(login.encode("utf-8"))
+    return throttle_keys(client, request.app[TRUSTED_KEY], login, known)
+
+
+def _locked_for(throttle: FailureThrottle, keys: list[str]) -> float:
+    return max((throttle.locked_for(key) for key in keys), default=0.0)
+
+
+def _record_failure(request: web.Request, keys: list[str], client: str) -> None:
+    throttle = request.app[THROTTLE_KEY]
+    for key in keys:
+        throttle.failure(key)
+    AUTH_FAILURES.labels("bad-credentials").inc()
+    log.warning("authentication failed", extra={"client": client})
+    if client in keys:
+        return
+    PROXY_LOCKOUTS_REFUSED.inc()
+    warned = request.app[PROXY_WARNED_KEY]
+    now = time.monotonic()
+    if now - warned[0] >= PROXY_WARNING_SECONDS:
+        warned[0] = now
+        log.warning(
+            "failed login not counted against trusted proxy: its X-Forwarded-For names no "
+            "client outside httpreceiver.trusted-proxies, and locking the proxy's address out "
+            "would lock out every client behind it. Either trusted-proxies is too wide (it "
+            "includes the clients' addresses, e.g. an ingress that SNATs clients into the pod "
+            "network) or the proxy sets no X-Forwarded-For; failures still count per login",
+            extra={"client": client, "x_forwarded_for": request.headers.get("X-Forwarded-For")},
+        )
+
+
+def _basic(header: str | None) -> BasicAuth | None:
+    if not header:
+        return None
+    try:
+        return BasicAuth.decode(header, encoding="utf-8")
+    except ValueError:
+        return None
+
+
 async def authenticate(request: web.Request) -> web.Response | None:
     """None when the request carries valid credentials, else the response to send."""
     throttle = request.app[THROTTLE_KEY]
     client = client_address(request)
-    locked = throttle.locked_for(client)
+    header = request.headers.get("Authorization")
+    auth = _basic(header)
+    keys = _keys_for(request, client, auth)
+    locked = _locked_for(throttle, keys)
     if locked > 0:
         return _locked(locked)
-    header = request.headers.get("Authorization")
     if not header:
         AUTH_FAILURES.labels("missing").inc()
         return unauthorized("Authentication required (HTTP Basic)")
-    delay = throttle.delay_for(client)
+    delay = max((throttle.delay_for(key) for key in keys), default=0.0)
     if delay > 0:
         await asyncio.sleep(delay)
         # Others may have failed while we waited: look again, then check and record the
         # result without awaiting, so at most max-failures passwords are ever tried.
-        locked = throttle.locked_for(client)
+        locked = _locked_for(throttle, keys)
         if locked > 0:
             return _locked(locked)
-    try:
-        auth = BasicAuth.decode(header, encoding="utf-8")
-    except ValueError:
-        auth = None
     if auth is None or not request.app[CREDENTIALS_KEY].check(
         auth.login.encode("utf-8"), auth.password.encode("utf-8")
     ):
-        throttle.failure(client)
-        AUTH_FAILURES.labels("bad-credentials").inc()
-        log.warning("authentication failed", extra={"client": client})
+        _record_failure(request, keys, client)
         return unauthorized("Invalid credentials")
     return None
 
@@ -210,6 +280,7 @@ def make_app(
     app[INTAKE_KEY] = intake
     app[BODY_TIMEOUT_KEY] = body_timeout
     app[TRUSTED_KEY] = trusted_proxies
+    app[PROXY_WARNED_KEY] = [-PROXY_WARNING_SECONDS]
     app[CREDENTIALS_KEY] = credentials
     app[THROTTLE_KEY] = throttle
     app.router.add_post("/v1/mail/send", send)

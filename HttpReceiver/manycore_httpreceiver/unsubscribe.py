@@ -4,12 +4,22 @@ event; ``GET`` shows a confirmation page whose button makes that POST.
 No Basic auth: these URLs are in the List-Unsubscribe header of every message, and the token
 is the authorization (see manycore_common.unsubscribe). GET never unsubscribes by itself:
 link scanners and previews fetch URLs they find (RFC 8058 §3.3 is about exactly this).
+
+A token older than ``httpreceiver.unsubscribe-token-max-age-days`` gets 410 Gone with a page
+that sends the person to the message's mail unsubscribe (List-Unsubscribe's mailto, which
+MxServer turns into the same event whatever the message's age): a link leaked or forwarded
+long ago should not work for ever, but nobody should be left without a way out. Tokens from
+before issue times (no time inside) are honoured for the same age counted from the first one
+this version saw (``UNTIMED_SINCE_KEY`` in Redis): all of them were minted before the
+upgrade, and refusing a real unsubscribe is worse than honouring an old link a while longer.
+``expired`` is pure; the handlers do the IO.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -18,26 +28,44 @@ from redis.exceptions import RedisError
 
 from manycore_common import events
 from manycore_common.queue import ReliableQueue
-from manycore_common.unsubscribe import parse_token
+from manycore_common.unsubscribe import Token, read_token
 
 log = logging.getLogger(__name__)
 
 RESULTS = Counter(
     "httpreceiver_unsubscribe",
-    "One-click unsubscribe requests, by result (ok, repeated, invalid, unavailable)",
+    "One-click unsubscribe requests, by result (ok, repeated, invalid, expired, unavailable)",
     ["result"],
 )
-for _result in ("ok", "repeated", "invalid", "unavailable"):
+for _result in ("ok", "repeated", "invalid", "expired", "unavailable"):
     RESULTS.labels(_result)
 
-#: A repeated POST of the same token within this time gives no second event.
+#: A repeated POST of the same token within this time gives no second event (at least).
 ONCE_SECONDS = 90 * 24 * 3600
+#: Unix time HttpReceiver first saw a token without an issue time (set once, never changed).
+UNTIMED_SINCE_KEY = "unsubscribe:untimed-since"
 
 
 @dataclass(frozen=True)
 class Unsubscribe:
     secret: bytes
     event_queue: ReliableQueue
+    #: Older tokens get 410 (httpreceiver.unsubscribe-token-max-age-days).
+    max_age_seconds: float = 90 * 24 * 3600
+
+
+def expired(token: Token, now: float, max_age: float, untimed_since: float | None) -> bool:
+    """Whether a genuine token is too old. A token without an issue time counts as issued
+    when the first such token was seen (``untimed_since``; None: not known, honoured)."""
+    issued = token.issued if token.issued is not None else untimed_since
+    return issued is not None and now - issued > max_age
+
+
+async def _untimed_since(settings: Unsubscribe, now: float) -> float:
+    """When the first untimed token was seen, recording ``now`` if this is the first."""
+    # SET NX GET (Redis 7.0): one round trip, and concurrent workers agree on one value.
+    previous = await settings.event_queue.redis.set(UNTIMED_SINCE_KEY, int(now), nx=True, get=True)
+    return now if previous is None else float(previous)
 
 
 UNSUBSCRIBE_KEY = web.AppKey("unsubscribe", Unsubscribe)
@@ -59,16 +87,47 @@ def page(title: str, body: str, status: int = 200) -> web.Response:
     )
 
 
-def _token(request: web.Request) -> tuple[Unsubscribe, tuple[str, str | None] | None]:
+_EXPIRED_BODY = (
+    "<p>This unsubscribe link is too old to be used.</p>"
+    "<p>You can still unsubscribe by email: open the message, and use your mail program's "
+    "Unsubscribe button, or send an email to the unsubscribe address in the message's "
+    "List-Unsubscribe header (it begins with <code>mailto:</code>).</p>"
+)
+
+
+def _token(request: web.Request) -> tuple[Unsubscribe, Token | None]:
     settings = request.app[UNSUBSCRIBE_KEY]
-    return settings, parse_token(settings.secret, request.match_info["token"])
+    return settings, read_token(settings.secret, request.match_info["token"])
+
+
+async def _is_expired(settings: Unsubscribe, token: Token) -> bool:
+    """``expired`` with the clock and, for an untimed token, Redis; raises RedisError."""
+    now = time.time()
+    since = None if token.issued is not None else await _untimed_since(settings, now)
+    return expired(token, now, settings.max_age_seconds, since)
+
+
+def _gone(request: web.Request, uuid: str) -> web.Response:
+    RESULTS.labels("expired").inc()
+    log.info("unsubscribe link expired", extra={"uuid": uuid})
+    if request.method == "GET" or "text/html" in request.headers.get("Accept", ""):
+        return page("Link expired", _EXPIRED_BODY, 410)
+    return web.json_response(
+        {"error": "unsubscribe link expired: use the message's mailto", "reason": "expired"},
+        status=410,
+    )
 
 
 async def confirm_page(request: web.Request) -> web.Response:
-    _, parsed = _token(request)
+    settings, parsed = _token(request)
     if parsed is None:
         RESULTS.labels("invalid").inc()
         return page("Link not valid", "<p>This unsubscribe link is not valid.</p>", 404)
+    try:
+        if await _is_expired(settings, parsed):
+            return _gone(request, parsed.uuid)
+    except (RedisError, OSError):
+        pass  # the page only asks; the POST checks again (and needs Redis anyway)
     return page(
         "Unsubscribe",
         '<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
@@ -83,15 +142,17 @@ async def one_click(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": "unknown unsubscribe link", "reason": "invalid"}, status=404
         )
-    uuid, stream_id = parsed
+    uuid, stream_id, _ = parsed
     event = events.new_event("unsubscribe", uuid=uuid, streamid=stream_id)
     try:
+        if await _is_expired(settings, parsed):
+            return _gone(request, uuid)
         pushed = await events.emit_once(
             settings.event_queue,
             event,
             source="httpreceiver",
             once_key=f"unsubscribed:{uuid}",
-            ttl=ONCE_SECONDS,
+            ttl=max(ONCE_SECONDS, int(settings.max_age_seconds)),
         )
     except (RedisError, OSError) as exc:
         RESULTS.labels("unavailable").inc()

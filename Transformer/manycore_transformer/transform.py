@@ -350,7 +350,9 @@ def _prepare(
         "return-path-domain": signer.return_path_domain,
     }
     if settings.unsubscribe_secret is not None:
-        names["unsubscribe-token"] = make_token(settings.unsubscribe_secret, uuid, stream_id)
+        names["unsubscribe-token"] = make_token(
+            settings.unsubscribe_secret, uuid, stream_id, int(now)
+        )
     if signer.beacon_url:
         body = add_beacon(fields, body, render(signer.beacon_url, names))
     if body and not body.endswith(b"\r\n"):

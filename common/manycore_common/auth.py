@@ -23,6 +23,11 @@ class Credentials:
             for login in logins
         ]
 
+    def knows(self, username: bytes) -> bool:
+        """Whether ``username`` is a configured login (whatever the password)."""
+        digest = _digest(username)
+        return any(hmac.compare_digest(digest, known) for known, _ in self._entries)
+
     def check(self, username: bytes, password: bytes) -> bool:
         user_digest = _digest(username)
         pass_digest = _digest(password)
@@ -36,6 +41,11 @@ class Credentials:
 
 def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
+
+
+def username_key(username: str) -> str:
+    """The throttle's key for failures of one login name; no client address looks like it."""
+    return f"user:{username}"
 
 
 @dataclass

@@ -14,6 +14,8 @@ Rules:
   appear in ``repr``, ``str`` or logs.
 * Sections are optional at load time: each service asks for its own with ``require``, which
   reports a missing section the same way as any other error.
+* A service loads only its own section and what it borrows (``configscope``): it reads
+  no other service's secret files, so it neither holds them nor needs them to start.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from . import configscope
 
 DEFAULT_GLOBAL_CONFIG = Path("/configs/inboxbooster-mailer-global.yaml")
 DEFAULT_CUSTOMER_CONFIG = Path("/configs/inboxbooster-mailer-customer.yaml")
@@ -80,11 +84,18 @@ class Section(BaseModel):
             return {}
         if not cls.secret_keys or not isinstance(data, Mapping):
             return data
-        base = Path((info.context or {}).get("base_dir", "."))
+        context = info.context or {}
+        base = Path(context.get("base_dir", "."))
+        # A section a service only borrows plain values from (configscope): its secrets
+        # belong to another service, whose files this one need not, and should not, see.
+        skip = context.get("secret_files") == "skip"
         data = dict(data)
         for key in cls.secret_keys:
             file_key = f"{key}-file"
             if file_key not in data:
+                continue
+            if skip:
+                data.pop(file_key)
                 continue
             if key in data:
                 raise ValueError(f"give either {key} or {file_key}, not both")
@@ -235,6 +246,9 @@ class HttpReceiverSection(Section):
     #: Proxies (e.g. the TLS ingress) whose X-Forwarded-For names the real client; failed
     #: logins are throttled per real client, not per proxy.
     trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+    #: One-click unsubscribe links older than this get 410 with a page that points to the
+    #: message's mailto unsubscribe (manycore_httpreceiver.unsubscribe).
+    unsubscribe_token_max_age_days: float = Field(default=90, gt=0)
     #: Longest a client may take to send a request's header section (counted from the
     #: connection's start or its previous request), and again its body, before the
     #: connection is closed: a client dribbling bytes cannot hold a connection longer.
@@ -850,28 +864,59 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(global_file: Path, customer_file: Path) -> Config:
-    """Load and validate both files; raises ConfigError listing every problem."""
+def load_config(global_file: Path, customer_file: Path, service: str | None = None) -> Config:
+    """Load and validate both files; raises ConfigError listing every problem.
+
+    With ``service``, only what that service uses is loaded (``configscope``): its own
+    section with its secret files, the sections it borrows plain values from without
+    theirs, and the common-config secrets it uses. Without, everything (tools, tests)."""
     problems: list[str] = []
-    parsed: dict[str, Any] = {}
-    for key, path, model in (
-        ("global_", global_file, GlobalConfig),
-        ("customer", customer_file, CustomerConfig),
-    ):
+    global_: GlobalConfig | None = None
+    customer: CustomerConfig | None = None
+    try:
+        global_ = GlobalConfig.model_validate(
+            _load_yaml(global_file), context={"base_dir": global_file.parent}
+        )
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    except ValidationError as exc:
+        problems.extend(f"{global_file.name}: {line}" for line in format_errors(exc))
+    try:
+        data = _load_yaml(customer_file)
+        scope = None if service is None else configscope.scope_for(service)
+        customer = _customer(data, customer_file, scope)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems or global_ is None or customer is None:
+        raise ConfigError(problems)
+    return Config(global_=global_, customer=customer, config_dir=customer_file.parent)
+
+
+def _customer(data: dict[str, Any], path: Path, scope: configscope.Scope | None) -> CustomerConfig:
+    """The customer file validated within ``scope`` (everything when None)."""
+    context = {"base_dir": path.parent}
+    borrowed: set[str] = set()
+    if scope is not None:
+        data, borrowed = configscope.scoped_customer(data, scope)
+    problems: list[str] = []
+    customer = None
+    try:
+        own = {k: v for k, v in data.items() if k not in borrowed}
+        customer = CustomerConfig.model_validate(own, context=context)
+    except ValidationError as exc:
+        problems.extend(f"{path.name}: {line}" for line in format_errors(exc))
+    lent: dict[str, Any] = {}
+    for name in sorted(borrowed):
         try:
-            data = _load_yaml(path)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        try:
-            parsed[key] = model.model_validate(data, context={"base_dir": path.parent})
+            part = CustomerConfig.model_validate(
+                {name: data[name]}, context={**context, "secret_files": "skip"}
+            )
+            lent[name.replace("-", "_")] = getattr(part, name)
         except ValidationError as exc:
             problems.extend(f"{path.name}: {line}" for line in format_errors(exc))
-    if problems:
+    if problems or customer is None:
         raise ConfigError(problems)
-    return Config(
-        global_=parsed["global_"], customer=parsed["customer"], config_dir=customer_file.parent
-    )
+    return customer.model_copy(update=lent)
 
 
 def exit_on_config_error(error: ConfigError) -> NoReturn:

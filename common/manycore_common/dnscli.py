@@ -145,7 +145,7 @@ def print_check(verdicts: Sequence[dnscheck.Verdict]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = load_config(Path(args.global_config_file), Path(args.customer_config_file))
+        config = load_config(Path(args.global_config_file), Path(args.customer_config_file), "dns")
         facts, notes = facts_from(config, args)
         resolver = dnscheck.resolver_for(args.nameserver, args.timeout) if args.check else None
     except ConfigError as exc:

@@ -43,9 +43,10 @@ def parse_args(service: str, argv: Sequence[str] | None = None) -> argparse.Name
     return parser.parse_args(argv)
 
 
-def load_or_exit(args: argparse.Namespace) -> Config:
+def load_or_exit(args: argparse.Namespace, service: str) -> Config:
+    """The config as ``service`` sees it: its own section and secrets only (configscope)."""
     try:
-        return load_config(args.global_config_file, args.customer_config_file)
+        return load_config(args.global_config_file, args.customer_config_file, service)
     except ConfigError as exc:
         exit_on_config_error(exc)
 
@@ -70,7 +71,7 @@ def run_service(
     args = parse_args(service, arguments)
     handoff = workers.handoff()
     setup_logging(service, worker=handoff.index if handoff else None)
-    config = load_or_exit(args)
+    config = load_or_exit(args, service)
     try:
         settings = prepare(config)
     except ConfigError as exc:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import redisconn
+from . import configscope, redisconn
 from .config import (
     DEFAULT_CUSTOMER_CONFIG,
     DEFAULT_GLOBAL_CONFIG,
@@ -45,7 +45,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="manycore-queues", description=__doc__.split("\n")[0])
     parser.add_argument("--global-config-file", default=str(DEFAULT_GLOBAL_CONFIG))
     parser.add_argument("--customer-config-file", default=str(DEFAULT_CUSTOMER_CONFIG))
-    parser.add_argument("--section", default="redis", help="whose Redis settings to use")
+    parser.add_argument(
+        "--section",
+        default="redis",
+        choices=configscope.SECTIONS,
+        help="whose Redis settings to use",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("stats", help="queue sizes")
@@ -118,7 +123,10 @@ async def run(args: argparse.Namespace, config: Config) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        config = load_config(Path(args.global_config_file), Path(args.customer_config_file))
+        # Only the chosen section's secrets: the tool runs in that service's pod.
+        config = load_config(
+            Path(args.global_config_file), Path(args.customer_config_file), args.section
+        )
     except ConfigError as exc:
         exit_on_config_error(exc)
     sys.exit(asyncio.run(run(args, config)))

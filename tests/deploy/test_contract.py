@@ -36,8 +36,18 @@ from tests.deploy.support import (
 README = REPO / "README.md"
 DEPLOY_README = DEPLOY / "README.md"
 PRODUCTION_CONFIG = OVERLAYS_DIR / "production" / "config"
-#: Where every pod finds the Secret manycore-secrets.
+#: Where every pod finds its own Secret, manycore-<service>.
 SECRETS_DIR = PurePosixPath("/secrets/manycore")
+#: Config section (service) → the pod that runs it.
+POD_OF = {
+    "receiver": "receiver",
+    "httpreceiver": "httpreceiver",
+    "transformer": "transformer",
+    "postfixlog": "postfix",
+    "mxserver": "mxserver",
+    "backdata": "backdata",
+    "redis": "redis",
+}
 
 
 def commands(path: Path) -> list[str]:
@@ -125,9 +135,12 @@ def test_every_secret_the_overlay_needs_is_documented(overlay: str) -> None:
             assert ref["key"] in documented[ref["name"]], f"{ref['name']} lacks key {ref['key']}"
 
 
-def load_production_config(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[str]]:
-    """The overlay's config, validated by the services' own model. Secret files live only in
-    the cluster, so reading one returns a stand-in and records the path."""
+def load_production_config(
+    monkeypatch: pytest.MonkeyPatch, service: str | None = None
+) -> tuple[Any, list[str]]:
+    """The overlay's config, validated by the services' own model, as ``service`` loads it
+    (everything when None). Secret files live only in the cluster, so reading one returns a
+    stand-in and records the path."""
     read: list[str] = []
 
     def stand_in(base: Path, value: object, key: str) -> str:
@@ -138,18 +151,25 @@ def load_production_config(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[s
     loaded = config_model.load_config(
         PRODUCTION_CONFIG / "inboxbooster-mailer-global.yaml",
         PRODUCTION_CONFIG / "inboxbooster-mailer-customer.yaml",
+        service,
     )
     return loaded, read
 
 
-def test_production_config_names_only_documented_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    _, read = load_production_config(monkeypatch)
-    assert read, "the production config reads no secret file"
-    keys = documented_secrets()["manycore-secrets"]
+@pytest.mark.parametrize("service", sorted(POD_OF))
+def test_production_config_names_only_documented_secrets(
+    monkeypatch: pytest.MonkeyPatch, service: str
+) -> None:
+    """Every secret file a service reads is a key of its own Secret, and every key of its
+    Secret is read (a key nobody reads is a secret handed out for nothing)."""
+    _, read = load_production_config(monkeypatch, service)
+    assert read, f"{service} reads no secret file"
+    keys = documented_secrets()[f"manycore-{service}"]
     for path in read:
         pure = PurePosixPath(path)
         assert pure.parent == SECRETS_DIR, f"{path}: secrets come from {SECRETS_DIR}"
-        assert pure.name in keys, f"{path}: key {pure.name} is not in manycore-secrets"
+        assert pure.name in keys, f"{path}: key {pure.name} is not in manycore-{service}"
+    assert keys == {PurePosixPath(p).name for p in read}, f"manycore-{service}: unread keys"
 
 
 def mount_for(workload: Workload, path: PurePosixPath) -> Doc | None:
@@ -160,11 +180,13 @@ def mount_for(workload: Workload, path: PurePosixPath) -> Doc | None:
 
 
 def test_production_config_paths_are_mounted(monkeypatch: pytest.MonkeyPatch) -> None:
-    loaded, read = load_production_config(monkeypatch)
+    loaded, _ = load_production_config(monkeypatch)
     pods = {w.name: w for w in workloads(list(render("production")))}
     customer = loaded.customer
     wanted: list[tuple[str, PurePosixPath, bool]] = [
-        (pod, PurePosixPath(p), False) for p in read for pod in pods
+        (pod, PurePosixPath(p), False)
+        for service, pod in POD_OF.items()
+        for p in load_production_config(monkeypatch, service)[1]
     ]
     wanted += [
         ("transformer", PurePosixPath(str(d.dkim_private_key_file)), False)

@@ -595,11 +595,13 @@ def _secret_config(customer: dict[str, Any], webhook_url: str) -> None:
         set_path(customer, f"backdata.{key}", value)
 
 
-def _run_with_config(directory: Path, customer: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def _run_with_config(
+    directory: Path, customer: dict[str, Any], service: str
+) -> subprocess.CompletedProcess[str]:
     global_file = directory / "inboxbooster-mailer-global.yaml"
     customer_file = directory / "bad-customer.yaml"
     customer_file.write_text(yaml.safe_dump(customer, sort_keys=False))
-    script = Path(sys.executable).with_name("manycore-receiver")
+    script = Path(sys.executable).with_name(f"manycore-{service}")
     return subprocess.run(
         [
             str(script),
@@ -679,7 +681,11 @@ def test_no_secret_in_logs_metrics_redis_or_config_errors(
     for path, value, key in BAD_CONFIGS:
         bad = yaml.safe_load(customer_file.read_text())
         set_path(bad, path, value)
-        run = _run_with_config(directory, bad)
+        # Each service validates only its own section (and the common keys it uses).
+        section = path.split(".")[0]
+        run = _run_with_config(
+            directory, bad, "httpreceiver" if section == "common-config" else section
+        )
         assert run.returncode == 2, (path, run.stdout, run.stderr)
         lines = run.stderr.splitlines()
         assert lines and all(line.startswith("config error: ") for line in lines), run.stderr

@@ -346,10 +346,12 @@ def _load(tmp_path: Path, global_text: str, customer_text: str) -> None:
     global_file, customer_file = tmp_path / "g.yaml", tmp_path / "c.yaml"
     global_file.write_text(global_text, encoding="utf-8", errors="surrogatepass")
     customer_file.write_text(customer_text, encoding="utf-8", errors="surrogatepass")
-    try:
-        load_config(global_file, customer_file)
-    except ConfigError as exc:
-        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
+    # Everything, and as MxServer loads it (its own section, borrowed ones, common subset).
+    for service in (None, "mxserver"):
+        try:
+            load_config(global_file, customer_file, service)
+        except ConfigError as exc:
+            assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

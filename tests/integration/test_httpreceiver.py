@@ -254,7 +254,8 @@ def test_throttle_uses_the_client_behind_a_trusted_proxy(
             "httpreceiver__trusted-proxies": ["127.0.0.0/8"],
         },
     )
-    bad = "Basic " + base64.b64encode(b"apa:guess").decode()
+    # A name that is no login: only the attacker's address counts (names: see below).
+    bad = "Basic " + base64.b64encode(b"mallory:guess").decode()
     with running(service):
         # An attacker behind the ingress locks out only itself (addresses from TEST-NET-1;
         # they are header values, nothing is sent to them).
@@ -264,6 +265,66 @@ def test_throttle_uses_the_client_behind_a_trusted_proxy(
         assert post_as(service, GOOD_AUTH, "192.0.2.11") == 200
         # A forged hop in front of the real one does not help: the nearest untrusted wins.
         assert post_as(service, GOOD_AUTH, "192.0.2.99, 192.0.2.10") == 429
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_behind_a_proxy_failures_lock_the_login_and_clients_never_the_proxy(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    service = http_service(
+        tmp_path,
+        redis_server.port,
+        **{
+            "httpreceiver__auth-throttle": {"max-failures": 3, "delay-seconds": 0},
+            "httpreceiver__trusted-proxies": ["127.0.0.0/8"],
+            "httpreceiver__auth-logins": [
+                {"username": "apa", "password": "banan"},
+                {"username": "other", "password": "other-password"},
+            ],
+        },
+    )
+    other = basic("other", "other-password")
+    with running(service):
+        # A guesser spread over many clients (one try each) locks the name it attacks...
+        for n in range(1, 4):
+            assert post_as(service, basic("apa", "guess"), f"192.0.2.{n}") == 401
+        assert post_as(service, GOOD_AUTH, "192.0.2.50") == 429
+        # ...and nothing else: not the proxy, not other clients, not other logins.
+        assert post_as(service, other, "192.0.2.50") == 200
+        assert post_as(service, other) == 200
+        # Failures whose client is the proxy itself (no X-Forwarded-For, or only trusted
+        # hops): never counted against the proxy's address.
+        for forwarded in [None] * 5 + ["127.0.0.5"] * 5:
+            assert post_as(service, basic("nobody", "guess"), forwarded) == 401
+        assert post_as(service, other) == 200
+        assert post_as(service, other, "127.0.0.5") == 200
+        assert service.metric("httpreceiver_proxy_lockouts_refused_total") == 10
+        # A real client's address is still locked out by its own failures.
+        for _ in range(3):
+            assert post_as(service, basic("nobody", "guess"), "192.0.2.60") == 401
+        assert post_as(service, other, "192.0.2.60") == 429
+        assert post_as(service, other, "192.0.2.61") == 200
+    log = service.log.read_text()
+    assert log.count("failed login not counted against trusted proxy") == 1  # rate-limited
+    assert "too wide" in log
+
+
+def test_without_trusted_proxies_names_are_not_counted(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    service = http_service(
+        tmp_path,
+        redis_server.port,
+        **{"httpreceiver__auth-throttle": {"max-failures": 2, "delay-seconds": 0}},
+    )
+    with running(service):
+        # X-Forwarded-For from an untrusted peer is ignored: all of it is one client.
+        assert post_as(service, basic("apa", "guess"), "192.0.2.1") == 401
+        assert post_as(service, basic("apa", "guess"), "192.0.2.2") == 401
+        assert post_as(service, GOOD_AUTH, "192.0.2.3") == 429
 
 
 def test_missing_content_type_gets_415(api: Service) -> None:
@@ -316,3 +377,55 @@ def test_one_click_unsubscribe(
     assert event["event"] == "unsubscribe"
     assert (event["uuid"], event["streamid"]) == ("u55", "camp1")
     assert event["id"] and event["timestamp"] > 0
+
+
+def test_old_unsubscribe_links_get_410_and_point_to_the_mailto(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+) -> None:
+    import time
+
+    from manycore_common.unsubscribe import make_token
+    from tests.unit.test_unsubscribe_token import untimed_token
+
+    secret = UNSUB_SECRET.encode()
+    day = 24 * 3600
+    service = http_service(
+        tmp_path,
+        redis_server.port,
+        **{
+            "common-config__unsubscribe-secret": UNSUB_SECRET,
+            "httpreceiver__unsubscribe-token-max-age-days": 30,
+        },
+    )
+    now = int(time.time())
+    fresh = make_token(secret, "fresh1", issued=now - 29 * day)
+    old = make_token(secret, "old1", issued=now - 31 * day)
+    # The old token with its time moved forward: the MAC no longer matches.
+    payload, _, mac = old.partition(".")
+    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    moved = raw.replace(str(now - 31 * day).encode(), str(now).encode())
+    altered = base64.urlsafe_b64encode(moved).rstrip(b"=").decode() + "." + mac
+    with running(service):
+        status, text = request(service, "GET", f"/v1/unsubscribe/{old}", "text/html")
+        assert status == 410 and "mailto:" in text and "<form" not in text
+        status, text = request(service, "POST", f"/v1/unsubscribe/{old}")
+        assert status == 410 and json.loads(text)["reason"] == "expired"
+        assert request(service, "POST", f"/v1/unsubscribe/{old}", "text/html")[0] == 410
+        assert request(service, "GET", f"/v1/unsubscribe/{altered}")[0] == 404
+        assert request(service, "POST", f"/v1/unsubscribe/{altered}")[0] == 404
+        assert request(service, "POST", f"/v1/unsubscribe/{fresh}")[0] == 200
+        # A link from before issue times is honoured, counted from the first one seen...
+        legacy = untimed_token(secret, "legacy1")
+        assert request(service, "POST", f"/v1/unsubscribe/{legacy}")[0] == 200
+        first_seen = int(queues.get("unsubscribe:untimed-since") or 0)
+        assert abs(first_seen - now) < 60
+        # ...until max age after that.
+        queues.set("unsubscribe:untimed-since", now - 31 * day)
+        assert request(service, "POST", f"/v1/unsubscribe/{legacy}")[0] == 410
+        assert request(service, "GET", f"/v1/unsubscribe/{legacy}")[0] == 410
+        assert service.metric("httpreceiver_unsubscribe_total", 'result="expired"') == 5
+        assert service.metric("httpreceiver_unsubscribe_total", 'result="invalid"') == 2
+    events = [
+        json.loads(item_format.decode(r).payload) for r in queues.lrange("EVENT_QUEUE", 0, -1)
+    ]
+    assert sorted(e["uuid"] for e in events) == ["fresh1", "legacy1"]

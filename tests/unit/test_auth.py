@@ -58,3 +58,25 @@ def test_memory_is_bounded() -> None:
     for i in range(1000):
         t.failure(f"10.0.{i // 256}.{i % 256}", now=0)
     assert len(t._records) == 100
+
+
+def test_throttle_keys_behind_proxies() -> None:
+    from ipaddress import ip_network
+
+    from manycore_common.auth import username_key
+    from manycore_httpreceiver.app import throttle_keys
+
+    proxies = (ip_network("10.0.0.0/8"),)
+    # No proxies: the address only, whatever the name.
+    assert throttle_keys("192.0.2.1", (), "apa", True) == ["192.0.2.1"]
+    # Behind proxies: the client and a configured login name; an unknown name is not kept.
+    assert throttle_keys("192.0.2.1", proxies, "apa", True) == ["192.0.2.1", username_key("apa")]
+    assert throttle_keys("192.0.2.1", proxies, "zz", False) == ["192.0.2.1"]
+    # The client resolved to a proxy: never its address.
+    assert throttle_keys("10.1.2.3", proxies, "apa", True) == [username_key("apa")]
+    assert throttle_keys("10.1.2.3", proxies, None, False) == []
+
+
+def test_credentials_know_their_names() -> None:
+    credentials = Credentials([login("apa", "banan")])
+    assert credentials.knows(b"apa") and not credentials.knows(b"ap")

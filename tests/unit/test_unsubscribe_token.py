@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import base64
+import time
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from manycore_common.unsubscribe import make_token, parse_token
+from manycore_common.unsubscribe import Token, make_token, parse_token, read_token
+from manycore_httpreceiver.unsubscribe import expired
 
 SECRET = b"test-only-secret-0123456789abcdef"
 
@@ -29,3 +33,60 @@ def test_forgeries_are_refused() -> None:
 @given(st.text(max_size=300))
 def test_arbitrary_input_never_crashes(text: str) -> None:
     assert parse_token(SECRET, text) is None
+
+
+def untimed_token(secret: bytes, payload: str) -> str:
+    """A token as minted before issue times existed (the format of the links already in
+    inboxes): base64url(uuid[:stream]) and the MAC under the old label."""
+    import base64
+    import hashlib
+    import hmac
+
+    raw = payload.encode()
+    mac = hmac.new(secret, b"manycore-unsubscribe:" + raw, hashlib.sha256).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return f"{b64(raw)}.{b64(mac)[:32]}"
+
+
+def test_tokens_carry_their_issue_time() -> None:
+    token = make_token(SECRET, "abc123", "s1", issued=1_700_000_000)
+    assert read_token(SECRET, token) == Token("abc123", "s1", 1_700_000_000)
+    now = int(time.time())
+    fresh = read_token(SECRET, make_token(SECRET, "abc"))
+    assert fresh is not None and fresh.issued is not None and abs(fresh.issued - now) <= 2
+
+
+def test_untimed_tokens_are_still_read_without_a_time() -> None:
+    assert read_token(SECRET, untimed_token(SECRET, "abc123:camp")) == Token("abc123", "camp", None)
+    assert parse_token(SECRET, untimed_token(SECRET, "abc123")) == ("abc123", None)
+
+
+def test_an_altered_time_breaks_the_mac() -> None:
+    token = make_token(SECRET, "abc123", issued=1_700_000_000)
+    payload, _, mac = token.partition(".")
+    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    later = raw.replace(b"1700000000", b"1800000000")
+    altered = base64.urlsafe_b64encode(later).rstrip(b"=").decode() + "." + mac
+    assert read_token(SECRET, altered) is None
+
+
+def test_a_timed_payload_under_the_old_label_is_no_timed_token() -> None:
+    # Someone holding an untimed token for uuid "1700000000" cannot pass it off as a token
+    # for another uuid issued at that time: the labels differ.
+    assert read_token(SECRET, untimed_token(SECRET, "1700000000:abc")) == Token(
+        "1700000000", "abc", None
+    )
+
+
+def test_expiry_rule() -> None:
+    day = 24 * 3600.0
+    timed = Token("u", None, 1000)
+    untimed = Token("u", None, None)
+    assert not expired(timed, 1000 + 90 * day, 90 * day, None)
+    assert expired(timed, 1000 + 90 * day + 1, 90 * day, None)
+    assert not expired(untimed, 10**12, 90 * day, None)  # nothing known: honoured
+    assert not expired(untimed, 5000 + 89 * day, 90 * day, 5000)
+    assert expired(untimed, 5000 + 91 * day, 90 * day, 5000)
