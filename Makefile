@@ -37,6 +37,7 @@ bench: deps
 	$(PY) -m bench.backdata
 	$(PY) -m bench.ingest
 	$(PY) -m bench.e2e
+	$(PY) -m bench.growth
 
 deps: sysdeps $(STAMP)
 
