@@ -15,6 +15,13 @@ log files belong to one Postfix):
     ``I:<queue id>`` (or ``I:-`` when Postfix refused every recipient): this queue item is
     already in a Postfix. An item delivered again (our ack was lost, or the reaper returned
     it) is then acked instead of sent twice.
+``postfixlog:claim:<item id>`` (STRING, expires after ``CLAIM_SECONDS``)
+    The id of the consumer (one PostfixLog process) that is handing this item to its Postfix.
+    Taken atomically before the injection, with the "already injected" check; another
+    consumer that finds it held does not inject the item (it puts it back at the end of the
+    queue) — the case of a process whose items were reclaimed during a stall, which would
+    otherwise inject the same item as the one that took them over. Deleted when the
+    injection is recorded or given up.
 ``postfixlog:I:requeued:<queue id>`` (STRING)
     A stop handed this message back to the to-postfix queue; if it is still in Postfix's
     queue at the next start (we died before deleting it), it is deleted, not sent.
@@ -39,10 +46,16 @@ from redis.asyncio import Redis
 #: again after a restart still find it (and are recognised as done).
 DONE_TTL = 3600
 
-# KEYS: item key, msg key (or a dummy when no message), event queue.
-# ARGV: state ttl, item marker, msg fields JSON ('' for none), events... → 1, or 0 when the
-# item was already recorded (nothing is written then).
+#: How long a claim lasts. It only matters when its holder stalls or dies between the claim
+#: and the record (a dead holder delays the item by up to this much); a holder re-claims
+#: before injecting once half of it has passed (see ``Claim.fresh``).
+CLAIM_SECONDS = 120
+
+# KEYS: item key, msg key (or a dummy when no message), event queue, claim.
+# ARGV: state ttl, item marker, msg fields JSON ('' for none), claimer id, events... → 1, or 0
+# when the item was already recorded (nothing is written then). The claim is dropped if ours.
 _RECORD = """
+if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local ttl = tonumber(ARGV[1])
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl)
@@ -51,8 +64,24 @@ if ARGV[3] ~= '' then
   for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
   redis.call('EXPIRE', KEYS[2], ttl)
 end
-for i = 4, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+for i = 5, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
 return 1
+"""
+
+# KEYS: item key, claim. ARGV: claimer id, claim ms → 'done' (already in a Postfix), 'mine'
+# (claimed, or re-claimed with a fresh expiry), else the id of the consumer that holds it.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'done' end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return holder end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 'mine'
+"""
+
+# KEYS: claim. ARGV: claimer id → 1 if it was ours and is gone.
+_UNCLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 # KEYS: msg key, event queue. ARGV: recipient key, event item, done ttl
@@ -164,6 +193,22 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """The answer to a claim: ``done`` (already injected somewhere), ``mine``, or held by
+    ``holder``. ``at`` is our monotonic clock when the claim was asked for (before Redis set
+    its expiry), so ``fresh`` errs on the safe side."""
+
+    status: str
+    holder: str | None
+    at: float
+
+    def fresh(self, now: float) -> bool:
+        """Still ours with a wide margin: a holder that stalled longer than half the claim
+        (its claim may have expired and been taken) claims again before it injects."""
+        return self.status == "mine" and now - self.at < CLAIM_SECONDS / 2
+
+
+@dataclass(frozen=True)
 class Position:
     """A byte offset in one file (device and inode name the file across renames)."""
 
@@ -194,6 +239,8 @@ class State:
         self._final = redis.register_script(_FINAL)
         self._deferral = redis.register_script(_DEFERRAL)
         self._requeue = redis.register_script(_REQUEUE)
+        self._claim = redis.register_script(_CLAIM)
+        self._unclaim = redis.register_script(_UNCLAIM)
 
     def msg_key(self, queue_id: str) -> str:
         return f"{self.prefix}msg:{queue_id}"
@@ -202,24 +249,46 @@ class State:
     def item_key(item_id: str) -> str:
         return f"postfixlog:item:{item_id}"
 
+    @staticmethod
+    def claim_key(item_id: str) -> str:
+        return f"postfixlog:claim:{item_id}"
+
     # ------------------------------------------------------------------ injection
 
-    async def injected(self, item_id: str) -> str | None:
-        """Where this queue item already went (``instance:queue id``), if anywhere."""
-        raw = await self.redis.get(self.item_key(item_id))
-        return raw.decode() if isinstance(raw, bytes) else raw
+    async def claim(self, item_id: str, claimer: str, now: float) -> Claim:
+        """Claim the item for ``claimer`` unless it is already injected or someone else
+        holds it (``now``: the caller's monotonic clock, read before asking)."""
+        answer = _text(
+            await self._claim(
+                keys=[self.item_key(item_id), self.claim_key(item_id)],
+                args=[claimer, CLAIM_SECONDS * 1000],
+            )
+        )
+        if answer in ("done", "mine"):
+            return Claim(answer, claimer if answer == "mine" else None, now)
+        return Claim("held", answer, now)
+
+    async def unclaim(self, item_id: str, claimer: str) -> None:
+        """Give up our claim (the item goes back to the queue without being injected)."""
+        await self._unclaim(keys=[self.claim_key(item_id)], args=[claimer])
 
     async def record(
-        self, item_id: str, queue_id: str | None, message: Message | None, events: list[bytes]
+        self,
+        item_id: str,
+        queue_id: str | None,
+        message: Message | None,
+        events: list[bytes],
+        claimer: str = "",
     ) -> bool:
         """The injection's outcome in one step: queue id → message, the item marked as sent,
-        and any events (recipients Postfix refused at once). False: already recorded."""
+        any events (recipients Postfix refused at once), and ``claimer``'s claim dropped.
+        False: already recorded."""
         marker = f"{self.instance}:{queue_id or '-'}"
         msg_key = self.msg_key(queue_id) if queue_id else f"{self.prefix}msg:-"
         fields = json.dumps(message.fields()) if message is not None and queue_id else ""
         done = await self._record(
-            keys=[self.item_key(item_id), msg_key, self.event_queue],
-            args=[self.ttl, marker, fields, *events],
+            keys=[self.item_key(item_id), msg_key, self.event_queue, self.claim_key(item_id)],
+            args=[self.ttl, marker, fields, claimer, *events],
         )
         return int(done) == 1
 

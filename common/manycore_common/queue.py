@@ -680,6 +680,13 @@ class Consumer:
             raise
         return first + self._hold([_decode_any(raw) for raw in raws])
 
+    def forget(self, item: Item) -> None:
+        """Stop counting ``item`` as ours although it is still in our processing list: for an
+        item we cannot settle now because Redis fails. ``recover_strays`` (run by
+        ``keep_alive``) then returns it to the queue, without counting an attempt, once
+        Redis answers; the reaper does if we die first."""
+        self._drop(item)
+
     async def ack(self, item: Item) -> bool:
         """Done with it. False means we no longer held it (the reaper had returned it)."""
         self._drop(item)
