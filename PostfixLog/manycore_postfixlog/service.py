@@ -44,7 +44,7 @@ from .injector import Injected, Injector, NotSent, PermanentFailure, TemporaryFa
 from .instance import PostfixError, PostfixInstance
 from .processor import SOURCE, LogProcessor
 from .settings import Settings
-from .state import Claim, Message, State
+from .state import Claim, Held, Message, State
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,12 @@ class PostfixLog:
         self.event_queue = event_queue
         self.instance = instance
         self.state = State(
-            redis, settings.instance, event_queue.name, incoming.name, settings.state_ttl_seconds
+            redis,
+            settings.instance,
+            event_queue.name,
+            incoming.name,
+            settings.state_ttl_seconds,
+            replay_window=settings.replay_window_seconds,
         )
         self.consumer: Consumer = incoming.consumer(default_consumer_id(SERVICE))
         self.follower = LogFollower(settings.paths.logfile)
@@ -224,8 +229,9 @@ class PostfixLog:
             await self.consumer.hand_over(item, self.incoming, item.raw)
 
     async def record(self, item: Item, msg: Message, injected: Injected, claimer: str) -> None:
-        """Queue id → message and the refused recipients' events, then the ack. Retried
-        until Redis takes it: the message is in Postfix, so sending it again is not an option."""
+        """Queue id → message, the refused recipients' events and the ack, in one step.
+        Retried until Redis takes it: the message is in Postfix, so sending it again is not
+        an option."""
         now = time.time()
         refusals = [
             outcomes.refusal_event(msg, r.rcpt, r.code, r.reply, now) for r in injected.refused
@@ -235,9 +241,8 @@ class PostfixLog:
         backoff = BACKOFF_SECONDS
         while True:
             try:
-                if await self.state.record(
-                    item_key(item), injected.queue_id, accepted, raws, claimer
-                ):
+                held = Held(claimer, self.consumer.processing_key, item.raw)
+                if await self.state.record(item_key(item), injected.queue_id, accepted, raws, held):
                     for event in refusals:
                         metrics.count_event(event)
                 break
@@ -251,7 +256,7 @@ class PostfixLog:
             "queued by postfix",
             extra={"uuid": item.uuid, "queue_id": injected.queue_id, "refused": len(refusals)},
         )
-        await self.consumer.ack(item)
+        self.consumer.settled(item)  # the record acked it, in the same step
 
     async def reject(self, item: Item, reason: str) -> None:
         event = events.error_event(SERVICE, reason, uuid=item.uuid, streamid=item.stream_id)

@@ -10,11 +10,14 @@ log files belong to one Postfix):
     (lower-cased address ``r``): ``f:<r>`` once its final event was pushed, ``r:<r>`` its
     last deferral (JSON, for the soft bounce when the message expires), ``d:<r>:<time>``
     a deferred event already pushed. Lives ``state_ttl`` (longer than maximal_queue_lifetime);
-    once every recipient has its final event, only ``DONE_TTL`` more (for replays).
+    once every recipient has its final event, only the replay window more (``replay-window-
+    seconds``, for log lines read again after a restart).
 ``postfixlog:item:<item id>`` (STRING)
     ``I:<queue id>`` (or ``I:-`` when Postfix refused every recipient): this queue item is
-    already in a Postfix. An item delivered again (our ack was lost, or the reaper returned
-    it) is then acked instead of sent twice.
+    already in a Postfix. Written by the script that also acks the item, so in the usual case
+    no other copy of the item exists and the marker lives only the replay window. When our
+    copy was gone (reaped during a stall: another consumer has it, or will), the marker lives
+    ``state_ttl``, so that copy is acked instead of sent twice.
 ``postfixlog:claim:<item id>`` (STRING, expires after ``CLAIM_SECONDS``)
     The id of the consumer (one PostfixLog process) that is handing this item to its Postfix.
     Taken atomically before the injection, with the "already injected" check; another
@@ -42,29 +45,36 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-#: After the last final event, the message's state is kept this long, so that log lines read
-#: again after a restart still find it (and are recognised as done).
-DONE_TTL = 3600
+#: After the last final event, the message's state is kept this long by default
+#: (``replay-window-seconds``), so that log lines read again after a restart still find it
+#: (and are recognised as done).
+REPLAY_WINDOW = 600
 
 #: How long a claim lasts. It only matters when its holder stalls or dies between the claim
 #: and the record (a dead holder delays the item by up to this much); a holder re-claims
 #: before injecting once half of it has passed (see ``Claim.fresh``).
 CLAIM_SECONDS = 120
 
-# KEYS: item key, msg key (or a dummy when no message), event queue, claim.
-# ARGV: state ttl, item marker, msg fields JSON ('' for none), claimer id, events... → 1, or 0
-# when the item was already recorded (nothing is written then). The claim is dropped if ours.
+# KEYS: item key, msg key (or a dummy when no message), event queue, claim, processing list.
+# ARGV: state ttl, item marker, msg fields JSON ('' for none), claimer id, replay window,
+# the queue item, events... → 1, or 0 when the item was already recorded (nothing is written
+# then). Acks the item (LREM from our processing list) and drops the claim if ours, always.
 _RECORD = """
 if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
+local acked = redis.call('LREM', KEYS[5], 1, ARGV[6])
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local ttl = tonumber(ARGV[1])
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl)
+-- Our copy gone with this ack: no other exists, the marker is only for replays. Not ours any
+-- more (reaped): the copy elsewhere must find the marker for as long as it may exist.
+local marker_ttl = ttl
+if acked == 1 then marker_ttl = tonumber(ARGV[5]) end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', marker_ttl)
 if ARGV[3] ~= '' then
   local fields = cjson.decode(ARGV[3])
   for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
   redis.call('EXPIRE', KEYS[2], ttl)
 end
-for i = 5, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+for i = 7, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
 return 1
 """
 
@@ -193,6 +203,15 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Held:
+    """Where the injected item is held (to ack it in the record's step) and whose claim."""
+
+    claimer: str
+    processing_key: str
+    raw: bytes
+
+
+@dataclass(frozen=True)
 class Claim:
     """The answer to a claim: ``done`` (already injected somewhere), ``mine``, or held by
     ``holder``. ``at`` is our monotonic clock when the claim was asked for (before Redis set
@@ -227,13 +246,21 @@ class Position:
 
 class State:
     def __init__(
-        self, redis: Redis, instance: str, event_queue: str, incoming_queue: str, ttl: int
+        self,
+        redis: Redis,
+        instance: str,
+        event_queue: str,
+        incoming_queue: str,
+        ttl: int,
+        *,
+        replay_window: int = REPLAY_WINDOW,
     ) -> None:
         self.redis = redis
         self.instance = instance
         self.event_queue = event_queue
         self.incoming_queue = incoming_queue
         self.ttl = ttl
+        self.replay_window = replay_window
         self.prefix = f"postfixlog:{instance}:"
         self._record = redis.register_script(_RECORD)
         self._final = redis.register_script(_FINAL)
@@ -278,17 +305,24 @@ class State:
         queue_id: str | None,
         message: Message | None,
         events: list[bytes],
-        claimer: str = "",
+        held: Held | None = None,
     ) -> bool:
         """The injection's outcome in one step: queue id → message, the item marked as sent,
-        any events (recipients Postfix refused at once), and ``claimer``'s claim dropped.
-        False: already recorded."""
+        any events (recipients Postfix refused at once), and, with ``held``, the item acked
+        from its processing list and its claim dropped. False: already recorded."""
         marker = f"{self.instance}:{queue_id or '-'}"
         msg_key = self.msg_key(queue_id) if queue_id else f"{self.prefix}msg:-"
         fields = json.dumps(message.fields()) if message is not None and queue_id else ""
+        held = held or Held("", f"{self.prefix}none", b"")
         done = await self._record(
-            keys=[self.item_key(item_id), msg_key, self.event_queue, self.claim_key(item_id)],
-            args=[self.ttl, marker, fields, claimer, *events],
+            keys=[
+                self.item_key(item_id),
+                msg_key,
+                self.event_queue,
+                self.claim_key(item_id),
+                held.processing_key,
+            ],
+            args=[self.ttl, marker, fields, held.claimer, self.replay_window, held.raw, *events],
         )
         return int(done) == 1
 
@@ -304,7 +338,7 @@ class State:
         return int(
             await self._final(
                 keys=[self.msg_key(queue_id), self.event_queue],
-                args=[rcpt_key(rcpt), event, DONE_TTL],
+                args=[rcpt_key(rcpt), event, self.replay_window],
             )
         )
 

@@ -687,6 +687,11 @@ class Consumer:
         Redis answers; the reaper does if we die first."""
         self._drop(item)
 
+    def settled(self, item: Item) -> None:
+        """The caller's own script removed ``item`` from our processing list (an ack inside a
+        larger atomic step, e.g. PostfixLog's record): stop counting it as ours."""
+        self._drop(item)
+
     async def ack(self, item: Item) -> bool:
         """Done with it. False means we no longer held it (the reaper had returned it)."""
         self._drop(item)

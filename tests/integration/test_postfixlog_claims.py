@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from manycore_postfixlog.state import CLAIM_SECONDS, Message, State
+from manycore_postfixlog.state import CLAIM_SECONDS, Held, Message, State
 from tests.helpers import RedisServer, wait_for
 from tests.integration.postfix_env import INCOMING, Sink, postfixlog_env, wait_quiet
 
@@ -48,13 +48,39 @@ async def test_claim_is_atomic_reentrant_and_ends_with_the_record(redis: Redis) 
     await state.unclaim("item-1", "pod-b")  # not b's: nothing happens
     assert (await state.claim("item-1", "pod-b", 2.0)).status == "held"
     msg = Message("u1", None, "example.com", "bounce-u1@b.example", ("x@y.test",), "item-1")
-    assert await state.record("item-1", "QID1", msg, [], "pod-a")
+    # Reaped during a stall: our copy is gone (another consumer has it), so the marker lives
+    # as long as that copy may, and the claim ends.
+    assert await state.record("item-1", "QID1", msg, [], Held("pod-a", "P:processing:a", b"i1"))
     assert not await redis.exists(state.claim_key("item-1"))
+    assert await redis.ttl(state.item_key("item-1")) > state.replay_window
     assert (await state.claim("item-1", "pod-b", 3.0)).status == "done"
     # Freshness: a claim older than half its life is asked for again before DATA.
     assert first.fresh(1.0 + CLAIM_SECONDS / 2 - 1)
     assert not first.fresh(1.0 + CLAIM_SECONDS / 2)
     assert not other.fresh(2.0)
+
+
+async def test_the_record_acks_and_what_is_kept_ends_with_the_replay_window(
+    redis: Redis,
+) -> None:
+    """Item 2 of issue 17: the record acks the item in the same step, so the "already
+    injected" marker lives only the replay window; once the last recipient has its final
+    event the message's state does too; after it, nothing of the message is left."""
+    state = State(redis, "t1", "EVENT_QUEUE", INCOMING, ttl=6 * 86400, replay_window=60)
+    await redis.lpush("P:processing:a", b"other", b"i2")
+    assert (await state.claim("item-2", "pod-a/1", 1.0)).status == "mine"
+    msg = Message("u2", None, "example.com", "bounce-u2@b.example", ("a@y.test", "B@y.test"))
+    held = Held("pod-a/1", "P:processing:a", b"i2")
+    assert await state.record("item-2", "QID2", msg, [], held)
+    assert await redis.lrange("P:processing:a", 0, -1) == [b"other"]  # acked
+    assert 0 < await redis.ttl(state.item_key("item-2")) <= 60
+    assert await redis.ttl(state.msg_key("QID2")) > 60  # recipients still pending
+    assert not await state.record("item-2", "QID2", msg, [], held)  # a retry: once
+    assert await state.final("QID2", "a@y.test", b"e1") == 1
+    assert await redis.ttl(state.msg_key("QID2")) > 60
+    assert await state.final("QID2", "b@y.test", b"e2") == 1
+    assert 0 < await redis.ttl(state.msg_key("QID2")) <= 60
+    assert not await redis.exists(state.claim_key("item-2"))
 
 
 def test_a_stalled_feeder_and_the_one_that_took_over_deliver_once(

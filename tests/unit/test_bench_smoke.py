@@ -84,3 +84,19 @@ def test_growth_bench_quick() -> None:
     assert len(rows) == 8, rows
     for row in rows:
         assert float(row.split()[-1]) > 0
+
+
+def test_retention_bench_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.retention", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("  ")[0]: line for line in result.stdout.splitlines()}
+    kept = rows["bytes kept per message, in window"]
+    assert float(kept.split()[-4].replace(",", "")) > 0
+    # After the window nothing of a delivered message is left in Redis.
+    assert rows["keys left per message after it"].split()[-4] == "0"
