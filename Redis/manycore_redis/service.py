@@ -92,10 +92,8 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     health = HealthServer(section.prometheus, {"redis": redis_ok})
     await health.start()
     inner_stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(poll(client, collector, section.poll_seconds, inner_stop)),
-        asyncio.create_task(_adopt(client, queue_names(config), inner_stop)),
-    ]
+    tasks = [asyncio.create_task(poll(client, collector, section.poll_seconds, inner_stop))]
+    tasks.append(asyncio.create_task(_adopt(client, queue_names(config), inner_stop)))
     if (
         running is not None
         and prepared.store is not None
