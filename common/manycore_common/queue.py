@@ -17,11 +17,13 @@ Key layout, for a queue named ``Q`` (the name from the global config, e.g. ``IB-
     The registry of processing lists: every consumer whose ``Q:processing:<id>`` may hold
     items is here, so the reaper, ``processing_size`` and the exporter read this set (and
     ``Q:consumers``) instead of scanning the keyspace; their cost grows with the consumers,
-    not with the keys in Redis. Score 0: the consumer is taking (every take sets it, in the
-    same round trip as the move, before it). Score T > 0: the consumer has had no heartbeat
-    entry since T (server ms; set by the reaper or a graceful release). A consumer without a
-    heartbeat entry keeps its items for one heartbeat timeout after T (it may be alive and
-    about to register again); then the reaper returns them and forgets the consumer.
+    not with the keys in Redis. Score 0: the consumer is taking (every take sets it before
+    or with the move: in the same pipelined round trip as BLMOVE, in the same script as the
+    batch take). Score T > 0: the consumer has had no heartbeat entry since T (server ms;
+    set by the reaper or a graceful release). A consumer without a heartbeat entry keeps its
+    items for one heartbeat timeout after T (it may be alive and about to register again);
+    then the reaper returns them and forgets the consumer. The heartbeat does not touch it:
+    only taking can fill a processing list.
 ``Q:dead`` (LIST)
     Dead letters: the item with ``dead`` = {reason, at, queue} added to its header; newest at
     the left.
