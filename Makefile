@@ -39,6 +39,8 @@ bench: deps
 	$(PY) -m bench.backdata
 	$(PY) -m bench.ingest
 	$(PY) -m bench.e2e
+	$(PY) -m bench.growth
+	$(PY) -m bench.retention
 
 # Everything `make test` needs (and bench, chaos); `make run` needs less.
 deps: sysdeps $(STAMP)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -40,6 +41,11 @@ class TemporaryFailure(Exception):
 
 class PermanentFailure(Exception):
     """Postfix refuses the message itself; trying again will not help."""
+
+
+class NotSent(Exception):
+    """The caller's guard said no just before DATA: nothing was queued (the transaction was
+    reset)."""
 
 
 @dataclass(frozen=True)
@@ -96,13 +102,21 @@ class Injector:
                 await smtp.quit()
             smtp.close()
 
-    async def send(self, sender: str, rcpts: list[str], data: bytes) -> Injected:
+    async def send(
+        self,
+        sender: str,
+        rcpts: list[str],
+        data: bytes,
+        guard: Callable[[], bool] = lambda: True,
+    ) -> Injected:
+        """``guard`` is asked right before DATA, the step after which Postfix may have the
+        message: False there resets the transaction and raises NotSent."""
         # A connection Postfix closed while idle (smtpd_timeout) fails at MAIL FROM: open a
         # new one and try once more. Never after DATA went out: Postfix may have queued it.
         for attempt in (1, 2):
             smtp = await self._connection()
             try:
-                return await self._transaction(smtp, sender, rcpts, data)
+                return await self._transaction(smtp, sender, rcpts, data, guard)
             except _Stale:
                 await self.close()
                 if attempt == 2:
@@ -110,7 +124,12 @@ class Injector:
         raise AssertionError("unreachable")
 
     async def _transaction(
-        self, smtp: aiosmtplib.SMTP, sender: str, rcpts: list[str], data: bytes
+        self,
+        smtp: aiosmtplib.SMTP,
+        sender: str,
+        rcpts: list[str],
+        data: bytes,
+        guard: Callable[[], bool],
     ) -> Injected:
         options = mail_options(sender, rcpts, data)
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
@@ -135,6 +154,9 @@ class Injector:
             if not accepted:
                 await self._reset(smtp)
                 return Injected(None, (), tuple(refused))
+            if not guard():
+                await self._reset(smtp)
+                raise NotSent("the guard refused before DATA")
             reply = await smtp.data(data)
         except SMTPServerDisconnected as exc:
             await self.close()

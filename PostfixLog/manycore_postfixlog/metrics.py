@@ -32,6 +32,10 @@ REQUEUED = Counter(
     "postfix_requeued_messages",
     "Messages handed back from Postfix's queue to the to-postfix queue by a stop",
 )
+CLAIMED_ELSEWHERE = Counter(
+    "postfix_items_claimed_elsewhere",
+    "Items taken while another PostfixLog held their claim (put back, not injected twice)",
+)
 LOG_ROTATIONS = Counter("postfix_log_rotations", "Rotations of Postfix's log file")
 BACKPRESSURE = Gauge(
     "postfix_backpressure", "1 while pulling pauses because Postfix's queue is full"

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from redis.asyncio import Redis
@@ -40,11 +40,11 @@ from . import metrics, outcomes, requeue
 from . import settings as settings_module
 from .follower import LogFollower
 from .headers import take_return_path
-from .injector import Injected, Injector, PermanentFailure, TemporaryFailure
+from .injector import Injected, Injector, NotSent, PermanentFailure, TemporaryFailure
 from .instance import PostfixError, PostfixInstance
 from .processor import SOURCE, LogProcessor
 from .settings import Settings
-from .state import Message, State
+from .state import Claim, Held, Message, State
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,12 @@ class PostfixLog:
         self.event_queue = event_queue
         self.instance = instance
         self.state = State(
-            redis, settings.instance, event_queue.name, incoming.name, settings.state_ttl_seconds
+            redis,
+            settings.instance,
+            event_queue.name,
+            incoming.name,
+            settings.state_ttl_seconds,
+            replay_window=settings.replay_window_seconds,
         )
         self.consumer: Consumer = incoming.consumer(default_consumer_id(SERVICE))
         self.follower = LogFollower(settings.paths.logfile)
@@ -125,16 +130,47 @@ class PostfixLog:
         finally:
             await injector.close()
 
-    async def handle(self, item: Item, injector: Injector) -> None:
-        if await self.state.injected(item_key(item)):
+    async def ask_claim(self, item: Item, claimer: str) -> Claim:
+        try:
+            return await self.state.claim(item_key(item), claimer, time.monotonic())
+        except (RedisError, OSError):
+            # It cannot be returned now (Redis fails): forgotten, it is a stray that
+            # keep_alive returns once Redis answers, instead of staying held for good.
+            self.consumer.forget(item)
+            raise
+
+    async def claim(self, item: Item) -> Claim | None:
+        """Claim the item before injecting it (issue 17 item 4). None: not ours to inject
+        (already injected: acked; claimed by another feeder: put back at the end of the
+        queue, and this feeder pauses). The claimer is this one attempt (consumer id plus a
+        random part), not the process: two feeders of one process must not share a claim."""
+        claim = await self.ask_claim(item, f"{self.consumer.id}/{os.urandom(4).hex()}")
+        if claim.status == "done":
             # Already in a Postfix (our ack was lost, or the reaper gave it back): not twice.
             await self.consumer.ack(item)
-            return
+            return None
+        if claim.status == "held":
+            # Another consumer is injecting it, or stalled while doing so (its items were
+            # reclaimed meanwhile): it injects and records it, or its claim runs out.
+            metrics.CLAIMED_ELSEWHERE.inc()
+            log.info(
+                "item claimed by another consumer",
+                extra={"uuid": item.uuid, "holder": claim.holder},
+            )
+            await self.consumer.hand_over(item, self.incoming, item.raw)
+            await asyncio.sleep(BACKOFF_SECONDS)
+            return None
+        return claim
+
+    async def handle(self, item: Item, injector: Injector) -> None:
         header_sender, data = take_return_path(item.payload)
         sender = header_sender or item.header.get("return_path")
         rcpts = [str(r) for r in item.header.get("rcpts") or []]
         if not sender or not rcpts:
             await self.reject(item, "the item has no X-ReturnPathIb or no recipients")
+            return
+        claim = await self.claim(item)
+        if claim is None:
             return
         msg = Message(
             uuid=item.uuid,
@@ -144,20 +180,30 @@ class PostfixLog:
             rcpts=tuple(rcpts),
             item_id=item_key(item),
         )
-        injected = await self.inject(item, injector, msg, data)
+        claimer = str(claim.holder)
+        injected = await self.inject(item, injector, msg, data, claim)
         if injected is None:
+            with contextlib.suppress(RedisError, OSError):  # else it runs out
+                await self.state.unclaim(item_key(item), claimer)
             return
-        await self.record(item, msg, injected)
+        await self.record(item, msg, injected, claimer)
 
     async def inject(
-        self, item: Item, injector: Injector, msg: Message, data: bytes
+        self, item: Item, injector: Injector, msg: Message, data: bytes, claim: Claim
     ) -> Injected | None:
         """Hand over, retrying temporary failures in place (the item stays ours; nothing
         was queued). None when the item was settled otherwise or the stop came first."""
         backoff = BACKOFF_SECONDS
         while True:
             try:
-                return await injector.send(msg.return_path, list(msg.rcpts), data)
+                if not claim.fresh(time.monotonic()):
+                    claim = await self.ask_claim(item, str(claim.holder))
+                    if claim.status != "mine":
+                        await self.leave(item, claim)
+                        return None
+                return await injector.send(msg.return_path, list(msg.rcpts), data, _guard(claim))
+            except NotSent:
+                continue  # a stall between the check above and DATA: claim again
             except PermanentFailure as exc:
                 metrics.INJECT_FAILURES.labels("permanent").inc()
                 await self.reject(item, f"postfix refused the message: {exc}")
@@ -170,9 +216,22 @@ class PostfixLog:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
-    async def record(self, item: Item, msg: Message, injected: Injected) -> None:
-        """Queue id → message and the refused recipients' events, then the ack. Retried
-        until Redis takes it: the message is in Postfix, so sending it again is not an option."""
+    async def leave(self, item: Item, claim: Claim) -> None:
+        """Our claim ran out (a stall longer than half of it) and the item is no longer ours
+        to inject: injected meanwhile (ack), or claimed by another consumer (put back, which
+        does nothing if the reaper already gave it away)."""
+        log.warning(
+            "claim lost before injecting", extra={"uuid": item.uuid, "holder": claim.holder}
+        )
+        if claim.status == "done":
+            await self.consumer.ack(item)
+        else:
+            await self.consumer.hand_over(item, self.incoming, item.raw)
+
+    async def record(self, item: Item, msg: Message, injected: Injected, claimer: str) -> None:
+        """Queue id → message, the refused recipients' events and the ack, in one step.
+        Retried until Redis takes it: the message is in Postfix, so sending it again is not
+        an option."""
         now = time.time()
         refusals = [
             outcomes.refusal_event(msg, r.rcpt, r.code, r.reply, now) for r in injected.refused
@@ -182,7 +241,8 @@ class PostfixLog:
         backoff = BACKOFF_SECONDS
         while True:
             try:
-                if await self.state.record(item_key(item), injected.queue_id, accepted, raws):
+                held = Held(claimer, self.consumer.processing_key, item.raw)
+                if await self.state.record(item_key(item), injected.queue_id, accepted, raws, held):
                     for event in refusals:
                         metrics.count_event(event)
                 break
@@ -196,7 +256,7 @@ class PostfixLog:
             "queued by postfix",
             extra={"uuid": item.uuid, "queue_id": injected.queue_id, "refused": len(refusals)},
         )
-        await self.consumer.ack(item)
+        self.consumer.settled(item)  # the record acked it, in the same step
 
     async def reject(self, item: Item, reason: str) -> None:
         event = events.error_event(SERVICE, reason, uuid=item.uuid, streamid=item.stream_id)
@@ -285,6 +345,11 @@ class PostfixLog:
                 return
             await asyncio.sleep(0.1)
         log.warning("stop grace period over with deliveries in progress; they are cut")
+
+
+def _guard(claim: Claim) -> Callable[[], bool]:
+    """Asked right before DATA: is our claim still fresh?"""
+    return lambda: claim.fresh(time.monotonic())
 
 
 async def _until_redis(consumer: Consumer, stop: asyncio.Event) -> None:

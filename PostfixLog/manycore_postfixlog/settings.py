@@ -84,6 +84,8 @@ class Settings:
     deferred_events: bool
     stop_grace_seconds: float
     log_rotate_bytes: int
+    #: How long a finished message's state stays in Redis (log replays after a restart).
+    replay_window_seconds: int = 600
 
 
 def _legacy_file(config_dir: Path, name: str) -> str | None:
@@ -143,6 +145,7 @@ def build(section: PostfixLogSection, config_dir: Path, hostname: str | None = N
         deferred_events=section.deferred_events,
         stop_grace_seconds=section.stop_grace_seconds,
         log_rotate_bytes=section.log_rotate_bytes,
+        replay_window_seconds=section.replay_window_seconds,
     )
 
 

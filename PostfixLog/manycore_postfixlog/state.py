@@ -10,11 +10,21 @@ log files belong to one Postfix):
     (lower-cased address ``r``): ``f:<r>`` once its final event was pushed, ``r:<r>`` its
     last deferral (JSON, for the soft bounce when the message expires), ``d:<r>:<time>``
     a deferred event already pushed. Lives ``state_ttl`` (longer than maximal_queue_lifetime);
-    once every recipient has its final event, only ``DONE_TTL`` more (for replays).
+    once every recipient has its final event, only the replay window more (``replay-window-
+    seconds``, for log lines read again after a restart).
 ``postfixlog:item:<item id>`` (STRING)
     ``I:<queue id>`` (or ``I:-`` when Postfix refused every recipient): this queue item is
-    already in a Postfix. An item delivered again (our ack was lost, or the reaper returned
-    it) is then acked instead of sent twice.
+    already in a Postfix. Written by the script that also acks the item, so in the usual case
+    no other copy of the item exists and the marker lives only the replay window. When our
+    copy was gone (reaped during a stall: another consumer has it, or will), the marker lives
+    ``state_ttl``, so that copy is acked instead of sent twice.
+``postfixlog:claim:<item id>`` (STRING, expires after ``CLAIM_SECONDS``)
+    The id of the consumer (one PostfixLog process) that is handing this item to its Postfix.
+    Taken atomically before the injection, with the "already injected" check; another
+    consumer that finds it held does not inject the item (it puts it back at the end of the
+    queue) — the case of a process whose items were reclaimed during a stall, which would
+    otherwise inject the same item as the one that took them over. Deleted when the
+    injection is recorded or given up.
 ``postfixlog:I:requeued:<queue id>`` (STRING)
     A stop handed this message back to the to-postfix queue; if it is still in Postfix's
     queue at the next start (we died before deleting it), it is deleted, not sent.
@@ -35,24 +45,53 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-#: After the last final event, the message's state is kept this long, so that log lines read
-#: again after a restart still find it (and are recognised as done).
-DONE_TTL = 3600
+#: After the last final event, the message's state is kept this long by default
+#: (``replay-window-seconds``), so that log lines read again after a restart still find it
+#: (and are recognised as done).
+REPLAY_WINDOW = 600
 
-# KEYS: item key, msg key (or a dummy when no message), event queue.
-# ARGV: state ttl, item marker, msg fields JSON ('' for none), events... → 1, or 0 when the
-# item was already recorded (nothing is written then).
+#: How long a claim lasts. It only matters when its holder stalls or dies between the claim
+#: and the record (a dead holder delays the item by up to this much); a holder re-claims
+#: before injecting once half of it has passed (see ``Claim.fresh``).
+CLAIM_SECONDS = 120
+
+# KEYS: item key, msg key (or a dummy when no message), event queue, claim, processing list.
+# ARGV: state ttl, item marker, msg fields JSON ('' for none), claimer id, replay window,
+# the queue item, events... → 1, or 0 when the item was already recorded (nothing is written
+# then). Acks the item (LREM from our processing list) and drops the claim if ours, always.
 _RECORD = """
+if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
+local acked = redis.call('LREM', KEYS[5], 1, ARGV[6])
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local ttl = tonumber(ARGV[1])
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl)
+-- Our copy gone with this ack: no other exists, the marker is only for replays. Not ours any
+-- more (reaped): the copy elsewhere must find the marker for as long as it may exist.
+local marker_ttl = ttl
+if acked == 1 then marker_ttl = tonumber(ARGV[5]) end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', marker_ttl)
 if ARGV[3] ~= '' then
   local fields = cjson.decode(ARGV[3])
   for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
   redis.call('EXPIRE', KEYS[2], ttl)
 end
-for i = 4, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+for i = 7, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
 return 1
+"""
+
+# KEYS: item key, claim. ARGV: claimer id, claim ms → 'done' (already in a Postfix), 'mine'
+# (claimed, or re-claimed with a fresh expiry), else the id of the consumer that holds it.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'done' end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return holder end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 'mine'
+"""
+
+# KEYS: claim. ARGV: claimer id → 1 if it was ours and is gone.
+_UNCLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 # KEYS: msg key, event queue. ARGV: recipient key, event item, done ttl
@@ -164,6 +203,31 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Held:
+    """Where the injected item is held (to ack it in the record's step) and whose claim."""
+
+    claimer: str
+    processing_key: str
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to a claim: ``done`` (already injected somewhere), ``mine``, or held by
+    ``holder``. ``at`` is our monotonic clock when the claim was asked for (before Redis set
+    its expiry), so ``fresh`` errs on the safe side."""
+
+    status: str
+    holder: str | None
+    at: float
+
+    def fresh(self, now: float) -> bool:
+        """Still ours with a wide margin: a holder that stalled longer than half the claim
+        (its claim may have expired and been taken) claims again before it injects."""
+        return self.status == "mine" and now - self.at < CLAIM_SECONDS / 2
+
+
+@dataclass(frozen=True)
 class Position:
     """A byte offset in one file (device and inode name the file across renames)."""
 
@@ -182,18 +246,28 @@ class Position:
 
 class State:
     def __init__(
-        self, redis: Redis, instance: str, event_queue: str, incoming_queue: str, ttl: int
+        self,
+        redis: Redis,
+        instance: str,
+        event_queue: str,
+        incoming_queue: str,
+        ttl: int,
+        *,
+        replay_window: int = REPLAY_WINDOW,
     ) -> None:
         self.redis = redis
         self.instance = instance
         self.event_queue = event_queue
         self.incoming_queue = incoming_queue
         self.ttl = ttl
+        self.replay_window = replay_window
         self.prefix = f"postfixlog:{instance}:"
         self._record = redis.register_script(_RECORD)
         self._final = redis.register_script(_FINAL)
         self._deferral = redis.register_script(_DEFERRAL)
         self._requeue = redis.register_script(_REQUEUE)
+        self._claim = redis.register_script(_CLAIM)
+        self._unclaim = redis.register_script(_UNCLAIM)
 
     def msg_key(self, queue_id: str) -> str:
         return f"{self.prefix}msg:{queue_id}"
@@ -202,24 +276,53 @@ class State:
     def item_key(item_id: str) -> str:
         return f"postfixlog:item:{item_id}"
 
+    @staticmethod
+    def claim_key(item_id: str) -> str:
+        return f"postfixlog:claim:{item_id}"
+
     # ------------------------------------------------------------------ injection
 
-    async def injected(self, item_id: str) -> str | None:
-        """Where this queue item already went (``instance:queue id``), if anywhere."""
-        raw = await self.redis.get(self.item_key(item_id))
-        return raw.decode() if isinstance(raw, bytes) else raw
+    async def claim(self, item_id: str, claimer: str, now: float) -> Claim:
+        """Claim the item for ``claimer`` unless it is already injected or someone else
+        holds it (``now``: the caller's monotonic clock, read before asking)."""
+        answer = _text(
+            await self._claim(
+                keys=[self.item_key(item_id), self.claim_key(item_id)],
+                args=[claimer, CLAIM_SECONDS * 1000],
+            )
+        )
+        if answer in ("done", "mine"):
+            return Claim(answer, claimer if answer == "mine" else None, now)
+        return Claim("held", answer, now)
+
+    async def unclaim(self, item_id: str, claimer: str) -> None:
+        """Give up our claim (the item goes back to the queue without being injected)."""
+        await self._unclaim(keys=[self.claim_key(item_id)], args=[claimer])
 
     async def record(
-        self, item_id: str, queue_id: str | None, message: Message | None, events: list[bytes]
+        self,
+        item_id: str,
+        queue_id: str | None,
+        message: Message | None,
+        events: list[bytes],
+        held: Held | None = None,
     ) -> bool:
         """The injection's outcome in one step: queue id → message, the item marked as sent,
-        and any events (recipients Postfix refused at once). False: already recorded."""
+        any events (recipients Postfix refused at once), and, with ``held``, the item acked
+        from its processing list and its claim dropped. False: already recorded."""
         marker = f"{self.instance}:{queue_id or '-'}"
         msg_key = self.msg_key(queue_id) if queue_id else f"{self.prefix}msg:-"
         fields = json.dumps(message.fields()) if message is not None and queue_id else ""
+        held = held or Held("", f"{self.prefix}none", b"")
         done = await self._record(
-            keys=[self.item_key(item_id), msg_key, self.event_queue],
-            args=[self.ttl, marker, fields, *events],
+            keys=[
+                self.item_key(item_id),
+                msg_key,
+                self.event_queue,
+                self.claim_key(item_id),
+                held.processing_key,
+            ],
+            args=[self.ttl, marker, fields, held.claimer, self.replay_window, held.raw, *events],
         )
         return int(done) == 1
 
@@ -235,7 +338,7 @@ class State:
         return int(
             await self._final(
                 keys=[self.msg_key(queue_id), self.event_queue],
-                args=[rcpt_key(rcpt), event, DONE_TTL],
+                args=[rcpt_key(rcpt), event, self.replay_window],
             )
         )
 

@@ -17,11 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, Counter
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from manycore_common import redisconn
 from manycore_common.config import Config, ConfigError, RedisSection, RedisServer
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
+from manycore_common.queue import ReliableQueue
+from manycore_common.queuectl import queue_names
 
 from . import backup as backups
 from . import server as redis_server
@@ -30,6 +34,7 @@ from .exporter import QueueCollector, poll, readme_gauges
 log = logging.getLogger(__name__)
 
 SERVICE = "redis"
+ADOPT_RETRY_SECONDS = 5.0
 
 BACKUPS = Counter("redis_backups", "Backups uploaded to object storage, by outcome", ["outcome"])
 for _outcome in ("ok", "failed"):
@@ -88,6 +93,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     await health.start()
     inner_stop = asyncio.Event()
     tasks = [asyncio.create_task(poll(client, collector, section.poll_seconds, inner_stop))]
+    tasks.append(asyncio.create_task(_adopt(client, queue_names(config), inner_stop)))
     if (
         running is not None
         and prepared.store is not None
@@ -119,6 +125,23 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         await health.stop()
     if exit_code:
         sys.exit(exit_code)
+
+
+async def _adopt(client: Redis, names: list[str], stop: asyncio.Event) -> None:
+    """Once per start: register processing lists that a version without the queues'
+    registry left (the only keyspace SCAN; here, in the one process per Redis, and not in
+    every consumer's start). Safe while consumers run: it only adds entries the reaper
+    checks again atomically. Retried until Redis answers; ``manycore-queues adopt`` does
+    the same on demand."""
+    pending = list(names)
+    while pending and not stop.is_set():
+        try:
+            await ReliableQueue(client, pending[0]).adopt_unregistered()
+            pending.pop(0)
+        except (RedisError, OSError) as exc:
+            log.warning("cannot adopt processing lists yet", extra={"error": str(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), ADOPT_RETRY_SECONDS)
 
 
 async def _backup(

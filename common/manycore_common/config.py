@@ -447,6 +447,10 @@ class PostfixLogSection(Section):
     stop_grace_seconds: float = Field(default=20.0, ge=0)
     #: PostfixLog rotates the log file once it is this big (0: never).
     log_rotate_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
+    #: What Redis keeps of a message once its last final event is out (queue id → message,
+    #: the "already injected" marker) lives this long, for log lines read again after a
+    #: restart: memory per message ends with the message, not with the queue lifetime.
+    replay_window_seconds: int = Field(default=600, ge=60, le=7 * 86400)
     #: Names this instance's state in Redis (log position, queue ids); default: host name.
     instance_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,100}$")
     reliable_queue: ReliableQueueClient = ReliableQueueClient()

@@ -13,6 +13,17 @@ Key layout, for a queue named ``Q`` (the name from the global config, e.g. ``IB-
     dead-letter, release, or the reaper.
 ``Q:consumers`` (ZSET)
     Consumer id → last heartbeat, in Redis server time (ms), so client clocks do not matter.
+``Q:holders`` (ZSET)
+    The registry of processing lists: every consumer whose ``Q:processing:<id>`` may hold
+    items is here, so the reaper, ``processing_size`` and the exporter read this set (and
+    ``Q:consumers``) instead of scanning the keyspace; their cost grows with the consumers,
+    not with the keys in Redis. Score 0: the consumer is taking (every take sets it before
+    or with the move: in the same pipelined round trip as BLMOVE, in the same script as the
+    batch take). Score T > 0: the consumer has had no heartbeat entry since T (server ms;
+    set by the reaper or a graceful release). A consumer without a heartbeat entry keeps its
+    items for one heartbeat timeout after T (it may be alive and about to register again);
+    then the reaper returns them and forgets the consumer. The heartbeat does not touch it:
+    only taking can fill a processing list.
 ``Q:dead`` (LIST)
     Dead letters: the item with ``dead`` = {reason, at, queue} added to its header; newest at
     the left.
@@ -37,8 +48,14 @@ Guarantees and the reasons for them:
 * Producers are refused (``QueueFull``) above the high-water mark, so backpressure reaches the
   client as an SMTP 451 / HTTP 503 instead of Redis running out of memory.
 
-The scripts address processing lists they derive from ``Q`` (``Q:processing:<id>``); that is
-fine on a single Redis server, which is what this suite runs (not Redis Cluster).
+No script builds a key name: every key a script touches is in its KEYS (the reaper first
+reads which consumers need attention, then passes their processing lists). The keys do not
+carry a hash tag yet, so one queue's keys are not in one Redis Cluster slot; a later change can
+name the side keys ``{Q}:…`` (same slot as ``Q``) without renaming the queue itself.
+
+Processing lists made by a version without the registry are adopted once by
+``ReliableQueue.adopt_unregistered`` (``manycore-redis`` runs it at start; ``manycore-queues
+adopt`` on demand): the only SCAN left, never on a consumer's path.
 """
 
 from __future__ import annotations
@@ -106,9 +123,10 @@ end
 return length
 """
 
-# KEYS: queue, processing. ARGV: most items → the items moved, oldest first. One call that
-# stops at an empty queue, where a pipeline of LMOVEs always sent (and parsed) all of them:
-# taking one item with room for 50 cost half a millisecond of client CPU.
+# KEYS: queue, processing, holders. ARGV: most items, consumer id → the items moved, oldest
+# first. One call that stops at an empty queue, where a pipeline of LMOVEs always sent (and
+# parsed) all of them: taking one item with room for 50 cost half a millisecond of client CPU.
+# A take that moved something registers the processing list (score 0: taking) in the same step.
 _TAKE_MANY = """
 local out = {}
 for _ = 1, tonumber(ARGV[1]) do
@@ -116,6 +134,7 @@ for _ = 1, tonumber(ARGV[1]) do
   if not raw then break end
   out[#out + 1] = raw
 end
+if #out > 0 then redis.call('ZADD', KEYS[3], 0, ARGV[2]) end
 return out
 """
 
@@ -230,36 +249,66 @@ local function return_held(queue, dead_key, pkey, consumer, max_attempts, queue_
 end
 """
 
-# KEYS: queue, consumers, dead. ARGV: timeout ms, max attempts, queue name
-# → {items returned, items dead-lettered, consumers reaped}.
+# KEYS: consumers, holders. ARGV: heartbeat timeout ms → the consumers the reaper must look
+# at: registered ones whose heartbeat expired, and unregistered holders that are either not
+# marked yet (score 0) or marked longer than the timeout ago. Reads only: the reaper passes
+# their processing lists to _REAP, so no script derives a key name. O(consumers).
+_REAP_CANDIDATES = (
+    _LUA_HELPERS
+    + """
+local now = now_ms()
+local limit = now - tonumber(ARGV[1])
+local out = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', limit)
+local holders = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #holders, 2 do
+  local mark = tonumber(holders[i + 1])
+  if (mark == 0 or mark <= limit) and not redis.call('ZSCORE', KEYS[1], holders[i]) then
+    out[#out + 1] = holders[i]
+  end
+end
+return out
+"""
+)
+
+# KEYS: queue, consumers, dead, holders, processing lists... ARGV: timeout ms, max attempts,
+# queue name, consumer ids... (one per processing list, same order)
+# → {items returned, items dead-lettered, consumers reaped}. Every condition is checked again
+# here, atomically: the candidates were read a round trip ago.
 _REAP = (
     _LUA_HELPERS
     + _LUA_RETURN_HELD
     + """
 local now = now_ms()
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]))
-local returned, dead = 0, 0
-for _, consumer in ipairs(stale) do
-  local r, d = return_held(KEYS[1], KEYS[3], KEYS[1] .. ':processing:' .. consumer, consumer,
-                           tonumber(ARGV[2]), ARGV[3], now)
-  returned, dead = returned + r, dead + d
-  redis.call('ZREM', KEYS[2], consumer)
+local limit = now - tonumber(ARGV[1])
+local max_attempts = tonumber(ARGV[2])
+local returned, dead, reaped = 0, 0, 0
+for i = 4, #ARGV do
+  local consumer, pkey = ARGV[i], KEYS[i + 1]
+  local beat = redis.call('ZSCORE', KEYS[2], consumer)
+  local mark = redis.call('ZSCORE', KEYS[4], consumer)
+  if beat then
+    if tonumber(beat) <= limit then
+      -- Presumed dead: its items go back now; it stays a holder (marked) for one more
+      -- timeout, in case it is alive and takes again before it registers.
+      local r, d = return_held(KEYS[1], KEYS[3], pkey, consumer, max_attempts, ARGV[3], now)
+      returned, dead, reaped = returned + r, dead + d, reaped + 1
+      redis.call('ZREM', KEYS[2], consumer)
+      redis.call('ZADD', KEYS[4], now, consumer)
+    end
+  elseif mark and tonumber(mark) == 0 then
+    redis.call('ZADD', KEYS[4], now, consumer)
+  elseif mark and tonumber(mark) <= limit then
+    -- Unregistered for a whole timeout, yet it took after it was reaped (or it is a list
+    -- adopted from an older version): return what it holds and forget it. No take of it can
+    -- still be under way: each take sets the score to 0 first, and a blocking take lasts
+    -- at most half a timeout.
+    local r, d = return_held(KEYS[1], KEYS[3], pkey, consumer, max_attempts, ARGV[3], now)
+    returned, dead = returned + r, dead + d
+    if r + d > 0 then reaped = reaped + 1 end
+    redis.call('ZREM', KEYS[4], consumer)
+  end
 end
-return {returned, dead, #stale}
-"""
-)
-
-# KEYS: queue, consumers, dead, processing. ARGV: consumer id, max attempts, queue name
-# → {returned, dead}. A processing list whose consumer is not registered at all: it was
-# reaped (presumed dead) but went on taking, then really died before its next heartbeat.
-_REAP_ORPHAN = (
-    _LUA_HELPERS
-    + _LUA_RETURN_HELD
-    + """
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {0, 0} end
-local r, d = return_held(KEYS[1], KEYS[3], KEYS[4], ARGV[1], tonumber(ARGV[2]), ARGV[3],
-                         now_ms())
-return {r, d}
+return {returned, dead, reaped}
 """
 )
 
@@ -277,15 +326,21 @@ end
 return n
 """
 
-# KEYS: processing, queue, consumers. ARGV: consumer id → items returned. A graceful stop:
-# the items were not at fault, so no attempt is counted; they go to the front of the line.
-_RELEASE = """
+# KEYS: processing, queue, consumers, holders. ARGV: consumer id → items returned. A graceful
+# stop: the items were not at fault, so no attempt is counted; they go to the front of the
+# line. The holder entry is marked, not removed: should a take of this consumer still be under
+# way, the reaper returns what it moves instead of it sitting in an unknown list.
+_RELEASE = (
+    _LUA_HELPERS
+    + """
 local held = redis.call('LRANGE', KEYS[1], 0, -1)
 for _, raw in ipairs(held) do redis.call('RPUSH', KEYS[2], raw) end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], now_ms(), ARGV[1])
 return #held
 """
+)
 
 # KEYS: dead, queue. ARGV: count (0 = all) → items requeued. Oldest dead letters first;
 # the attempt counter starts again from zero.
@@ -358,6 +413,7 @@ class ReliableQueue:
         self.heartbeat_timeout = heartbeat_timeout
         self.high_water_mark = high_water_mark
         self.consumers_key = f"{name}:consumers"
+        self.holders_key = f"{name}:holders"
         self.dead_key = f"{name}:dead"
         #: With ``doorbell``, every push also leaves one token in this list, in the same
         #: script: a consumer of several queues blocks on all their doorbells at once
@@ -373,8 +429,8 @@ class ReliableQueue:
         self._retry = redis.register_script(_RETRY)
         self._dead_letter = redis.register_script(_DEAD_LETTER)
         self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._reap_candidates = redis.register_script(_REAP_CANDIDATES)
         self._reap = redis.register_script(_REAP)
-        self._reap_orphan = redis.register_script(_REAP_ORPHAN)
         self._return_strays = redis.register_script(_RETURN_STRAYS)
         self._release = redis.register_script(_RELEASE)
         self._requeue_dead = redis.register_script(_REQUEUE_DEAD)
@@ -420,11 +476,24 @@ class ReliableQueue:
     async def dead_size(self) -> int:
         return int(await self.redis.llen(self.dead_key))
 
+    async def holders(self) -> list[str]:
+        """Every consumer whose processing list may hold items: the registry, plus the
+        registered consumers (a consumer of an older version is only there)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(self.holders_key, 0, -1)
+        pipe.zrange(self.consumers_key, 0, -1)
+        holders, consumers = await pipe.execute()
+        return sorted({_text(m) for m in [*holders, *consumers]})
+
     async def processing_size(self) -> int:
-        total = 0
-        async for key in self.redis.scan_iter(match=f"{self.name}:processing:*", count=500):
-            total += int(await self.redis.llen(key))
-        return total
+        """Items held by consumers: two round trips, whatever else is stored in Redis."""
+        holders = await self.holders()
+        if not holders:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for consumer in holders:
+            pipe.llen(self.processing_key(consumer))
+        return sum(int(n) for n in await pipe.execute())
 
     async def dead_letters(self, start: int = 0, count: int = 100) -> list[Item]:
         """Dead letters, oldest first."""
@@ -438,22 +507,27 @@ class ReliableQueue:
         return int(await self._requeue_dead(keys=[self.dead_key, self.name], args=[count]))
 
     async def reap(self) -> ReapResult:
-        """Return the items of consumers whose heartbeat expired. Safe to run anywhere, often."""
-        returned, dead, consumers = await self._reap(
-            keys=[self.name, self.consumers_key, self.dead_key],
-            args=[int(self.heartbeat_timeout * 1000), self.max_attempts, self.name],
+        """Return the items of consumers whose heartbeat expired, and of unregistered holders
+        one timeout after they were found so. Safe to run anywhere, often: when nobody needs
+        reaping (the usual case) it is one read-only script call of O(consumers)."""
+        timeout_ms = int(self.heartbeat_timeout * 1000)
+        raw_ids = await self._reap_candidates(
+            keys=[self.consumers_key, self.holders_key], args=[timeout_ms]
         )
-        returned, dead, consumers = int(returned), int(dead), int(consumers)
-        prefix = f"{self.name}:processing:"
-        async for key in self.redis.scan_iter(match=f"{prefix}*", count=500):
-            consumer = (key.decode() if isinstance(key, bytes) else key)[len(prefix) :]
-            r, d = await self._reap_orphan(
-                keys=[self.name, self.consumers_key, self.dead_key, key],
-                args=[consumer, self.max_attempts, self.name],
-            )
-            if int(r) or int(d):
-                returned, dead, consumers = returned + int(r), dead + int(d), consumers + 1
-        result = ReapResult(returned, dead, consumers)
+        ids = [_text(i) for i in raw_ids]
+        if not ids:
+            return ReapResult(0, 0, 0)
+        returned, dead, consumers = await self._reap(
+            keys=[
+                self.name,
+                self.consumers_key,
+                self.dead_key,
+                self.holders_key,
+                *(self.processing_key(i) for i in ids),
+            ],
+            args=[timeout_ms, self.max_attempts, self.name, *ids],
+        )
+        result = ReapResult(int(returned), int(dead), int(consumers))
         if result.consumers:
             log.warning(
                 "reaped dead consumers",
@@ -466,8 +540,35 @@ class ReliableQueue:
             )
         return result
 
+    async def adopt_unregistered(self, scan_count: int = 1000) -> int:
+        """Register processing lists the registry does not know (made by a version without
+        it): one SCAN of the whole keyspace, so for a migration, never a consumer's loop.
+        Safe at any time: an entry only makes the reaper look (it re-checks the heartbeat
+        atomically), and NX never touches an entry that exists. Returns how many were new."""
+        prefix = f"{self.name}:processing:"
+        ids: list[str] = []
+        async for key in self.redis.scan_iter(match=_glob_escape(prefix) + "*", count=scan_count):
+            ids.append(_text(key)[len(prefix) :])
+        if not ids:
+            return 0
+        added = int(await self.redis.zadd(self.holders_key, dict.fromkeys(ids, 0), nx=True) or 0)
+        if added:
+            log.warning(
+                "adopted unregistered processing lists", extra={"queue": self.name, "lists": added}
+            )
+        return added
+
     def consumer(self, consumer_id: str) -> Consumer:
         return Consumer(self, consumer_id)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a SCAN MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _decode_any(raw: bytes | str) -> Item:
@@ -568,15 +669,18 @@ class Consumer:
                 await asyncio.wait_for(stop.wait(), interval)
 
     async def take(self, timeout: float = 1.0) -> Item | None:
-        """Block up to ``timeout`` seconds for the oldest item; it is then ours to settle."""
+        """Block up to ``timeout`` seconds (at most half the heartbeat timeout) for the oldest
+        item; it is then ours to settle."""
+        # The registry entry goes first, in the same round trip and on the same connection, so
+        # Redis has it before BLMOVE can move anything. The cap on the wait is what lets the
+        # reaper forget a holder one timeout after marking it: no take can outlast that.
+        limit = self.queue.heartbeat_timeout / 2
+        wait = min(timeout, limit) if timeout > 0 else limit
+        pipe = self.queue.redis.pipeline(transaction=False)
+        pipe.zadd(self.queue.holders_key, {self.id: 0})
         # Redis takes fractional BLMOVE timeouts; redis-py's stub says int.
-        raw = await self.queue.redis.blmove(
-            self.queue.name,
-            self.processing_key,
-            timeout,  # type: ignore[arg-type]
-            "RIGHT",
-            "LEFT",
-        )
+        pipe.blmove(self.queue.name, self.processing_key, wait, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        _, raw = await pipe.execute()
         return None if raw is None else self._hold([_decode_any(raw)])[0]
 
     async def take_batch(self, count: int, timeout: float = 1.0) -> list[Item]:
@@ -592,7 +696,8 @@ class Consumer:
             return first
         try:
             raws: list[Any] = await self.queue._take_many(
-                keys=[self.queue.name, self.processing_key], args=[count]
+                keys=[self.queue.name, self.processing_key, self.queue.holders_key],
+                args=[count, self.id],
             )
         except (RedisError, OSError):
             if first:
@@ -602,6 +707,18 @@ class Consumer:
                 return first
             raise
         return first + self._hold([_decode_any(raw) for raw in raws])
+
+    def forget(self, item: Item) -> None:
+        """Stop counting ``item`` as ours although it is still in our processing list: for an
+        item we cannot settle now because Redis fails. ``recover_strays`` (run by
+        ``keep_alive``) then returns it to the queue, without counting an attempt, once
+        Redis answers; the reaper does if we die first."""
+        self._drop(item)
+
+    def settled(self, item: Item) -> None:
+        """The caller's own script removed ``item`` from our processing list (an ack inside a
+        larger atomic step, e.g. PostfixLog's record): stop counting it as ours."""
+        self._drop(item)
 
     async def ack(self, item: Item) -> bool:
         """Done with it. False means we no longer held it (the reaper had returned it)."""
@@ -696,7 +813,12 @@ class Consumer:
         self._suspects.clear()
         return int(
             await self.queue._release(
-                keys=[self.processing_key, self.queue.name, self.queue.consumers_key],
+                keys=[
+                    self.processing_key,
+                    self.queue.name,
+                    self.queue.consumers_key,
+                    self.queue.holders_key,
+                ],
                 args=[self.id],
             )
         )

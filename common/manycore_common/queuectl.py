@@ -3,6 +3,7 @@
     manycore-queues stats                      sizes of every configured queue
     manycore-queues dead QUEUE [--count N]     dead letters, oldest first, with their reasons
     manycore-queues requeue QUEUE [--count N]  move dead letters back (attempts reset)
+    manycore-queues adopt                      register processing lists an older version left
 
 It connects with the ``redis`` section's ``reliable-queue.redis`` settings (the Redis pod's),
 or another section's with ``--section``.
@@ -54,6 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("stats", help="queue sizes")
+    sub.add_parser("adopt", help="register processing lists an older version left (one SCAN)")
     for name, text in (("dead", "list dead letters"), ("requeue", "requeue dead letters")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("queue")
@@ -94,6 +96,12 @@ async def run(args: argparse.Namespace, config: Config) -> int:
                 print(f"{'queue':<24}{'waiting':>10}{'processing':>12}{'dead':>8}")
                 for r in rows:
                     print(f"{r['queue']:<24}{r['waiting']:>10}{r['processing']:>12}{r['dead']:>8}")
+            return 0
+        if args.command == "adopt":
+            adopted = {
+                name: await ReliableQueue(redis, name).adopt_unregistered() for name in known
+            }
+            print(json.dumps(adopted) if args.json else f"adopted {adopted}")
             return 0
         if args.queue not in known:
             print(f"manycore-queues: unknown queue {args.queue!r}; known: {known}", file=sys.stderr)

@@ -337,7 +337,8 @@ async def test_stray_item_from_a_lost_reply_is_returned(redis: Redis) -> None:
 
 async def test_orphaned_processing_list_is_reaped(redis: Redis) -> None:
     """A consumer the reaper removed (it looked dead) took another item and then really died
-    before it registered again: its list has no registration, and the reaper returns it."""
+    before it registered again: its list has no registration, but the take registered the
+    list as a holder, and one heartbeat timeout later the reaper returns it."""
     queue = ReliableQueue(redis, "Q", heartbeat_timeout=0.2)
     await queue.push_many(make_items(2))
     ghost = queue.consumer("ghost")
@@ -346,9 +347,77 @@ async def test_orphaned_processing_list_is_reaped(redis: Redis) -> None:
     await asyncio.sleep(0.3)
     assert (await queue.reap()).returned == 1  # registration gone, first item returned
     assert await ghost.take(timeout=1) is not None  # keeps going without a heartbeat...
-    result = await queue.reap()  # ...and dies: the orphan list is found
+    # ...and may still be alive: within a timeout of being found unregistered it keeps it.
+    assert (await queue.reap()).returned == 0
+    assert await queue.processing_size() == 1
+    await asyncio.sleep(0.3)  # ...but it died: the orphan list is returned, the holder forgotten
+    result = await queue.reap()
     assert result.returned == 1
     assert await queue.size() == 2 and await queue.processing_size() == 0
+    assert await redis.zcard(queue.holders_key) == 0
+
+
+async def test_reaped_consumer_that_registers_again_keeps_its_items(redis: Redis) -> None:
+    """Presumed dead (a pause), it takes again and then heartbeats within the timeout: what
+    it took after coming back stays its own, nothing is returned behind its back."""
+    queue = ReliableQueue(redis, "Q", heartbeat_timeout=0.2)
+    await queue.push_many(make_items(2))
+    paused = queue.consumer("paused")
+    await paused.register()
+    assert await paused.take(timeout=1) is not None
+    await asyncio.sleep(0.3)
+    assert (await queue.reap()).returned == 1
+    second = await paused.take(timeout=1)
+    assert second is not None
+    assert (await queue.reap()).returned == 0
+    await paused.register()
+    await asyncio.sleep(0.15)
+    assert (await queue.reap()).returned == 0
+    assert await paused.ack(second)
+
+
+async def test_reap_and_stats_do_not_scan_the_keyspace(redis: Redis) -> None:
+    """The reaper and processing_size read the registry: a processing list that is in no
+    registry (an older version's) is invisible to them until adopt_unregistered finds it
+    (the one SCAN), after which the reaper returns it one timeout later."""
+    queue = ReliableQueue(redis, "Q", heartbeat_timeout=0.2)
+    await redis.lpush("Q:processing:old-version", *make_items(2))
+    await redis.lpush("Q:processing:older", make_items(1)[0])
+    await redis.lpush("Qx:processing:someone", make_items(1)[0])
+    assert await queue.processing_size() == 0
+    assert (await queue.reap()).returned == 0
+    assert await queue.adopt_unregistered() == 2
+    assert await queue.adopt_unregistered() == 0  # idempotent
+    assert await queue.processing_size() == 3
+    assert (await queue.reap()).returned == 0  # marked: it may belong to a live old consumer
+    await asyncio.sleep(0.3)
+    assert (await queue.reap()).returned == 3
+    assert await queue.size() == 3 and await queue.processing_size() == 0
+    assert await redis.llen("Qx:processing:someone") == 1  # another queue's: not ours
+    # A queue name with glob characters matches only itself.
+    assert await ReliableQueue(redis, "Q?").adopt_unregistered() == 0
+
+
+async def test_registry_stays_bounded(redis: Redis) -> None:
+    """Consumers that come and go (released or dead) leave no registry entry behind after
+    a timeout: the registry's size follows the live consumers, not the history."""
+    queue = ReliableQueue(redis, "Q", heartbeat_timeout=0.2)
+    await queue.push_many(make_items(20))
+    for n in range(10):
+        consumer = queue.consumer(f"c{n}")
+        await consumer.register()
+        assert await consumer.take(timeout=1) is not None
+        if n % 2:
+            await consumer.release()
+    assert await redis.zcard(queue.holders_key) == 10
+    await asyncio.sleep(0.3)
+    first = await queue.reap()
+    assert (first.returned, first.consumers) == (5, 5)
+    await asyncio.sleep(0.3)
+    await queue.reap()
+    assert await redis.zcard(queue.holders_key) == 0
+    assert await redis.zcard(queue.consumers_key) == 0
+    assert await queue.size() == 20 and await queue.processing_size() == 0
 
 
 async def test_push_is_never_silently_repeated(redis: Redis, redis_server: RedisServer) -> None:

@@ -65,3 +65,26 @@ async def test_stats_dead_and_requeue(
 
     unknown = queues_cmd(g, c, "dead", "NOPE")
     assert unknown.returncode == 2 and "unknown queue" in unknown.stderr
+
+
+async def test_adopt_registers_lists_an_older_version_left(
+    tmp_path: Path, redis: Redis, redis_server: RedisServer
+) -> None:
+    g, c = write_configs(tmp_path, redis_server.port)
+    await redis.lpush("IB-MAIL-QUEUE-P0:processing:old-1", b"a", b"b")
+    await redis.lpush("EVENT_QUEUE:processing:old-2", b"c")
+
+    def processing() -> dict[str, int]:
+        stats = queues_cmd(g, c, "--json", "stats")
+        assert stats.returncode == 0, stats.stderr
+        return {r["queue"]: r["processing"] for r in json.loads(stats.stdout)}
+
+    assert set(processing().values()) == {0}  # stats read the registry: no SCAN
+    adopt = queues_cmd(g, c, "--json", "adopt")
+    assert adopt.returncode == 0, adopt.stderr
+    assert json.loads(adopt.stdout)["IB-MAIL-QUEUE-P0"] == 1
+    assert json.loads(adopt.stdout)["EVENT_QUEUE"] == 1
+    counts = processing()
+    assert counts["IB-MAIL-QUEUE-P0"] == 2 and counts["EVENT_QUEUE"] == 1
+    again = queues_cmd(g, c, "--json", "adopt")
+    assert set(json.loads(again.stdout).values()) == {0}

@@ -3,6 +3,7 @@ local S3 endpoint (moto's server on loopback) and restore, and the queue exporte
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -16,11 +17,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis as SyncRedis
+from redis.asyncio import Redis as AsyncRedis
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.retry import Retry
 
 from manycore_common import item as item_format
+from manycore_common.queue import ReliableQueue
+from manycore_redis import service as redis_service
 from tests.helpers import LOOPBACK, free_port, port_open, wait_for, write_configs
 from tests.integration.conftest import set_path
 
@@ -166,6 +170,18 @@ def push(client: SyncRedis, queue: str, n: int, start: int = 0) -> None:
     pipe.execute()
 
 
+async def test_start_adopts_processing_lists_an_older_version_left(redis: AsyncRedis) -> None:
+    """Lists made before the queues' registry existed are registered once at start, so the
+    reaper and the gauges see them; other keys are left alone."""
+    await redis.lpush("INCOMING-TO-POSTFIX:processing:old", b"x", b"y")
+    await redis.set("unrelated", b"1")
+    queue = ReliableQueue(redis, "INCOMING-TO-POSTFIX")
+    assert await queue.processing_size() == 0
+    await redis_service._adopt(redis, ["INCOMING-TO-POSTFIX", "EVENT_QUEUE"], asyncio.Event())
+    assert await queue.processing_size() == 2
+    assert await redis.zrange(queue.holders_key, 0, -1) == [b"old"]
+
+
 def test_password_required_and_dangerous_commands_denied(tmp_path: Path) -> None:
     pod = RedisPod(tmp_path, None).start()
     try:
@@ -200,6 +216,9 @@ def test_exporter_reports_readme_gauges_and_pod_exits_when_redis_dies(tmp_path: 
         push(app, "EVENT_QUEUE", 2)
         push(app, "INCOMING-TO-POSTFIX", 1)
         app.lpush("IB-MAIL-QUEUE-P1:dead", b'{"v":1}\nx')
+        # Two items a consumer holds: found through the registry of holders, not a SCAN.
+        app.zadd("EVENT_QUEUE:holders", {"c1": 0})
+        app.lpush("EVENT_QUEUE:processing:c1", b"held 1", b"held 2")
         # One reading taken after every push: the exporter reads the queues one by one, so a
         # reading that began between two pushes may show some and not others.
         expected = {
@@ -208,6 +227,7 @@ def test_exporter_reports_readme_gauges_and_pod_exits_when_redis_dies(tmp_path: 
             "event_queue_messages": 2,
             "queue_to_postfix_messages": 1,
             'redis_queue_dead_messages{queue="IB-MAIL-QUEUE-P1"}': 1,
+            'redis_queue_processing_messages{queue="EVENT_QUEUE"}': 2,
         }
         wait_for(
             lambda: all(pod.metrics().get(k) == v for k, v in expected.items()),

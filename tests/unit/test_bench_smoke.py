@@ -68,3 +68,35 @@ def test_ingest_bench_quick() -> None:
         fields = [f for f in row.split() if f.replace(",", "").replace(".", "").isdigit()]
         numbers = [float(f.replace(",", "")) for f in fields]
         assert len(numbers) == 3 and all(n > 0 for n in numbers), row
+
+
+def test_growth_bench_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.growth", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "20,000 unrelated keys" in line]
+    # calls/s and Redis time for reap, exporter, push and the old SCAN.
+    assert len(rows) == 8, rows
+    for row in rows:
+        assert float(row.split()[-1]) > 0
+
+
+def test_retention_bench_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.retention", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("  ")[0]: line for line in result.stdout.splitlines()}
+    kept = rows["bytes kept per message, in window"]
+    assert float(kept.split()[-4].replace(",", "")) > 0
+    # After the window nothing of a delivered message is left in Redis.
+    assert rows["keys left per message after it"].split()[-4] == "0"

@@ -102,6 +102,14 @@ def test_example_renders_a_loopback_only_instance(tmp_path: Path) -> None:
     assert listeners == ["127.0.0.1:10025 inet n - n - - smtpd"]
     assert "throttled" not in master_cf
     assert s.state_ttl_seconds == 6 * 86400
+    assert s.replay_window_seconds == 600
+
+
+def test_replay_window_is_bounded() -> None:
+    assert settings.build(section(**{"replay-window-seconds": 3600}), Path("/nonexistent"))
+    for bad in (0, 59, 8 * 86400):
+        with pytest.raises(ValueError, match=r"replay.window.seconds"):
+            section(**{"replay-window-seconds": bad})
 
 
 def test_main_cf_keys_replace_or_extend_the_template(tmp_path: Path) -> None:
