@@ -166,7 +166,7 @@ return moved
 _HAND_OVER_SPLIT = """
 local kind = redis.call('TYPE', KEYS[2])['ok']
 if kind ~= 'list' and kind ~= 'none' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' is not a list')
+  return redis.error_reply('WRONGTYPE the target queue is not a list')
 end
 local moved, pushed, i = 0, 0, 1
 while i <= #ARGV do
