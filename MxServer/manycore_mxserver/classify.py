@@ -115,7 +115,8 @@ def _classify(envelope: Envelope, data: bytes, settings: Settings) -> Classifica
     if auto is not None and not signs:
         return Classification("autoreply", email=sender or None, rules=(auto,))
     if signs or (envelope.mail_from == "" and textbounce.FAILURE_PHRASE.search(text)):
-        found = textbounce.flufl_addresses(msg)
+        failed_header = " ".join(str(v)[:1000] for v in msg.get_all("X-Failed-Recipients", []))
+        found = textbounce.in_report(textbounce.flufl_addresses(msg), text, failed_header)
         rule = "flufl.bounce"
         if not found:
             found, rule = textbounce.own_addresses(text), "text"
@@ -200,13 +201,10 @@ def _dsn_failure(group: Group, text: str) -> Failure:
     cat = category(status, reason)
     if cat == "other" and context:
         cat = category(status, context)
-    if (
-        group.action == "failed"
-        and not permanent
-        and cat in ("other", "connection", "system-error")
-    ):
-        # A temporary reply until the MTA gave up: the queue lifetime ran out (RFC 3464 §2.3.3).
-        cat = "expired"
+    if group.action == "failed" and cat == "dns" and (status or "").endswith(".0.0"):
+        # "Action: failed" with a generic 4.0.0 and no such domain or a null MX (Google): the
+        # domain will not come back by retrying.
+        permanent = not textbounce.TEMPORARY.search(reason or context)
     return Failure(
         rcpt=group.rcpt,
         permanent=permanent,

@@ -49,15 +49,18 @@ FAILURE_PHRASE = re.compile(
     r"|failed permanently|wasn't delivered to|was not delivered to|not (?:be )?delivered"
     r"|mail delivery failed|returned to sender|message not delivered|non-delivery"
     r"|did not reach|couldn't reach|could not reach|has not yet been delivered|delayed"
-    r"|user unknown|address rejected|recipient rejected|no such user",
+    r"|user unknown|unknown user|address rejected|recipient rejected|no such user"
+    r"|error (?:delivering|sending|occurred|has occurred)|following list of|failure reasons"
+    r"|transcript of session|host unknown|delivery problem|could not deliver|can't deliver",
     re.IGNORECASE,
 )
 #: Where the returned original starts in a text: nothing after it is the report.
 ORIGINAL_START = re.compile(
-    r"^[ \t>-]{0,20}(?:original message|(?:this|here) is a copy of|below this line|"
+    r"^[ \t>-]{0,20}(?:original message|(?:this|here|below) is a copy of|below this line|"
+    r"(?:unsent|returned) (?:message|mail) follows|"
     r"(?:a )?copy of the (?:original )?message|message (?:headers|text) follow|"
     r"the (?:original )?message (?:headers|text)|undelivered message|returned message|"
-    r"received: |return-path: |message-id: |start of returned message)",
+    r"received: ?|return-path: ?|message-id: ?|start of returned message)",
     _FLAGS,
 )
 SUGGESTIONS = re.compile(r"possible alternatives|did you mean|suggest", re.IGNORECASE)
@@ -105,15 +108,22 @@ def flufl_addresses(msg: Message) -> list[Found]:
     return out
 
 
+def in_report(found: Sequence[Found], text: str, headers: str) -> list[Found]:
+    """Only the addresses the report itself names (or X-Failed-Recipients): a heuristic that
+    strayed into the returned original's headers finds its sender and Message-ID there."""
+    lower, headers = text.lower(), headers.lower()
+    return [f for f in found if f.rcpt.lower() in lower or f.rcpt.lower() in headers]
+
+
 def own_addresses(text: str) -> list[Found]:
     """Addresses after the first failure phrase of a report text (our own generic rule), up
-    to a list of suggestions ("Possible alternatives:", GroupWise)."""
+    to a list of suggestions ("Possible alternatives:", GroupWise). Only called for a message
+    that shows a sign of a bounce; the returned original is already cut off."""
     start = FAILURE_PHRASE.search(text)
-    if start is None:
-        return []
-    stop = SUGGESTIONS.search(text, start.end())
+    begin = start.start() if start else 0  # no phrase we know: the whole report (Japanese)
+    stop = SUGGESTIONS.search(text, begin)
     end = stop.start() if stop else len(text)
-    return [Found(m.group(0), None) for m in ADDRESS.finditer(text, start.start(), end)]
+    return [Found(m.group(0), None) for m in ADDRESS.finditer(text, begin, end)]
 
 
 def failures(

@@ -62,19 +62,6 @@ _SPACE = r"[ \t]{1,3}"
 
 CATEGORY_RULES: tuple[Rule, ...] = (
     # --- Wording that decides whatever the code says -------------------------------------
-    # Gave up after retries: the queue lifetime ran out (X.4.7, RFC 3463 §3.5).
-    _rule("expired", "dsn", r"^[45]\.4\.7$"),
-    _rule(
-        "expired",
-        "text",
-        r"retry time(?:out)? (?:not reached|exceeded)|delivery time expired|message expired"
-        r"|expired after|been in the queue too long|too long in (?:the )?queue"
-        r"|queue (?:life ?time|timeout) (?:exceeded|expired)|could not be delivered within"
-        r"|was not delivered within|(?:maximum|max) (?:queue|delivery) time"
-        r"|giving up after|gave up after|delivery attempts? (?:have |has )?(?:failed|expired) for"
-        r"|unable to deliver.{0,40}(?:for|within) \d{1,3} (?:days|hours)"
-        r"|message timeout|no delivery within",
-    ),
     # RFC 7505 null MX, before Microsoft's 5.1.10 (RecipientNotFound) below.
     _rule("dns", "text", r"null ?mx|does not accept (?:e-?)?mail\b"),
     # Sending too fast, too many connections (RFC 3463 X.7.x is policy; the text is finer).
@@ -87,7 +74,7 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"|exceeded (?:the )?(?:message |sending |connection )?rate|too fast"
         r"|receiving mail (?:at a rate|too quickly)"
         r"|temporarily deferred due to (?:user )?complaints"
-        r"|exceeded .{0,30}limit for (?:the )?number of",
+        r"|exceeded .{0,30}limit for (?:the )?number of|frequency limit",
     ),
     # Sender authentication and identity (SPF, DKIM, DMARC, PTR): policy the sender can fix,
     # even when the wording says "blocked" (e.g. Gmail's 5.7.26).
@@ -97,6 +84,16 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"unauthenticated|\bdmarc\b|\bspf\b|\bdkim\b|sender policy framework"
         r"|reverse (?:dns|lookup|hostname)|\bptr\b|no rdns|rdns (?:lookup|check)"
         r"|(?:helo|ehlo) .{0,20}(?:rejected|invalid|not)",
+    ),
+    # The sender's address or domain refused (X.1.7, X.1.8): the sender's problem, not the
+    # recipient's, whatever the wording ("does not exist").
+    _rule("policy", "dsn", r"^[45]\.1\.[78]$"),
+    _rule(
+        "policy",
+        "text",
+        r"sender (?:address|domain)|domain of sender|sender .{0,40}(?:rejected|refused|denied"
+        r"|unknown|invalid|not exist)|recipient preferences"
+        r"|due to (?:the )?(?:recipient|user)'?s? (?:preferences|settings)",
     ),
     # Block lists and reputation: a judgement on the sending host, not on this message.
     _rule(
@@ -151,8 +148,20 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     _rule("message-size", "dsn", r"^[45]\.(?:3\.4|2\.3)$"),
     # X.1.1 bad mailbox, X.1.3 bad syntax, X.1.6 mailbox moved.
     _rule("invalid-recipient", "dsn", r"^5\.1\.[136]$"),
+    _rule(
+        "invalid-recipient",
+        "text",
+        rf"{_USER}{_SPACE}(?:is )?unknown|unknown{_SPACE}{_USER}|no such{_SPACE}{_USER}"
+        r"|recipnotfound|recipientnotfound|address couldn't be found"
+        r"|recipient address rejected: access denied|(?<!sender )address rejected",
+    ),
     # X.2.1 mailbox disabled, not accepting messages.
-    _rule("mailbox-unavailable", "text", r"(?:inactive|disabled|suspended|deactivated)"),
+    _rule(
+        "mailbox-unavailable",
+        "text",
+        r"inactive|disabled|suspended|deactivated|(?:account|mailbox) (?:is )?(?:locked|frozen"
+        r"|closed|blocked|expired)|no longer (?:active|in use|available)|temporarily unavailable",
+    ),
     _rule("mailbox-unavailable", "dsn", r"^[45]\.2\.1$"),
     # X.7.x security or policy: after the wording that makes it finer, before the wording
     # that a policy refusal may quote ("recipient rejected").
@@ -165,8 +174,8 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         rf"|(?:bad|illegal|unknown|unrouteable) (?:destination )?{_USER}"
         r"|no mailbox|mailbox unavailable"
         rf"|{_USER} (?:is )?(?:not (?:listed|known|valid|registered|our customer)|invalid)"
-        r"|not our customer|has been (?:deleted|removed|closed|terminated|disabled)"
-        r"|(?:no longer|not) (?:a valid|available|active|in use)|no (?:such )?(?:account|user)"
+        r"|not our customer|has been (?:deleted|removed|terminated)"
+        r"|not a valid|no (?:such )?(?:account|user)"
         r"|unknown or illegal|undeliverable address|user doesn't have"
         r"|not have an? [\w.-]{1,40} account"
         r"|no valid recipients|not listed in|no .{0,20}by that name|recipient rejected",
@@ -185,6 +194,19 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     _rule(
         "routing", "text", r"loops back to myself|mail (?:forwarding )?loop|too many hops|\bloop"
     ),
+    # Gave up after retries: the queue lifetime ran out (RFC 3463 X.4.7), unless the last
+    # reply said something finer (above).
+    _rule(
+        "expired",
+        "text",
+        r"retry time(?:out)? (?:not reached|exceeded)|delivery time expired|message expired"
+        r"|expired after|been in the queue too long|too long in (?:the )?queue"
+        r"|queue (?:life ?time|timeout) (?:exceeded|expired)|could not be delivered within"
+        r"|was not delivered within|(?:maximum|max) (?:queue|delivery) time"
+        r"|giving up after|gave up after|delivery attempts? (?:have |has )?(?:failed|expired) for"
+        r"|unable to deliver.{0,40}(?:for|within) \d{1,3} (?:days|hours)"
+        r"|message timeout|no delivery within",
+    ),
     # X.4.1 no answer from host, X.4.2 bad connection.
     _rule("connection", "dsn", r"^[45]\.4\.[012]$"),
     _rule(
@@ -192,7 +214,8 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         "text",
         r"connection (?:refused|reset|closed|dropped|lost|timed out)|timed? ?out|lost connection"
         r"|network is unreachable|no route to host|could not connect|unable to connect"
-        r"|connect to .{0,80}failed|tls|ssl|handshake|conversation with",
+        r"|connect to .{0,80}failed|tls|ssl|handshake|conversation with|not reachable"
+        r"|establish (?:an )?(?:smtp )?connection|unreachable",
     ),
     # X.6.x message content or media status.
     _rule("content", "dsn", r"^[45]\.6\.\d{1,3}$"),
@@ -204,6 +227,8 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"(?:access )?(?:denied|not permitted|prohibited)|not (?:accepted|authorized) to relay"
         r"|rejected|refused|denied|blocked|prohibited|filter|forbidden|administrative|banned",
     ),
+    # Gave up after retries: the queue lifetime ran out (X.4.7, RFC 3463 §3.5).
+    _rule("expired", "dsn", r"^[45]\.4\.7$"),
     # X.3.x mail system status, X.5.x protocol status: the receiving system failed.
     _rule("system-error", "dsn", r"^[45]\.[35]\.\d{1,3}$"),
     _rule(
