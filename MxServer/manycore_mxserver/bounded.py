@@ -29,15 +29,21 @@ from html import unescape
 MAX_BOUNDARIES = 32
 MAX_EMBEDDED = 8
 MAX_PARTS = 128
-MAX_LINE = 1000
+MAX_LINE = 500
 MAX_RUN = 320  # longer than any address (RFC 5321 §4.5.3.1: 64 + 1 + 255)
+#: A run without "@" is no address: a longer one only feeds backtracking.
+MAX_WORD = 64
 MAX_BLANKS = 16
+#: Lines of text kept over all leaves (flufl.bounce runs ~40 patterns over every line).
+MAX_LINES = 2000
 MAX_HEADER = 8192
 
-_RAW_LONG_LINE = re.compile(rb"[^\r\n]{2048}")
+RAW_LINE = 2048  # Postfix folds past line_length_limit 2048 as well
 _BOUNDARY = re.compile(rb"boundary\s{0,8}=", re.IGNORECASE)
 _EMBEDDED = re.compile(rb"content-type:\s{0,8}message/(?:rfc822|global)\b", re.IGNORECASE)
 _LONG_RUN = re.compile(rf"(?<!\S)\S{{{MAX_RUN + 1},}}")
+_LONG_WORD = re.compile(rf"(?<![^\s@])[^\s@]{{{MAX_WORD + 1},}}")
+_BLANK_LINES = re.compile(r"\n(?:[ \t]{0,16}\n){2,}")
 _BLANKS = re.compile(rf"[ \t\f\v]{{{MAX_BLANKS + 1},}}")
 _NEWLINES = re.compile(r"\r\n?")
 _SCRIPT = re.compile(r"<(style|script)\b[^<>]{0,500}>[^<]{0,100000}</\1\s{0,4}>", re.IGNORECASE)
@@ -62,13 +68,24 @@ def _cut_before(data: bytes, pattern: re.Pattern[bytes], n: int) -> bytes:
     return data
 
 
+def _fold_raw(data: bytes) -> bytes:
+    """Lines longer than RAW_LINE octets folded (a plain loop: a regex for this retries at
+    every offset of every shorter line)."""
+    if all(len(line) <= RAW_LINE for line in data.split(b"\n")):
+        return data
+    out: list[bytes] = []
+    for line in data.split(b"\n"):
+        out.extend(line[i : i + RAW_LINE] for i in range(0, max(len(line), 1), RAW_LINE))
+    return b"\n".join(out)
+
+
 def parse(data: bytes, scan_bytes: int) -> Message:
     """The first ``scan_bytes`` of ``data`` as a message, cut and flattened as above.
 
     RecursionError cannot escape for the cut input, but callers still treat it as "keep
     for an operator"."""
     head = data[:scan_bytes]
-    head = _RAW_LONG_LINE.sub(lambda m: m.group(0) + b"\n", head)
+    head = _fold_raw(head)
     head = _cut_before(head, _BOUNDARY, MAX_BOUNDARIES)
     head = _cut_before(head, _EMBEDDED, MAX_EMBEDDED)
     msg = email.message_from_bytes(head, policy=email.policy.compat32)
@@ -117,25 +134,29 @@ def _cut_headers(part: Message) -> None:
             part[name] = value
 
 
-def flatten(text: str) -> str:
+def flatten(text: str, max_lines: int = MAX_LINES) -> str:
     """Short lines, short runs, no dangling ``<``: what line patterns may read (see above)."""
     text = _NEWLINES.sub("\n", text)
     text = _BLANKS.sub(" " * MAX_BLANKS, text)
+    text = _LONG_WORD.sub(lambda m: m.group(0)[:MAX_WORD], text)
     text = _LONG_RUN.sub(lambda m: m.group(0)[:MAX_RUN], text)
+    text = _BLANK_LINES.sub("\n\n", text)
     lines = []
     for line in text.split("\n"):
         while len(line) > MAX_LINE:
             lines.append(_close_brackets(line[:MAX_LINE]))
             line = line[MAX_LINE:]
         lines.append(_close_brackets(line))
-    return "\n".join(lines)
+        if len(lines) >= max_lines:
+            break
+    return "\n".join(lines[:max_lines])
 
 
 def _close_brackets(line: str) -> str:
     last = line.rfind(">")
     if line.find("<", last + 1) < 0:
         return line
-    return line[: last + 1] + line[last + 1 :].replace("<", " ")
+    return line[: last + 1] + line[last + 1 :].replace("<", "")
 
 
 def decoded_text(part: Message) -> str:
@@ -161,6 +182,7 @@ def html_to_text(html: str) -> str:
 def leaves(msg: Message) -> list[Leaf]:
     """Every leaf, flattened *in place* (flufl.bounce then reads the flattened text too)."""
     out: list[Leaf] = []
+    budget = MAX_LINES
     stack: list[tuple[Message, bool]] = [(msg, False)]
     while stack:
         part, embedded = stack.pop()
@@ -174,7 +196,8 @@ def leaves(msg: Message) -> list[Leaf]:
         text = decoded_text(part) if maintype in ("text", "message") else ""
         if part.get_content_subtype() == "html":
             text = html_to_text(text)
-        text = flatten(text)
+        text = flatten(text, budget) if budget > 0 else ""
+        budget -= text.count("\n") + 1
         del part["Content-Transfer-Encoding"]
         part.set_payload(text)
         out.append(Leaf(part, text, embedded))

@@ -29,7 +29,13 @@ from email.message import Message
 
 from flufl.bounce import all_failures
 
-from manycore_common.bounce_rules import basic_status, category, enhanced_status, is_permanent
+from manycore_common.bounce_rules import (
+    Category,
+    basic_status,
+    category,
+    enhanced_status,
+    is_permanent,
+)
 
 from .reports import Failure
 
@@ -148,8 +154,9 @@ def failures(
     positions = [lower.find(item.rcpt.lower()) for item in picked]
     starts = sorted({p for p in positions if p >= 0})
     delay = TEMPORARY.search(text) is not None
+    overall = category(None, text)  # once: the fallback of every address without a reason
     return [
-        _failure(item, text, pos, starts, delay)
+        _failure(item, text, pos, starts, delay, overall)
         for item, pos in zip(picked, positions, strict=True)
     ]
 
@@ -186,7 +193,9 @@ def reason_of(window: str, rcpt: str) -> str:
     return _WSP.sub(" ", _LEAD.sub("", body)).strip()[:MAX_REASON]
 
 
-def _failure(item: Found, text: str, pos: int, starts: list[int], delay: bool) -> Failure:
+def _failure(
+    item: Found, text: str, pos: int, starts: list[int], delay: bool, overall: Category
+) -> Failure:
     window = _window(text, pos, starts)
     reason = reason_of(window, item.rcpt)
     status = enhanced_status(reason)
@@ -197,7 +206,7 @@ def _failure(item: Found, text: str, pos: int, starts: list[int], delay: bool) -
     if cat == "other":
         cat = category(status, window)
     if cat == "other" and not (status or basic_status(reason)):
-        cat = category(None, text)
+        cat = overall
     return Failure(
         rcpt=item.rcpt,
         permanent=verdict,
