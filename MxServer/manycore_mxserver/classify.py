@@ -25,12 +25,12 @@ here and in the modules it uses is linear and compiled once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import Message
 from email.utils import getaddresses
 from typing import Literal
 
-from manycore_common.bounce_rules import category, enhanced_status, is_permanent
+from manycore_common.bounce_rules import basic_status, category, enhanced_status, is_permanent
 from manycore_common.feedbacktag import TAGGED_ADDRESS_RE
 
 from . import bounded, textbounce
@@ -142,19 +142,25 @@ def _text_bounce(failures: list[Failure], text: str, rules: tuple[str, ...]) -> 
     if all(not f.permanent for f in failures) and textbounce.TEMPORARY.search(text):
         delayed = tuple(_as_delay(f) for f in failures)
         return Classification("delayed", failures=delayed, rules=rules)
-    return Classification("bounce", failures=tuple(failures), rules=rules)
+    return Classification("bounce", failures=tuple(_gave_up(f) for f in failures), rules=rules)
+
+
+def _gave_up(failure: Failure) -> Failure:
+    """A final report of a failure to connect, or of an expired message, without a 5.x.x
+    status: the MTA gave up retrying. That says nothing permanent about the address."""
+    if failure.category not in ("connection", "expired") or _says_permanent(failure):
+        return failure
+    return replace(failure, permanent=False, category="expired")
+
+
+def _says_permanent(failure: Failure) -> bool:
+    return bool(failure.status and failure.status.startswith("5")) or (
+        failure.status is None and (basic_status(failure.reason) or "").startswith("5")
+    )
 
 
 def _as_delay(failure: Failure) -> Failure:
-    return Failure(
-        failure.rcpt,
-        False,
-        failure.status,
-        failure.reason,
-        failure.remote_mta,
-        failure.category,
-        failure.original_rcpt,
-    )
+    return replace(failure, permanent=False)
 
 
 def _from_dsn(
@@ -201,6 +207,12 @@ def _dsn_failure(group: Group, text: str) -> Failure:
     cat = category(status, reason)
     if cat == "other" and context:
         cat = category(status, context)
+    if group.action == "failed" and cat == "expired" and not (status or "").startswith("5"):
+        permanent = False  # gave up retrying: nothing permanent about the address
+    if group.action == "failed" and not permanent and cat == "connection":
+        # Connecting failed until the MTA gave up: the queue lifetime ran out (RFC 3464
+        # §2.3.3 "failed" after temporary errors), which is what the sender needs to know.
+        cat = "expired"
     if group.action == "failed" and cat == "dns" and (status or "").endswith(".0.0"):
         # "Action: failed" with a generic 4.0.0 and no such domain or a null MX (Google): the
         # domain will not come back by retrying.
@@ -213,6 +225,7 @@ def _dsn_failure(group: Group, text: str) -> Failure:
         remote_mta=group.remote_mta,
         category=cat,
         original_rcpt=group.original_rcpt,
+        final_rcpt=group.final_rcpt,
     )
 
 

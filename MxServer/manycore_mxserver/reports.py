@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from email.message import Message
 from email.parser import Parser
 
-from manycore_common.bounce_rules import basic_status, enhanced_status
+from manycore_common.bounce_rules import enhanced_status
 
 _WSP = re.compile(r"\s+")
 _TYPE_PREFIX = re.compile(r"^[\w.-]{1,32}\s{0,8};")
@@ -32,8 +32,10 @@ class Failure:
     remote_mta: str | None = None
     #: One of bounce_rules.CATEGORIES (README, "Bounce categories").
     category: str = "other"
-    #: The Original-Recipient of a DSN (RFC 3464 §2.3.1), when it differs.
+    #: The Original-Recipient of a DSN (RFC 3464 §2.3.1), when it has one.
     original_rcpt: str | None = None
+    #: The Final-Recipient of a DSN (RFC 3464 §2.3.2), when it differs from ``rcpt``.
+    final_rcpt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Group:
 
     rcpt: str
     original_rcpt: str | None
+    final_rcpt: str | None
     action: str
     status: str | None
     diagnostic: str
@@ -167,7 +170,9 @@ def delivery_report(msg: Message) -> DeliveryReport | None:
 def _group(block: dict[str, str]) -> Group | None:
     final = address_in(block.get("final-recipient")) or address_in(block.get("x-actual-recipient"))
     original = address_in(block.get("original-recipient"))
-    rcpt = final or original
+    # The address the message was sent to is the Original-Recipient; the Final-Recipient may
+    # be what an alias or a forward rewrote it to (RFC 3464 §2.3.1, §2.3.2).
+    rcpt = original or final
     if rcpt is None:
         return None
     action = block.get("action", "").strip().lower().split(" ")[0].strip("();")
@@ -176,11 +181,10 @@ def _group(block: dict[str, str]) -> Group | None:
     diagnostic = typed_text(block.get("diagnostic-code"))
     status_field = block.get("status", "")
     status = enhanced_status(status_field) or enhanced_status(diagnostic)
-    if status is None and basic_status(diagnostic):
-        status = None  # the reply code alone still tells permanence later
     return Group(
         rcpt=rcpt,
-        original_rcpt=original if original and original.lower() != rcpt.lower() else None,
+        original_rcpt=original,
+        final_rcpt=final if final and final.lower() != rcpt.lower() else None,
         action=action,
         status=status,
         diagnostic=diagnostic,

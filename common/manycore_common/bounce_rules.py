@@ -45,15 +45,21 @@ CATEGORIES: tuple[Category, ...] = Category.__args__  # type: ignore[attr-define
 
 @dataclass(frozen=True)
 class Rule:
-    """``pattern`` searched (case-insensitively) in the status code or in the reply text."""
+    """``pattern`` searched (case-insensitively) in the status code ("dsn") or in the reply
+    text ("text"); a "both" rule needs ``code`` to match the status code as well."""
 
     category: Category
-    field: Literal["dsn", "text"]
+    field: Literal["dsn", "text", "both"]
     pattern: re.Pattern[str]
+    code: re.Pattern[str] | None = None
 
 
 def _rule(category: Category, field: Literal["dsn", "text"], pattern: str) -> Rule:
     return Rule(category, field, re.compile(pattern, re.IGNORECASE))
+
+
+def _both(category: Category, code: str, pattern: str) -> Rule:
+    return Rule(category, "both", re.compile(pattern, re.IGNORECASE), re.compile(code))
 
 
 # Shared pieces of wording (plain alternatives, no nested quantifiers).
@@ -62,8 +68,15 @@ _SPACE = r"[ \t]{1,3}"
 
 CATEGORY_RULES: tuple[Rule, ...] = (
     # --- Wording that decides whatever the code says -------------------------------------
-    # RFC 7505 null MX, before Microsoft's 5.1.10 (RecipientNotFound) below.
-    _rule("dns", "text", r"null ?mx|does not accept (?:e-?)?mail\b"),
+    # No mail server for the domain: RFC 7505 null MX, NXDOMAIN, before Microsoft's 5.1.10
+    # (RecipientNotFound) and before "does not exist" means a user.
+    _rule(
+        "dns",
+        "text",
+        r"null ?mx|does not accept (?:e-?)?mail\b|no smtp service|domain (?:does not|doesn't)"
+        r" exist|domain (?:is )?not reachable|host or domain name not found|nxdomain"
+        r"|domain name not found|no such domain|unrouteable address|all relevant mx records",
+    ),
     # Sending too fast, too many connections (RFC 3463 X.7.x is policy; the text is finer).
     _rule(
         "rate-limited",
@@ -72,18 +85,24 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"|concurrent|recipients|sessions|invalid recipients|errors)|throttl|slow down"
         r"|(?:sending|message|receiving|connection) (?:rate|limit) (?:exceeded|reached)"
         r"|exceeded (?:the )?(?:message |sending |connection )?rate|too fast"
-        r"|receiving mail (?:at a rate|too quickly)"
-        r"|temporarily deferred due to (?:user )?complaints"
-        r"|exceeded .{0,30}limit for (?:the )?number of|frequency limit",
+        r"|receiving mail (?:at a rate|too quickly)|unexpected volume|frequency limit"
+        r"|(?:sending|daily|hourly) quota|exceeded .{0,30}limit for (?:the )?number of",
+    ),
+    # The receiving system broke (a delivery command, a directory server).
+    _rule(
+        "system-error",
+        "text",
+        r"command (?:died|output|failed)|\bldap\b|mail system (?:error|full)|local configuration"
+        r"|does not support tls|internal (?:server )?error",
     ),
     # Sender authentication and identity (SPF, DKIM, DMARC, PTR): policy the sender can fix,
     # even when the wording says "blocked" (e.g. Gmail's 5.7.26).
     _rule(
         "policy",
         "text",
-        r"unauthenticated|\bdmarc\b|\bspf\b|\bdkim\b|sender policy framework"
-        r"|reverse (?:dns|lookup|hostname)|\bptr\b|no rdns|rdns (?:lookup|check)"
-        r"|(?:helo|ehlo) .{0,20}(?:rejected|invalid|not)",
+        r"unauthenticated|\bdmarc\b|\bspf\b|\bdkim\b|sender policy framework|authentication"
+        r"|reverse (?:dns|lookup|hostname)|\bptr\b|no rdns|rdns (?:lookup|check)|mismatch"
+        r"|(?:helo|ehlo) .{0,20}(?:rejected|invalid|not)|purported responsible",
     ),
     # The sender's address or domain refused (X.1.7, X.1.8): the sender's problem, not the
     # recipient's, whatever the wording ("does not exist").
@@ -95,6 +114,16 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"|unknown|invalid|not exist)|recipient preferences"
         r"|due to (?:the )?(?:recipient|user)'?s? (?:preferences|settings)",
     ),
+    # A message that breaks the format rules (RFC 5322) is refused as policy, even when the
+    # refusal mentions spam.
+    _rule(
+        "policy",
+        "text",
+        r"rfc ?5322|rfc ?2822|rfc ?822|not (?:rfc )?compliant|header error|malformed|resent-from"
+        r"|multiple .{0,20}headers",
+    ),
+    # Links in the message on a URI block list: the message was judged spam.
+    _rule("spam-block", "text", r"blacklisted (?:url|link)|uribl|surbl|spam ?signature"),
     # Block lists and reputation: a judgement on the sending host, not on this message.
     _rule(
         "policy",
@@ -102,31 +131,31 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"block ?list|black ?list|deny ?list|\brbl\b|dnsbl|spamhaus|spamcop|sorbs|barracuda"
         r"|blocked using|listed (?:at|in|on|by)|reputation|proofpoint|cloudmark|\bip\b.{0,40}"
         r"(?:blocked|banned|rejected)|(?:client|host|sender|ip address|network)"
-        r" .{0,40}(?:blocked|banned|not allowed)|bad sender",
+        r" .{0,40}(?:blocked|banned|not allowed)|bad sender|unwanted (?:messages|mail)",
     ),
     # The message itself was judged spam.
     _rule(
         "spam-block",
         "text",
-        r"\bspam\b|spam-?like|spammy|spam ?(?:score|detected|filter|content|message|policy)"
-        r"|junk ?mail|unsolicited|\bbulk ?mail|\bUBE\b|message (?:looks|appears) (?:to be )?"
-        r"(?:like )?spam|content (?:looks|appears) (?:to be )?suspicious|high probability of",
+        r"spam|junk ?mail|unsolicited|\bbulk ?mail|\bUBE\b"
+        r"|content (?:looks|appears) (?:to be )?suspicious|high probability of",
     ),
     _rule(
         "content",
         "text",
         r"virus|malware|infected|trojan|worm\b|phishing|dangerous attachment"
         r"|attachment .{0,30}(?:not allowed|blocked|prohibited|rejected)"
-        r"|banned (?:attachment|file)",
+        r"|banned (?:attachment|file)|media error",
     ),
     _rule(
         "mailbox-full",
         "text",
-        r"mailbox (?:is )?full|over ?quota|quota (?:exceeded|full)|exceeded (?:the |his |her "
-        r"|their )?(?:storage|quota|mailbox size)|(?:mailbox|account|disk) (?:storage )?(?:limit"
+        r"mailbox (?:is )?full|over ?quota|quota|exceeded (?:the |his |her "
+        r"|their )?(?:storage|mailbox size)|(?:mailbox|account|disk) (?:storage )?(?:limit"
         r"|size) (?:exceeded|reached)|out of (?:storage|disk) space|exceeded storage allocation"
         r"|mailbox (?:has )?exceeded|insufficient (?:disk )?(?:space|storage) (?:for|in) "
-        r"(?:the )?(?:user|mailbox|recipient)|not enough (?:space|storage)|mail ?box.{0,20}full",
+        r"(?:the )?(?:user|mailbox|recipient)|not enough (?:space|storage)|mail ?box.{0,20}full"
+        r"|(?:mail ?)?folder (?:is )?full",
     ),
     _rule(
         "message-size",
@@ -134,6 +163,24 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"message (?:size |length )?(?:is |was )?too (?:big|large|long)|size limit|message size"
         r"|exceeds? (?:the )?(?:maximum|max|fixed|allowed) (?:message )?size"
         r"|(?:message|mail) (?:length|size) exceeds|too large",
+    ),
+    # Exchange Online's directory-based edge blocking: "5.4.1 ... Access denied" means no
+    # such recipient; other 5.4.1 refusals are policy (below).
+    _both("invalid-recipient", r"^5\.4\.1$", r"access denied"),
+    # Strong wording for an unknown user, before codes that other servers misuse (5.2.1).
+    _rule(
+        "invalid-recipient",
+        "text",
+        rf"{_USER}{_SPACE}(?:is )?unknown|unknown{_SPACE}{_USER}|no such{_SPACE}{_USER}"
+        r"|recipnotfound|recipientnotfound|address couldn't be found|not listed in"
+        r"|(?:^|[#\d.]{5} )address rejected",
+    ),
+    # X.2.1 mailbox disabled, not accepting messages.
+    _rule(
+        "mailbox-unavailable",
+        "text",
+        r"inactive|disabled|suspended|deactivated|(?:account|mailbox) (?:is )?(?:locked|frozen"
+        r"|closed|blocked|expired)|no longer (?:active|in use|available)|temporarily unavailable",
     ),
     # --- Specific codes ------------------------------------------------------------------
     # X.1.2 bad destination system, X.4.4 unable to route.
@@ -146,30 +193,16 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     # X.2.2 mailbox full; X.3.4 message too big for system, X.2.3 too big for mailbox.
     _rule("mailbox-full", "dsn", r"^[45]\.2\.2$"),
     _rule("message-size", "dsn", r"^[45]\.(?:3\.4|2\.3)$"),
-    # X.1.1 bad mailbox, X.1.3 bad syntax, X.1.6 mailbox moved.
-    _rule("invalid-recipient", "dsn", r"^5\.1\.[136]$"),
-    _rule(
-        "invalid-recipient",
-        "text",
-        rf"{_USER}{_SPACE}(?:is )?unknown|unknown{_SPACE}{_USER}|no such{_SPACE}{_USER}"
-        r"|recipnotfound|recipientnotfound|address couldn't be found"
-        r"|recipient address rejected: access denied|(?<!sender )address rejected",
-    ),
-    # X.2.1 mailbox disabled, not accepting messages.
-    _rule(
-        "mailbox-unavailable",
-        "text",
-        r"inactive|disabled|suspended|deactivated|(?:account|mailbox) (?:is )?(?:locked|frozen"
-        r"|closed|blocked|expired)|no longer (?:active|in use|available)|temporarily unavailable",
-    ),
+    # X.1.1 bad mailbox, X.1.0 other address status, X.1.3 bad syntax, X.1.6 moved.
+    _rule("invalid-recipient", "dsn", r"^5\.1\.[0136]$"),
     _rule("mailbox-unavailable", "dsn", r"^[45]\.2\.1$"),
-    # X.7.x security or policy: after the wording that makes it finer, before the wording
-    # that a policy refusal may quote ("recipient rejected").
+    # X.6.x message content or media status.
+    _rule("content", "dsn", r"^[45]\.6\.\d{1,3}$"),
+    # Weaker wording for an unknown user, before the X.7.x code a refusal may carry.
     _rule(
         "invalid-recipient",
         "text",
-        rf"{_USER}{_SPACE}(?:is )?unknown|unknown{_SPACE}{_USER}|no such{_SPACE}{_USER}"
-        r"|(?:does ?n[o']t|does not|doesn't|not) exist|recipnotfound|recipientnotfound"
+        r"(?:does ?n[o']t|does not|doesn't|not) exist"
         rf"|{_USER} (?:was )?not found|invalid{_SPACE}{_USER}|not a valid{_SPACE}{_USER}"
         rf"|(?:bad|illegal|unknown|unrouteable) (?:destination )?{_USER}"
         r"|no mailbox|mailbox unavailable"
@@ -178,24 +211,24 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"|not a valid|no (?:such )?(?:account|user)"
         r"|unknown or illegal|undeliverable address|user doesn't have"
         r"|not have an? [\w.-]{1,40} account"
-        r"|no valid recipients|not listed in|no .{0,20}by that name|recipient rejected",
+        r"|no valid recipients|no .{0,20}by that name|recipient rejected",
     ),
-    _rule("policy", "dsn", r"^[45]\.7\.\d{1,3}$"),
+    # X.7.x security or policy status; 5.4.1 as Microsoft uses it (rejected by the domain).
+    _rule("policy", "dsn", r"^[45]\.7\.\d{1,3}$|^5\.4\.1$"),
     # --- Wording for the codes that say little (X.0.0, X.5.x, bare 550) -------------------
     _rule(
         "dns",
         "text",
-        r"host or domain name not found|name service error|domain (?:name )?not found"
-        r"|host (?:not found|unknown)|unknown host|no such domain|domain (?:does not|doesn't) exist"
-        r"|no mx|mx (?:record|lookup)|dns (?:error|lookup|failure|resolution)|unrouteable address"
-        r"|unroutable|all relevant mx records|no route for|nxdomain|domain (?:is )?invalid"
-        r"|invalid domain|unknown domain|domain .{0,30}not (?:exist|found|resolve)",
+        r"name service error|domain (?:name )?not found|host (?:not found|unknown)|unknown host"
+        r"|no mx|mx (?:record|lookup)|dns (?:error|lookup|failure|resolution)|unroutable"
+        r"|no route for|domain (?:is )?invalid|invalid domain|unknown domain"
+        r"|domain .{0,30}not (?:exist|found|resolve)",
     ),
     _rule(
         "routing", "text", r"loops back to myself|mail (?:forwarding )?loop|too many hops|\bloop"
     ),
-    # Gave up after retries: the queue lifetime ran out (RFC 3463 X.4.7), unless the last
-    # reply said something finer (above).
+    # Gave up after retries: the queue lifetime ran out (RFC 3463 X.4.7), when the report says so:
+    # before the connection wording the last attempt's reply may quote.
     _rule(
         "expired",
         "text",
@@ -203,22 +236,25 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"|expired after|been in the queue too long|too long in (?:the )?queue"
         r"|queue (?:life ?time|timeout) (?:exceeded|expired)|could not be delivered within"
         r"|was not delivered within|(?:maximum|max) (?:queue|delivery) time"
-        r"|giving up after|gave up after|delivery attempts? (?:have |has )?(?:failed|expired) for"
-        r"|unable to deliver.{0,40}(?:for|within) \d{1,3} (?:days|hours)"
-        r"|message timeout|no delivery within",
+        r"|giving up after|gave up after|delivery attempts? (?:have |has )?(?:failed|expired)"
+        r"|unable to deliver.{0,40}(?:for|within) \d{1,3} (?:days|hours)|envelope expired"
+        r"|message timeout|no delivery within|failing for a long time|failed \d{1,3} attempts"
+        r"|not (?:been )?delivered (?:for|within)|did not receive your message|multiple retries"
+        r"|retry timeout",
     ),
     # X.4.1 no answer from host, X.4.2 bad connection.
-    _rule("connection", "dsn", r"^[45]\.4\.[012]$"),
+    _rule("connection", "dsn", r"^4\.4\.[012]$"),
     _rule(
         "connection",
         "text",
         r"connection (?:refused|reset|closed|dropped|lost|timed out)|timed? ?out|lost connection"
         r"|network is unreachable|no route to host|could not connect|unable to connect"
-        r"|connect to .{0,80}failed|tls|ssl|handshake|conversation with|not reachable"
-        r"|establish (?:an )?(?:smtp )?connection|unreachable",
+        r"|connect to .{0,80}failed|handshake|conversation with|not reachable"
+        r"|establish (?:an )?(?:smtp )?connection|unreachable|network error|socket error"
+        r"|did not accept (?:our )?(?:requests to )?connect|did not respond|not responding"
+        r"|connection to (?:the )?mail exchanger",
     ),
-    # X.6.x message content or media status.
-    _rule("content", "dsn", r"^[45]\.6\.\d{1,3}$"),
+    _rule("expired", "dsn", r"^[45]\.4\.7$"),
     _rule("content", "text", r"content (?:rejected|refused)|message (?:rejected|refused)"),
     _rule(
         "policy",
@@ -227,18 +263,15 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"(?:access )?(?:denied|not permitted|prohibited)|not (?:accepted|authorized) to relay"
         r"|rejected|refused|denied|blocked|prohibited|filter|forbidden|administrative|banned",
     ),
-    # Gave up after retries: the queue lifetime ran out (X.4.7, RFC 3463 §3.5).
-    _rule("expired", "dsn", r"^[45]\.4\.7$"),
-    # X.3.x mail system status, X.5.x protocol status: the receiving system failed.
-    _rule("system-error", "dsn", r"^[45]\.[35]\.\d{1,3}$"),
+    # X.3.x mail system status: the receiving system failed.
+    _rule("system-error", "dsn", r"^[45]\.3\.\d{1,3}$"),
     _rule(
         "system-error",
         "text",
-        r"system (?:error|failure|full|not available|unavailable)|internal (?:server )?error"
-        r"|local error|local problem|temporary (?:local )?(?:error|failure|problem)"
-        r"|server (?:error|busy|unavailable)|service (?:not available|unavailable)"
-        r"|insufficient (?:system )?(?:storage|resources)|try again later|out of memory"
-        r"|resources|i/o error|configuration error|misconfigured",
+        r"system (?:error|failure|full|not available|unavailable)|local error|local problem"
+        r"|temporary local|server (?:error|busy|unavailable)|service (?:currently )?"
+        r"(?:not available|unavailable)|insufficient (?:system )?(?:storage|resources)"
+        r"|out of memory|resources|i/o error|configuration error|misconfigured|does not support",
     ),
     # X.1.x other address status.
     _rule("invalid-recipient", "dsn", r"^5\.1\.\d{1,3}$"),
@@ -256,17 +289,16 @@ def category(dsn: str | None, text: str) -> Category:
     """The category of a failure from its enhanced status code and reply text."""
     code = (dsn or "").strip()
     text = text[:MAX_TEXT]
-    for rule in CATEGORY_RULES:
-        subject = code if rule.field == "dsn" else text
-        if subject and rule.pattern.search(subject):
-            return rule.category
-    return "other"
+    index = matching_rule(code, text)
+    return "other" if index is None else CATEGORY_RULES[index].category
 
 
 def matching_rule(dsn: str | None, text: str) -> int | None:
     """The index of the rule that decides (for diagnostics), None when none does."""
     code, text = (dsn or "").strip(), text[:MAX_TEXT]
     for index, rule in enumerate(CATEGORY_RULES):
+        if rule.code is not None and not rule.code.search(code):
+            continue
         subject = code if rule.field == "dsn" else text
         if subject and rule.pattern.search(subject):
             return index
