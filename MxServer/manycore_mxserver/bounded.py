@@ -193,7 +193,9 @@ def leaves(msg: Message) -> list[Leaf]:
             stack.extend((p, inner) for p in reversed(kids))
             continue
         maintype = part.get_content_maintype()
-        text = decoded_text(part) if maintype in ("text", "message") else ""
+        # A multipart whose boundary never occurs (seen in the wild) is its text.
+        readable = maintype in ("text", "message", "multipart")
+        text = decoded_text(part) if readable else ""
         if part.get_content_subtype() == "html":
             text = html_to_text(text)
         text = flatten(text, budget) if budget > 0 else ""

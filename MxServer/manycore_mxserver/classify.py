@@ -131,6 +131,8 @@ def _classify(envelope: Envelope, data: bytes, settings: Settings) -> Classifica
 
 
 def _is_text(part: Message) -> bool:
+    if part.get_content_maintype() == "multipart":
+        return True  # a leaf only when its boundary never occurs: then it is all text
     return part.get_content_maintype() == "text" and part.get_content_subtype() in (
         "plain",
         "html",

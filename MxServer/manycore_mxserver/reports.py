@@ -181,6 +181,10 @@ def _group(block: dict[str, str]) -> Group | None:
     diagnostic = typed_text(block.get("diagnostic-code"))
     status_field = block.get("status", "")
     status = enhanced_status(status_field) or enhanced_status(diagnostic)
+    if status is not None and status.endswith(".0.0"):
+        # A generic Status field; the remote reply often has the finer code (RFC 3463 §3.1).
+        finer = enhanced_status(diagnostic)
+        status = finer if finer and finer[0] == status[0] else status
     return Group(
         rcpt=rcpt,
         original_rcpt=original,
@@ -196,11 +200,26 @@ def abuse_report(msg: Message) -> AbuseReport | None:
     """An RFC 5965 report: its feedback type, Original-Rcpt-To and the embedded original."""
     parts = report_parts(msg, "message/feedback-report")
     if not parts:
-        return None
+        return _jmrp(msg)
     blocks = field_blocks(parts[0])
     fields = blocks[0] if blocks else {}
     return AbuseReport(
         feedback_type=(fields.get("feedback-type", "").strip().lower() or None),
         original_rcpt=address_in(fields.get("original-rcpt-to")),
         original=original_message(msg),
+    )
+
+
+def _jmrp(msg: Message) -> AbuseReport | None:
+    """Microsoft's JMRP complaints (Outlook.com / Hotmail) predate RFC 5965: a multipart/mixed
+    with the original attached, whose X-HmXmrOriginalRecipient names the complainer."""
+    if msg.get_content_maintype() != "multipart":
+        return None
+    original = original_message(msg)
+    if original is None or original.get("X-HmXmrOriginalRecipient") is None:
+        return None
+    return AbuseReport(
+        feedback_type="abuse",
+        original_rcpt=address_in(str(original.get("X-HmXmrOriginalRecipient"))[:1000]),
+        original=original,
     )

@@ -126,7 +126,9 @@ def own_addresses(text: str) -> list[Found]:
     to a list of suggestions ("Possible alternatives:", GroupWise). Only called for a message
     that shows a sign of a bounce; the returned original is already cut off."""
     start = FAILURE_PHRASE.search(text)
-    begin = start.start() if start else 0  # no phrase we know: the whole report (Japanese)
+    # From the paragraph of the phrase (the reply may follow the address: "<a@b> ... User
+    # unknown"); with no phrase we know, the whole report (Japanese texts).
+    begin = text.rfind("\n\n", 0, start.start()) + 1 if start else 0
     stop = SUGGESTIONS.search(text, begin)
     end = stop.start() if stop else len(text)
     return [Found(m.group(0), None) for m in ADDRESS.finditer(text, begin, end)]
@@ -170,9 +172,9 @@ def _window(text: str, pos: int, starts: list[int]) -> str:
     index = bisect.bisect_right(starts, pos)
     if index < len(starts) and starts[index] < end:
         # The next address's own reason follows it; ours lies in between (Exim, qmail,
-        # Postfix), unless nothing is in between (a list of addresses, then one reason).
-        between = text[text.find("\n", pos) + 1 : starts[index]] if "\n" in text[pos:] else ""
-        if _CODE.search(between) or len(between.strip()) > 40:
+        # Postfix, Zoho), unless nothing is in between (a list of addresses, then one reason).
+        between = text[pos : starts[index]]
+        if _CODE.search(between) or len(between.strip()) > 40 + len(between.split()[0]):
             end = starts[index]
     return text[begin:end]
 

@@ -75,7 +75,8 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         "text",
         r"null ?mx|does not accept (?:e-?)?mail\b|no smtp service|domain (?:does not|doesn't)"
         r" exist|domain (?:is )?not reachable|host or domain name not found|nxdomain"
-        r"|domain name not found|no such domain|unrouteable address|all relevant mx records",
+        r"|domain name not found|no such domain|unrouteable address|all relevant mx records"
+        r"|name service error",
     ),
     # Sending too fast, too many connections (RFC 3463 X.7.x is policy; the text is finer).
     _rule(
@@ -92,8 +93,9 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     _rule(
         "system-error",
         "text",
-        r"command (?:died|output|failed)|\bldap\b|mail system (?:error|full)|local configuration"
-        r"|does not support tls|internal (?:server )?error",
+        r"command (?:died|output|failed)|ldap server|mail system (?:error|full)|local configuration"
+        r"|does not support tls|internal (?:server )?error|mailer error|transaction failed"
+        r"|not accepting (?:network )?messages|could not load",
     ),
     # Sender authentication and identity (SPF, DKIM, DMARC, PTR): policy the sender can fix,
     # even when the wording says "blocked" (e.g. Gmail's 5.7.26).
