@@ -190,9 +190,19 @@ def reason_of(window: str, rcpt: str) -> str:
         end = _PARAGRAPH_END.search(body)
         body = body[: end.start()] if end else body
     else:
-        ends = list(_PARAGRAPH_END.finditer(body, 0))[:2]
-        body = body[: ends[-1].start()] if len(ends) == 2 else body
+        # The rest of the address's paragraph, and more paragraphs while they are short
+        # ("because:" and the reason after a blank line, Lotus Domino).
+        ends = [m.start() for m in _PARAGRAPH_END.finditer(body, 0, MAX_REASON * 2)][:4]
+        cut = next((e for e in ends if len(_WSP.sub(" ", body[:e]).strip()) > 40), None)
+        body = body[:cut] if cut is not None else body
     return _WSP.sub(" ", _LEAD.sub("", body)).strip()[:MAX_REASON]
+
+
+def line_prefix(text: str, pos: int) -> str:
+    """What precedes an address on its line ("Invalid final delivery userid: <addr>")."""
+    if pos <= 0:
+        return ""
+    return text[text.rfind("\n", 0, pos) + 1 : pos].strip()[-200:]
 
 
 def _failure(
@@ -200,6 +210,9 @@ def _failure(
 ) -> Failure:
     window = _window(text, pos, starts)
     reason = reason_of(window, item.rcpt)
+    prefix = line_prefix(text, pos)
+    if not _CODE.search(reason) and len(prefix) > 8:
+        reason = f"{prefix} {reason}".strip()
     status = enhanced_status(reason)
     verdict = is_permanent(status, reason)
     if verdict is None:

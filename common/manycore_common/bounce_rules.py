@@ -68,6 +68,9 @@ _SPACE = r"[ \t]{1,3}"
 
 CATEGORY_RULES: tuple[Rule, ...] = (
     # --- Wording that decides whatever the code says -------------------------------------
+    # The sender's address or domain refused (X.1.7, X.1.8): the sender's problem, not the
+    # recipient's, whatever the wording ("no such domain").
+    _rule("policy", "dsn", r"^[45]\.1\.[78]$"),
     # No mail server for the domain: RFC 7505 null MX, NXDOMAIN, before Microsoft's 5.1.10
     # (RecipientNotFound) and before "does not exist" means a user.
     _rule(
@@ -89,6 +92,16 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"|receiving mail (?:at a rate|too quickly)|unexpected volume|frequency limit"
         r"|(?:sending|daily|hourly) quota|exceeded .{0,30}limit for (?:the )?number of",
     ),
+    _rule(
+        "mailbox-full",
+        "text",
+        r"mailbox (?:is )?full|over ?quota|quota|exceeded (?:the |his |her "
+        r"|their )?(?:storage|mailbox size)|(?:mailbox|account|disk) (?:storage )?(?:limit"
+        r"|size) (?:exceeded|reached)|out of (?:storage|disk) space|exceeded storage allocation"
+        r"|mailbox (?:has )?exceeded|insufficient (?:disk )?(?:space|storage) (?:for|in) "
+        r"(?:the )?(?:user|mailbox|recipient)|not enough (?:space|storage)|mail ?box.{0,20}full"
+        r"|(?:mail ?)?folder (?:is )?full|full mailbox",
+    ),
     # The receiving system broke (a delivery command, a directory server).
     _rule(
         "system-error",
@@ -108,12 +121,12 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     ),
     # The sender's address or domain refused (X.1.7, X.1.8): the sender's problem, not the
     # recipient's, whatever the wording ("does not exist").
-    _rule("policy", "dsn", r"^[45]\.1\.[78]$"),
     _rule(
         "policy",
         "text",
         r"sender (?:address|domain)|domain of sender|sender .{0,40}(?:rejected|refused|denied"
-        r"|unknown|invalid|not exist)|recipient preferences"
+        r"|unknown|invalid|not exist)|recipient preferences|valid from:|from: domain"
+        r"|verification failed|sending ips?\b|ip for sending|unverif(?:y|i)able"
         r"|due to (?:the )?(?:recipient|user)'?s? (?:preferences|settings)",
     ),
     # A message that breaks the format rules (RFC 5322) is refused as policy, even when the
@@ -122,7 +135,7 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         "policy",
         "text",
         r"rfc ?5322|rfc ?2822|rfc ?822|not (?:rfc )?compliant|header error|malformed|resent-from"
-        r"|multiple .{0,20}headers",
+        r"|multiple .{0,20}headers|protocol violation",
     ),
     # Links in the message on a URI block list: the message was judged spam.
     _rule("spam-block", "text", r"blacklisted (?:url|link)|uribl|surbl|spam ?signature"),
@@ -147,17 +160,7 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         "text",
         r"virus|malware|infected|trojan|worm\b|phishing|dangerous attachment"
         r"|attachment .{0,30}(?:not allowed|blocked|prohibited|rejected)"
-        r"|banned (?:attachment|file)|media error",
-    ),
-    _rule(
-        "mailbox-full",
-        "text",
-        r"mailbox (?:is )?full|over ?quota|quota|exceeded (?:the |his |her "
-        r"|their )?(?:storage|mailbox size)|(?:mailbox|account|disk) (?:storage )?(?:limit"
-        r"|size) (?:exceeded|reached)|out of (?:storage|disk) space|exceeded storage allocation"
-        r"|mailbox (?:has )?exceeded|insufficient (?:disk )?(?:space|storage) (?:for|in) "
-        r"(?:the )?(?:user|mailbox|recipient)|not enough (?:space|storage)|mail ?box.{0,20}full"
-        r"|(?:mail ?)?folder (?:is )?full",
+        r"|banned (?:attachment|file)|media error|content presents|potential security issue",
     ),
     _rule(
         "message-size",
@@ -175,6 +178,8 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         "text",
         rf"{_USER}{_SPACE}(?:is )?unknown|unknown{_SPACE}{_USER}|no such{_SPACE}{_USER}"
         r"|recipnotfound|recipientnotfound|address couldn't be found|not listed in"
+        r"|by that name|not recognized|no longer valid|wrong or no longer|inexistente"
+        r"|n'existe pas|no existe|existiert nicht|invalid .{0,20}userid|unbekannt"
         r"|(?:^|[#\d.]{5} )address rejected",
     ),
     # X.2.1 mailbox disabled, not accepting messages.
@@ -182,7 +187,8 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         "mailbox-unavailable",
         "text",
         r"inactive|disabled|suspended|deactivated|(?:account|mailbox) (?:is )?(?:locked|frozen"
-        r"|closed|blocked|expired)|no longer (?:active|in use|available)|temporarily unavailable",
+        r"|closed|blocked|expired)|no longer (?:active|in use|available)|temporarily unavailable"
+        r"|temporar(?:y|ily) locked|discontinued",
     ),
     # --- Specific codes ------------------------------------------------------------------
     # X.1.2 bad destination system, X.4.4 unable to route.
@@ -312,7 +318,7 @@ def permanent_type(cat: Category) -> BounceType:
     return "unroutable" if cat in UNROUTABLE_CATEGORIES else "hard"
 
 
-_ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d])")
+_ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
 _BASIC = re.compile(r"(?<!\d)([245])\d\d(?!\d)")
 
 
