@@ -24,6 +24,7 @@ here and in the modules it uses is linear and compiled once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from email.message import Message
@@ -34,14 +35,24 @@ from manycore_common.bounce_rules import basic_status, category, enhanced_status
 from manycore_common.feedbacktag import TAGGED_ADDRESS_RE
 
 from . import bounded, textbounce
-from .autoreply import DAEMON, autoreply_rule, bounce_signs, from_address, subject_of
-from .reports import AbuseReport, DeliveryReport, Failure, Group, abuse_report, delivery_report
+from .autoreply import autoreply_rule, bounce_signs, from_address, subject_of
+from .reports import (
+    AbuseReport,
+    DeliveryReport,
+    Failure,
+    Group,
+    abuse_report,
+    delivery_report,
+    original_message,
+)
 
 Kind = Literal["bounce", "delayed", "autoreply", "spam-report", "own-dsn", "unclassified"]
 
 #: The report comes first; the returned original after it may be cut (RFC 3464 §2).
 DEFAULT_SCAN_BYTES = 512 * 1024
 DEFAULT_MAX_FAILURES = 100
+#: A mailer daemon is never a recipient (postmaster@ may be: RFC 5321 §4.5.1).
+_MAILER_DAEMON = re.compile(r"^mail(?:er)?[-_]?daemon@", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ def is_ours(address: str, envelope: Envelope) -> bool:
     """Our own addresses, never a failed recipient: a feedback address (tagged), the
     envelope's sender and recipients, a mailer daemon or postmaster."""
     address = address.strip().strip("<>").lower()
-    if TAGGED_ADDRESS_RE.fullmatch(address) or DAEMON.match(address):
+    if TAGGED_ADDRESS_RE.fullmatch(address) or _MAILER_DAEMON.match(address):
         return True
     return address == envelope.mail_from.lower() or address in {r.lower() for r in envelope.rcpts}
 
@@ -103,12 +114,17 @@ def _classify(envelope: Envelope, data: bytes, settings: Settings) -> Classifica
     texts = [leaf.text for leaf in leaves if not leaf.embedded and _is_text(leaf.part)]
     text = textbounce.report_text(texts)
 
-    def ignore(address: str) -> bool:
-        return is_ours(address, envelope) or address.lower() == sender.lower()
-
     report = delivery_report(msg)
     if report is not None and report.groups:
-        return _from_dsn(report, text, ignore, settings)
+        # A DSN names its recipients field by field: only our own addresses are dropped.
+        from_dsn = _from_dsn(report, text, lambda a: is_ours(a, envelope), settings)
+        if from_dsn is not None:
+            return from_dsn  # else its text may still say (a DSN without Action fields)
+
+    senders = _senders(msg) | {sender.lower()}
+
+    def ignore(address: str) -> bool:
+        return is_ours(address, envelope) or address.lower() in senders
 
     auto = autoreply_rule(msg, subject)
     signs = bounce_signs(msg, subject, sender)
@@ -130,14 +146,27 @@ def _classify(envelope: Envelope, data: bytes, settings: Settings) -> Classifica
     return Classification("unclassified", note="no rule matched")
 
 
+#: Who a bounce goes to, and who sent the original: never the failed recipient, though
+#: texts often quote them ("The original message was received ... from <sender>").
+_BOUNCE_TO = ("To", "Cc")
+_ORIGINAL_FROM = ("From", "Sender", "Reply-To", "Return-Path")
+
+
+def _senders(msg: Message) -> set[str]:
+    values = [str(v)[:1000] for name in _BOUNCE_TO for v in msg.get_all(name, [])]
+    original = original_message(msg)
+    if original is not None:
+        values += [str(v)[:1000] for name in _ORIGINAL_FROM for v in original.get_all(name, [])]
+    return {addr.lower() for _, addr in getaddresses(values[:50]) if "@" in addr}
+
+
 def _is_text(part: Message) -> bool:
     if part.get_content_maintype() == "multipart":
         return True  # a leaf only when its boundary never occurs: then it is all text
-    return part.get_content_maintype() == "text" and part.get_content_subtype() in (
-        "plain",
-        "html",
-        "enriched",
-    )
+    # Any text but the returned original's headers (text/rfc822-headers); subtypes come
+    # malformed in the wild ("plain\n charset=...").
+    subtype = part.get_content_subtype()
+    return part.get_content_maintype() == "text" and not subtype.endswith("-headers")
 
 
 def _text_bounce(failures: list[Failure], text: str, rules: tuple[str, ...]) -> Classification:
@@ -167,7 +196,7 @@ def _as_delay(failure: Failure) -> Failure:
 
 def _from_dsn(
     report: DeliveryReport, text: str, ignore: Callable[[str], bool], settings: Settings
-) -> Classification:
+) -> Classification | None:
     if report.reporting_mta and _host(report.reporting_mta) in settings.own_mtas:
         return Classification("own-dsn", note=report.reporting_mta, rules=("dsn",))
     failed: list[Failure] = []
@@ -182,7 +211,7 @@ def _from_dsn(
         return Classification("bounce", failures=tuple(failed), rules=("dsn",))
     if delayed:
         return Classification("delayed", failures=tuple(delayed), rules=("dsn",))
-    return Classification("unclassified", note="DSN without a failed recipient", rules=("dsn",))
+    return None
 
 
 def _host(reporting_mta: str) -> str:

@@ -175,12 +175,15 @@ def _group(block: dict[str, str]) -> Group | None:
     rcpt = original or final
     if rcpt is None:
         return None
-    action = block.get("action", "").strip().lower().split(" ")[0].strip("();")
-    if action.startswith(_FAILED):
-        action = "failed"
     diagnostic = typed_text(block.get("diagnostic-code"))
     status_field = block.get("status", "")
     status = enhanced_status(status_field) or enhanced_status(diagnostic)
+    action = block.get("action", "").strip().lower().split(" ")[0].strip("();")
+    if action.startswith(_FAILED):
+        action = "failed"
+    elif not action and status_field.strip()[:1] in ("4", "5"):
+        # No Action field (seen in the wild): the status class says (RFC 3463 §3.1).
+        action = "failed" if status_field.strip()[:1] == "5" else "delayed"
     if status is not None and status.endswith(".0.0"):
         # A generic Status field; the remote reply often has the finer code (RFC 3463 §3.1).
         finer = enhanced_status(diagnostic)
