@@ -201,12 +201,21 @@ def _from_dsn(
         return Classification("own-dsn", note=report.reporting_mta, rules=("dsn",))
     failed: list[Failure] = []
     delayed: list[Failure] = []
-    for group in report.groups:
-        if group.action not in ("failed", "delayed") or ignore(group.rcpt):
-            continue  # delivered / relayed / expanded: nothing failed
+    groups = [g for g in report.groups if g.action in ("failed", "delayed") and not ignore(g.rcpt)][
+        : 2 * settings.max_failures
+    ]  # delivered / relayed / expanded: nothing failed
+    # The human-readable part, read once for all of them, each address's reason ending
+    # where the next one's starts.
+    found = [textbounce.Found(g.rcpt, None) for g in groups]
+    contexts = {
+        f.rcpt.lower(): f.reason
+        for f in textbounce.failures(found, text, lambda _a: False, len(found))
+        if f.reason != "delivery failed"
+    }
+    for group in groups:
         target = failed if group.action == "failed" else delayed
         if len(target) < settings.max_failures:
-            target.append(_dsn_failure(group, text))
+            target.append(_dsn_failure(group, contexts.get(group.rcpt.lower(), "")))
     if failed:
         return Classification("bounce", failures=tuple(failed), rules=("dsn",))
     if delayed:
@@ -218,17 +227,13 @@ def _host(reporting_mta: str) -> str:
     return reporting_mta.strip().rstrip(".").lower()
 
 
-def _dsn_failure(group: Group, text: str) -> Failure:
+def _dsn_failure(group: Group, context: str) -> Failure:
     """A DSN recipient group as a Failure. The Diagnostic-Code is the remote reply; without
     one the human-readable part says why, around the address (Gmail, Exchange)."""
     reason = group.diagnostic
     status = group.status
-    context = ""
-    if not reason or category(status, reason) == "other":
-        found = textbounce.Found(group.rcpt, None)
-        context = textbounce.failures([found], text, lambda _a: False, 1)[0].reason
-        if context == "delivery failed":
-            context = ""
+    if reason and category(status, reason) != "other":
+        context = ""
     status = status or enhanced_status(context)
     if group.action == "delayed":
         permanent = False

@@ -144,7 +144,7 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         "policy",
         "text",
         r"block ?list|black ?list|deny ?list|\brbl\b|dnsbl|spamhaus|spamcop|sorbs|barracuda"
-        r"|blocked using|listed (?:at|in|on|by)|reputation|proofpoint|cloudmark|\bip\b.{0,40}"
+        r"|blocked using|(?<!not )listed (?:at|in|on|by)|reputation|proofpoint|cloudmark|\bip\b.{0,40}"
         r"(?:blocked|banned|rejected)|(?:client|host|sender|ip address|network)"
         r" .{0,40}(?:blocked|banned|not allowed)|bad sender|unwanted (?:messages|mail)",
     ),
@@ -262,7 +262,6 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"|did not accept (?:our )?(?:requests to )?connect|did not respond|not responding"
         r"|connection to (?:the )?mail exchanger",
     ),
-    _rule("expired", "dsn", r"^[45]\.4\.7$"),
     _rule("content", "text", r"content (?:rejected|refused)|message (?:rejected|refused)"),
     _rule(
         "policy",
@@ -271,6 +270,8 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"(?:access )?(?:denied|not permitted|prohibited)|not (?:accepted|authorized) to relay"
         r"|rejected|refused|denied|blocked|prohibited|filter|forbidden|administrative|banned",
     ),
+    # X.4.7 delivery time expired, when the last reply did not say something finer.
+    _rule("expired", "dsn", r"^[45]\.4\.7$"),
     # X.3.x mail system status: the receiving system failed.
     _rule("system-error", "dsn", r"^[45]\.3\.\d{1,3}$"),
     _rule(
