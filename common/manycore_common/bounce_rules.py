@@ -144,8 +144,8 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         "policy",
         "text",
         r"block ?list|black ?list|deny ?list|\brbl\b|dnsbl|spamhaus|spamcop|sorbs|barracuda"
-        r"|blocked using|(?<!not )listed (?:at|in|on|by)|reputation|proofpoint|cloudmark|\bip\b.{0,40}"
-        r"(?:blocked|banned|rejected)|(?:client|host|sender|ip address|network)"
+        r"|blocked using|(?<!not )listed (?:at|in|on|by)|reputation|proofpoint|cloudmark"
+        r"|\bip\b.{0,40}(?:blocked|banned|rejected)|(?:client|host|sender|ip address|network)"
         r" .{0,40}(?:blocked|banned|not allowed)|bad sender|unwanted (?:messages|mail)",
     ),
     # The message itself was judged spam.
