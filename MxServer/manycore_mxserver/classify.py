@@ -31,7 +31,13 @@ from email.message import Message
 from email.utils import getaddresses
 from typing import Literal
 
-from manycore_common.bounce_rules import basic_status, category, enhanced_status, is_permanent
+from manycore_common.bounce_rules import (
+    GAVE_UP,
+    basic_status,
+    category,
+    enhanced_status,
+    is_permanent,
+)
 from manycore_common.feedbacktag import TAGGED_ADDRESS_RE
 
 from . import bounded, textbounce
@@ -52,6 +58,7 @@ Kind = Literal["bounce", "delayed", "autoreply", "spam-report", "own-dsn", "uncl
 DEFAULT_SCAN_BYTES = 512 * 1024
 DEFAULT_MAX_FAILURES = 100
 #: A mailer daemon is never a recipient (postmaster@ may be: RFC 5321 §4.5.1).
+_GAVE_UP = re.compile(GAVE_UP, re.IGNORECASE)
 _MAILER_DAEMON = re.compile(r"^mail(?:er)?[-_]?daemon@", re.IGNORECASE)
 
 
@@ -137,6 +144,12 @@ def _classify(envelope: Envelope, data: bytes, settings: Settings) -> Classifica
         if not found:
             found, rule = textbounce.own_addresses(text), "text"
         failures = textbounce.failures(found, text, ignore, settings.max_failures)
+        if not failures and signs:
+            # A report that names nobody ("Delivery report unavailable"): the returned
+            # original's one recipient, if it has exactly one (MxServer still checks it
+            # against the verified tag).
+            found, rule = _original_recipient(msg), "original-to"
+            failures = textbounce.failures(found, text, ignore, 1)
         if failures:
             return _text_bounce(failures, text, (rule, *signs))
     if auto is not None:
@@ -160,6 +173,15 @@ def _senders(msg: Message) -> set[str]:
     return {addr.lower() for _, addr in getaddresses(values[:50]) if "@" in addr}
 
 
+def _original_recipient(msg: Message) -> list[textbounce.Found]:
+    original = original_message(msg)
+    if original is None:
+        return []
+    values = [str(v)[:1000] for name in ("To", "Cc") for v in original.get_all(name, [])]
+    found = {addr.lower() for _, addr in getaddresses(values[:10]) if "@" in addr}
+    return [textbounce.Found(found.pop(), None)] if len(found) == 1 else []
+
+
 def _is_text(part: Message) -> bool:
     if part.get_content_maintype() == "multipart":
         return True  # a leaf only when its boundary never occurs: then it is all text
@@ -179,9 +201,13 @@ def _text_bounce(failures: list[Failure], text: str, rules: tuple[str, ...]) -> 
 def _gave_up(failure: Failure) -> Failure:
     """A final report of a failure to connect, or of an expired message, without a 5.x.x
     status: the MTA gave up retrying. That says nothing permanent about the address."""
-    if failure.category not in ("connection", "expired") or _says_permanent(failure):
+    if _says_permanent(failure):
         return failure
-    return replace(failure, permanent=False, category="expired")
+    if failure.category in ("connection", "expired"):
+        return replace(failure, permanent=False, category="expired")
+    if _GAVE_UP.search(failure.reason):
+        return replace(failure, permanent=False)  # e.g. "mailbox is full: retry timeout exceeded"
+    return failure
 
 
 def _says_permanent(failure: Failure) -> bool:

@@ -74,7 +74,7 @@ TEMPORARY = re.compile(
     r"will (?:be )?retr(?:y|ied)|not yet been delivered|delivery attempts will continue"
     r"|has been delayed|is delayed|delivery (?:is )?delayed|still trying|will keep trying"
     r"|temporar(?:y|ily) (?:error|failure|problem|unavailable|deferred)|no action is required"
-    r"|warning: message|advisory|will continue (?:to try|trying)|retry",
+    r"|warning: message|advisory|will continue (?:to try|trying)",
     re.IGNORECASE,
 )
 _CODE = re.compile(r"(?<![\d.])(?:[45]\.\d{1,3}\.\d{1,3}|[45]\d\d)(?![\d])")
@@ -111,7 +111,8 @@ def flufl_addresses(msg: Message) -> list[Found]:
         return []
     out = [Found(a.decode("ascii", "replace"), False) for a in sorted(temporary)]
     out += [Found(a.decode("ascii", "replace"), None) for a in sorted(permanent - temporary)]
-    return out
+    # Its DSN detector also returns what is no address (an Exim "save to /path" recipient).
+    return [f for f in out if "@" in f.rcpt]
 
 
 def in_report(found: Sequence[Found], text: str, headers: str) -> list[Found]:

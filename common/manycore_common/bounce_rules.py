@@ -62,6 +62,19 @@ def _both(category: Category, code: str, pattern: str) -> Rule:
     return Rule(category, "both", re.compile(pattern, re.IGNORECASE), re.compile(code))
 
 
+#: Wording of a report whose MTA gave up retrying (the queue lifetime ran out).
+GAVE_UP = (
+    r"retry time(?:out)? (?:not reached|exceeded)|delivery time expired|message expired"
+    r"|expired after|been in the queue too long|too long in (?:the )?queue"
+    r"|queue (?:life ?time|timeout) (?:exceeded|expired)|could not be delivered within"
+    r"|was not delivered within|(?:maximum|max) (?:queue|delivery) time"
+    r"|giving up after|gave up after|delivery attempts? (?:have |has )?(?:failed|expired)"
+    r"|unable to deliver.{0,40}(?:for|within) \d{1,3} (?:days|hours)|envelope expired"
+    r"|message timeout|no delivery within|failing for a long time|failed \d{1,3} attempts"
+    r"|not (?:been )?delivered (?:for|within)|did not receive your message|multiple retries"
+    r"|retry timeout"
+)
+
 # Shared pieces of wording (plain alternatives, no nested quantifiers).
 _USER = r"(?:user|recipient|mailbox|address|account|addressee|e-?mail(?: address)?|local part)"
 _SPACE = r"[ \t]{1,3}"
@@ -237,19 +250,7 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     ),
     # Gave up after retries: the queue lifetime ran out (RFC 3463 X.4.7), when the report says so:
     # before the connection wording the last attempt's reply may quote.
-    _rule(
-        "expired",
-        "text",
-        r"retry time(?:out)? (?:not reached|exceeded)|delivery time expired|message expired"
-        r"|expired after|been in the queue too long|too long in (?:the )?queue"
-        r"|queue (?:life ?time|timeout) (?:exceeded|expired)|could not be delivered within"
-        r"|was not delivered within|(?:maximum|max) (?:queue|delivery) time"
-        r"|giving up after|gave up after|delivery attempts? (?:have |has )?(?:failed|expired)"
-        r"|unable to deliver.{0,40}(?:for|within) \d{1,3} (?:days|hours)|envelope expired"
-        r"|message timeout|no delivery within|failing for a long time|failed \d{1,3} attempts"
-        r"|not (?:been )?delivered (?:for|within)|did not receive your message|multiple retries"
-        r"|retry timeout",
-    ),
+    _rule("expired", "text", GAVE_UP),
     # X.4.1 no answer from host, X.4.2 bad connection.
     _rule("connection", "dsn", r"^4\.4\.[012]$"),
     _rule(
