@@ -81,6 +81,7 @@ _CODE = re.compile(r"(?<![\d.])(?:[45]\.\d{1,3}\.\d{1,3}|[45]\d\d)(?![\d])")
 _PARAGRAPH_END = re.compile(r"\n[ \t]{0,16}\n")
 _LEAD = re.compile(r"^[\s>:'\"<)\],;.-]{0,40}")
 _WSP = re.compile(r"\s+")
+_NON_WORD = re.compile(r"[\W_]+")
 #: Reply text kept as the reason: the start of the reply is what tells.
 MAX_REASON = 500
 #: How far after an address its reason may be.
@@ -174,8 +175,9 @@ def _window(text: str, pos: int, starts: list[int]) -> str:
     if index < len(starts) and starts[index] < end:
         # The next address's own reason follows it; ours lies in between (Exim, qmail,
         # Postfix, Zoho), unless nothing is in between (a list of addresses, then one reason).
-        between = text[pos : starts[index]]
-        if _CODE.search(between) or len(between.strip()) > 40 + len(between.split()[0]):
+        between = text[pos : starts[index]].split(None, 1)[1:]
+        rest = between[0] if between else ""
+        if _CODE.search(rest) or len(_NON_WORD.sub("", rest)) >= 8:
             end = starts[index]
     return text[begin:end]
 

@@ -135,3 +135,59 @@ def test_autoreply_with_bounce_like_wording_stays_an_autoreply() -> None:
 @given(st.binary(max_size=3000))
 def test_arbitrary_bytes_never_crash(data: bytes) -> None:
     classify(Envelope("", (TAG,)), data, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("headers", "subject"),
+    [
+        ("X-Autoreply: yes", "Re: Your order"),  # Apple iCloud, Yahoo
+        ("Auto-Submitted: auto-replied", "Vacation reply"),  # Gmail vacation responder
+        ("X-Auto-Response-Suppress: All", "Automatic reply: Your order"),  # Exchange OOF
+        ("Precedence: auto_reply", "Out of Office"),
+        ("X-Mailer: x", "Abwesenheitsnotiz: Ihre Bestellung"),
+        ("X-Mailer: x", "=?utf-8?q?R=C3=A9ponse_automatique=3A_commande?="),
+        ("X-Mailer: x", "=?utf-8?q?Respuesta_autom=C3=A1tica?="),
+        ("X-Mailer: x", "=?iso-2022-jp?b?GyRCPCtGMDF+RXobKEI=?="),  # 自動応答
+    ],
+)
+def test_vacation_formats_are_autoreplies(headers: str, subject: str) -> None:
+    data = (
+        f"From: Anna <anna@corp.example>\nTo: {TAG}\nSubject: {subject}\n{headers}\n\n"
+        "I am out of the office until Monday.\n"
+    ).encode()
+    result = classify(Envelope("", (TAG,)), data, SETTINGS)
+    assert (result.kind, result.email) == ("autoreply", "anna@corp.example")
+
+
+def test_a_text_bounce_that_gave_up_is_expired_not_permanent() -> None:
+    data = (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example>\nTo: " + TAG + "\n"
+        "Subject: Mail delivery failed: returning message to sender\n"
+        "X-Failed-Recipients: bob@far.example, eve@far.example\n\n"
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n\n"
+        "  bob@far.example\n    retry timeout exceeded\n\n"
+        "  eve@far.example\n    SMTP error from remote mail server after RCPT TO:<eve@far.example>:"
+        "\n"
+        "    550 5.1.1 <eve@far.example>: Recipient address rejected: User unknown\n"
+    ).encode()
+    result = classify(Envelope("", (TAG,)), data, SETTINGS)
+    assert result.kind == "bounce"
+    assert [(f.rcpt, f.permanent, f.category) for f in result.failures] == [
+        ("bob@far.example", False, "expired"),
+        ("eve@far.example", True, "invalid-recipient"),
+    ]
+
+
+def test_dsn_recipient_is_the_original_recipient() -> None:
+    group = _group("alias@x.example", "failed", "5.2.2", "552 5.2.2 Over quota").replace(
+        "Final-Recipient: rfc822; alias@x.example",
+        "Final-Recipient: rfc822; mailbox@store.x.example\n"
+        "Original-Recipient: rfc822;alias@x.example",
+    )
+    (failure,) = classify(Envelope("", (TAG,)), _dsn([group]), SETTINGS).failures
+    assert (failure.rcpt, failure.final_rcpt, failure.category) == (
+        "alias@x.example",
+        "mailbox@store.x.example",
+        "mailbox-full",
+    )
