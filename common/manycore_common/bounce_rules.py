@@ -120,7 +120,8 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         "system-error",
         "text",
         r"command (?:died|output|failed)|ldap server|mail system (?:error|full)|local configuration"
-        r"|does not support tls|internal (?:server )?error|mailer error|transaction failed"
+        r"|does not support tls|internal (?:system |server )?error|mailer error|transaction failed"
+        r"|insufficient disk space|no space left|disk full|pipe to \|"
         r"|not accepting (?:network )?messages|could not load",
     ),
     # Sender authentication and identity (SPF, DKIM, DMARC, PTR): policy the sender can fix,
@@ -175,6 +176,8 @@ CATEGORY_RULES: tuple[Rule, ...] = (
         r"|attachment .{0,30}(?:not allowed|blocked|prohibited|rejected)"
         r"|banned (?:attachment|file)|media error|content presents|potential security issue",
     ),
+    # Lines or headers beyond the receiver's limits (RFC 5322 §2.1.1): the content.
+    _rule("content", "text", r"line (?:limit|length|too long)|headers? too (?:large|long|many)"),
     _rule(
         "message-size",
         "text",
