@@ -72,7 +72,7 @@ GAVE_UP = (
     r"|unable to deliver.{0,40}(?:for|within) \d{1,3} (?:days|hours)|envelope expired"
     r"|message timeout|no delivery within|failing for a long time|failed \d{1,3} attempts"
     r"|not (?:been )?delivered (?:for|within)|did not receive your message|multiple retries"
-    r"|retry timeout"
+    r"|retry timeout|giving up\.|could not deliver for the last"
 )
 
 # Shared pieces of wording (plain alternatives, no nested quantifiers).
