@@ -13,8 +13,10 @@ Order of the rules, and why:
    of a bounce. Bounces often carry ``Auto-Submitted`` too (Exim's do), and auto-replies often
    come from the null sender (RFC 3834 §3.3), so neither alone decides.
 4. Text bounces (a sign of a bounce, or the null sender and a failure phrase): flufl.bounce,
-   then our own rules (textbounce). A text whose failures are all temporary and that speaks
-   of a delay is a delay notice.
+   then our own rules (textbounce), then the returned original's one recipient. A text whose
+   failures are all temporary and that speaks of a delay is a delay notice; a final report
+   that the MTA gave up retrying (no 5.x.x status) is "expired" and never permanent. Neither
+   the original's sender nor the bounce's addressees are ever a failed recipient.
 5. Auto-replies with a bounce sign but no failed address (a daemon's vacation answer).
 6. Anything else is unclassified: kept for an operator, never an event.
 
@@ -57,8 +59,8 @@ Kind = Literal["bounce", "delayed", "autoreply", "spam-report", "own-dsn", "uncl
 #: The report comes first; the returned original after it may be cut (RFC 3464 §2).
 DEFAULT_SCAN_BYTES = 512 * 1024
 DEFAULT_MAX_FAILURES = 100
-#: A mailer daemon is never a recipient (postmaster@ may be: RFC 5321 §4.5.1).
 _GAVE_UP = re.compile(GAVE_UP, re.IGNORECASE)
+#: A mailer daemon is never a recipient (postmaster@ may be: RFC 5321 §4.5.1).
 _MAILER_DAEMON = re.compile(r"^mail(?:er)?[-_]?daemon@", re.IGNORECASE)
 
 
@@ -92,7 +94,7 @@ class Classification:
 
 def is_ours(address: str, envelope: Envelope) -> bool:
     """Our own addresses, never a failed recipient: a feedback address (tagged), the
-    envelope's sender and recipients, a mailer daemon or postmaster."""
+    envelope's sender and recipients, a mailer daemon."""
     address = address.strip().strip("<>").lower()
     if TAGGED_ADDRESS_RE.fullmatch(address) or _MAILER_DAEMON.match(address):
         return True
