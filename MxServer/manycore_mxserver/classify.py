@@ -168,10 +168,14 @@ _ORIGINAL_FROM = ("From", "Sender", "Reply-To", "Return-Path")
 
 
 def _senders(msg: Message) -> set[str]:
-    values = [str(v)[:1000] for name in _BOUNCE_TO for v in msg.get_all(name, [])]
-    original = original_message(msg)
-    if original is not None:
-        values += [str(v)[:1000] for name in _ORIGINAL_FROM for v in original.get_all(name, [])]
+    """Those addresses, less any the original was sent to (a message to oneself)."""
+    original = original_message(msg) or Message()
+    senders = _addresses(msg, _BOUNCE_TO) | _addresses(original, _ORIGINAL_FROM)
+    return senders - _addresses(original, ("To", "Cc"))
+
+
+def _addresses(msg: Message, names: tuple[str, ...]) -> set[str]:
+    values = [str(v)[:1000] for name in names for v in msg.get_all(name, [])]
     return {addr.lower() for _, addr in getaddresses(values[:50]) if "@" in addr}
 
 
@@ -179,8 +183,7 @@ def _original_recipient(msg: Message) -> list[textbounce.Found]:
     original = original_message(msg)
     if original is None:
         return []
-    values = [str(v)[:1000] for name in ("To", "Cc") for v in original.get_all(name, [])]
-    found = {addr.lower() for _, addr in getaddresses(values[:10]) if "@" in addr}
+    found = _addresses(original, ("To", "Cc"))
     return [textbounce.Found(found.pop(), None)] if len(found) == 1 else []
 
 
