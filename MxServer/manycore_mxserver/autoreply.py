@@ -5,6 +5,7 @@ the decision reads several signals, each a rule kept as data. Pure functions ove
 from __future__ import annotations
 
 import re
+from email.errors import MessageError
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses
@@ -69,7 +70,7 @@ def subject_of(msg: Message) -> str:
     raw = str(msg.get("Subject", ""))[:1000]
     try:
         return str(make_header(decode_header(raw)))
-    except (UnicodeError, LookupError, ValueError, TypeError):
+    except (UnicodeError, LookupError, ValueError, TypeError, MessageError):
         return raw
 
 

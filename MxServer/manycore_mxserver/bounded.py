@@ -13,7 +13,8 @@ only what is left here.
   patterns with nested or ambiguous quantifiers (some of flufl.bounce's legacy detectors) are
   quadratic or cubic in the length of a line or a run; after this every line and run is short,
   so each such pattern costs a constant per line. Binary leaves become empty.
-- Header fields longer than ``MAX_HEADER`` are cut (address-list parsing is super-linear).
+- Header fields longer than ``MAX_HEADER`` are cut (address-list parsing is super-linear),
+  and 8-bit octets in them decoded.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ _LONG_WORD = re.compile(rf"(?<![^\s@])[^\s@]{{{MAX_WORD + 1},}}")
 _BLANK_LINES = re.compile(r"\n(?:[ \t]{0,16}\n){2,}")
 _BLANKS = re.compile(rf"[ \t\f\v]{{{MAX_BLANKS + 1},}}")
 _NEWLINES = re.compile(r"\r\n?")
+_SURROGATES = re.compile("[\udc80-\udcff]")
 _SCRIPT = re.compile(r"<(style|script)\b[^<>]{0,500}>[^<]{0,100000}</\1\s{0,4}>", re.IGNORECASE)
 _BLOCK_END = re.compile(r"<(?:br|/p|/div|/tr|/li|/h\d|/table)\b[^<>]{0,500}>", re.IGNORECASE)
 _TAG = re.compile(r"<[^<>]{0,2000}>")
@@ -91,8 +93,18 @@ def parse(data: bytes, scan_bytes: int) -> Message:
     msg = email.message_from_bytes(head, policy=email.policy.compat32)
     _prune(msg)
     for part in _walk(msg):
-        _cut_headers(part)
+        _clean_headers(part)
     return msg
+
+
+def children(part: Message) -> list[Message]:
+    """The sub-parts of a part. Only a multipart's payload is read as is: reading a leaf's
+    undecoded payload makes the standard library decode 8-bit octets with the part's charset
+    parameter, which raises for a charset with a NUL in it."""
+    if not part.is_multipart():
+        return []
+    payload = part.get_payload()
+    return [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
 
 
 def _walk(msg: Message) -> Iterator[Message]:
@@ -101,8 +113,8 @@ def _walk(msg: Message) -> Iterator[Message]:
     while stack:
         part = stack.pop()
         yield part
-        payload = part.get_payload()
-        if isinstance(payload, list):
+        payload = children(part)
+        if payload:
             stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
 
 
@@ -113,8 +125,8 @@ def _prune(msg: Message) -> None:
     while stack:
         part = stack.pop()
         budget -= 1
-        payload = part.get_payload()
-        if not isinstance(payload, list):
+        payload = children(part)
+        if not payload:
             continue
         keep: list[Message[str, str] | str] = [p for p in payload if isinstance(p, Message)]
         keep = keep[: max(budget, 0)]
@@ -123,15 +135,18 @@ def _prune(msg: Message) -> None:
         stack.extend(p for p in reversed(keep) if isinstance(p, Message))
 
 
-def _cut_headers(part: Message) -> None:
-    items = part.items()
-    if all(len(str(value)) <= MAX_HEADER for _, value in items):
+def _clean_headers(part: Message) -> None:
+    """Header fields cut to MAX_HEADER, and raw 8-bit octets (RFC 6532, or just broken)
+    decoded as UTF-8: the standard library otherwise hands them out as Header objects, on
+    which string code (flufl.bounce's detectors among it) fails."""
+    items = list(part.raw_items())
+    if all(len(str(v)) <= MAX_HEADER and not _SURROGATES.search(str(v)) for _, v in items):
         return
-    for name in {name for name, _ in items}:
-        values = [str(v)[:MAX_HEADER] for v in part.get_all(name, [])]
+    for name, _ in items:
         del part[name]
-        for value in values:
-            part[name] = value
+    for name, value in items:
+        text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        part[name] = text[:MAX_HEADER]
 
 
 def flatten(text: str, max_lines: int = MAX_LINES) -> str:
@@ -186,8 +201,8 @@ def leaves(msg: Message) -> list[Leaf]:
     stack: list[tuple[Message, bool]] = [(msg, False)]
     while stack:
         part, embedded = stack.pop()
-        payload = part.get_payload()
-        if isinstance(payload, list):
+        payload = children(part)
+        if part.is_multipart():
             inner = embedded or part.get_content_type() in ("message/rfc822", "message/global")
             kids = [p for p in payload if isinstance(p, Message)]
             stack.extend((p, inner) for p in reversed(kids))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from email.errors import MessageError
 from email.message import Message
 from email.utils import getaddresses
 from typing import Literal
@@ -108,6 +109,10 @@ def classify(envelope: Envelope, data: bytes, settings: Settings) -> Classificat
         # The standard library's parser recurses per MIME level; bounded.parse cuts the
         # nesting, this is the last line of defence. Kept for an operator, never lost.
         return Classification("unclassified", note="MIME nested too deeply to parse")
+    except (ValueError, LookupError, MessageError) as exc:
+        # A message malformed in a way the standard library's email package trips over
+        # (found by fuzzing): kept for an operator with what went wrong.
+        return Classification("unclassified", note=f"malformed message: {type(exc).__name__}")
 
 
 def _classify(envelope: Envelope, data: bytes, settings: Settings) -> Classification:

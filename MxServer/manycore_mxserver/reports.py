@@ -12,6 +12,8 @@ from email.parser import Parser
 
 from manycore_common.bounce_rules import enhanced_status
 
+from .bounded import children
+
 _WSP = re.compile(r"\s+")
 _TYPE_PREFIX = re.compile(r"^[\w.-]{1,32}\s{0,8};")
 _ANGLE = re.compile(r"<([^<>\s]{1,320})>")
@@ -91,9 +93,7 @@ def _walk(msg: Message) -> Iterator[Message]:
     while stack:
         part = stack.pop()
         yield part
-        payload = part.get_payload()
-        if isinstance(payload, list):
-            stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
+        stack.extend(reversed(children(part)))
 
 
 def report_parts(msg: Message, *types: str) -> list[Message]:

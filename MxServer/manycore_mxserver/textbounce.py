@@ -22,9 +22,11 @@ cut; every pattern is linear, compiled once, and each address is looked up once.
 from __future__ import annotations
 
 import bisect
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from email.errors import MessageError
 from email.message import Message
 
 from flufl.bounce import all_failures
@@ -38,6 +40,10 @@ from manycore_common.bounce_rules import (
 )
 
 from .reports import Failure
+
+# flufl.bounce logs every detector that trips over a malformed message, with a traceback,
+# then raises; we take that as "none found" (flufl_addresses), so its log would only be noise.
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 _FLAGS = re.IGNORECASE | re.MULTILINE
 #: An address starting at a token boundary (so a search is linear, not one try per offset).
@@ -110,7 +116,7 @@ def flufl_addresses(msg: Message) -> list[Found]:
     """The failed addresses flufl.bounce finds (temporary first), never an exception."""
     try:
         temporary, permanent = all_failures(msg)
-    except (LookupError, TypeError, ValueError, AttributeError, UnicodeError):
+    except (LookupError, TypeError, ValueError, AttributeError, UnicodeError, MessageError):
         # A heuristic detector tripping over a malformed part: it found nothing.
         return []
     out = [Found(a.decode("ascii", "replace"), False) for a in sorted(temporary)]

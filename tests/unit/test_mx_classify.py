@@ -191,3 +191,21 @@ def test_dsn_recipient_is_the_original_recipient() -> None:
         "mailbox@store.x.example",
         "mailbox-full",
     )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # 8-bit octets with a charset parameter holding a NUL (the email package raises).
+        b'From: MAILER-DAEMON@x.example\nContent-Type: text/plain; charset="a\x00b"\n\n\xe9\xe9\n',
+        # An RFC 2047 word that is no base64, and one with a charset that is no charset.
+        b"From: a@x.example\nSubject: =?utf-8?b?####?=\n\nhi\n",
+        b"From: a@x.example\nSubject: =?x\x00y?q?hi?=\n\nhi\n",
+        # 8-bit octets in header fields flufl.bounce's detectors read as strings.
+        b"From: \xff\xfe MAILER-DAEMON@x.example\nSubject: Undelivered \xe9\n\n"
+        b"<a@b.example>: 550 x\n",
+    ],
+)
+def test_malformed_messages_found_by_fuzzing_classify(data: bytes) -> None:
+    result = classify(Envelope("", (TAG,)), data, SETTINGS)
+    assert not result.note.startswith("malformed"), result
