@@ -1,65 +1,68 @@
 """What an incoming message means: a pure function of (envelope, message bytes, settings).
 
+Classification is tag-agnostic: it says *what* a message reports (which addresses failed, how,
+why); which of our messages and recipients it is about is MxServer's business, read from the
+verified feedback tags (manycore_common.feedbacktag), never from here.
+
 Order of the rules, and why:
 
-1. ``unsub-<uuid>@`` recipients: the List-Unsubscribe mailto, whatever the message says.
-2. ARF abuse reports (RFC 5965) before DSNs: both are multipart/report.
-3. Delivery status notifications (RFC 3464); DSNs our own Postfix wrote are dropped, since
-   PostfixLog already reported those bounces from its log.
-4. Plain-text bounces (sent by a mailer daemon, or in one of the known formats) before
-   auto-replies: bounce texts often carry ``Auto-Submitted: auto-replied`` too.
-5. Auto-replies (RFC 3834 headers, the usual X- headers, vacation subjects).
+1. ARF abuse reports (RFC 5965) before DSNs: both are multipart/report.
+2. Delivery status notifications (RFC 3464, RFC 6533); DSNs our own Postfix wrote are
+   "own-dsn", since PostfixLog already reported those bounces from its log.
+3. Auto-replies (RFC 3834 headers, the usual X- headers, vacation subjects) that show no sign
+   of a bounce. Bounces often carry ``Auto-Submitted`` too (Exim's do), and auto-replies often
+   come from the null sender (RFC 3834 §3.3), so neither alone decides.
+4. Text bounces (a sign of a bounce, or the null sender and a failure phrase): flufl.bounce,
+   then our own rules (textbounce), then the returned original's one recipient. A text whose
+   failures are all temporary and that speaks of a delay is a delay notice; a final report
+   that the MTA gave up retrying (no 5.x.x status) is "expired" and never permanent. Neither
+   the original's sender nor the bounce's addressees are ever a failed recipient.
+5. Auto-replies with a bounce sign but no failed address (a daemon's vacation answer).
 6. Anything else is unclassified: kept for an operator, never an event.
+
+The work is bounded (issue #16 item 3): see :mod:`bounded` for the parse, and every pattern
+here and in the modules it uses is linear and compiled once.
 """
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from email.errors import MessageError
 from email.message import Message
 from email.utils import getaddresses
 from typing import Literal
 
-from manycore_common.message import UUID_RE
+from manycore_common.bounce_rules import (
+    GAVE_UP,
+    basic_status,
+    category,
+    enhanced_status,
+    is_permanent,
+)
+from manycore_common.feedbacktag import TAGGED_ADDRESS_RE
 
-from . import textbounce
-from .reports import AbuseReport, Failure, abuse_report, delivery_report
+from . import bounded, textbounce
+from .autoreply import autoreply_rule, bounce_signs, from_address, subject_of
+from .reports import (
+    AbuseReport,
+    DeliveryReport,
+    Failure,
+    Group,
+    abuse_report,
+    delivery_report,
+    original_message,
+)
 
-Kind = Literal[
-    "unsubscribe", "bounce", "delayed", "autoreply", "spam-report", "own-dsn", "unclassified"
-]
+Kind = Literal["bounce", "delayed", "autoreply", "spam-report", "own-dsn", "unclassified"]
 
-_OUR_LOCAL_PART = re.compile(r"^(bounce|unsub)-([a-z0-9]+)$")
-_MESSAGE_ID_UUID = re.compile(r"<([a-z0-9]+)@[^>]+>")
-_RETURN_PATH_UUID = re.compile(r"\bbounce-([a-z0-9]+)@", re.IGNORECASE)
-_DAEMON = re.compile(
-    r"^(mailer-daemon|postmaster|mail-daemon|mailer|mdaemon|maildelivery)@", re.IGNORECASE
-)
-_BOUNCE_SUBJECT = re.compile(
-    r"undeliver|undelivered mail|delivery (status notification|failure|has failed)"
-    r"|mail delivery (failed|failure|system|subsystem)|failure notice|returned mail"
-    r"|delivery notification|non[- ]?delivery|could not be delivered|message not delivered"
-    r"|nondeliverable|unzustellbar|non remis|delivery delayed|warning: message",
-    re.IGNORECASE,
-)
-#: RFC 3834 §5 and the headers responders set in practice.
-_AUTOREPLY_HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("Auto-Submitted", re.compile(r"^\s*auto-replied", re.IGNORECASE)),
-    ("X-Autoreply", re.compile(r".")),
-    ("X-Autorespond", re.compile(r".")),
-    ("X-Autoresponder", re.compile(r".")),
-    ("Precedence", re.compile(r"^\s*auto_reply", re.IGNORECASE)),
-    ("X-Auto-Response-Suppress", re.compile(r"\b(all|oof|autoreply)\b", re.IGNORECASE)),
-)
-_VACATION_SUBJECT = re.compile(
-    r"out of (the )?office|auto(matic)?[- ]?(reply|response|antwort)|autoreply|on vacation"
-    r"|vacation reply|away from (the )?office|abwesenheit|automatische antwort"
-    r"|r[ée]ponse automatique|absence|respuesta autom[aá]tica|risposta automatica",
-    re.IGNORECASE,
-)
+#: The report comes first; the returned original after it may be cut (RFC 3464 §2).
+DEFAULT_SCAN_BYTES = 512 * 1024
+DEFAULT_MAX_FAILURES = 100
+_GAVE_UP = re.compile(GAVE_UP, re.IGNORECASE)
+#: A mailer daemon is never a recipient (postmaster@ may be: RFC 5321 §4.5.1).
+_MAILER_DAEMON = re.compile(r"^mail(?:er)?[-_]?daemon@", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -74,153 +77,239 @@ class Settings:
     own_mtas: frozenset[str] = frozenset()
     #: Abuse addresses registered with feedback loops (e.g. Yahoo's).
     abuse_addresses: frozenset[str] = frozenset()
+    #: At most this many bytes of a message are parsed and scanned.
+    scan_bytes: int = DEFAULT_SCAN_BYTES
+    #: At most this many failures are returned for one message.
+    max_failures: int = DEFAULT_MAX_FAILURES
 
 
 @dataclass(frozen=True)
 class Classification:
     kind: Kind
-    uuid: str | None = None
     failures: tuple[Failure, ...] = ()
     #: The complainer of a spam report, or the address that auto-replied.
     email: str | None = None
-    stream_id: str | None = None
     note: str = ""
     rules: tuple[str, ...] = field(default=())
 
 
-def target(envelope: Envelope) -> tuple[str | None, str | None]:
-    """("bounce" | "unsub" | None, uuid) from the envelope recipients."""
-    for rcpt in envelope.rcpts:
-        local = rcpt.rpartition("@")[0].lower()
-        match = _OUR_LOCAL_PART.match(local)
-        if match and UUID_RE.fullmatch(match.group(2)):
-            return match.group(1), match.group(2)
-    return None, None
-
-
-def uuid_of_original(original: Message | None) -> str | None:
-    """The uuid of one of our messages quoted in a report: Message-ID <uuid@...>, or the
-    return path bounce-<uuid>@ (Return-Path, X-ReturnPathIb)."""
-    if original is None:
-        return None
-    for name in ("Return-Path", "X-ReturnPathIb"):
-        match = _RETURN_PATH_UUID.search(str(original.get(name, "")))
-        if match and UUID_RE.fullmatch(match.group(1).lower()):
-            return match.group(1).lower()
-    match = _MESSAGE_ID_UUID.search(str(original.get("Message-ID", "")))
-    if match and UUID_RE.fullmatch(match.group(1)):
-        return match.group(1)
-    return None
-
-
-def is_ours(address: str) -> bool:
-    local = address.rpartition("@")[0].lower()
-    return bool(_OUR_LOCAL_PART.match(local)) or bool(_DAEMON.match(address))
-
-
-def _first_text(msg: Message) -> str:
-    """The human-readable text of a message: its first text/plain part (decoded)."""
-    for part in msg.walk():
-        if part.get_content_type() == "text/plain" and not part.is_multipart():
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes):
-                charset = part.get_content_charset() or "utf-8"
-                try:
-                    return payload.decode(charset, "replace")
-                except LookupError:
-                    return payload.decode("utf-8", "replace")
-    return ""
-
-
-def _from_address(msg: Message) -> str | None:
-    found = [addr for _, addr in getaddresses([str(v) for v in msg.get_all("From", [])]) if addr]
-    return found[0] if found else None
+def is_ours(address: str, envelope: Envelope) -> bool:
+    """Our own addresses, never a failed recipient: a feedback address (tagged), the
+    envelope's sender and recipients, a mailer daemon."""
+    address = address.strip().strip("<>").lower()
+    if TAGGED_ADDRESS_RE.fullmatch(address) or _MAILER_DAEMON.match(address):
+        return True
+    return address == envelope.mail_from.lower() or address in {r.lower() for r in envelope.rcpts}
 
 
 def classify(envelope: Envelope, data: bytes, settings: Settings) -> Classification:
-    kind, uuid = target(envelope)
-    if kind == "unsub":
-        return Classification("unsubscribe", uuid=uuid, rules=("unsub-address",))
     try:
-        return _classify(envelope, data, settings, uuid)
+        return _classify(envelope, data, settings)
     except RecursionError:
-        # The standard library's parser recurses per MIME level; a few kB of nesting exhaust
-        # the stack. Such a message is kept for an operator, never refused or lost.
-        return Classification("unclassified", uuid=uuid, note="MIME nested too deeply to parse")
+        # The standard library's parser recurses per MIME level; bounded.parse cuts the
+        # nesting, this is the last line of defence. Kept for an operator, never lost.
+        return Classification("unclassified", note="MIME nested too deeply to parse")
+    except (ValueError, LookupError, MessageError) as exc:
+        # A message malformed in a way the standard library's email package trips over
+        # (found by fuzzing): kept for an operator with what went wrong.
+        return Classification("unclassified", note=f"malformed message: {type(exc).__name__}")
 
 
-def _classify(
-    envelope: Envelope, data: bytes, settings: Settings, uuid: str | None
-) -> Classification:
-    msg = email.message_from_bytes(data, policy=email.policy.compat32)
+def _classify(envelope: Envelope, data: bytes, settings: Settings) -> Classification:
+    msg = bounded.parse(data, settings.scan_bytes)
+    leaves = bounded.leaves(msg)
 
     abuse = abuse_report(msg)
     if abuse is not None:
-        return _spam_report(abuse, uuid, envelope)
+        return _spam_report(abuse)
+
+    subject = subject_of(msg)
+    sender = from_address(msg) or ""
+    texts = [leaf.text for leaf in leaves if not leaf.embedded and _is_text(leaf.part)]
+    text = textbounce.report_text(texts)
 
     report = delivery_report(msg)
-    if report is not None:
-        if report.reporting_mta and report.reporting_mta.lower() in settings.own_mtas:
-            return Classification("own-dsn", uuid=uuid, note=report.reporting_mta)
-        uuid = uuid or uuid_of_original(report.original)
-        if report.failures:
-            return Classification("bounce", uuid=uuid, failures=report.failures, rules=("dsn",))
-        if report.delayed:
-            return Classification("delayed", uuid=uuid, failures=report.delayed, rules=("dsn",))
-        return Classification("unclassified", uuid=uuid, note="DSN without a failed recipient")
+    if report is not None and report.groups:
+        # A DSN names its recipients field by field: only our own addresses are dropped.
+        from_dsn = _from_dsn(report, text, lambda a: is_ours(a, envelope), settings)
+        if from_dsn is not None:
+            return from_dsn  # else its text may still say (a DSN without Action fields)
 
-    text = _first_text(msg)
-    sender = _from_address(msg) or ""
-    subject = str(msg.get("Subject", ""))
-    if (
-        envelope.mail_from == ""
-        or _DAEMON.match(sender)
-        or _BOUNCE_SUBJECT.search(subject)
-        or any(fmt.signature.search(text) for fmt in textbounce.FORMATS)
-    ):
-        name, failures = textbounce.parse(text, lambda a: is_ours(a) or _is_sender(a, sender))
+    senders = _senders(msg) | {sender.lower()}
+
+    def ignore(address: str) -> bool:
+        return is_ours(address, envelope) or address.lower() in senders
+
+    auto = autoreply_rule(msg, subject)
+    signs = bounce_signs(msg, subject, sender)
+    if auto is not None and not signs:
+        return Classification("autoreply", email=sender or None, rules=(auto,))
+    if signs or (envelope.mail_from == "" and textbounce.FAILURE_PHRASE.search(text)):
+        failed_header = " ".join(str(v)[:1000] for v in msg.get_all("X-Failed-Recipients", []))
+        found = textbounce.in_report(textbounce.flufl_addresses(msg), text, failed_header)
+        rule = "flufl.bounce"
+        if not found:
+            found, rule = textbounce.own_addresses(text), "text"
+        failures = textbounce.failures(found, text, ignore, settings.max_failures)
+        if not failures and signs:
+            # A report that names nobody ("Delivery report unavailable"): the returned
+            # original's one recipient, if it has exactly one (MxServer still checks it
+            # against the verified tag).
+            found, rule = _original_recipient(msg), "original-to"
+            failures = textbounce.failures(found, text, ignore, 1)
         if failures:
-            uuid = uuid or uuid_of_original(_embedded(msg))
-            temporary = [f for f in failures if not f.permanent]
-            if len(temporary) == len(failures) and textbounce.TEMPORARY.search(text):
-                return Classification(
-                    "delayed", uuid=uuid, failures=tuple(failures), rules=("text", name)
-                )
-            return Classification(
-                "bounce", uuid=uuid, failures=tuple(failures), rules=("text", name)
-            )
-
-    for header, pattern in _AUTOREPLY_HEADERS:
-        value = msg.get(header)
-        if value is not None and pattern.search(str(value)):
-            return Classification("autoreply", uuid=uuid, email=sender or None, rules=(header,))
-    if _VACATION_SUBJECT.search(subject):
-        return Classification("autoreply", uuid=uuid, email=sender or None, rules=("subject",))
-
-    return Classification("unclassified", uuid=uuid, note="no rule matched")
+            return _text_bounce(failures, text, (rule, *signs))
+    if auto is not None:
+        return Classification("autoreply", email=sender or None, rules=(auto,))
+    if report is not None:
+        return Classification("unclassified", note="DSN without a failed recipient")
+    return Classification("unclassified", note="no rule matched")
 
 
-def _is_sender(address: str, sender: str) -> bool:
-    return bool(sender) and address.lower() == sender.lower()
+#: Who a bounce goes to, and who sent the original: never the failed recipient, though
+#: texts often quote them ("The original message was received ... from <sender>").
+_BOUNCE_TO = ("To", "Cc")
+_ORIGINAL_FROM = ("From", "Sender", "Reply-To", "Return-Path")
 
 
-def _embedded(msg: Message) -> Message | None:
-    from .reports import original_message
+def _senders(msg: Message) -> set[str]:
+    """Those addresses, less any the original was sent to (a message to oneself)."""
+    original = original_message(msg) or Message()
+    senders = _addresses(msg, _BOUNCE_TO) | _addresses(original, _ORIGINAL_FROM)
+    return senders - _addresses(original, ("To", "Cc"))
 
-    return original_message(msg)
+
+def _addresses(msg: Message, names: tuple[str, ...]) -> set[str]:
+    values = [str(v)[:1000] for name in names for v in msg.get_all(name, [])]
+    return {addr.lower() for _, addr in getaddresses(values[:50]) if "@" in addr}
 
 
-def _spam_report(abuse: AbuseReport, uuid: str | None, envelope: Envelope) -> Classification:
+def _original_recipient(msg: Message) -> list[textbounce.Found]:
+    original = original_message(msg)
+    if original is None:
+        return []
+    found = _addresses(original, ("To", "Cc"))
+    return [textbounce.Found(found.pop(), None)] if len(found) == 1 else []
+
+
+def _is_text(part: Message) -> bool:
+    if part.get_content_maintype() == "multipart":
+        return True  # a leaf only when its boundary never occurs: then it is all text
+    # Any text but the returned original's headers (text/rfc822-headers); subtypes come
+    # malformed in the wild ("plain\n charset=...").
+    subtype = part.get_content_subtype()
+    return part.get_content_maintype() == "text" and not subtype.endswith("-headers")
+
+
+def _text_bounce(failures: list[Failure], text: str, rules: tuple[str, ...]) -> Classification:
+    if all(not f.permanent for f in failures) and textbounce.TEMPORARY.search(text):
+        delayed = tuple(_as_delay(f) for f in failures)
+        return Classification("delayed", failures=delayed, rules=rules)
+    return Classification("bounce", failures=tuple(_gave_up(f) for f in failures), rules=rules)
+
+
+def _gave_up(failure: Failure) -> Failure:
+    """A final report of a failure to connect, or of an expired message, without a 5.x.x
+    status: the MTA gave up retrying. That says nothing permanent about the address."""
+    if _says_permanent(failure):
+        return failure
+    if failure.category in ("connection", "expired"):
+        return replace(failure, permanent=False, category="expired")
+    if _GAVE_UP.search(failure.reason):
+        return replace(failure, permanent=False)  # e.g. "mailbox is full: retry timeout exceeded"
+    return failure
+
+
+def _says_permanent(failure: Failure) -> bool:
+    return bool(failure.status and failure.status.startswith("5")) or (
+        failure.status is None and (basic_status(failure.reason) or "").startswith("5")
+    )
+
+
+def _as_delay(failure: Failure) -> Failure:
+    return replace(failure, permanent=False)
+
+
+def _from_dsn(
+    report: DeliveryReport, text: str, ignore: Callable[[str], bool], settings: Settings
+) -> Classification | None:
+    if report.reporting_mta and _host(report.reporting_mta) in settings.own_mtas:
+        return Classification("own-dsn", note=report.reporting_mta, rules=("dsn",))
+    failed: list[Failure] = []
+    delayed: list[Failure] = []
+    groups = [g for g in report.groups if g.action in ("failed", "delayed") and not ignore(g.rcpt)][
+        : 2 * settings.max_failures
+    ]  # delivered / relayed / expanded: nothing failed
+    # The human-readable part, read once for all of them, each address's reason ending
+    # where the next one's starts.
+    found = [textbounce.Found(g.rcpt, None) for g in groups]
+    contexts = {
+        f.rcpt.lower(): f.reason
+        for f in textbounce.failures(found, text, lambda _a: False, len(found))
+        if f.reason != "delivery failed"
+    }
+    for group in groups:
+        target = failed if group.action == "failed" else delayed
+        if len(target) < settings.max_failures:
+            target.append(_dsn_failure(group, contexts.get(group.rcpt.lower(), "")))
+    if failed:
+        return Classification("bounce", failures=tuple(failed), rules=("dsn",))
+    if delayed:
+        return Classification("delayed", failures=tuple(delayed), rules=("dsn",))
+    return None
+
+
+def _host(reporting_mta: str) -> str:
+    return reporting_mta.strip().rstrip(".").lower()
+
+
+def _dsn_failure(group: Group, context: str) -> Failure:
+    """A DSN recipient group as a Failure. The Diagnostic-Code is the remote reply; without
+    one the human-readable part says why, around the address (Gmail, Exchange)."""
+    reason = group.diagnostic
+    status = group.status
+    if reason and category(status, reason) != "other":
+        context = ""
+    status = status or enhanced_status(context)
+    if group.action == "delayed":
+        permanent = False
+    else:
+        verdict = is_permanent(status, reason or context)
+        permanent = True if verdict is None else verdict
+    cat = category(status, reason)
+    if cat == "other" and context:
+        cat = category(status, context)
+    if group.action == "failed" and cat == "expired" and not (status or "").startswith("5"):
+        permanent = False  # gave up retrying: nothing permanent about the address
+    if group.action == "failed" and not permanent and cat == "connection":
+        # Connecting failed until the MTA gave up: the queue lifetime ran out (RFC 3464
+        # §2.3.3 "failed" after temporary errors), which is what the sender needs to know.
+        cat = "expired"
+    if group.action == "failed" and cat == "dns" and (status or "").endswith(".0.0"):
+        # "Action: failed" with a generic 4.0.0 and no such domain or a null MX (Google): the
+        # domain will not come back by retrying.
+        permanent = not textbounce.TEMPORARY.search(reason or context)
+    return Failure(
+        rcpt=group.rcpt,
+        permanent=permanent,
+        status=status,
+        reason=reason or context or (f"status {status}" if status else group.action),
+        remote_mta=group.remote_mta,
+        category=cat,
+        original_rcpt=group.original_rcpt,
+        final_rcpt=group.final_rcpt,
+    )
+
+
+def _spam_report(abuse: AbuseReport) -> Classification:
+    """An RFC 5965 report. The complainer is Original-Rcpt-To, else the original's To (which
+    MxServer believes only when a verified tag names that recipient)."""
     original = abuse.original
     complainer = abuse.original_rcpt
     if complainer is None and original is not None:
-        to: Iterable[str] = [str(v) for v in original.get_all("To", [])]
-        found = [addr for _, addr in getaddresses(list(to)) if addr]
+        to = [str(v)[:1000] for v in original.get_all("To", [])]
+        found = [addr for _, addr in getaddresses(to) if "@" in addr]
         complainer = found[0] if found else None
     return Classification(
-        "spam-report",
-        uuid=uuid_of_original(original) or uuid,
-        email=complainer,
-        note=abuse.feedback_type or "",
-        rules=("arf",),
+        "spam-report", email=complainer, note=abuse.feedback_type or "", rules=("arf",)
     )

@@ -16,11 +16,11 @@ import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from manycore_common.bounce_rules import CATEGORIES
 from manycore_common.config import ConfigError, load_config
 from manycore_common.message import STREAM_ID_RE, UUID_RE, MessageRejected, validate
 from manycore_mxserver.classify import Envelope, classify
 from manycore_mxserver.classify import Settings as MxSettings
-from manycore_mxserver.record import events_for
 from manycore_postfixlog.logparse import Delivery, Expired, parse_line
 from manycore_transformer import dkim
 from manycore_transformer.headers import split_message
@@ -243,11 +243,96 @@ def test_classify_mutated_reports(data: bytes, rcpts: list[str], sender: str) ->
     started = time.monotonic()
     result = classify(Envelope(sender, tuple(rcpts)), data, settings_)
     assert time.monotonic() - started < 2.0, "classify is too slow on a hostile message"
-    assert result.uuid is None or UUID_RE.fullmatch(result.uuid), result.uuid
-    for key, event in events_for(result, now=1.0):
-        assert key
-        json.dumps(event)  # events go to the webhook as JSON
-        assert event.get("uuid") is None or UUID_RE.fullmatch(event["uuid"])
+    assert len(result.failures) <= settings_.max_failures
+    for failure in result.failures:
+        assert failure.category in CATEGORIES and "@" in failure.rcpt
+        json.dumps(failure.__dict__)  # what MxServer puts in an event is JSON-safe
+        assert not (result.kind == "delayed" and failure.permanent)
+
+
+# --- classify: bounded work (issue 16, item 3) --------------------------------------------
+
+DAEMON_HEAD = b"From: MAILER-DAEMON@mx.example\nSubject: Undelivered Mail Returned to Sender\n"
+
+
+def _seconds(data: bytes) -> float:
+    started = time.perf_counter()
+    classify(Envelope("", ("b@rp.example.com",)), data, MxSettings())
+    return time.perf_counter() - started
+
+
+def _grows_linearly(make: Any, n: int = 32_000) -> None:
+    """classify(make(4n)) costs at most ~4x classify(make(n)) (x2 slack for noise), and
+    the larger one stays far below a second: the issue's culprits were quadratic."""
+    small = min(_seconds(make(n)) for _ in range(2))
+    large = min(_seconds(make(4 * n)) for _ in range(2))
+    assert large < max(8 * small, 0.05), (small, large)
+    assert large < 5.0, large
+
+
+def test_whitespace_and_backtracking_bait_is_linear() -> None:
+    # ^\s+ with MULTILINE over whitespace (GroupWise), \S+@\S+ over long runs, .*< over
+    # lines of "<" (flufl.bounce's Netscape detector), ",a@" runs (its LLNL detector).
+    baits = [
+        lambda n: DAEMON_HEAD + b"\nundeliverable to the following\n" + b" \t\n" * (n // 3),
+        lambda n: DAEMON_HEAD + b"\nYour message to:\n" + b"a" * n + b"\n",
+        lambda n: (
+            DAEMON_HEAD
+            + b"Content-Type: multipart/mixed; boundary=B\n\n--B\nContent-Type: text/plain\n\n"
+            + b"This Message was undeliverable due to the following reason:\n"
+            + (b"<" * 999 + b"\n") * (n // 1000)
+            + b"--B\nContent-Type: text/plain\n\nx\n--B--\n"
+        ),
+        lambda n: DAEMON_HEAD + b"\n" + (b",a@" * 300 + b"\n") * (n // 900),
+        lambda n: DAEMON_HEAD + b"\nRemote Server returned '" + b"a@b.example " * (n // 12),
+    ]
+    for bait in baits:
+        _grows_linearly(bait)
+
+
+def test_130kb_bait_and_10mb_message_are_classified_quickly() -> None:
+    bait = DAEMON_HEAD + b"\nThe message that you sent was undeliverable to the following:\n"
+    assert _seconds(bait + b" " * 130_000 + b"x") < 1.0
+    big = DAEMON_HEAD + b"\ncould not be delivered to a@b.example\n" + b"x" * 10_000_000
+    assert _seconds(big) < 1.0
+
+
+def _dsn_with(n: int) -> bytes:
+    groups = b"".join(
+        b"Final-Recipient: rfc822; u%d@x.example\nAction: failed\nStatus: 5.1.1\n\n" % i
+        for i in range(n)
+    )
+    return (
+        DAEMON_HEAD + b"Content-Type: multipart/report; report-type=delivery-status; "
+        b"boundary=B\n\n--B\nContent-Type: message/delivery-status\n\n"
+        b"Reporting-MTA: dns; mx.example\n\n" + groups + b"--B--\n"
+    )
+
+
+def test_40000_final_recipients_give_at_most_the_capped_failures() -> None:
+    data = _dsn_with(40_000)
+    started = time.perf_counter()
+    result = classify(Envelope("", ("b@rp.example.com",)), data, MxSettings(max_failures=100))
+    assert time.perf_counter() - started < 5.0
+    assert result.kind == "bounce" and len(result.failures) == 100
+    _grows_linearly(lambda n: _dsn_with(n // 64), n=64_000)
+
+
+def test_deep_mime_nesting_is_cut_not_recursed() -> None:
+    def nested(n: int) -> bytes:
+        levels = n // 60
+        return DAEMON_HEAD + b"".join(
+            b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
+            for i in range(levels)
+        )
+
+    def embedded(n: int) -> bytes:
+        return DAEMON_HEAD + b"Content-Type: message/rfc822\n\n" * (n // 30)
+
+    for make in (nested, embedded):
+        result = classify(Envelope("", ("b@rp.example.com",)), make(600_000), MxSettings())
+        assert result.kind == "unclassified"
+        _grows_linearly(make)
 
 
 # --- PostfixLog parse_line ----------------------------------------------------------------

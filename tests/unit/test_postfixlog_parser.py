@@ -169,7 +169,8 @@ def test_reason_is_the_remote_reply() -> None:
     )
     assert isinstance(record, Delivery)
     assert record.reason.startswith("554 5.7.1 Service unavailable")
-    assert rules.category(record.dsn, record.reason) == "spam-block"
+    # A block list judges the sending host, not the message: "policy" (README, Bounce categories).
+    assert rules.category(record.dsn, record.reason) == "policy"
 
 
 def test_expired_message_line() -> None:
@@ -256,7 +257,11 @@ def test_permanent_failure_classes(dsn: str, text: str, category: str, kind: str
             "connection",
         ),
         ("4.2.1", "450 4.2.1 <a@x>: Mailbox temporarily unavailable", "mailbox-unavailable"),
-        ("4.7.0", "421 4.7.0 Try again later, closing connection. (rate limited)", "policy"),
+        (
+            "4.7.0",
+            "421 4.7.0 Try again later, closing connection. (rate limited)",
+            "rate-limited",
+        ),
         (
             "4.2.2",
             "452 4.2.2 The email account that you tried to reach is over quota",
