@@ -130,7 +130,9 @@ def write_configs(
     # An explicit SMTP greeting name: the default would be this machine's host name.
     customer["receiver"]["hostname"] = "localhost"
     # TEST KEY, not a secret: signs the feedback addresses the Transformer mints.
-    customer.setdefault("common-config", {})["feedback-secret"] = FEEDBACK_SECRET
+    # (The example's "common-config:" holds only comments: it loads as None.)
+    customer["common-config"] = customer.get("common-config") or {}
+    customer["common-config"]["feedback-secret"] = FEEDBACK_SECRET
     if customer_changes:
         customer_changes(customer)
     customer_file.write_text(yaml.safe_dump(customer, sort_keys=False))

@@ -15,9 +15,12 @@ from manycore_common.lifecycle import run_service
 from manycore_common.queue import ReliableQueue
 from manycore_common.smtpserver import serve_smtp
 
+from .authenticate import Scope
 from .classify import Settings
+from .limits import RateLimiter
+from .pool import ClassifierPool
 from .record import Recorder
-from .smtp import Handler, MxSMTP, RateLimiter
+from .smtp import Handler, MxSMTP, Recipients
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class Prepared:
     tls_context: SSLContext
     domains: frozenset[str]
     settings: Settings
+    keys: tuple[bytes, ...]
 
 
 def prepare(config: Config) -> Prepared:
@@ -59,7 +63,9 @@ def prepare(config: Config) -> Prepared:
     if generated:
         log.warning("no STARTTLS certificate found: using a generated self-signed one")
     settings = Settings(own_mtas=frozenset(own), abuse_addresses=section.abuse.all())
-    return Prepared(section, hostname, context, frozenset(domains), settings)
+    # Without the keys no feedback address can be verified: refuse to start (ConfigError).
+    keys = config.customer.common_config.feedback_keys(SERVICE)
+    return Prepared(section, hostname, context, frozenset(domains), settings, keys)
 
 
 async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
@@ -72,17 +78,29 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         UNCLASSIFIED_KEY,
         section.unclassified.max_count,
         section.unclassified.max_bytes,
+        section.unclassified.max_total_bytes,
+        section.unclassified.max_rcpts,
     )
+    limits = section.limits
+    scope = Scope(
+        prepared.keys, prepared.domains, limits.scan_bytes, limits.max_failures_per_report
+    )
+    pool = ClassifierPool(
+        section.classifier.workers, section.classifier.timeout_seconds, prepared.settings, scope
+    )
+    await pool.start()
     handler = Handler(
-        prepared.domains,
-        prepared.settings,
+        Recipients(prepared.keys, prepared.domains, prepared.settings.abuse_addresses),
+        limits,
         recorder,
         RateLimiter(section.rate_limit.messages, section.rate_limit.window_seconds),
+        pool,
     )
 
     def factory() -> MxSMTP:
         return MxSMTP(
             handler,
+            limits,
             hostname=prepared.hostname,
             ident="Manycore-Mail MxServer",
             tls_context=prepared.tls_context,
@@ -94,16 +112,19 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             timeout=section.command_timeout_seconds,
         )
 
-    await serve_smtp(
-        factory,
-        section.bind,
-        section.prometheus,
-        redis,
-        handler.in_flight,
-        stop,
-        drain_seconds=DRAIN_SECONDS,
-        log_extra={"domains": sorted(prepared.domains)},
-    )
+    try:
+        await serve_smtp(
+            factory,
+            section.bind,
+            section.prometheus,
+            redis,
+            handler.in_flight,
+            stop,
+            drain_seconds=DRAIN_SECONDS,
+            log_extra={"domains": sorted(prepared.domains)},
+        )
+    finally:
+        await pool.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
