@@ -56,6 +56,8 @@ FAILURES_IGNORED = Counter(
 )
 for _type in ("hard", "soft", "unroutable"):
     RECEIVED_BOUNCE.labels(_type)
+for _kind in ("bounce", "autoreply", "spam-report"):
+    UNPROVEN.labels(_kind)
 
 
 def once_key(f: Finding) -> str:

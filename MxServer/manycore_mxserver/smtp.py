@@ -119,8 +119,11 @@ class MxSMTP(SMTP):
         async def counted(arg: Any) -> None:
             self._commands_left -= 1
             if self._commands_left < 0:
-                REFUSED.labels("too-many-commands").inc()
-                await self.push(TOO_MANY_COMMANDS)
+                # Pipelined commands already read still come here until the connection is
+                # gone: the first one is answered and counted, the rest are dropped.
+                if self._commands_left == -1:
+                    REFUSED.labels("too-many-commands").inc()
+                    await self.push(TOO_MANY_COMMANDS)
                 if self.transport is not None:
                     self.transport.close()
                 return
