@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from manycore_common.config import ConfigError, load_config
 from manycore_common.message import STREAM_ID_RE, UUID_RE, MessageRejected, validate
+from manycore_mxserver.authenticate import Scope, analyse
 from manycore_mxserver.classify import Envelope, classify
 from manycore_mxserver.classify import Settings as MxSettings
 from manycore_mxserver.record import events_for
@@ -242,7 +243,9 @@ def test_classify_mutated_reports(data: bytes, rcpts: list[str], sender: str) ->
     result = classify(Envelope(sender, tuple(rcpts)), data, settings_)
     assert time.monotonic() - started < 2.0, "classify is too slow on a hostile message"
     assert result.uuid is None or UUID_RE.fullmatch(result.uuid), result.uuid
-    for key, event in events_for(result, now=1.0):
+    scope = Scope((b"k" * 32,), frozenset({"rp.example.com"}), 64 * 1024, 100)
+    analysis = analyse(result, sender, (), data, scope)
+    for key, event in events_for(analysis.findings, {}, now=1.0):
         assert key
         json.dumps(event)  # events go to the webhook as JSON
         assert event.get("uuid") is None or UUID_RE.fullmatch(event["uuid"])

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from manycore_common.bounce_rules import category, permanent_type
 from manycore_mxserver.classify import Envelope, Settings, classify
-from manycore_mxserver.record import events_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bounces"
 EXPECTED: dict[str, dict[str, Any]] = yaml.safe_load((FIXTURES / "expected.yaml").read_text())
@@ -44,29 +43,6 @@ def test_corpus(name: str) -> None:
         if cat is not None:
             assert got_cat == cat, failure
         assert failure.reason
-
-
-def test_events_for_a_multi_recipient_dsn() -> None:
-    want = EXPECTED["dsn_multi.eml"]
-    result = classify(
-        Envelope("", (want["rcpt"],)), (FIXTURES / "dsn_multi.eml").read_bytes(), SETTINGS
-    )
-    pairs = events_for(result, now=1_700_000_000)
-    assert [key for key, _ in pairs] == [
-        "bounced:u1002:alice@receiver.example",
-        "bounced:u1002:carol@receiver.example",
-    ]
-    first = pairs[0][1]
-    assert first["event"] == "bounce" and first["type"] == "hard"
-    assert first["category"] == "mailbox-full" and "Mailbox full" in first["reason"]
-    assert first["timestamp"] == 1_700_000_000 and first["uuid"] == "u1002"
-
-
-def test_delay_notices_and_own_dsns_make_no_event() -> None:
-    for name in ("dsn_delayed.eml", "exim_delay.eml", "dsn_own_postfix.eml", "human_reply.eml"):
-        want = EXPECTED[name]
-        result = classify(Envelope("", (want["rcpt"],)), (FIXTURES / name).read_bytes(), SETTINGS)
-        assert events_for(result, now=0) == [], name
 
 
 @settings(max_examples=200)
