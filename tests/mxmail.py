@@ -8,14 +8,18 @@ import json
 import smtplib
 from typing import Any
 
+import yaml
 from redis import Redis as SyncRedis
 
 from manycore_common import feedbacktag
 from manycore_common import item as item_format
-from tests.helpers import FEEDBACK_SECRET, LOOPBACK
+from tests.helpers import CUSTOMER_EXAMPLE, FEEDBACK_SECRET, LOOPBACK
 
 KEY = FEEDBACK_SECRET.encode()
-RP = "example.com"  # the return-path domain of the example config
+_EXAMPLE = yaml.safe_load(CUSTOMER_EXAMPLE.read_text())
+#: The example config's first return-path domain, and its abuse (feedback loop) address.
+RP: str = _EXAMPLE["transformer"]["domain-settings"][0]["return-path-domain"]
+ABUSE: str = _EXAMPLE["mxserver"]["abuse"]["yahoo"]["to"]
 
 
 def tag(

@@ -15,6 +15,7 @@ from manycore_common import feedbacktag
 from tests.helpers import FEEDBACK_SECRET, RedisServer, Service
 from tests.hostile.conftest import assert_alive, configured_service
 from tests.mxmail import (
+    ABUSE,
     RP,
     arf,
     deliver,
@@ -103,8 +104,8 @@ def test_arf_whose_original_we_never_sent_gives_no_event(mx: Service, queues: Sy
         original_headers(f"bounce-f3@{RP}", VICTIM),
         f"From: <news@{RP}>\r\nTo: <{VICTIM}>\r\nMessage-ID: <f3@{RP}>\r\n",
     ):
-        report = arf(f"abuse@{RP}", headers, VICTIM)
-        assert deliver(port(mx), "fbl@isp.example", [f"abuse@{RP}"], report)[0] == 250
+        report = arf(ABUSE, headers, VICTIM)
+        assert deliver(port(mx), "fbl@isp.example", [ABUSE], report)[0] == 250
     assert events(queues) == []
 
 
@@ -172,8 +173,8 @@ def test_arf_with_our_tagged_return_path_gives_a_spam_report(
     mx: Service, queues: SyncRedis
 ) -> None:
     register_stream(queues, "s-arf")
-    complaint = arf(f"abuse@{RP}", original_headers(tag("p4", ALICE, "s-arf"), ALICE))
-    assert deliver(port(mx), "fbl@isp.example", [f"abuse@{RP}"], complaint)[0] == 250
+    complaint = arf(ABUSE, original_headers(tag("p4", ALICE, "s-arf"), ALICE))
+    assert deliver(port(mx), "fbl@isp.example", [ABUSE], complaint)[0] == 250
     (event,) = events(queues)
     assert (event["event"], event["uuid"], event["rcpt"], event["streamid"]) == (
         "spam-report",

@@ -17,6 +17,7 @@ from manycore_common import item as item_format
 from tests.helpers import LOOPBACK, RedisServer, Service, running, wait_for, write_configs
 from tests.integration.conftest import set_path
 from tests.mxmail import (
+    ABUSE,
     RP,
     arf,
     autoreply,
@@ -118,9 +119,9 @@ def test_text_bounce_autoreply_spam_report_and_unsubscribe(mx: Service, queues: 
     tina = "tina@receiver.example"
     deliver(mx, tina, [tag("m5", tina)], autoreply(tina, tag("m5", tina)))
     sam = "sam@isp.example"
-    complaint = arf(f"abuse@{RP}", original_headers(tag("m6", sam, "promo"), sam), sam)
+    complaint = arf(ABUSE, original_headers(tag("m6", sam, "promo"), sam), sam)
     register_stream(queues, "promo")
-    deliver(mx, "fbl@isp.example", [f"abuse@{RP}"], complaint)
+    deliver(mx, "fbl@isp.example", [ABUSE], complaint)
     walt = "walt@receiver.example"
     unsub = tag("m7", walt, kind="unsub")
     deliver(mx, walt, [unsub], plain(walt, unsub))
