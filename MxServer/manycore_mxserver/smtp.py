@@ -64,6 +64,9 @@ TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try ag
 BAD_TAG = "550 5.1.1 No such user: this address does not accept mail"
 
 
+ROLE_MAILBOXES = frozenset({"postmaster", "abuse"})
+
+
 class TaggedEnvelope(Envelope):
     """aiosmtpd's envelope plus the feedback tags verified at RCPT, for the DATA step."""
 
@@ -92,8 +95,10 @@ class Recipients:
             return ("ok", None)
         if domain.lower().rstrip(".") not in self.domains:
             return ("relay", None)
-        # RFC 5321 §4.5.1: every domain that takes mail takes postmaster@ (any case).
-        if local.lower() == "postmaster":
+        # RFC 5321 §4.5.1: every domain that takes mail takes postmaster@ (any case); RFC 2142
+        # §2: abuse@ is where reports of misuse go (feedback loops are registered with it).
+        # What arrives there is believed only as far as a tag it quotes proves.
+        if local.lower() in ROLE_MAILBOXES:
             return ("ok", None)
         tag = feedbacktag.read_local_part(self.keys, local)
         return ("ok", tag) if tag is not None else ("bad-tag", None)

@@ -173,8 +173,9 @@ def test_arf_with_our_tagged_return_path_gives_a_spam_report(
     mx: Service, queues: SyncRedis
 ) -> None:
     register_stream(queues, "s-arf")
-    complaint = arf(ABUSE, original_headers(tag("p4", ALICE, "s-arf"), ALICE))
-    assert deliver(port(mx), "fbl@isp.example", [ABUSE], complaint)[0] == 250
+    # abuse@ of a return-path domain (RFC 2142) is where many feedback loops send.
+    complaint = arf(f"abuse@{RP}", original_headers(tag("p4", ALICE, "s-arf"), ALICE))
+    assert deliver(port(mx), "fbl@isp.example", [f"abuse@{RP}"], complaint)[0] == 250
     (event,) = events(queues)
     assert (event["event"], event["uuid"], event["rcpt"], event["streamid"]) == (
         "spam-report",
