@@ -4,13 +4,14 @@ addresses). Every bound a client can hit has its reply and its counter."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
@@ -27,6 +28,7 @@ from manycore_common.smtpserver import (
 
 from .authenticate import Analysis
 from .classify import Classification
+from .dataread import read_data
 from .limits import ConnectionLimiter, RateLimiter
 from .pool import ClassifierPool, Job
 from .record import Recorder
@@ -138,6 +140,42 @@ class MxSMTP(SMTP):
 
     def _create_envelope(self) -> Envelope:
         return TaggedEnvelope()
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the message read in large pieces (see dataread)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            result = await read_data(
+                self._reader, self.data_size_limit or 0, self.line_length_limit
+            )
+        except asyncio.CancelledError:
+            self._writer.close()  # the connection is gone: nothing more to say
+            raise
+        if result is None:
+            return
+        if result.refused is not None:
+            # aiosmtpd's own texts, so push() gives them their codes and counters.
+            await self.push(
+                "500 Line too long (see RFC5321 4.5.3.1.6)"
+                if result.refused == "too-long"
+                else "552 Error: Too much mail data"
+            )
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = self.envelope.original_content = result.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     async def _handle_client(self) -> None:
         assert self.session is not None
