@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import resource
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,10 +62,13 @@ def run(job: Job, settings: Settings, scope: Scope) -> Analysis:
     return analyse(c, job.mail_from, job.tags, job.data, scope)
 
 
-def _serve(conn: Connection, settings: Settings, scope: Scope) -> None:
+def _serve(conn: Connection, settings: Settings, scope: Scope, max_memory: int) -> None:
     """A worker process: answer jobs until the parent closes the pipe."""
     # The parent handles Ctrl-C and stops; a worker just sees its pipe close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if max_memory:
+        # Past it, allocations raise MemoryError: the message is kept as unclassified.
+        resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
     conn.send("ready")
     while True:
         try:
@@ -78,11 +82,14 @@ def _serve(conn: Connection, settings: Settings, scope: Scope) -> None:
 
 
 class _Worker:
-    def __init__(self, settings: Settings, scope: Scope) -> None:
+    def __init__(self, settings: Settings, scope: Scope, max_memory: int) -> None:
         context = multiprocessing.get_context("spawn")  # no fork of a threaded event loop
         self.conn, child = context.Pipe()
         self.process: BaseProcess = context.Process(
-            target=_serve, args=(child, settings, scope), daemon=True, name="mxserver-classify"
+            target=_serve,
+            args=(child, settings, scope, max_memory),
+            daemon=True,
+            name="mxserver-classify",
         )
         self.process.start()
         child.close()
@@ -107,9 +114,12 @@ class _Worker:
 class ClassifierPool:
     """``size`` worker processes; :meth:`analyse` waits for an idle one."""
 
-    def __init__(self, size: int, timeout: float, settings: Settings, scope: Scope) -> None:
+    def __init__(
+        self, size: int, timeout: float, settings: Settings, scope: Scope, max_memory: int = 0
+    ) -> None:
         self.size = size
         self.timeout = timeout
+        self.max_memory = max_memory
         self._settings = settings
         self._scope = scope
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
@@ -120,7 +130,7 @@ class ClassifierPool:
         await asyncio.gather(*(self._spawn() for _ in range(self.size)))
 
     async def _spawn(self) -> None:
-        worker = await asyncio.to_thread(_Worker, self._settings, self._scope)
+        worker = await asyncio.to_thread(_Worker, self._settings, self._scope, self.max_memory)
         self._all.add(worker)
         try:
             await asyncio.to_thread(worker.wait_ready)

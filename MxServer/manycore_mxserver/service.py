@@ -85,8 +85,13 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     scope = Scope(
         prepared.keys, prepared.domains, limits.scan_bytes, limits.max_failures_per_report
     )
+    classifier = section.classifier
     pool = ClassifierPool(
-        section.classifier.workers, section.classifier.timeout_seconds, prepared.settings, scope
+        classifier.workers,
+        classifier.timeout_seconds,
+        prepared.settings,
+        scope,
+        classifier.max_memory_mb * 1024 * 1024,
     )
     await pool.start()
     handler = Handler(

@@ -527,6 +527,9 @@ class Classifier(Section):
     #: Longest one message may take; then the worker is killed and replaced and the message
     #: is kept as unclassified.
     timeout_seconds: float = Field(default=5.0, gt=0)
+    #: Address space of one worker in MiB (0: unlimited); a message that needs more is kept
+    #: as unclassified instead of taking the pod's memory.
+    max_memory_mb: int = Field(default=256, ge=0)
 
 
 class MxServerSection(Section):
