@@ -224,3 +224,15 @@ def test_redis_down_means_451(tmp_path: Path) -> None:
             assert code == 451 and reply.startswith(b"4.3.0")
     finally:
         redis.stop()
+
+
+def test_refuses_to_start_without_the_feedback_secret(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    def change(customer: dict[str, Any]) -> None:
+        customer["common-config"].pop("feedback-secret")
+
+    global_file, customer_file = write_configs(tmp_path, redis_server.port, change)
+    run = Service("mxserver", global_file, customer_file, tmp_path / "mx.log").run_to_exit()
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    assert "common-config.feedback-secret" in run.stderr
