@@ -123,14 +123,31 @@ def _distinct(tags: Iterable[Tag]) -> list[Tag]:
     return list(seen.values())
 
 
-def _bounce(tag: Tag, failures: Sequence[Failure], candidates: Sequence[str]) -> Finding | None:
+class _Recipients:
+    """Which candidate a tag names: one HMAC per candidate and key, however many tags."""
+
+    def __init__(self, candidates: Sequence[str]) -> None:
+        self.candidates = candidates
+        self._by_key: dict[bytes, dict[bytes, str]] = {}
+
+    def of(self, tag: Tag) -> str | None:
+        index = self._by_key.get(tag.key)
+        if index is None:
+            index = {}
+            for address in self.candidates:
+                index.setdefault(feedbacktag.fingerprint(tag.key, address), address)
+            self._by_key[tag.key] = index
+        return index.get(tag.fingerprint)
+
+
+def _bounce(tag: Tag, failures: Sequence[Failure], candidates: _Recipients) -> Finding | None:
     for failure in failures:
         for address in (original_rcpt(failure), failure.rcpt):
             if address and tag.names(address):
                 return Finding("bounce", tag, address, failure)
     # The failed address is not the one we sent to (a forward, an alias): the recipient may
     # appear only in the quoted original. The report's first failure is the one about it.
-    rcpt = tag.recipient(candidates)
+    rcpt = candidates.of(tag)
     if rcpt is None or not failures:
         return None
     return Finding("bounce", tag, rcpt, failures[0])
@@ -142,24 +159,21 @@ def findings(c: Classification, evidence: Evidence) -> list[Finding]:
     Mail to an unsubscribe address is an unsubscribe whatever it says (RFC 2369 mailto).
     Bounces and spam reports may be tied by the envelope or by a quoted original;
     auto-replies (RFC 3834 §4: sent to the return path) only by the envelope."""
+    candidates = _Recipients(evidence.candidates)
     unsubscribe = [t for t in evidence.envelope_tags if t.kind == "unsub"]
     if unsubscribe:
-        return [
-            Finding("unsubscribe", t, t.recipient(evidence.candidates))
-            for t in _distinct(unsubscribe)
-        ]
+        return [Finding("unsubscribe", t, candidates.of(t)) for t in _distinct(unsubscribe)]
     tags = _distinct([*evidence.envelope_tags, *evidence.found_tags])
     if c.kind == "bounce":
-        bounces = (_bounce(t, c.failures, evidence.candidates) for t in tags)
+        bounces = (_bounce(t, c.failures, candidates) for t in tags)
         return [f for f in bounces if f is not None]
     if c.kind == "autoreply":
         return [
-            Finding("autoreply", t, t.recipient(evidence.candidates))
-            for t in _distinct(evidence.envelope_tags)
+            Finding("autoreply", t, candidates.of(t)) for t in _distinct(evidence.envelope_tags)
         ]
     if c.kind == "spam-report":
         # Providers that redact the complainer still name the message through the tag.
-        return [Finding("spam-report", t, t.recipient(evidence.candidates)) for t in tags]
+        return [Finding("spam-report", t, candidates.of(t)) for t in tags]
     return []
 
 
