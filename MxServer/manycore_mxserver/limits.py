@@ -3,8 +3,22 @@ open at once per client address. Plain in-memory bookkeeping, bounded in size it
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict, deque
+
+
+def client_key(address: str) -> str:
+    """What the per-client limits count by: the IPv4 address, or the /64 of an IPv6 one
+    (one subscriber gets a whole /64, RFC 6177, and could otherwise take every address in
+    it)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
 
 
 class RateLimiter:

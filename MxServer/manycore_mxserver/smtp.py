@@ -29,7 +29,7 @@ from manycore_common.smtpserver import (
 from .authenticate import Analysis
 from .classify import Classification
 from .dataread import read_data
-from .limits import ConnectionLimiter, RateLimiter
+from .limits import ConnectionLimiter, RateLimiter, client_key
 from .pool import ClassifierPool, Job
 from .record import Recorder
 
@@ -111,7 +111,8 @@ class MxSMTP(SMTP):
     limits on commands per session and connections per client address."""
 
     def __init__(self, handler: Handler, limits: MxServerLimits, **kwargs: Any) -> None:
-        # aiosmtpd sizes its stream reader with this, and refuses DATA lines longer than it.
+        # aiosmtpd sizes its stream reader with this; command lines stay at 512 octets (its
+        # command_size_limit) and DATA lines up to this (dataread).
         self.line_length_limit = limits.max_line_length
         super().__init__(handler, **kwargs)
         self._size_limit = int(kwargs.get("data_size_limit") or 0)
@@ -179,7 +180,7 @@ class MxSMTP(SMTP):
 
     async def _handle_client(self) -> None:
         assert self.session is not None
-        client = _peer_ip(self.session)
+        client = client_key(_peer_ip(self.session))
         if not self._connections.acquire(client):
             REFUSED.labels("too-many-connections").inc()
             await self.push(TOO_MANY_CONNECTIONS)
@@ -263,7 +264,7 @@ class Handler:
         if self.in_flight.stopping:
             return SHUTTING_DOWN
         client = _peer_ip(session)
-        if not self.limiter.allow(client):
+        if not self.limiter.allow(client_key(client)):
             REFUSED.labels("rate-limit").inc()
             return "450 4.7.1 Too many messages from your address, slow down"
         async with self.in_flight.track():
