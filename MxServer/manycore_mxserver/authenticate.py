@@ -14,6 +14,9 @@ Pure functions: no IO, bounded work (linear patterns over a bounded prefix, capp
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +36,13 @@ FindingKind = Literal["bounce", "autoreply", "spam-report", "unsubscribe"]
 _ADDRESS = re.compile(
     r"(?<![A-Za-z0-9._%+=-])[A-Za-z0-9._%+=-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}"
 )
+_SOFT_BREAK = re.compile(rb"=\r?\n")
+#: Two or more full lines of base64 (RFC 2045 §6.8: at most 76 characters each) and the
+#: padded last one. A line cannot run into the next: linear.
+_BASE64_BLOCK = re.compile(
+    rb"(?m)(?:^[A-Za-z0-9+/]{16,76}\r?\n){2,}(?:^[A-Za-z0-9+/]{0,76}={0,2}\r?\n)?"
+)
+_WHITESPACE = re.compile(rb"\s+")
 #: Most addresses taken from a message's prefix as candidates.
 MAX_CANDIDATES = 1000
 #: Most tags taken from a message's prefix (a quoted thread may hold a few of ours).
@@ -63,8 +73,17 @@ class Evidence:
 
 def prefix_text(data: bytes, scan_bytes: int) -> str:
     """The first ``scan_bytes`` octets of a message as text (headers are ASCII; anything
-    else only has to survive long enough to be searched)."""
-    return data[:scan_bytes].decode("latin-1")
+    else only has to survive long enough to be searched), followed by what its
+    transfer encodings hide: quoted-printable soft line breaks removed (RFC 2045 §6.7 rule 5
+    may split an address) and base64 blocks decoded (an original attached as base64)."""
+    prefix = data[:scan_bytes]
+    extra = [b""]
+    if b"=\n" in prefix or b"=\r\n" in prefix:
+        extra.append(_SOFT_BREAK.sub(b"", prefix))
+    for block in _BASE64_BLOCK.finditer(prefix):
+        with contextlib.suppress(binascii.Error, ValueError):
+            extra.append(base64.b64decode(_WHITESPACE.sub(b"", block.group(0)) + b"=="))
+    return b"\n".join([prefix, *extra])[: 3 * scan_bytes].decode("latin-1")
 
 
 def addresses_in(text: str, limit: int = MAX_CANDIDATES) -> list[str]:

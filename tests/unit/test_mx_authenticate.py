@@ -3,6 +3,7 @@ recipients a verified tag names), and the events and once-keys they become."""
 
 from __future__ import annotations
 
+import base64
 import time
 
 from manycore_common import feedbacktag
@@ -103,3 +104,16 @@ def test_unclassified_list_is_bounded_in_total_bytes() -> None:
     assert unclassified_keep(1000, 256 * 1024, 64 * 1024 * 1024) == 248
     assert unclassified_keep(10, 1024, 10**9) == 10
     assert unclassified_keep(10, 1024, 0) == 0
+
+
+def test_tags_hidden_by_transfer_encodings_are_found() -> None:
+    t, address = tag("u8", ALICE)
+    headers = f"Return-Path: <{address}>\r\nTo: <{ALICE}>\r\nSubject: a long enough subject\r\n"
+    encoded = base64.encodebytes(headers.encode()).replace(b"\n", b"\r\n")
+    attached = b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded
+    # A quoted-printable body may break the address with a soft line break (RFC 2045 §6.7).
+    folded = f"Return-Path: <{address[:30]}=\r\n{address[30:]}>\r\nTo: {ALICE}\r\n".encode()
+    c = Classification("bounce", failures=(fail(ALICE),))
+    for data in (attached, folded):
+        (f,) = analyse(c, "", (), data, SCOPE).findings
+        assert (f.tag, f.rcpt) == (t, ALICE), data
