@@ -60,15 +60,25 @@ for _kind in ("bounce", "autoreply", "spam-report"):
     UNPROVEN.labels(_kind)
 
 
+_ONCE_PREFIX = {
+    "bounce": "bounced",
+    "autoreply": "autoreplied",
+    "spam-report": "complained",
+    "unsubscribe": "unsubscribed",
+}
+
+
 def once_key(f: Finding) -> str:
     """The marker that makes an event happen once: per message and recipient (the tag's
-    fingerprint, so address spellings do not matter). An unsubscribe is per message, as
-    HttpReceiver's one-click one is, so the mailto and the POST give one event."""
-    tag = f.tag
-    if f.kind == "unsubscribe":
-        return f"unsubscribed:{tag.uuid}"
-    prefix = {"bounce": "bounced", "autoreply": "autoreplied", "spam-report": "complained"}
-    return f"{prefix[f.kind]}:{tag.uuid}:{tag.fingerprint.hex()}"
+    fingerprint, so address spellings do not matter)."""
+    return f"{_ONCE_PREFIX[f.kind]}:{f.tag.uuid}:{f.tag.fingerprint.hex()}"
+
+
+def one_click_marker(uuid: str) -> str:
+    """HttpReceiver's once-marker of a one-click unsubscribe: its token names the message,
+    not the recipient. A mailto unsubscribe sets it too, so the mailto and the POST a
+    provider sends for one person give one event; it never stops another recipient's."""
+    return f"unsubscribed:{uuid}"
 
 
 def event_for(f: Finding, streamid: str | None, now: float) -> dict[str, Any]:
@@ -154,6 +164,8 @@ class Recorder:
             pairs = events_for(analysis.findings, streams, time.time())
             ttl = AUTOREPLY_ONCE_SECONDS if c.kind == "autoreply" else ONCE_SECONDS
             await events.emit_once_many(self.event_queue, pairs, source=SOURCE, ttl=ttl)
+            for uuid in {f.tag.uuid for f in analysis.findings if f.kind == "unsubscribe"}:
+                await self.redis.set(one_click_marker(uuid), "1", ex=ONCE_SECONDS)
             _count(analysis)
             return analysis.findings[0].kind
         if c.kind in ("delayed", "own-dsn"):

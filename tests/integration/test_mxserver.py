@@ -236,3 +236,18 @@ def test_refuses_to_start_without_the_feedback_secret(
     run = Service("mxserver", global_file, customer_file, tmp_path / "mx.log").run_to_exit()
     assert run.returncode == 2, (run.stdout, run.stderr)
     assert "common-config.feedback-secret" in run.stderr
+
+
+def test_each_recipient_of_a_message_can_unsubscribe_by_mail(
+    mx: Service, queues: SyncRedis
+) -> None:
+    for person in ("ann@receiver.example", "ben@receiver.example", "ann@receiver.example"):
+        unsub = tag("m14", person, kind="unsub")
+        assert deliver(mx, person, [unsub], plain(person, unsub))[0] == 250
+    got = events(queues)
+    assert [(e["event"], e["uuid"], e["rcpt"]) for e in got] == [
+        ("unsubscribe", "m14", "ann@receiver.example"),
+        ("unsubscribe", "m14", "ben@receiver.example"),
+    ]
+    # HttpReceiver's one-click marker is set: the provider's POST for it gives no second event.
+    assert queues.exists("unsubscribed:m14")

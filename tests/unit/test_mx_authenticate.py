@@ -75,7 +75,7 @@ def test_unsubscribe_tag_wins_and_autoreply_needs_the_envelope() -> None:
     (f,) = analyse(Classification("autoreply", email=ALICE), ALICE, (u,), b"", SCOPE).findings
     assert (f.kind, f.rcpt) == ("unsubscribe", ALICE)
     ((key, event),) = events_for([f], {}, now=1.0)
-    assert key == "unsubscribed:u5" and event["rcpt"] == ALICE
+    assert key == f"unsubscribed:u5:{u.fingerprint.hex()}" and event["rcpt"] == ALICE
     b, address = tag("u6", ALICE)
     auto = Classification("autoreply", email=ALICE)
     (f,) = analyse(auto, ALICE, (b,), b"", SCOPE).findings
