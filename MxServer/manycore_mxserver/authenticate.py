@@ -96,11 +96,16 @@ def addresses_in(text: str, limit: int = MAX_CANDIDATES) -> list[str]:
     return list(found)
 
 
-def original_rcpt(failure: Failure) -> str | None:
-    """The recipient the report says was originally addressed (RFC 3464 Original-Recipient),
-    when the classifier gives it."""
-    value: Any = getattr(failure, "original_rcpt", None)
-    return value if isinstance(value, str) and value else None
+def named(failure: Failure) -> list[str]:
+    """Every address a failure names: the Original-Recipient (RFC 3464 §2.3.1, the one we
+    sent to when it is given), the failed recipient, the Final-Recipient, as the classifier
+    gives them."""
+    found = []
+    for value in (getattr(failure, "original_rcpt", None), failure.rcpt,
+                  getattr(failure, "final_rcpt", None)):  # fmt: skip
+        if isinstance(value, str) and value and value not in found:
+            found.append(value)
+    return found
 
 
 def bounce_type(failure: Failure) -> tuple[str, str]:
@@ -124,11 +129,9 @@ def gather(
     """The evidence in a message: the envelope's tags, the tags in ``text`` (the bounded
     prefix) and the candidate addresses (what the report names first, then the sender, then
     every address in the prefix)."""
-    named: list[str] = []
-    for failure in c.failures:
-        named += [a for a in (original_rcpt(failure), failure.rcpt) if a]
-    named += [a for a in (c.email, mail_from) if a]
-    candidates = dict.fromkeys([*named, *addresses_in(text)])
+    reported = [address for failure in c.failures for address in named(failure)]
+    reported += [a for a in (c.email, mail_from) if a]
+    candidates = dict.fromkeys([*reported, *addresses_in(text)])
     found = feedbacktag.find_tags(keys, text, domains, limit=MAX_FOUND_TAGS)
     return Evidence(tuple(envelope_tags), tuple(found), tuple(candidates))
 
@@ -161,8 +164,8 @@ class _Recipients:
 
 def _bounce(tag: Tag, failures: Sequence[Failure], candidates: _Recipients) -> Finding | None:
     for failure in failures:
-        for address in (original_rcpt(failure), failure.rcpt):
-            if address and tag.names(address):
+        for address in named(failure):
+            if tag.names(address):
                 return Finding("bounce", tag, address, failure)
     # The failed address is not the one we sent to (a forward, an alias): the recipient may
     # appear only in the quoted original. The report's first failure is the one about it.

@@ -16,7 +16,7 @@ import logging
 import multiprocessing
 import resource
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -62,7 +62,10 @@ def run(job: Job, settings: Settings, scope: Scope) -> Analysis:
     return analyse(c, job.mail_from, job.tags, job.data, scope)
 
 
-def _serve(conn: Connection, settings: Settings, scope: Scope, max_memory: int) -> None:
+Work = Callable[[Job, Settings, Scope], Analysis]
+
+
+def _serve(conn: Connection, settings: Settings, scope: Scope, max_memory: int, work: Work) -> None:
     """A worker process: answer jobs until the parent closes the pipe."""
     # The parent handles Ctrl-C and stops; a worker just sees its pipe close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -76,18 +79,18 @@ def _serve(conn: Connection, settings: Settings, scope: Scope, max_memory: int) 
         except (EOFError, OSError):
             return
         try:
-            conn.send(run(job, settings, scope))
+            conn.send(work(job, settings, scope))
         except Exception as exc:  # noqa: BLE001 - a parser bug must not kill the worker
             conn.send(Classification("unclassified", note=f"classifier error: {exc!r}"[:300]))
 
 
 class _Worker:
-    def __init__(self, settings: Settings, scope: Scope, max_memory: int) -> None:
+    def __init__(self, settings: Settings, scope: Scope, max_memory: int, work: Work) -> None:
         context = multiprocessing.get_context("spawn")  # no fork of a threaded event loop
         self.conn, child = context.Pipe()
         self.process: BaseProcess = context.Process(
             target=_serve,
-            args=(child, settings, scope, max_memory),
+            args=(child, settings, scope, max_memory, work),
             daemon=True,
             name="mxserver-classify",
         )
@@ -115,11 +118,19 @@ class ClassifierPool:
     """``size`` worker processes; :meth:`analyse` waits for an idle one."""
 
     def __init__(
-        self, size: int, timeout: float, settings: Settings, scope: Scope, max_memory: int = 0
+        self,
+        size: int,
+        timeout: float,
+        settings: Settings,
+        scope: Scope,
+        max_memory: int = 0,
+        work: Work = run,
     ) -> None:
+        """``work`` runs in the worker (a module-level function: it is pickled by name)."""
         self.size = size
         self.timeout = timeout
         self.max_memory = max_memory
+        self._work = work
         self._settings = settings
         self._scope = scope
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
@@ -130,7 +141,9 @@ class ClassifierPool:
         await asyncio.gather(*(self._spawn() for _ in range(self.size)))
 
     async def _spawn(self) -> None:
-        worker = await asyncio.to_thread(_Worker, self._settings, self._scope, self.max_memory)
+        worker = await asyncio.to_thread(
+            _Worker, self._settings, self._scope, self.max_memory, self._work
+        )
         self._all.add(worker)
         try:
             await asyncio.to_thread(worker.wait_ready)

@@ -50,9 +50,9 @@ UNPROVEN = Counter(
     "(no event; kept as unclassified), by kind",
     ["kind"],
 )
-FAILURES_IGNORED = Counter(
-    "mxserver_failures_ignored",
-    "Failed recipients past limits.max-failures-per-report in one report (not read)",
+REPORTS_TRUNCATED = Counter(
+    "mxserver_reports_truncated",
+    "Reports with more failed recipients than limits.max-failures-per-report (the rest not read)",
 )
 for _type in ("hard", "soft", "unroutable"):
     RECEIVED_BOUNCE.labels(_type)
@@ -158,7 +158,7 @@ class Recorder:
         a verified envelope tag) goes with a stored unclassified message."""
         c = analysis.classification
         if analysis.ignored_failures:
-            FAILURES_IGNORED.inc(analysis.ignored_failures)
+            REPORTS_TRUNCATED.inc()
         if analysis.findings:
             streams = await self.stream_ids(analysis.findings)
             pairs = events_for(analysis.findings, streams, time.time())

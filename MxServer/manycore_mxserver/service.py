@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
+from typing import Any
 
 from manycore_common import redisconn, tls
 from manycore_common.config import Config, ConfigError, MxServerSection
@@ -62,10 +64,23 @@ def prepare(config: Config) -> Prepared:
     )
     if generated:
         log.warning("no STARTTLS certificate found: using a generated self-signed one")
-    settings = Settings(own_mtas=frozenset(own), abuse_addresses=section.abuse.all())
+    settings = classifier_settings(
+        Settings(own_mtas=frozenset(own), abuse_addresses=section.abuse.all()), section
+    )
     # Without the keys no feedback address can be verified: refuse to start (ConfigError).
     keys = config.customer.common_config.feedback_keys(SERVICE)
     return Prepared(section, hostname, context, frozenset(domains), settings, keys)
+
+
+def classifier_settings(settings: Settings, section: MxServerSection) -> Settings:
+    """The classifier's own bounds from ``mxserver.limits``, where it has them. It may read
+    one failure more than the limit, so that a longer report is known to be cut."""
+    bounds: dict[str, Any] = {
+        "scan_bytes": section.limits.scan_bytes,
+        "max_failures": section.limits.max_failures_per_report + 1,
+    }
+    known = {f.name for f in dataclasses.fields(Settings)}
+    return dataclasses.replace(settings, **{k: v for k, v in bounds.items() if k in known})
 
 
 async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:

@@ -206,27 +206,3 @@ def test_connections_per_address_are_limited(mx: Service) -> None:
     finally:
         for sock in held:
             sock.close()
-
-
-def test_a_message_that_needs_too_much_memory_is_kept_unclassified(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, queues: SyncRedis
-) -> None:
-    settings = {
-        "mxserver.hostname": "mx.test",
-        "mxserver.classifier": {"workers": 1, "timeout-seconds": 30, "max-memory-mb": 120},
-    }
-    directory = tmp_path_factory.mktemp("mx-memory")
-    rp = tag("l6", ALICE)
-    # ALICE and 90,000 more failed recipients (9 MB): parsing them takes well over 120 MiB.
-    many = [(ALICE, "5.1.1", "x")] + [(f"u{n}@v.example", "5.1.1", "x") for n in range(90_000)]
-    with configured_service("mxserver", directory, redis_server.port, settings) as service:
-        code, reply = deliver(port(service), "", [rp], dsn(rp, many))
-        assert (code, b"unclassified" in reply) == (250, True), reply
-        (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED", 0, -1)
-        assert "MemoryError" in item_format.decode(stored).header["note"]
-        # The worker lives on: the next report is read.
-        rp = tag("l7", ALICE)
-        report = dsn(rp, [(ALICE, "5.1.1", "550 5.1.1 unknown")])
-        assert deliver(port(service), "", [rp], report)[0] == 250
-        assert_alive(service)
-    assert [e["uuid"] for e in events(queues)] == ["l7"]
