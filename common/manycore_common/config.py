@@ -505,8 +505,9 @@ class MxServerLimits(Section):
     max_recipients: int = Field(default=100, ge=100)
     #: Commands in one session; the one over it gets 421 4.7.0 and the connection is closed.
     max_commands_per_session: int = Field(default=1000, ge=20)
-    #: Open connections from one client IP address; one more gets 421 4.7.0 at once.
-    max_connections_per_ip: int = Field(default=20, ge=1)
+    #: Open connections from one client (an IPv4 address, an IPv6 /64); one more gets 421 4.7.0
+    #: at once. 50 is Postfix's smtpd_client_connection_count_limit.
+    max_connections_per_ip: int = Field(default=50, ge=1)
     #: Longest line (octets, CRLF included) in DATA or a command line buffered before it is
     #: refused with 500 5.5.2. Postfix accepts and folds lines past 2048; real bounces from
     #: Amazon SES and GMX carry 1,030 to 1,250 octets (RFC 5321 §4.5.3.1.6 says 1000).
