@@ -529,8 +529,9 @@ class Classifier(Section):
     #: is kept as unclassified.
     timeout_seconds: float = Field(default=5.0, gt=0)
     #: Address space of one worker in MiB (0: unlimited); a message that needs more is kept
-    #: as unclassified instead of taking the pod's memory.
-    max_memory_mb: int = Field(default=256, ge=0)
+    #: as unclassified instead of taking the pod's memory (two workers and the listener fit
+    #: in the pod's 512 MiB).
+    max_memory_mb: int = Field(default=192, ge=0)
 
 
 class MxServerSection(Section):
