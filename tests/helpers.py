@@ -130,7 +130,7 @@ def write_configs(
     # An explicit SMTP greeting name: the default would be this machine's host name.
     customer["receiver"]["hostname"] = "localhost"
     # TEST KEY, not a secret: signs the feedback addresses the Transformer mints.
-    # (The example's "common-config:" holds only comments: it loads as None.)
+    # (The example's common-config has only comments: YAML reads it as null.)
     customer["common-config"] = customer.get("common-config") or {}
     customer["common-config"]["feedback-secret"] = FEEDBACK_SECRET
     if customer_changes:

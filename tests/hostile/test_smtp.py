@@ -32,7 +32,7 @@ from tests.hostile.conftest import (
 from tests.mxmail import tag
 
 MAX_SIZE = 200_000  # a small limit so that "huge" stays quick
-RP = "example.com"  # the example config's return-path domain
+RP = "bounce.example.com"  # the example config's return-path domain
 #: Feedback addresses MxServer accepts (minted as the Transformer would, with the test key).
 MX_RCPT = tag("abc", "someone@example.net")
 MX_UNSUB = tag("abc", "someone@example.net", kind="unsub")
