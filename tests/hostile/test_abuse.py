@@ -61,8 +61,8 @@ OTHER_CLIENT = "127.0.0.2"
 THIRD_CLIENT = "127.0.0.3"
 P0, P1 = "IB-MAIL-QUEUE-P0", "IB-MAIL-QUEUE-P1"
 RP = "bounce.example.com"  # the example config's return-path domain
-MX_RCPT = tag("abc", "someone@example.net")  # a feedback address MxServer accepts
 MAX_FAILURES = 4
+MX_RCPT = tag("abc", "someone@example.net")  # a feedback address MxServer accepts
 
 
 @pytest.fixture(scope="module")

@@ -33,15 +33,15 @@ from tests.mxmail import tag
 
 MAX_SIZE = 200_000  # a small limit so that "huge" stays quick
 RP = "bounce.example.com"  # the example config's return-path domain
-#: Feedback addresses MxServer accepts (minted as the Transformer would, with the test key).
-MX_RCPT = tag("abc", "someone@example.net")
-MX_UNSUB = tag("abc", "someone@example.net", kind="unsub")
 QUEUES = ("IB-MAIL-QUEUE-P0", "IB-MAIL-QUEUE-P1")
 IO_SETTINGS = settings(
     max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+#: Feedback addresses MxServer accepts (minted as the Transformer would, with the test key).
+MX_RCPT = tag("abc", "someone@example.net")
+MX_UNSUB = tag("abc", "someone@example.net", kind="unsub")
 
 
 @pytest.fixture(scope="module")
