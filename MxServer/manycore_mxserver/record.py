@@ -1,26 +1,29 @@
-"""Turning a classification into what goes to Redis: events (each at most once), or the
-stored unclassified message. ``events_for`` is pure; ``Recorder`` does the IO."""
+"""Turning an analysis into what goes to Redis: events (each at most once), or the stored
+unclassified message. ``events_for`` is pure; ``Recorder`` does the IO (the stream ids of the
+tags, the once-markers, the unclassified list)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from manycore_common import events
+from manycore_common import events, feedbacktag
 from manycore_common import item as item_format
-from manycore_common.bounce_rules import category, permanent_type
 from manycore_common.queue import ReliableQueue
 
-from .classify import Classification
+from .authenticate import Analysis, Finding, bounce_type
 
 SOURCE = "mxserver"
 #: Markers that stop a second event for the same bounce, complaint or unsubscribe.
 ONCE_SECONDS = 30 * 24 * 3600
 AUTOREPLY_ONCE_SECONDS = 24 * 3600
+#: What a stored unclassified item may add to the message itself (envelope, note), at most.
+ITEM_OVERHEAD = 8 * 1024
 
 RECEIVED_UNSUBSCRIBE = Counter(
     "mxserver_received_unsubscribe", "Total number of unsubscribe emails received"
@@ -41,48 +44,101 @@ RECEIVED_DELAY = Counter(
 RECEIVED_OWN_DSN = Counter(
     "mxserver_received_own_dsn", "DSNs written by our own Postfix (already reported, no event)"
 )
+UNPROVEN = Counter(
+    "mxserver_unproven_reports",
+    "Bounces, auto-replies and spam reports no verified tag ties to a recipient we mailed "
+    "(no event; kept as unclassified), by kind",
+    ["kind"],
+)
+REPORTS_TRUNCATED = Counter(
+    "mxserver_reports_truncated",
+    "Reports with more failed recipients than limits.max-failures-per-report (the rest not read)",
+)
 for _type in ("hard", "soft", "unroutable"):
     RECEIVED_BOUNCE.labels(_type)
+for _kind in ("bounce", "autoreply", "spam-report"):
+    UNPROVEN.labels(_kind)
 
 
-def events_for(c: Classification, now: float) -> list[tuple[str, dict[str, Any]]]:
-    """(once-key, event) pairs for a classification; empty when it yields no event."""
-    if c.kind == "unsubscribe" and c.uuid:
-        return [
-            (f"unsubscribed:{c.uuid}", events.new_event("unsubscribe", uuid=c.uuid, timestamp=now))
-        ]
-    if c.kind == "bounce" and c.uuid:
-        out = []
-        for failure in c.failures:
-            cat = category(failure.status or "", failure.reason)
-            kind = permanent_type(cat) if failure.permanent else "soft"
-            event = events.new_event(
-                "bounce",
-                uuid=c.uuid,
-                timestamp=now,
-                type=kind,
-                reason=failure.reason,
-                rcpt=failure.rcpt,
-                category=cat,
-                ip=failure.remote_mta,
-            )
-            out.append((f"bounced:{c.uuid}:{failure.rcpt.lower()}", event))
-        return out
-    if c.kind == "autoreply" and c.uuid:
-        event = events.new_event(
+_ONCE_PREFIX = {
+    "bounce": "bounced",
+    "autoreply": "autoreplied",
+    "spam-report": "complained",
+    "unsubscribe": "unsubscribed",
+}
+
+
+def once_key(f: Finding) -> str:
+    """The marker that makes an event happen once: per message and recipient (the tag's
+    fingerprint, so address spellings do not matter)."""
+    return f"{_ONCE_PREFIX[f.kind]}:{f.tag.uuid}:{f.tag.fingerprint.hex()}"
+
+
+def one_click_marker(uuid: str) -> str:
+    """HttpReceiver's once-marker of a one-click unsubscribe: its token names the message,
+    not the recipient. A mailto unsubscribe sets it too, so the mailto and the POST a
+    provider sends for one person give one event; it never stops another recipient's."""
+    return f"unsubscribed:{uuid}"
+
+
+def event_for(f: Finding, streamid: str | None, now: float) -> dict[str, Any]:
+    """The event of one finding; ``rcpt`` only when a tag confirmed it."""
+    common: dict[str, Any] = {"uuid": f.tag.uuid, "streamid": streamid, "timestamp": now}
+    if f.kind == "bounce" and f.failure is not None:
+        kind, cat = bounce_type(f.failure)
+        return events.new_event(
             "bounce",
-            uuid=c.uuid,
-            timestamp=now,
-            type="autoreply",
-            rcpt=c.email,
-            reason="auto-reply",
-            category="autoreply",
+            **common,
+            type=kind,
+            reason=f.failure.reason,
+            rcpt=f.rcpt,
+            category=cat,
+            ip=f.failure.remote_mta,
         )
-        return [(f"autoreplied:{c.uuid}:{(c.email or '').lower()}", event)]
-    if c.kind == "spam-report":
-        event = events.new_event("spam-report", uuid=c.uuid, timestamp=now, email=c.email)
-        return [(f"complained:{c.uuid}:{(c.email or '').lower()}", event)]
-    return []
+    if f.kind == "autoreply":
+        return events.new_event(
+            "bounce", **common, type="autoreply", rcpt=f.rcpt, reason="auto-reply",
+            category="autoreply",
+        )  # fmt: skip
+    if f.kind == "spam-report":
+        # ``email`` is the older name of the complainer's address; both stay.
+        return events.new_event("spam-report", **common, rcpt=f.rcpt, email=f.rcpt)
+    return events.new_event("unsubscribe", **common, rcpt=f.rcpt)
+
+
+def events_for(
+    found: Sequence[Finding], streams: Mapping[str, str], now: float
+) -> list[tuple[str, dict[str, Any]]]:
+    """(once-key, event) pairs; ``streams`` maps a tag's stream field to its stream id."""
+    pairs = []
+    for f in found:
+        field = f.tag.stream_field
+        pairs.append((once_key(f), event_for(f, streams.get(field) if field else None, now)))
+    return pairs
+
+
+def _count(analysis: Analysis) -> None:
+    c = analysis.classification
+    kinds = {f.kind for f in analysis.findings}
+    if "unsubscribe" in kinds:
+        RECEIVED_UNSUBSCRIBE.inc()
+    elif c.kind == "bounce":
+        kind, _ = bounce_type(c.failures[0])
+        RECEIVED_BOUNCE.labels(kind).inc()
+    elif c.kind == "autoreply":
+        RECEIVED_AUTOREPLY.inc()
+    elif c.kind == "spam-report":
+        RECEIVED_SPAM_REPORT.inc()
+    elif c.kind == "delayed":
+        RECEIVED_DELAY.inc()
+    elif c.kind == "own-dsn":
+        RECEIVED_OWN_DSN.inc()
+
+
+def unclassified_keep(max_count: int, max_bytes: int, max_total_bytes: int) -> int:
+    """How many unclassified items the list keeps: ``max-count``, fewer when that many of the
+    largest items would pass ``max-total-bytes``."""
+    return min(max_count, max_total_bytes // (max_bytes + ITEM_OVERHEAD))
 
 
 @dataclass
@@ -92,59 +148,71 @@ class Recorder:
     unclassified_key: str
     max_count: int
     max_bytes: int
+    max_total_bytes: int = 64 * 1024 * 1024
+    max_rcpts: int = 10
 
-    async def record(self, c: Classification, data: bytes, envelope: dict[str, Any]) -> str:
-        """Write what the classification calls for; returns a word for the SMTP reply."""
-        now = time.time()
-        pairs = events_for(c, now)
-        if pairs:
+    async def record(
+        self, analysis: Analysis, data: bytes, envelope: dict[str, Any], uuid: str | None = None
+    ) -> str:
+        """Write what the analysis calls for; returns a word for the SMTP reply. ``uuid`` (of
+        a verified envelope tag) goes with a stored unclassified message."""
+        c = analysis.classification
+        if analysis.ignored_failures:
+            REPORTS_TRUNCATED.inc()
+        if analysis.findings:
+            streams = await self.stream_ids(analysis.findings)
+            pairs = events_for(analysis.findings, streams, time.time())
             ttl = AUTOREPLY_ONCE_SECONDS if c.kind == "autoreply" else ONCE_SECONDS
             await events.emit_once_many(self.event_queue, pairs, source=SOURCE, ttl=ttl)
-            self._count(c)
-            return c.kind
+            for uuid in {f.tag.uuid for f in analysis.findings if f.kind == "unsubscribe"}:
+                await self.redis.set(one_click_marker(uuid), "1", ex=ONCE_SECONDS)
+            _count(analysis)
+            return analysis.findings[0].kind
         if c.kind in ("delayed", "own-dsn"):
-            self._count(c)
+            _count(analysis)
             return c.kind
-        await self.store_unclassified(c, data, envelope)
+        note = c.note
+        if c.kind in ("bounce", "autoreply", "spam-report"):
+            UNPROVEN.labels(c.kind).inc()
+            note = f"{c.kind} not tied to a recipient of ours by a verified tag"
+        await self.store_unclassified(data, envelope, note, uuid)
         RECEIVED_UNCLASSIFIED.inc()
         return "unclassified"
 
-    def _count(self, c: Classification) -> None:
-        if c.kind == "unsubscribe":
-            RECEIVED_UNSUBSCRIBE.inc()
-        elif c.kind == "bounce":
-            first = c.failures[0]
-            cat = category(first.status or "", first.reason)
-            RECEIVED_BOUNCE.labels(permanent_type(cat) if first.permanent else "soft").inc()
-        elif c.kind == "autoreply":
-            RECEIVED_AUTOREPLY.inc()
-        elif c.kind == "spam-report":
-            RECEIVED_SPAM_REPORT.inc()
-        elif c.kind == "delayed":
-            RECEIVED_DELAY.inc()
-        elif c.kind == "own-dsn":
-            RECEIVED_OWN_DSN.inc()
+    async def stream_ids(self, found: Sequence[Finding]) -> dict[str, str]:
+        """The stream ids the Transformer registered for the tags' stream hashes."""
+        fields = sorted({f.tag.stream_field for f in found if f.tag.stream_field})
+        if not fields:
+            return {}
+        values = await self.redis.hmget(feedbacktag.STREAMS_KEY, fields)
+        return {
+            k: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            for k, v in zip(fields, values, strict=True)
+            if v is not None
+        }
 
     async def store_unclassified(
-        self, c: Classification, data: bytes, envelope: dict[str, Any]
+        self, data: bytes, envelope: dict[str, Any], note: str, uuid: str | None = None
     ) -> None:
-        """Newest first, at most ``max_count`` messages of at most ``max_bytes`` each."""
-        if self.max_count == 0:
+        """Newest first, bounded in count, in octets per item and in total octets."""
+        keep = unclassified_keep(self.max_count, self.max_bytes, self.max_total_bytes)
+        if keep == 0:
             return
-        truncated = len(data) > self.max_bytes
+        rcpts = list(envelope.get("rcpts", []))
         raw = item_format.new_item(
             data[: self.max_bytes],
             source=SOURCE,
-            uuid=c.uuid,
+            uuid=uuid,
             extra={
-                "mail_from": envelope.get("mail_from", ""),
-                "rcpts": list(envelope.get("rcpts", [])) or None,
-                "note": c.note or None,
-                "truncated": truncated or None,
+                "mail_from": str(envelope.get("mail_from", ""))[:512],
+                "rcpts": [r[:320] for r in rcpts[: self.max_rcpts]] or None,
+                "rcpt_count": len(rcpts) if len(rcpts) > self.max_rcpts else None,
+                "note": note[:1024] or None,
+                "truncated": len(data) > self.max_bytes or None,
                 "bytes": len(data),
             },
         )
         pipe = self.redis.pipeline(transaction=True)
         pipe.lpush(self.unclassified_key, raw)
-        pipe.ltrim(self.unclassified_key, 0, self.max_count - 1)
+        pipe.ltrim(self.unclassified_key, 0, keep - 1)
         await pipe.execute()

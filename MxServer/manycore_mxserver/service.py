@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
+from typing import Any
 
 from manycore_common import redisconn, tls
 from manycore_common.config import Config, ConfigError, MxServerSection
@@ -15,9 +17,12 @@ from manycore_common.lifecycle import run_service
 from manycore_common.queue import ReliableQueue
 from manycore_common.smtpserver import serve_smtp
 
+from .authenticate import Scope
 from .classify import Settings
+from .limits import RateLimiter
+from .pool import ClassifierPool
 from .record import Recorder
-from .smtp import Handler, MxSMTP, RateLimiter
+from .smtp import Handler, MxSMTP, Recipients
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,7 @@ class Prepared:
     tls_context: SSLContext
     domains: frozenset[str]
     settings: Settings
+    keys: tuple[bytes, ...]
 
 
 def prepare(config: Config) -> Prepared:
@@ -58,8 +64,23 @@ def prepare(config: Config) -> Prepared:
     )
     if generated:
         log.warning("no STARTTLS certificate found: using a generated self-signed one")
-    settings = Settings(own_mtas=frozenset(own), abuse_addresses=section.abuse.all())
-    return Prepared(section, hostname, context, frozenset(domains), settings)
+    settings = classifier_settings(
+        Settings(own_mtas=frozenset(own), abuse_addresses=section.abuse.all()), section
+    )
+    # Without the keys no feedback address can be verified: refuse to start (ConfigError).
+    keys = config.customer.common_config.feedback_keys(SERVICE)
+    return Prepared(section, hostname, context, frozenset(domains), settings, keys)
+
+
+def classifier_settings(settings: Settings, section: MxServerSection) -> Settings:
+    """The classifier's own bounds from ``mxserver.limits``, where it has them. It may read
+    one failure more than the limit, so that a longer report is known to be cut."""
+    bounds: dict[str, Any] = {
+        "scan_bytes": section.limits.scan_bytes,
+        "max_failures": section.limits.max_failures_per_report + 1,
+    }
+    known = {f.name for f in dataclasses.fields(Settings)}
+    return dataclasses.replace(settings, **{k: v for k, v in bounds.items() if k in known})
 
 
 async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
@@ -72,17 +93,34 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         UNCLASSIFIED_KEY,
         section.unclassified.max_count,
         section.unclassified.max_bytes,
+        section.unclassified.max_total_bytes,
+        section.unclassified.max_rcpts,
     )
-    handler = Handler(
-        prepared.domains,
+    limits = section.limits
+    scope = Scope(
+        prepared.keys, prepared.domains, limits.scan_bytes, limits.max_failures_per_report
+    )
+    classifier = section.classifier
+    pool = ClassifierPool(
+        classifier.workers,
+        classifier.timeout_seconds,
         prepared.settings,
+        scope,
+        classifier.max_memory_mb * 1024 * 1024,
+    )
+    await pool.start()
+    handler = Handler(
+        Recipients(prepared.keys, prepared.domains, prepared.settings.abuse_addresses),
+        limits,
         recorder,
         RateLimiter(section.rate_limit.messages, section.rate_limit.window_seconds),
+        pool,
     )
 
     def factory() -> MxSMTP:
         return MxSMTP(
             handler,
+            limits,
             hostname=prepared.hostname,
             ident="Manycore-Mail MxServer",
             tls_context=prepared.tls_context,
@@ -94,16 +132,19 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             timeout=section.command_timeout_seconds,
         )
 
-    await serve_smtp(
-        factory,
-        section.bind,
-        section.prometheus,
-        redis,
-        handler.in_flight,
-        stop,
-        drain_seconds=DRAIN_SECONDS,
-        log_extra={"domains": sorted(prepared.domains)},
-    )
+    try:
+        await serve_smtp(
+            factory,
+            section.bind,
+            section.prometheus,
+            redis,
+            handler.in_flight,
+            stop,
+            drain_seconds=DRAIN_SECONDS,
+            log_extra={"domains": sorted(prepared.domains)},
+        )
+    finally:
+        await pool.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,16 +1,23 @@
-"""The SMTP side of MxServer: never a relay, no AUTH, the null sender welcome."""
+"""The SMTP side of MxServer: never a relay, no AUTH, the null sender welcome, and at our
+domains only the addresses we handed out (tagged feedback addresses, postmaster, the abuse
+addresses). Every bound a client can hit has its reply and its counter."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-import time
-from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from manycore_common import feedbacktag
+from manycore_common.config import MxServerLimits
+from manycore_common.feedbacktag import Tag
 from manycore_common.smtpreplies import rewrite
 from manycore_common.smtpserver import (
     SHUTTING_DOWN,
@@ -19,43 +26,55 @@ from manycore_common.smtpserver import (
     with_enhanced_status_codes,
 )
 
-from .classify import Envelope as MailEnvelope
-from .classify import Settings, classify
+from .authenticate import Analysis
+from .classify import Classification
+from .dataread import read_data
+from .limits import ConnectionLimiter, RateLimiter, client_key
+from .pool import ClassifierPool, Job
 from .record import Recorder
 
 log = logging.getLogger(__name__)
 
 REFUSED = Counter(
     "mxserver_refused",
-    "SMTP commands or messages refused, by reason (relay, rate-limit, too-large, "
+    "SMTP commands or messages refused, by reason (relay, bad-tag, too-many-recipients, "
+    "too-many-commands, too-many-connections, rate-limit, too-large, line-too-long, "
     "redis-unavailable)",
     ["reason"],
 )
-for _reason in ("relay", "rate-limit", "too-large", "line-too-long", "redis-unavailable"):
+for _reason in (
+    "relay",
+    "bad-tag",
+    "too-many-recipients",
+    "too-many-commands",
+    "too-many-connections",
+    "rate-limit",
+    "too-large",
+    "line-too-long",
+    "redis-unavailable",
+):
     REFUSED.labels(_reason)
 
+__all__ = ["Handler", "MxSMTP", "RateLimiter", "TaggedEnvelope"]
 
-class RateLimiter:
-    """Messages per client address in a sliding window, for a bounded number of addresses."""
+#: RFC 5321 §4.5.3.1.8: "too many recipients" is a temporary failure, 452 (RFC 3463 4.5.3).
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+TOO_MANY_COMMANDS = "421 4.7.0 Too many commands in one session, closing connection"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try again later"
+#: Said to every address at our domains that we did not hand out, so a forger learns nothing
+#: from a 250 (RFC 3463 5.1.1: bad destination mailbox address).
+BAD_TAG = "550 5.1.1 No such user: this address does not accept mail"
 
-    def __init__(self, messages: int, window: float, max_clients: int = 50_000) -> None:
-        self.messages = messages
-        self.window = window
-        self.max_clients = max_clients
-        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def allow(self, client: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        stamps = self._seen.pop(client, None) or deque()
-        while stamps and stamps[0] <= now - self.window:
-            stamps.popleft()
-        allowed = len(stamps) < self.messages
-        if allowed:
-            stamps.append(now)
-        self._seen[client] = stamps
-        while len(self._seen) > self.max_clients:
-            self._seen.popitem(last=False)
-        return allowed
+ROLE_MAILBOXES = frozenset({"postmaster", "abuse"})
+
+
+class TaggedEnvelope(Envelope):
+    """aiosmtpd's envelope plus the feedback tags verified at RCPT, for the DATA step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[Tag] = []
 
 
 def _peer_ip(session: Session) -> str:
@@ -63,16 +82,123 @@ def _peer_ip(session: Session) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 
 
-class MxSMTP(SMTP):
-    """aiosmtpd's SMTP with replies that carry RFC 3463 enhanced codes."""
+@dataclass(frozen=True)
+class Recipients:
+    """Who MxServer receives for."""
 
-    def __init__(self, handler: Handler, **kwargs: Any) -> None:
+    keys: tuple[bytes, ...]
+    domains: frozenset[str]
+    abuse_addresses: frozenset[str]
+
+    def check(self, address: str) -> tuple[str, Tag | None]:
+        """("ok", its tag or None), or ("relay" | "bad-tag", None) for a refusal."""
+        local, _, domain = address.rpartition("@")
+        if address.lower() in self.abuse_addresses:
+            return ("ok", None)
+        if domain.lower().rstrip(".") not in self.domains:
+            return ("relay", None)
+        # RFC 5321 §4.5.1: every domain that takes mail takes postmaster@ (any case); RFC 2142
+        # §2: abuse@ is where reports of misuse go (feedback loops are registered with it).
+        # What arrives there is believed only as far as a tag it quotes proves.
+        if local.lower() in ROLE_MAILBOXES:
+            return ("ok", None)
+        tag = feedbacktag.read_local_part(self.keys, local)
+        return ("ok", tag) if tag is not None else ("bad-tag", None)
+
+
+class MxSMTP(SMTP):
+    """aiosmtpd's SMTP with replies that carry RFC 3463 enhanced codes, longer lines, and
+    limits on commands per session and connections per client address."""
+
+    def __init__(self, handler: Handler, limits: MxServerLimits, **kwargs: Any) -> None:
+        # aiosmtpd sizes its stream reader with this; command lines stay at 512 octets (its
+        # command_size_limit) and DATA lines up to this (dataread).
+        self.line_length_limit = limits.max_line_length
         super().__init__(handler, **kwargs)
         self._size_limit = int(kwargs.get("data_size_limit") or 0)
+        self._connections = handler.connections
+        self._commands_left = limits.max_commands_per_session
+        self._smtp_methods = {
+            name: self._counted(method) for name, method in self._smtp_methods.items()
+        }
+
+    def _counted(self, method: Callable[[Any], Awaitable[None]]) -> Any:
+        @functools.wraps(method)  # HELP reads the docstrings
+        async def counted(arg: Any) -> None:
+            self._commands_left -= 1
+            if self._commands_left < 0:
+                # Pipelined commands already read still come here until the connection is
+                # gone: the first one is answered and counted, the rest are dropped.
+                if self._commands_left == -1:
+                    REFUSED.labels("too-many-commands").inc()
+                    await self.push(TOO_MANY_COMMANDS)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            await method(arg)
+
+        return counted
+
+    def _create_envelope(self) -> Envelope:
+        return TaggedEnvelope()
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the message read in large pieces (see dataread)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            result = await read_data(
+                self._reader, self.data_size_limit or 0, self.line_length_limit
+            )
+        except asyncio.CancelledError:
+            self._writer.close()  # the connection is gone: nothing more to say
+            raise
+        if result is None:
+            return
+        if result.refused is not None:
+            # aiosmtpd's own texts, so push() gives them their codes and counters.
+            await self.push(
+                "500 Line too long (see RFC5321 4.5.3.1.6)"
+                if result.refused == "too-long"
+                else "552 Error: Too much mail data"
+            )
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = self.envelope.original_content = result.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _handle_client(self) -> None:
+        assert self.session is not None
+        client = client_key(_peer_ip(self.session))
+        if not self._connections.acquire(client):
+            REFUSED.labels("too-many-connections").inc()
+            await self.push(TOO_MANY_CONNECTIONS)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        try:
+            await super()._handle_client()
+        finally:
+            self._connections.release(client)
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
             status, refused = rewrite(status, self._size_limit)
+            if refused == "line-too-long":
+                status = (
+                    f"500 5.5.2 Line too long: at most {self.line_length_limit} octets per line"
+                )
             if refused:
                 REFUSED.labels(refused).inc()
         await super().push(status)
@@ -85,15 +211,18 @@ class MxSMTP(SMTP):
 class Handler:
     def __init__(
         self,
-        domains: frozenset[str],
-        settings: Settings,
+        recipients: Recipients,
+        limits: MxServerLimits,
         recorder: Recorder,
         limiter: RateLimiter,
+        pool: ClassifierPool,
     ) -> None:
-        self.domains = domains
-        self.settings = settings
+        self.recipients = recipients
+        self.limits = limits
         self.recorder = recorder
         self.limiter = limiter
+        self.pool = pool
+        self.connections = ConnectionLimiter(limits.max_connections_per_ip)
         self.in_flight = InFlight()
 
     async def handle_EHLO(
@@ -115,11 +244,19 @@ class Handler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        domain = address.rpartition("@")[2].lower()
-        if domain not in self.domains and address.lower() not in self.settings.abuse_addresses:
+        if len(envelope.rcpt_tos) >= self.limits.max_recipients:
+            REFUSED.labels("too-many-recipients").inc()
+            return TOO_MANY_RECIPIENTS
+        verdict, tag = self.recipients.check(address)
+        if verdict == "relay":
             REFUSED.labels("relay").inc()
             # RFC 5321 §3.6.2: a server that is not a relay refuses other destinations.
             return "550 5.7.1 Relaying denied: we only receive mail for our own domains"
+        if verdict == "bad-tag":
+            REFUSED.labels("bad-tag").inc()
+            return BAD_TAG
+        if tag is not None and isinstance(envelope, TaggedEnvelope):
+            envelope.tags.append(tag)
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -127,7 +264,7 @@ class Handler:
         if self.in_flight.stopping:
             return SHUTTING_DOWN
         client = _peer_ip(session)
-        if not self.limiter.allow(client):
+        if not self.limiter.allow(client_key(client)):
             REFUSED.labels("rate-limit").inc()
             return "450 4.7.1 Too many messages from your address, slow down"
         async with self.in_flight.track():
@@ -135,11 +272,16 @@ class Handler:
 
     async def _record(self, envelope: Envelope, client: str) -> str:
         data = envelope.original_content or b""
-        mail = MailEnvelope(mail_from=envelope.mail_from or "", rcpts=tuple(envelope.rcpt_tos))
-        result = classify(mail, data, self.settings)
+        tags = tuple(envelope.tags) if isinstance(envelope, TaggedEnvelope) else ()
+        mail_from = envelope.mail_from or ""
+        rcpts = tuple(envelope.rcpt_tos)
+        result = await self.pool.analyse(Job(mail_from, rcpts, tags, data))
+        if isinstance(result, str):  # timed out or crashed: kept for an operator
+            result = Analysis(Classification("unclassified", note=f"classification {result}"), ())
+        uuid = tags[0].uuid if tags else None
         try:
             kind = await self.recorder.record(
-                result, data, {"mail_from": mail.mail_from, "rcpts": list(mail.rcpts)}
+                result, data, {"mail_from": mail_from, "rcpts": list(rcpts)}, uuid
             )
         except (RedisError, OSError) as exc:
             REFUSED.labels("redis-unavailable").inc()
@@ -149,8 +291,9 @@ class Handler:
             "message received",
             extra={
                 "kind": kind,
-                "uuid": result.uuid,
-                "rules": list(result.rules),
+                "uuid": uuid,
+                "events": len(result.findings),
+                "rules": list(result.classification.rules),
                 "client": client,
             },
         )

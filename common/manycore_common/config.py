@@ -504,10 +504,52 @@ class RateLimit(Section):
 
 
 class Unclassified(Section):
-    """Messages no rule understood are kept in Redis for an operator, bounded."""
+    """Messages no rule understood are kept in Redis for an operator, bounded: the newest
+    ``max-count`` of at most ``max-bytes`` each, and at most ``max-total-bytes`` in all."""
 
     max_count: int = Field(default=1000, ge=0)
     max_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_total_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    #: Envelope recipients kept with a stored message (the rest are counted, not stored).
+    max_rcpts: int = Field(default=10, ge=1)
+
+
+class MxServerLimits(Section):
+    """What one client may make MxServer do; each limit has its SMTP reply and a counter
+    (``mxserver_refused_total`` by reason)."""
+
+    #: RCPT commands accepted in one transaction; more get 452 4.5.3 (RFC 5321 §4.5.3.1.8:
+    #: at least 100 must be accepted, and 452 is the reply for "too many recipients").
+    max_recipients: int = Field(default=100, ge=100)
+    #: Commands in one session; the one over it gets 421 4.7.0 and the connection is closed.
+    max_commands_per_session: int = Field(default=1000, ge=20)
+    #: Open connections from one client (an IPv4 address, an IPv6 /64); one more gets 421 4.7.0
+    #: at once. 50 is Postfix's smtpd_client_connection_count_limit.
+    max_connections_per_ip: int = Field(default=50, ge=1)
+    #: Longest line (octets, CRLF included) in DATA or a command line buffered before it is
+    #: refused with 500 5.5.2. Postfix accepts and folds lines past 2048; real bounces from
+    #: Amazon SES and GMX carry 1,030 to 1,250 octets (RFC 5321 §4.5.3.1.6 says 1000).
+    max_line_length: int = Field(default=65536, ge=2048)
+    #: Failed recipients read from one report; the rest are ignored (counted).
+    max_failures_per_report: int = Field(default=100, ge=1)
+    #: Octets at the start of a message searched for our tagged addresses and for the
+    #: addresses a report names (quoted originals carry them in their headers).
+    scan_bytes: int = Field(default=256 * 1024, ge=4096)
+
+
+class Classifier(Section):
+    """Classification runs in worker processes, off the event loop, each message within a
+    time limit: one hostile message cannot stall the listener or ``/livez``."""
+
+    #: Worker processes (each classifies one message at a time).
+    workers: int = Field(default=2, ge=1, le=64)
+    #: Longest one message may take; then the worker is killed and replaced and the message
+    #: is kept as unclassified.
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    #: Address space of one worker in MiB (0: unlimited); a message that needs more is kept
+    #: as unclassified instead of taking the pod's memory (two workers and the listener fit
+    #: in the pod's 512 MiB).
+    max_memory_mb: int = Field(default=192, ge=0)
 
 
 class MxServerSection(Section):
@@ -526,6 +568,8 @@ class MxServerSection(Section):
     #: client dribbling bytes cannot hold a connection longer (RFC 5321 §4.5.3.2: 5 min).
     command_timeout_seconds: float = Field(default=300.0, gt=0)
     rate_limit: RateLimit = RateLimit()
+    limits: MxServerLimits = MxServerLimits()
+    classifier: Classifier = Classifier()
     unclassified: Unclassified = Unclassified()
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
     prometheus: Prometheus = Prometheus()

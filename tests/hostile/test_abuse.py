@@ -50,6 +50,7 @@ from tests.integration.conftest import build_message, set_path
 from tests.integration.postfix_env import Sink, postfix_processes, postfixlog_env
 from tests.integration.test_postfixlog import listening_sockets
 from tests.integration.webhook import Answer, Webhook
+from tests.mxmail import tag
 
 #: command-timeout-seconds of the SMTP services in this module: short, so tests stay fast.
 TIMEOUT = 2.0
@@ -61,6 +62,7 @@ THIRD_CLIENT = "127.0.0.3"
 P0, P1 = "IB-MAIL-QUEUE-P0", "IB-MAIL-QUEUE-P1"
 RP = "bounce.example.com"  # the example config's return-path domain
 MAX_FAILURES = 4
+MX_RCPT = tag("abc", "someone@example.net")  # a feedback address MxServer accepts
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +114,8 @@ def mx(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> I
         "mxserver.hostname": "mx.test",
         "mxserver.command-timeout-seconds": TIMEOUT,
         "mxserver.rate-limit": {"messages": 100000, "window-seconds": 60},
+        # Every client of these tests is 127.0.0.1 (a hundred slow ones at once).
+        "mxserver.limits": {"max-connections-per-ip": 1000},
     }
     directory = tmp_path_factory.mktemp("abuse-mx")
     with configured_service("mxserver", directory, redis_server.port, settings) as service:
@@ -165,7 +169,7 @@ def assert_mx_serves(service: Service) -> None:
     with smtp_from(int(service.port or 0)) as smtp:
         smtp.ehlo()
         assert smtp.mail("")[0] == 250
-        assert smtp.rcpt(f"bounce-abc@{RP}")[0] == 250
+        assert smtp.rcpt(MX_RCPT)[0] == 250
         code, reply = smtp.data(b"From: x@y.example\r\nSubject: ping\r\n\r\nhello\r\n")
         assert code == 250, reply
 
@@ -229,7 +233,7 @@ def _mx_data(service: Service, context: ssl.SSLContext) -> tuple[socket.socket, 
     smtp = smtp_from(int(service.port or 0))
     smtp.ehlo()
     smtp.mail("")
-    smtp.rcpt(f"bounce-abc@{RP}")
+    smtp.rcpt(MX_RCPT)
     assert smtp.docmd("DATA")[0] == 354
     assert smtp.sock is not None
     return smtp.sock, b"X-Slow: y\r\n"
@@ -552,12 +556,15 @@ REDIS_PW = "redis-pw-S3CR3T-i9j0k1l2"
 SIGNING = "signing-S3CR3T-m3n4o5p6"
 HEADER_TOKEN = "hdr-tok-S3CR3T-q7r8s9t0"
 UNSUB = "unsub-S3CR3T-u1v2w3x4y5z6-0123456789"
+FEEDBACK = "feedback-S3CR3T-a1b2c3d4e5f6-0123456789"
 S3_KEY = "s3-key-S3CR3T-a9b8c7d6"
 BOUNCE_SECRET = "bounce-S3CR3T-e5f4g3h2"
 DKIM_PEM = rsa_pem(label="abuse-secret").decode()
 #: A line from the middle of the key: key material, not the PEM armour.
 DKIM_LINE = DKIM_PEM.splitlines()[10]
-SECRETS = [SMTP_PW, HTTP_PW, REDIS_PW, SIGNING, HEADER_TOKEN, UNSUB, S3_KEY, BOUNCE_SECRET]
+SECRETS = [
+    SMTP_PW, HTTP_PW, REDIS_PW, SIGNING, HEADER_TOKEN, UNSUB, FEEDBACK, S3_KEY, BOUNCE_SECRET
+]  # fmt: skip
 
 
 def assert_no_secret(where: str, text: str | bytes) -> None:
@@ -579,6 +586,7 @@ def _secret_config(customer: dict[str, Any], webhook_url: str) -> None:
     domain["dkim-private-key"] = DKIM_PEM
     customer["common-config"] = {
         "unsubscribe-secret": UNSUB,
+        "feedback-secret": FEEDBACK,
         "object-storage": {"bucket": "b", "access-key-id": "AK", "secret-access-key": S3_KEY},
     }
     backdata = {

@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 from manycore_common.bounce_rules import CATEGORIES
 from manycore_common.config import ConfigError, load_config
 from manycore_common.message import STREAM_ID_RE, UUID_RE, MessageRejected, validate
+from manycore_mxserver.authenticate import Scope, analyse
 from manycore_mxserver.classify import Envelope, classify
 from manycore_mxserver.classify import Settings as MxSettings
+from manycore_mxserver.record import events_for
 from manycore_postfixlog.logparse import Delivery, Expired, parse_line
 from manycore_transformer import dkim
 from manycore_transformer.headers import split_message
@@ -248,6 +250,13 @@ def test_classify_mutated_reports(data: bytes, rcpts: list[str], sender: str) ->
         assert failure.category in CATEGORIES and "@" in failure.rcpt
         json.dumps(failure.__dict__)  # what MxServer puts in an event is JSON-safe
         assert not (result.kind == "delayed" and failure.permanent)
+
+    scope = Scope((b"k" * 32,), frozenset({"rp.example.com"}), 64 * 1024, 100)
+    analysis = analyse(result, sender, (), data, scope)
+    for key, event in events_for(analysis.findings, {}, now=1.0):
+        assert key
+        json.dumps(event)  # events go to the webhook as JSON
+        assert event.get("uuid") is None or UUID_RE.fullmatch(event["uuid"])
 
 
 # --- classify: bounded work (issue 16, item 3) --------------------------------------------

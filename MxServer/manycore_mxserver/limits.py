@@ -1,0 +1,67 @@
+"""Per-client bounds of MxServer: messages per client address in a window, and connections
+open at once per client address. Plain in-memory bookkeeping, bounded in size itself."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import OrderedDict, deque
+
+
+def client_key(address: str) -> str:
+    """What the per-client limits count by: the IPv4 address, or the /64 of an IPv6 one
+    (one subscriber gets a whole /64, RFC 6177, and could otherwise take every address in
+    it)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
+
+
+class RateLimiter:
+    """Messages per client address in a sliding window, for a bounded number of addresses."""
+
+    def __init__(self, messages: int, window: float, max_clients: int = 50_000) -> None:
+        self.messages = messages
+        self.window = window
+        self.max_clients = max_clients
+        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def allow(self, client: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        stamps = self._seen.pop(client, None) or deque()
+        while stamps and stamps[0] <= now - self.window:
+            stamps.popleft()
+        allowed = len(stamps) < self.messages
+        if allowed:
+            stamps.append(now)
+        self._seen[client] = stamps
+        while len(self._seen) > self.max_clients:
+            self._seen.popitem(last=False)
+        return allowed
+
+
+class ConnectionLimiter:
+    """Connections open at once per client address. Only open connections are kept, so the
+    table is never larger than the number of connections."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client
+        self._open: dict[str, int] = {}
+
+    def acquire(self, client: str) -> bool:
+        count = self._open.get(client, 0)
+        if count >= self.per_client:
+            return False
+        self._open[client] = count + 1
+        return True
+
+    def release(self, client: str) -> None:
+        count = self._open.get(client, 0) - 1
+        if count > 0:
+            self._open[client] = count
+        else:
+            self._open.pop(client, None)
