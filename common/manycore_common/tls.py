@@ -1,5 +1,9 @@
 """TLS server contexts from a certificate and key in the config directory, or from a freshly
-generated self-signed pair when they are missing (the caller logs that)."""
+generated self-signed pair when they are missing (the caller logs that).
+
+The certificate is read once, when the service starts: a renewed certificate is served after
+a restart. ``tls_certificate_expiry_timestamp_seconds`` says when the one being served
+expires, so an alert can ask for that restart (or a renewal) in time."""
 
 from __future__ import annotations
 
@@ -13,6 +17,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from prometheus_client import Gauge
+
+# One certificate per process (Receiver's or MxServer's STARTTLS); with front-door workers
+# (prometheus_client's multiprocess mode) every worker loads the same file: "max" reports it once.
+CERTIFICATE_EXPIRY = Gauge(
+    "tls_certificate_expiry_timestamp_seconds",
+    "When the STARTTLS certificate served expires (its notAfter, Unix seconds)",
+    multiprocess_mode="max",
+)
 
 
 def self_signed_pem(
@@ -50,14 +63,22 @@ def self_signed_pem(
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
+def not_after(cert_pem: bytes) -> float:
+    """The notAfter of the first certificate of a PEM file (the server's own, RFC 8446
+    §4.4.2: it comes first in the chain), in Unix seconds."""
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.timestamp()
+
+
 def server_context(cert_file: Path, key_file: Path, hostname: str) -> tuple[ssl.SSLContext, bool]:
     """A server context; the flag is True when a self-signed pair had to be generated."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert_file.exists() and key_file.exists():
         context.load_cert_chain(cert_file, key_file)
+        CERTIFICATE_EXPIRY.set(not_after(cert_file.read_bytes()))
         return context, False
     cert_pem, key_pem = self_signed_pem(hostname)
+    CERTIFICATE_EXPIRY.set(not_after(cert_pem))
     # load_cert_chain reads files; keep them in a private directory only for that call.
     with tempfile.TemporaryDirectory(prefix="manycore-tls-") as tmp:
         cert_path, key_path = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
