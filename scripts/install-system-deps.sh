@@ -21,11 +21,13 @@ case "$mode" in
         ;;
 esac
 
-# want PACKAGE BINARY: install PACKAGE when BINARY is neither on PATH nor in the sbin folders.
+# want PACKAGE BINARY: install PACKAGE when BINARY is neither on PATH nor in the sbin folders;
+# want PACKAGE /PATH/GLOB: when no file matches (a package without a binary).
 want() {
-    if ! PATH="$PATH:/usr/sbin:/sbin" command -v "$2" >/dev/null 2>&1; then
-        need+=("$1")
-    fi
+    case "$2" in
+        /*) compgen -G "$2" >/dev/null || need+=("$1") ;;
+        *) PATH="$PATH:/usr/sbin:/sbin" command -v "$2" >/dev/null 2>&1 || need+=("$1") ;;
+    esac
 }
 
 # What is missing for $mode, into need (apt packages) and need_promtool.
@@ -41,6 +43,9 @@ collect() {
     want opendkim opendkim
     # unshare runs that verifier without any network, so it cannot do DNS.
     want util-linux unshare
+    # The Postfix SMTP client's SASL mechanisms (PLAIN, LOGIN): the relayhost test logs in to
+    # a smarthost (Debian's postfix only suggests them).
+    want libsasl2-modules '/usr/lib/*/sasl2/libplain.so'
     # Headless Chromium renders the local stack's webhook inbox page in the end-to-end tests.
     want chromium chromium
     # promtool checks the alert rules and the dashboard's queries. Only that one binary is

@@ -52,6 +52,8 @@ class Snapshot:
     up: bool
     queues: dict[str, QueueReading] = field(default_factory=dict)
     used_memory_bytes: int | None = None
+    #: Redis' maxmemory (0: no limit), beside used memory for the alert on their ratio.
+    maxmemory_bytes: int | None = None
     taken_at: float = 0.0
 
 
@@ -85,7 +87,13 @@ async def read(redis: Redis, queues: Mapping[str, str]) -> Snapshot:
             oldest_age_seconds=oldest_age(oldest, now),
         )
     memory = await redis.info("memory")
-    return Snapshot(True, readings, int(memory.get("used_memory", 0)), now)
+    return Snapshot(
+        True,
+        readings,
+        int(memory.get("used_memory", 0)),
+        int(memory.get("maxmemory", 0)),
+        now,
+    )
 
 
 class QueueCollector(Collector):
@@ -130,6 +138,11 @@ class QueueCollector(Collector):
         if snap.used_memory_bytes is not None:
             yield GaugeMetricFamily(
                 "redis_used_memory_bytes", "Memory Redis uses", snap.used_memory_bytes
+            )
+        if snap.maxmemory_bytes is not None:
+            # Above maxmemory Redis refuses writes (noeviction): the receivers answer 451/503.
+            yield GaugeMetricFamily(
+                "redis_maxmemory_bytes", "Redis' maxmemory (0: no limit)", snap.maxmemory_bytes
             )
 
 

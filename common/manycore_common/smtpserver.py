@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from . import workers
+from . import tls, workers
 from .config import Listen, Prometheus
 from .health import HealthServer
 
@@ -119,6 +119,8 @@ async def serve_smtp(
     health = HealthServer(prometheus, {"redis": redis_ok, "smtp": listening})
     if handoff is None:
         await health.start()
+    # A renewed STARTTLS certificate is served from the next connection on (tls.py).
+    reloader = asyncio.create_task(tls.keep_reloaded(stop))
     try:
         await stop.wait()
     finally:
@@ -132,3 +134,5 @@ async def serve_smtp(
         await server.wait_closed()
         await health.stop()
         await redis.aclose()
+        reloader.cancel()
+        await asyncio.gather(reloader, return_exceptions=True)

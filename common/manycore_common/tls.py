@@ -1,18 +1,44 @@
 """TLS server contexts from a certificate and key in the config directory, or from a freshly
-generated self-signed pair when they are missing (the caller logs that)."""
+generated self-signed pair when they are missing (the caller logs that).
+
+A context made from files is remembered, and ``keep_reloaded`` (run by every SMTP front door)
+loads the files again into the same context when they change: a renewed certificate (a
+Kubernetes Secret updates its mounted files in place) is served to new connections without a
+restart. ``tls_certificate_expiry_timestamp_seconds`` says when the one being served expires,
+so an alert can ask for a renewal in time."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import ipaddress
+import logging
 import ssl
 import tempfile
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from prometheus_client import Gauge
+
+log = logging.getLogger(__name__)
+
+#: How often a front door looks for a renewed certificate. The kubelet rewrites a mounted
+#: Secret within about a minute of its update; this adds at most half a minute.
+RELOAD_SECONDS = 30.0
+
+# One certificate per process (Receiver's or MxServer's STARTTLS); with front-door workers
+# (prometheus_client's multiprocess mode) every worker loads the same file: "max" reports it once.
+CERTIFICATE_EXPIRY = Gauge(
+    "tls_certificate_expiry_timestamp_seconds",
+    "When the STARTTLS certificate served expires (its notAfter, Unix seconds)",
+    multiprocess_mode="max",
+)
 
 
 def self_signed_pem(
@@ -50,14 +76,88 @@ def self_signed_pem(
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
+def not_after(cert_pem: bytes) -> float:
+    """The notAfter of the first certificate of a PEM file (the server's own, RFC 8446
+    §4.4.2: it comes first in the chain), in Unix seconds."""
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.timestamp()
+
+
+@dataclass
+class _Files:
+    cert_file: Path
+    key_file: Path
+    #: What the files were when last loaded (see ``_stamp``).
+    stamp: tuple[int, ...]
+
+
+#: Contexts made from files, to load again when the files change.
+_FROM_FILES: weakref.WeakKeyDictionary[ssl.SSLContext, _Files] = weakref.WeakKeyDictionary()
+
+
+def _stamp(*paths: Path) -> tuple[int, ...]:
+    """Inode, modification time and size of each file, symlinks followed: a Secret update
+    swaps the mount's symlink to new files, an edit in place changes the time."""
+    found: list[int] = []
+    for path in paths:
+        st = path.stat()
+        found += [st.st_ino, st.st_mtime_ns, st.st_size]
+    return tuple(found)
+
+
+def _load(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
+    context.load_cert_chain(cert_file, key_file)
+    CERTIFICATE_EXPIRY.set(not_after(cert_file.read_bytes()))
+
+
+def reload_changed() -> int:
+    """Load the files of every remembered context again if they changed; returns how many
+    were reloaded. A pair that does not load (a key that does not match yet) is logged and
+    tried again next time; the context keeps serving the previous certificate."""
+    reloaded = 0
+    for context, files in list(_FROM_FILES.items()):
+        try:
+            stamp = _stamp(files.cert_file, files.key_file)
+            if stamp == files.stamp:
+                continue
+            # load_cert_chain is not atomic: a key that does not match leaves the new
+            # certificate in the context with the old key, and every handshake fails. Try
+            # the pair in a scratch context first; only a pair that loads reaches the live one.
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                files.cert_file, files.key_file
+            )
+            _load(context, files.cert_file, files.key_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.warning(
+                "TLS certificate changed but does not load: still serving the previous one",
+                extra={"cert_file": str(files.cert_file), "error": str(exc)},
+            )
+            continue
+        files.stamp = stamp
+        reloaded += 1
+        log.info("TLS certificate reloaded", extra={"cert_file": str(files.cert_file)})
+    return reloaded
+
+
+async def keep_reloaded(stop: asyncio.Event, interval: float = RELOAD_SECONDS) -> None:
+    """``reload_changed`` every ``interval`` seconds until ``stop``."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if not stop.is_set():
+            reload_changed()
+
+
 def server_context(cert_file: Path, key_file: Path, hostname: str) -> tuple[ssl.SSLContext, bool]:
     """A server context; the flag is True when a self-signed pair had to be generated."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert_file.exists() and key_file.exists():
-        context.load_cert_chain(cert_file, key_file)
+        stamp = _stamp(cert_file, key_file)
+        _load(context, cert_file, key_file)
+        _FROM_FILES[context] = _Files(cert_file, key_file, stamp)
         return context, False
     cert_pem, key_pem = self_signed_pem(hostname)
+    CERTIFICATE_EXPIRY.set(not_after(cert_pem))
     # load_cert_chain reads files; keep them in a private directory only for that call.
     with tempfile.TemporaryDirectory(prefix="manycore-tls-") as tmp:
         cert_path, key_path = Path(tmp, "cert.pem"), Path(tmp, "key.pem")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.stack import free_port_base
+from tests.eventschema import assert_valid
 from tests.helpers import LOOPBACK, ROOT, require_binary
 
 PORTS = 20
@@ -167,7 +168,10 @@ class Stack:
     def events(self) -> list[dict[str, Any]]:
         url = f"http://{LOOPBACK}:{self.base + 4}/events"
         with urllib.request.urlopen(url, timeout=10) as response:
-            return list(json.loads(response.read()))
+            found = list(json.loads(response.read()))
+        # Every event any end-to-end test sees keeps the webhook's contract.
+        assert_valid(found)
+        return found
 
     def received(self) -> list[dict[str, Any]]:
         path = self.workdir / "sink" / "received.jsonl"

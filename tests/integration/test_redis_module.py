@@ -208,7 +208,7 @@ def test_password_required_and_dangerous_commands_denied(tmp_path: Path) -> None
 
 
 def test_exporter_reports_readme_gauges_and_pod_exits_when_redis_dies(tmp_path: Path) -> None:
-    pod = RedisPod(tmp_path, None).start()
+    pod = RedisPod(tmp_path, None, redis__server__maxmemory="64mb").start()
     app = pod.client()
     try:
         push(app, "IB-MAIL-QUEUE-P0", 3)
@@ -242,6 +242,7 @@ def test_exporter_reports_readme_gauges_and_pod_exits_when_redis_dies(tmp_path: 
         assert m['redis_queue_dead_messages{queue="IB-MAIL-QUEUE-P1"}'] == 1
         assert 0 <= m['redis_queue_oldest_age_seconds{queue="IB-MAIL-QUEUE-P1"}'] < 60
         assert m["redis_used_memory_bytes"] > 0
+        assert m["redis_maxmemory_bytes"] == 64 * 1024 * 1024
         # redis-server dies under the exporter: it says so, and claims no queue sizes.
         os.kill(_redis_pid(pod), signal.SIGKILL)
         wait_for(lambda: pod.process.poll() is not None, what="manycore-redis to notice")  # type: ignore[union-attr]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from redis import Redis as SyncRedis
 
+from manycore_common import tls
 from tests.helpers import RedisServer, Service, port_open, running, wait_for
 from tests.integration.conftest import build_message
 from tests.integration.test_httpreceiver import http_service, post
@@ -90,6 +91,14 @@ def test_receiver_workers_take_connections_in_turn_and_sum_their_counters(
     # Each worker counted its own two; the parent's /metrics adds them up.
     assert counter(receiver2, "nbr_emails_enqueued_total") == 4
     assert receiver2.readyz() == (200, {"status": "ready"})
+
+
+def test_workers_report_the_certificate_expiry_once(
+    receiver2: Service, tls_files: tuple[Path, Path]
+) -> None:
+    # Each worker loaded the same file; the gauge's "max" mode reports it once, unlabelled.
+    expires = tls.not_after(tls_files[0].read_bytes())
+    assert counter(receiver2, "tls_certificate_expiry_timestamp_seconds") == expires
 
 
 def test_a_worker_that_dies_is_started_again(
