@@ -20,10 +20,10 @@ import contextlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 from manycore_common import feedbacktag
-from manycore_common.bounce_rules import category, permanent_type
+from manycore_common.bounce_rules import permanent_type
 from manycore_common.feedbacktag import Tag
 
 from .classify import Classification
@@ -100,22 +100,17 @@ def named(failure: Failure) -> list[str]:
     """Every address a failure names: the Original-Recipient (RFC 3464 §2.3.1, the one we
     sent to when it is given), the failed recipient, the Final-Recipient, as the classifier
     gives them."""
-    found = []
-    for value in (getattr(failure, "original_rcpt", None), failure.rcpt,
-                  getattr(failure, "final_rcpt", None)):  # fmt: skip
-        if isinstance(value, str) and value and value not in found:
+    found: list[str] = []
+    for value in (failure.original_rcpt, failure.rcpt, failure.final_rcpt):
+        if value and value not in found:
             found.append(value)
     return found
 
 
 def bounce_type(failure: Failure) -> tuple[str, str]:
-    """(bounce type, category) of a failure. The classifier gives the category; a failure
-    without one gets it from the status and reason."""
-    cat: Any = getattr(failure, "category", None)
-    if not isinstance(cat, str) or not cat:
-        cat = category(failure.status or "", failure.reason)
-    kind = permanent_type(cat) if failure.permanent else "soft"
-    return kind, cat
+    """(bounce type, category) of a failure, the category as the classifier gave it."""
+    kind = permanent_type(failure.category) if failure.permanent else "soft"
+    return kind, failure.category
 
 
 def gather(

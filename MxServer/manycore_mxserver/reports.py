@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from email.message import Message
 from email.parser import Parser
 
-from manycore_common.bounce_rules import enhanced_status
+from manycore_common.bounce_rules import Category, enhanced_status
 
 from .bounded import children
 
@@ -33,7 +33,7 @@ class Failure:
     reason: str
     remote_mta: str | None = None
     #: One of bounce_rules.CATEGORIES (README, "Bounce categories").
-    category: str = "other"
+    category: Category = "other"
     #: The Original-Recipient of a DSN (RFC 3464 §2.3.1), when it has one.
     original_rcpt: str | None = None
     #: The Final-Recipient of a DSN (RFC 3464 §2.3.2), when it differs from ``rcpt``.

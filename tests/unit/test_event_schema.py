@@ -4,7 +4,6 @@ including one per recipient of every real-world report in the bounce corpora."""
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from manycore_common import bounce_rules, events
+from manycore_common import bounce_rules, events, feedbacktag
+from manycore_mxserver.authenticate import Finding, Scope, analyse
 from manycore_mxserver.classify import Classification, Envelope, Settings, classify
 from manycore_mxserver.record import events_for
 from manycore_mxserver.reports import Failure
@@ -104,10 +104,36 @@ def test_error_events_of_every_service() -> None:
     assert problems({"event": "error", "id": "x", "timestamp": 1}) != []
 
 
+KEY = b"k" * 32
+SCOPE = Scope((KEY,), frozenset({"bounce.example.com"}), 256 * 1024, 100)
+
+
+def _tag(kind: feedbacktag.Kind, rcpt: str, uuid: str = "u1") -> feedbacktag.Tag:
+    tag = feedbacktag.read_local_part([KEY], feedbacktag.make_local_part(KEY, kind, uuid, rcpt))
+    assert tag is not None
+    return tag
+
+
+def _mx_events(result: Classification, data: bytes) -> list[dict[str, Any]]:
+    """MxServer's events for a report as if it had come back to the return paths of our
+    message to every address it names (the corpus' own messages carry no tag of ours)."""
+    named = [a for f in result.failures for a in (f.rcpt, f.original_rcpt) if a]
+    named += [result.email] if result.email else []
+    tags = [_tag("bounce", a) for a in dict.fromkeys(named) if "@" in a] or [
+        _tag("bounce", "someone@example.org")
+    ]
+    analysis = analyse(result, "", tags, data, SCOPE)
+    return [e for _, e in events_for(analysis.findings, {"x": "y"}, NOW)]
+
+
 def test_unsubscribe_events() -> None:
     # HttpReceiver's one-click handler and MxServer's mailto handler.
     built = [events.new_event("unsubscribe", uuid="u1", streamid="spring-sale")]
-    built += [e for _, e in events_for(Classification("unsubscribe", uuid="u1"), NOW)]
+    found = [
+        Finding("unsubscribe", _tag("unsub", "a@example.org"), "a@example.org"),
+        Finding("unsubscribe", _tag("unsub", "b@example.org"), None),
+    ]
+    built += [e for _, e in events_for(found, {}, NOW)]
     assert_valid(built)
 
 
@@ -115,42 +141,26 @@ def test_mxserver_events_of_the_fixture_reports() -> None:
     expected: dict[str, dict[str, Any]] = yaml.safe_load((FIXTURES / "expected.yaml").read_text())
     built = []
     for name, want in expected.items():
-        result = classify(
-            Envelope(want["mail_from"], (want["rcpt"],)), (FIXTURES / name).read_bytes(), Settings()
-        )
-        built += [e for _, e in events_for(result, NOW)]
-    assert {e["event"] for e in built} >= {"bounce", "spam-report", "unsubscribe"}
+        data = (FIXTURES / name).read_bytes()
+        result = classify(Envelope(want["mail_from"], (want["rcpt"],)), data, Settings())
+        built += _mx_events(result, data)
+    assert {e["event"] for e in built} >= {"bounce", "spam-report"}
     assert_valid(built)
 
 
-#: Corpus messages whose events break the schema today, for MxServer to fix (issue 22, item 5):
-#: redacted ARF complainers ("Undisclosed Recipients") become the event's address, and two
-#: X6 bounces become auto-replies from "mailer-daemon". The test fails on any other.
-KNOWN_MXSERVER_FINDINGS = frozenset(
-    {
-        "sisimai/arf-11.eml",
-        "sisimai/arf-15.eml",
-        "php-bounce-handler/arf1.eml",
-        "sisimai/lhost-x6-01.eml",
-        "sisimai/lhost-x6-02.eml",
-    }
-)
-
-
 def test_mxserver_events_of_every_corpus_report() -> None:
-    """Each real report as if it were about one of our messages (the corpus' own messages
-    carry no uuid of ours): one event per recipient it names."""
+    """Each real report as if it were about one of our messages: one event per recipient
+    it names, each valid."""
     built = 0
     broken: dict[str, list[str]] = {}
     for entry in corpus.load():
-        result = classify(corpus.ENVELOPE, entry.path.read_bytes(), Settings())
-        for _, event in events_for(dataclasses.replace(result, uuid="u1"), NOW):
+        data = entry.path.read_bytes()
+        for event in _mx_events(classify(corpus.ENVELOPE, data, Settings()), data):
             built += 1
             if found := problems(event):
                 broken.setdefault(entry.file, []).extend(found)
     assert built > 300
-    unknown = {k: v for k, v in broken.items() if k not in KNOWN_MXSERVER_FINDINGS}
-    assert not unknown, unknown
+    assert not broken, broken
 
 
 def test_a_multi_recipient_bounce_per_recipient() -> None:
@@ -158,6 +168,7 @@ def test_a_multi_recipient_bounce_per_recipient() -> None:
         Failure("a@example.org", True, "5.1.1", "550 5.1.1 unknown", "mx.example.org"),
         Failure("b@example.org", False, "4.2.2", "452 4.2.2 mailbox full", None),
     )
-    pairs = events_for(Classification("bounce", uuid="u1", failures=failures), NOW)
+    found = [Finding("bounce", _tag("bounce", f.rcpt), f.rcpt, f) for f in failures]
+    pairs = events_for(found, {}, NOW)
     assert [e["rcpt"] for _, e in pairs] == ["a@example.org", "b@example.org"]
     assert_valid(e for _, e in pairs)
