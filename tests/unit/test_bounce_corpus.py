@@ -13,7 +13,7 @@ from tests import corpus
 
 #: The accuracy the classifier reaches on the corpus (rounded down): raise it as the classifier
 #: improves, never lower it to make a change pass.
-THRESHOLD = 0.4
+THRESHOLD = 0.95
 
 ENTRIES = corpus.load()
 
