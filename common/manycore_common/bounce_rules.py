@@ -1,6 +1,6 @@
 """How a failed delivery is classified, for PostfixLog (synchronous bounces from Postfix's
-log) and MxServer (asynchronous DSNs) alike: rules kept as data (DESIGN §10), read top to
-bottom, first match wins.
+log) and MxServer (asynchronous DSNs) alike: rules kept as data (docs/ARCHITECTURE.md#code-style),
+read top to bottom, first match wins.
 
 The enhanced status code (RFC 3463, registry in RFC 5248) is the most reliable signal, so
 most code rules come first; but receivers often use a generic code (5.7.1, 5.0.0) with the
