@@ -109,6 +109,19 @@ def test_code_comments_cite_existing_sections() -> None:
     assert found == []
 
 
+def test_nothing_cites_the_old_design_file() -> None:
+    """The repository explains itself: references go to docs/ARCHITECTURE.md, not to a
+    design document a clone does not have."""
+    old = "DESIGN " + "\u00a7"  # written so that this file does not match itself
+    found = [
+        f
+        for f in FILES
+        if not f.startswith("tests/fixtures/")
+        and old in (REPO / f).read_text(encoding="utf-8", errors="replace")
+    ]
+    assert found == []
+
+
 def test_the_documents_are_found() -> None:
     docs = documents(FILES)
     for doc in ("README.md", "docs/ARCHITECTURE.md", "deploy/README.md", "tests/README.md"):
