@@ -782,7 +782,7 @@ def main() -> None:
         args.paced_messages = 10
         args.sizes, args.connections = [5 * KB], 4
     # Postfix's unprivileged processes must reach its queue: a 0755 directory of our own
-    # (mkdtemp makes 0700 ones), as the end-to-end tests do (DESIGN §7).
+    # (mkdtemp makes 0700 ones), as the end-to-end tests do (docs/ARCHITECTURE.md#checked-facts).
     root = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     root.chmod(0o755)
     try:

@@ -1,12 +1,11 @@
 """One poster: take a batch, POST it until it is delivered or must be given up, settle it.
 
-Where the events are at every moment (DESIGN §4): a batch is taken by moving its items into
-this consumer's processing list in Redis, and they stay there (not in a buffer of ours) while
-the batch is posted and, if the webhook fails, while we wait to try again. Only a 2xx answer
-acks them, only a final verdict dead-letters them. If the process dies, the queue's reaper
-returns them; on a graceful stop the service releases them to the front of the queue. So the
-memory used is at most ``concurrency`` batches whatever the webhook does, and the backlog
-waits in Redis.
+Where the events are at every moment (docs/ARCHITECTURE.md#queues): a batch is taken by moving its
+items into this consumer's processing list in Redis, and they stay there (not in a buffer of ours)
+while the batch is posted and, if the webhook fails, while we wait to try again. Only a 2xx answer
+acks them, only a final verdict dead-letters them. If the process dies, the queue's reaper returns
+them; on a graceful stop the service releases them to the front of the queue. So the memory used is
+at most ``concurrency`` batches whatever the webhook does, and the backlog waits in Redis.
 
 A batch is retried as a whole and in its order, and posters do not overtake each other on one
 message (``ordering``), so a message's events arrive in the order they were queued.

@@ -1,7 +1,7 @@
 """The private Postfix instance: its directories and configuration, its ``master`` running in
 the foreground as our child, and the few queue operations PostfixLog needs.
 
-Facts this relies on (DESIGN §7, checked on our machines):
+Facts this relies on (docs/ARCHITECTURE.md#checked-facts, checked on our machines):
 
 * ``postfix start-fg`` works only as PID 1, so ``master -d`` is run directly (master(8):
   ``-d`` stays in the foreground) with ``-c`` naming our config directory;
@@ -139,7 +139,7 @@ async def run(
 def untraversable(path: Path, uid: int, gid: int) -> Path | None:
     """The first directory above ``path`` that user ``uid`` cannot pass through, e.g. a
     0700 temporary directory of root's: master(8) exits at once when Postfix's own
-    unprivileged processes cannot reach their files (DESIGN §7)."""
+    unprivileged processes cannot reach their files (docs/ARCHITECTURE.md#checked-facts)."""
     for directory in reversed(path.parents):
         st = directory.stat()
         mode = st.st_mode

@@ -1,7 +1,7 @@
 """Log records + what we know of the message → the events to emit (pure).
 
-DESIGN §6: ``delivered`` (ip, rcpt) on status=sent; ``bounce`` with type ``hard`` or
-``unroutable`` on status=bounced and type ``soft`` when the message expired (Postfix gave up
+docs/ARCHITECTURE.md#events: ``delivered`` (ip, rcpt) on status=sent; ``bounce`` with type ``hard``
+or ``unroutable`` on status=bounced and type ``soft`` when the message expired (Postfix gave up
 after temporary failures), with ``reason`` (the remote reply), ``ip``, ``rcpt`` and
 ``category``; optionally a ``deferred`` progress event per temporary failure. Timestamps are
 those of the log line.

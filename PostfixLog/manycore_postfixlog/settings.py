@@ -41,7 +41,8 @@ def main_cf_value(value: str | int | bool) -> str:
 
 @dataclass(frozen=True)
 class Paths:
-    """The private instance's directories (DESIGN §7: own config, queue and data dirs)."""
+    """The private instance's directories (docs/ARCHITECTURE.md#postfix: own config, queue and data
+    dirs)."""
 
     base: Path
     logfile: Path

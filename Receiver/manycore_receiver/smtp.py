@@ -85,8 +85,8 @@ class ReceiverSMTP(SMTP):
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd reads the address of every MAIL and RCPT with the email package's full
-        # RFC 5322 parser, and builds a typing.Protocol class on each call: 18% of the
-        # Receiver's CPU per message (bench/ingest.py), for envelope addresses we then ignore
+        # RFC 5322 parser, and builds a typing.Protocol class on each call: a large share of
+        # the Receiver's CPU per message (bench/README.md), for envelope addresses we then ignore
         # (recipients come from To and Cc). The plain form is read here; the rest goes on to
         # aiosmtpd, which answers both the same way (tests/unit/test_receiver_envelope.py).
         plain = None if self.local_part_limit else plain_path(arg)
@@ -152,12 +152,12 @@ class Authenticator:
         AUTH_FAILURES.labels("bad-credentials").inc()
         log.warning("authentication failed", extra={"client": client, "mechanism": mechanism})
         # handled=False makes aiosmtpd send "535 5.7.8"; with the default (True) it would send
-        # nothing and the client would hang (DESIGN §7).
+        # nothing and the client would hang (docs/ARCHITECTURE.md#checked-facts).
         return AuthResult(success=False, handled=False)
 
 
 class Handler:
-    """DATA: validate, enqueue, and only then answer 250 (DESIGN §4.1)."""
+    """DATA: validate, enqueue, and only then answer 250 (docs/ARCHITECTURE.md#acknowledged)."""
 
     def __init__(self, intake: Intake) -> None:
         self.intake = intake

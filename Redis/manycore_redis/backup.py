@@ -6,10 +6,10 @@ Layout under the configured prefix:
                                                    the object's metadata (x-amz-meta-sha256)
     <prefix>/latest.json                           {"key": ..., "sha256": ..., "created": ...}
 
-Rules (DESIGN §4.5): restore only into an empty data directory; never delete a remote copy
-on restore; verify the checksum of what was downloaded, and fall back to older backups when
-the newest is corrupt; keep the newest ``backups-kept`` archives and never prune the one
-``latest.json`` names.
+Rules (docs/ARCHITECTURE.md#redis-durability): restore only into an empty data directory; never
+delete a remote copy on restore; verify the checksum of what was downloaded, and fall back to older
+backups when the newest is corrupt; keep the newest ``backups-kept`` archives and never prune the
+one ``latest.json`` names.
 """
 
 from __future__ import annotations

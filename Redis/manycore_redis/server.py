@@ -166,7 +166,8 @@ _REDIS_LOG_LEVELS = {".": logging.DEBUG, "-": logging.INFO, "*": logging.INFO, "
 
 
 async def _relay_log(process: asyncio.subprocess.Process) -> None:
-    """redis-server's own log lines, re-emitted as our JSON log lines (DESIGN §3)."""
+    """redis-server's own log lines, re-emitted as our JSON log lines
+    (docs/ARCHITECTURE.md#runtime-contract)."""
     assert process.stdout is not None
     redis_log = logging.getLogger("redis-server")
     async for raw in process.stdout:

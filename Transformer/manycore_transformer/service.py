@@ -216,7 +216,7 @@ class Worker:
                         await consumer.queue.ring_doorbell()
                 return items, consumer
         # Both empty: sleep until either is pushed to. Blocking on P0 alone left a P1
-        # message waiting up to the whole wait (bench.e2e: p50 120 ms at light load).
+        # message waiting up to the whole wait (bench/README.md has the measurement).
         await wait_for_doorbells(
             self.primary.queue.redis, [self.primary.queue, self.default.queue], IDLE_WAIT_SECONDS
         )

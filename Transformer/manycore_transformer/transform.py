@@ -1,6 +1,6 @@
 """The transformation: a pure function of (message bytes, recipients, settings, clock).
 
-What it does (DESIGN §5):
+What it does (docs/ARCHITECTURE.md#messages-and-headers):
 
 * reads X-Uuid, X-Stream-Id and the From domain, and finds the domain's settings;
 * removes what the customer must not set or what we set ourselves (no duplicates ever go

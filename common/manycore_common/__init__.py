@@ -1,9 +1,38 @@
-"""Manycore-Mail's shared library.
+"""Manycore-Mail's shared library, one concern per module (docs/ARCHITECTURE.md#where-is-x).
 
-One concern per module: ``config`` (the two YAML files), ``item`` (queue item format),
-``queue`` (the reliable Redis queue), ``events`` (event schema), ``message`` (validation of
-customer messages), ``auth`` (credential checks and throttling), ``health`` (metrics and
-probes), ``lifecycle`` (signals), ``logs`` (JSON logging), ``tls`` (certificates).
+Configuration and process:
+    ``config``        the two YAML files, validated into frozen typed objects
+    ``configscope``   which parts of the customer file each service loads (least privilege)
+    ``lifecycle``     ``run_service``: arguments, config, logging, the two-phase stop
+    ``workers``       several processes serving one port for the front doors
+    ``health``        ``/metrics``, ``/livez`` and ``/readyz``
+    ``logs``          JSON log lines
+    ``tls``           server TLS contexts (self-signed when no certificate is given)
+    ``redisconn``     Redis clients from a ``reliable-queue.redis`` section
+
+Queues and events:
+    ``item``          the queue item format (JSON header line, then the payload)
+    ``queue``         the reliable Redis queue: take, ack, hand-over, retry, dead letters, reaper
+    ``queuectl``      ``manycore-queues``: stats, dead letters, requeue, adopt
+    ``events``        the event schema, and pushing events (once, with once-markers)
+
+Front doors (Receiver, HttpReceiver) and the SMTP services:
+    ``message``       validation of a customer's message (pure)
+    ``intake``        validate, wrap and push to P0 or P1, with the README's metrics
+    ``grouppush``     group commit: concurrent messages share one Redis round trip
+    ``auth``          credential checks and the failed-login throttle
+    ``smtpserver``    what Receiver and MxServer share around aiosmtpd
+    ``smtpreplies``   enhanced status codes for aiosmtpd's own replies
+
+Feedback:
+    ``feedbacktag``   per-recipient return paths and unsubscribe addresses with HMAC tags
+    ``unsubscribe``   one-click unsubscribe tokens (RFC 8058)
+    ``bounce_rules``  status code and reply text → bounce category (PostfixLog and MxServer)
+
+DNS:
+    ``dnsrecords``    the records a config needs (pure)
+    ``dnscheck``      ``manycore-dns --check``: what DNS answers, judged
+    ``dnscli``        ``manycore-dns``
 """
 
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """How a failed delivery is classified, for PostfixLog (synchronous bounces from Postfix's
-log) and MxServer (asynchronous DSNs and text bounces) alike: rules kept as data (DESIGN §10),
-read top to bottom, first match wins. The taxonomy is closed; README "Bounce categories"
-documents it.
+log) and MxServer (asynchronous DSNs and text bounces) alike: rules kept as data
+(docs/ARCHITECTURE.md#code-style), read top to bottom, first match wins. The taxonomy is
+closed; README "Bounce categories" documents it.
 
 The enhanced status code (RFC 3463, registry in RFC 5248) is a strong signal, but receivers
 often use a generic code (5.7.1, 5.0.0, 5.5.0) with the real reason only in the text, and a few

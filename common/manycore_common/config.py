@@ -45,7 +45,7 @@ from . import configscope
 DEFAULT_GLOBAL_CONFIG = Path("/configs/inboxbooster-mailer-global.yaml")
 DEFAULT_CUSTOMER_CONFIG = Path("/configs/inboxbooster-mailer-customer.yaml")
 
-#: Exit code of a service whose configuration is invalid (DESIGN §3).
+#: Exit code of a service whose configuration is invalid (docs/ARCHITECTURE.md#runtime-contract).
 CONFIG_ERROR_EXIT_CODE = 2
 
 
@@ -131,7 +131,7 @@ def _listen(port: int) -> Listen:
 
 
 class Prometheus(Section):
-    """Where the service serves /metrics, /livez and /readyz (DESIGN §1)."""
+    """Where the service serves /metrics, /livez and /readyz (docs/ARCHITECTURE.md#services)."""
 
     inet_interface: str = "0.0.0.0"
     inet_port: int = Field(default=9090, ge=0, le=65535)
@@ -586,8 +586,8 @@ class BounceManager(Section):
 
 
 class BackDataSection(Section):
-    """The webhook BackData POSTs events to (DESIGN §6). ``headers`` may come from a file
-    (``headers-file``, one ``Name: value`` per line) since it usually carries a token."""
+    """The webhook BackData POSTs events to (docs/ARCHITECTURE.md#events). ``headers`` may come from
+    a file (``headers-file``, one ``Name: value`` per line) since it usually carries a token."""
 
     secret_keys = ("signing-secret", "headers")
     #: RFC 9110 §5.1 token characters.
@@ -795,7 +795,8 @@ class QueueNames(Section):
 
 class GlobalReliableQueue(Section):
     queue_names: QueueNames = QueueNames()
-    #: Deliveries of one item before it goes to the dead-letter list (DESIGN §4.3).
+    #: Deliveries of one item before it goes to the dead-letter list
+    #: (docs/ARCHITECTURE.md#dead-letters).
     max_attempts: int = Field(default=5, ge=1)
     #: A consumer silent this long is dead; the reaper returns its items.
     heartbeat_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -968,7 +969,8 @@ def _customer(data: dict[str, Any], path: Path, scope: configscope.Scope | None)
 
 
 def exit_on_config_error(error: ConfigError) -> NoReturn:
-    """Print one line per problem to stderr and exit with code 2 (DESIGN §3)."""
+    """Print one line per problem to stderr and exit with code 2
+    (docs/ARCHITECTURE.md#runtime-contract)."""
     for line in error.problems:
         print(f"config error: {line}", file=sys.stderr)
     sys.exit(CONFIG_ERROR_EXIT_CODE)

@@ -1,5 +1,5 @@
-"""Events (DESIGN §6): one JSON object per event, carried on the event queue as the payload of
-a queue item, and POSTed by BackData to the customer's webhook.
+"""Events (docs/ARCHITECTURE.md#events): one JSON object per event, carried on the event queue as
+the payload of a queue item, and POSTed by BackData to the customer's webhook.
 
 Every event has ``event``, ``id`` (unique, so receivers can drop duplicates), ``timestamp``
 (Unix seconds of when it happened) and, when known, ``uuid`` and ``streamid``.

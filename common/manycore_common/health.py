@@ -1,6 +1,7 @@
 """One small HTTP server per service: ``/metrics`` (Prometheus text format), ``/livez`` and
-``/readyz`` (DESIGN §1). Liveness says only that the event loop answers; readiness runs the
-service's checks (Redis reachable, listener bound) and answers 503 naming what failed."""
+``/readyz`` (docs/ARCHITECTURE.md#services). Liveness says only that the event loop answers;
+readiness runs the service's checks (Redis reachable, listener bound) and answers 503 naming what
+failed."""
 
 from __future__ import annotations
 

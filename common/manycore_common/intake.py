@@ -1,6 +1,7 @@
 """The front door shared by Receiver and HttpReceiver: validate a complete message, wrap it
 in a queue item and put it on P0 or P1, counting what happened under the README's metric
-names. The caller answers its client only after ``accept`` returns (DESIGN §4.1)."""
+names. The caller answers its client only after ``accept`` returns
+(docs/ARCHITECTURE.md#acknowledged)."""
 
 from __future__ import annotations
 

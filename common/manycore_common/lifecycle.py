@@ -1,6 +1,6 @@
-"""Process lifecycle shared by every service: argument parsing, config loading, JSON logging
-and the two-phase stop (DESIGN §3): the first SIGTERM/SIGINT sets ``stop`` and the service
-winds down gracefully; a second one exits at once. A front door with ``workers`` above 1
+"""Process lifecycle shared by every service: argument parsing, config loading, JSON logging and the
+two-phase stop (docs/ARCHITECTURE.md#runtime-contract): the first SIGTERM/SIGINT sets ``stop`` and
+the service winds down gracefully; a second one exits at once. A front door with ``workers`` above 1
 becomes the parent of its workers here (see workers)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """JSON logging to stdout: one object per line with ``ts``, ``level``, ``service``, ``msg``
-and whatever ``extra`` ids the call site passes (DESIGN §3). Never message bodies or
-passwords; recipient addresses only at DEBUG (call sites' responsibility)."""
+and whatever ``extra`` ids the call site passes (docs/ARCHITECTURE.md#runtime-contract). Never
+message bodies or passwords; recipient addresses only at DEBUG (call sites' responsibility)."""
 
 from __future__ import annotations
 

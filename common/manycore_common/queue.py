@@ -1,6 +1,6 @@
-"""The reliable queue (DESIGN §4): nothing acknowledged is lost, hand-over is atomic, poison is
-quarantined. Built on Redis lists with the "reliable queue" pattern (BLMOVE into a list owned
-by the consumer) plus heartbeats, a reaper and a delivery counter.
+"""The reliable queue (docs/ARCHITECTURE.md#queues): nothing acknowledged is lost, hand-over is
+atomic, poison is quarantined. Built on Redis lists with the "reliable queue" pattern (BLMOVE into a
+list owned by the consumer) plus heartbeats, a reaper and a delivery counter.
 
 Key layout, for a queue named ``Q`` (the name from the global config, e.g. ``IB-MAIL-QUEUE-P0``):
 

@@ -1,4 +1,4 @@
-"""``manycore-queues``: the operator's view of the queues (DESIGN §4.3).
+"""``manycore-queues``: the operator's view of the queues (docs/ARCHITECTURE.md#dead-letters).
 
     manycore-queues stats                      sizes of every configured queue
     manycore-queues dead QUEUE [--count N]     dead letters, oldest first, with their reasons

@@ -11,8 +11,8 @@ The parent, the process Kubernetes or the operator started:
   open while a worker restarts;
 - accepts every connection itself and hands it to the next worker in turn (round-robin),
   passing the socket over a Unix socketpair (SCM_RIGHTS). Letting the workers accept on the
-  shared socket leaves the balance to whichever wakes first: the bench's 8 connections, opened
-  at once, went 8 to 0 or 6 to 2. Node's cluster module hands connections out the same way
+  shared socket leaves the balance to whichever wakes first, and connections opened at once
+  pile onto one worker (bench/README.md). Node's cluster module hands connections out the same way
   for the same reason. Clients keep their connections (SMTP sessions, HTTP keep-alive), so
   turns even out the work;
 - starts each worker as a fresh interpreter of the same service with the same arguments.
@@ -24,7 +24,8 @@ The parent, the process Kubernetes or the operator started:
 - restarts a worker that exits on its own, after a pause that grows while restarts keep
   failing, so a worker that cannot start does not spin; meanwhile the others get its turns;
 - on SIGTERM stops accepting, passes the stop on and waits until every worker has stopped
-  gracefully (each answers what is in flight, DESIGN §3); a second signal kills them.
+  gracefully (each answers what is in flight, docs/ARCHITECTURE.md#runtime-contract); a second
+  signal kills them.
 
 A worker learns all this from its environment (``handoff``): its index, its end of the
 socketpair, and the read end of a pipe whose write end only the parent holds. End of file on

@@ -3,7 +3,8 @@ folders and rendered overlays), label selectors, and metric names as the code de
 as PromQL queries use them.
 
 Everything here runs offline: ``kubectl kustomize`` renders without a cluster, and nothing
-builds an image. A missing tool is a test failure, never a skip (DESIGN §9).
+builds an image. A missing tool is a test failure, never a skip
+(docs/ARCHITECTURE.md#local-stack-and-tests).
 """
 
 from __future__ import annotations

@@ -192,7 +192,8 @@ class Stack:
 @contextmanager
 def stack_dir() -> Iterator[Path]:
     """Postfix's unprivileged processes must reach its queue, and pytest's temporary
-    directories are mode 0700 (DESIGN §7): the stack lives in a 0755 directory of its own."""
+    directories are mode 0700 (docs/ARCHITECTURE.md#checked-facts): the stack lives in a 0755
+    directory of its own."""
     for binary in ("redis-server", "postfix"):
         require_binary(binary)
     root = Path(tempfile.mkdtemp(prefix="manycore-e2e-"))

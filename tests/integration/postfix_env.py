@@ -133,7 +133,8 @@ class PostfixLogEnv:
         require_binary("postfix")
         self.directory = directory
         # Postfix's unprivileged processes must reach its files, and pytest's temporary
-        # directories are 0700 (DESIGN §7): the instance lives in a 0755 directory of its own.
+        # directories are 0700 (docs/ARCHITECTURE.md#checked-facts): the instance lives in a 0755
+        # directory of its own.
         self.root = Path(tempfile.mkdtemp(prefix="manycore-postfixlog-"))
         self.root.chmod(0o755)
         self.base = self.root / "postfix"

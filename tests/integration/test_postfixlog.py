@@ -225,7 +225,8 @@ def test_postfix_listens_on_loopback_only_and_renders_the_config(
             check=True,
         )
         assert lookup.stdout.strip() == "throttled:"
-        # The base directory must not be 0700 (DESIGN §7), the queue is Postfix's.
+        # The base directory must not be 0700 (docs/ARCHITECTURE.md#checked-facts), the queue is
+        # Postfix's.
         assert env.base.stat().st_mode & 0o777 == 0o755
         assert postconf("-h", "queue_directory") == str(env.base / "queue")
 
@@ -411,8 +412,9 @@ def test_graceful_stop_hands_back_undelivered_recipients(
 def test_a_log_directory_postfix_cannot_reach_stops_the_start(
     tmp_path: Path, flushed: int, sink: Sink
 ) -> None:
-    """DESIGN §7: Postfix's processes must reach its files; pytest's tmp_path is root's 0700.
-    PostfixLog says so and exits, rather than leaving master to die silently."""
+    """docs/ARCHITECTURE.md#checked-facts: Postfix's processes must reach its files; pytest's
+    tmp_path is root's 0700. PostfixLog says so and exits, rather than leaving master to die
+    silently."""
     blocked = tmp_path / "private"
     blocked.mkdir(mode=0o700)
     with postfixlog_env(tmp_path, flushed, sink, logfile=str(blocked / "log" / "mail.log")) as env:

@@ -1,4 +1,4 @@
-"""The reliable queue against a real redis-server (DESIGN §4)."""
+"""The reliable queue against a real redis-server (docs/ARCHITECTURE.md#queues)."""
 
 from __future__ import annotations
 
