@@ -23,10 +23,10 @@ from pathlib import Path
 from redis import Redis as SyncRedis
 
 from manycore_common import item as item_format
-from tests.helpers import LOOPBACK, RedisServer, Service, running
+from tests.helpers import LOOPBACK, RedisServer, running
 from tests.integration.conftest import build_message
 from tests.integration.test_httpreceiver import GOOD_AUTH, http_service
-from tests.integration.test_receiver import connect, receiver_service
+from tests.integration.test_receiver import receiver_service
 
 P0, P1 = "IB-MAIL-QUEUE-P0", "IB-MAIL-QUEUE-P1"
 MESSAGES = 1000
@@ -58,19 +58,34 @@ class Tally:
 
 
 def message(n: int) -> tuple[str, bytes]:
+    """Message ``n``: its own X-Uuid and recipient (to count it at a sink), one in five P0."""
     uuid = f"kill{n}"
-    return uuid, build_message(uuid, "0" if n % 5 == 0 else None, to="alice@example.net", cc=None)
+    data = build_message(uuid, "0" if n % 5 == 0 else None, to=f"m{n}@example.net", cc=None)
+    return uuid, data
 
 
 class SmtpClient:
-    def __init__(self, service: Service, context: ssl.SSLContext) -> None:
-        self.service, self.context = service, context
+    """One submission connection (STARTTLS, AUTH PLAIN as apa), opened again when lost."""
+
+    def __init__(self, port: int, context: ssl.SSLContext) -> None:
+        self.port, self.context = port, context
         self.smtp: smtplib.SMTP | None = None
+
+    def connect(self) -> smtplib.SMTP:
+        # local_hostname avoids smtplib's getfqdn() (a DNS lookup).
+        smtp = smtplib.SMTP(LOOPBACK, self.port, local_hostname="localhost", timeout=15)
+        try:
+            smtp.starttls(context=self.context)
+            smtp.login("apa", "banan")
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
 
     def send(self, data: bytes) -> bool:
         """True when answered as a duplicate; raises Retry, OSError or SMTPException."""
         if self.smtp is None:
-            self.smtp = connect(self.service, self.context)
+            self.smtp = self.connect()
         self.smtp.rset()
         self.smtp.mail("anything@example.com")
         self.smtp.rcpt("ignored@example.net")
@@ -87,13 +102,15 @@ class SmtpClient:
 
 
 class HttpClient:
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    """One keep-alive connection to the HTTP API, opened again when lost."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
         self.conn: http.client.HTTPConnection | None = None
 
     def send(self, data: bytes) -> bool:
         if self.conn is None:
-            self.conn = http.client.HTTPConnection(LOOPBACK, self.service.port, timeout=15)
+            self.conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=15)
         headers = {"Authorization": GOOD_AUTH, "Content-Type": "message/rfc822"}
         self.conn.request("POST", "/v1/mail/send", body=data, headers=headers)
         response = self.conn.getresponse()
@@ -137,15 +154,57 @@ def client_loop(
     client.close()
 
 
-def kill_and_restart(service: Service, door: str, tally: Tally, after: int) -> None:
-    """SIGKILL once ``after`` messages went through ``door``, then start it again."""
+def run_clients(
+    makers: dict[str, Callable[[], SmtpClient | HttpClient]],
+    kill: Callable[[str], None],
+    tally: Tally,
+) -> None:
+    """Send every message twice (``DOORS``) with CLIENTS clients per door, and ``kill`` each
+    door a third of the way through its share."""
+    work: dict[str, queue.Queue[int]] = {"smtp": queue.Queue(), "http": queue.Queue()}
+    for n in range(MESSAGES):
+        for door in DOORS[n % 3]:
+            work[door].put(n)  # both copies of a message near each other in the lines
+    threads = [
+        threading.Thread(target=client_loop, args=(door, work[door], makers[door], tally))
+        for door in ("smtp", "http")
+        for _ in range(CLIENTS)
+    ]
+    threads += [
+        threading.Thread(target=kill_when, args=(kill, door, tally, MESSAGES // 3))
+        for door in ("smtp", "http")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE_SECONDS + 10)
+
+
+def kill_when(kill: Callable[[str], None], door: str, tally: Tally, after: int) -> None:
+    """``kill(door)`` once ``after`` messages went through ``door``."""
     while tally.done[door] < after and not tally.failures:
         time.sleep(0.005)
     try:
-        service.stop(signal.SIGKILL)
-        service.start()
+        kill(door)
     except Exception as exc:  # reported by the test, not lost in a thread
-        tally.failures.append(f"restarting {door}: {exc}")
+        tally.failures.append(f"killing {door}: {exc}")
+
+
+def check_clients(tally: Tally) -> None:
+    """Every submission got its success answer, after retries at both doors, and no uuid
+    was answered "queued" twice."""
+    assert not tally.failures, tally.failures[:5]
+    assert sum(tally.done.values()) == MESSAGES * 2
+    # Both kills broke connections in use, so both doors saw clients send again.
+    assert tally.retries["smtp"] > 0 and tally.retries["http"] > 0, tally.retries
+    assert max(tally.fresh.values()) == 1
+    assert sum(tally.fresh.values()) + sum(tally.duplicate.values()) == MESSAGES * 2
+
+
+def swallowed(tally: Tally) -> int:
+    """Messages queued whose "queued" answer a kill swallowed (all their answers said
+    duplicate)."""
+    return sum(1 for n in range(MESSAGES) if not tally.fresh[f"kill{n}"])
 
 
 def queued(client: SyncRedis) -> Counter[str]:
@@ -160,48 +219,31 @@ def test_each_message_is_queued_once_though_sent_twice_through_kills(
     client_tls: ssl.SSLContext,
     queues: SyncRedis,
 ) -> None:
-    smtp = receiver_service(tmp_path / "smtp", redis_server.port, tls_files)
-    api = http_service(tmp_path / "http", redis_server.port)
-    work: dict[str, queue.Queue[int]] = {"smtp": queue.Queue(), "http": queue.Queue()}
-    for n in range(MESSAGES):
-        for door in DOORS[n % 3]:
-            work[door].put(n)  # both copies of a message near each other in the lines
-    tally = Tally()
-    makers: dict[str, Callable[[], SmtpClient | HttpClient]] = {
-        "smtp": lambda: SmtpClient(smtp, client_tls),
-        "http": lambda: HttpClient(api),
+    services = {
+        "smtp": receiver_service(tmp_path / "smtp", redis_server.port, tls_files),
+        "http": http_service(tmp_path / "http", redis_server.port),
     }
+    makers: dict[str, Callable[[], SmtpClient | HttpClient]] = {
+        "smtp": lambda: SmtpClient(int(services["smtp"].port or 0), client_tls),
+        "http": lambda: HttpClient(int(services["http"].port or 0)),
+    }
+
+    def kill(door: str) -> None:  # and start again, as Kubernetes would
+        services[door].stop(signal.SIGKILL)
+        services[door].start()
+
+    tally = Tally()
     started = time.monotonic()
-    with running(smtp), running(api):
-        threads = [
-            threading.Thread(target=client_loop, args=(door, work[door], makers[door], tally))
-            for door in ("smtp", "http")
-            for _ in range(CLIENTS)
-        ]
-        # Each door is killed a third of the way through its share.
-        threads += [
-            threading.Thread(target=kill_and_restart, args=(service, door, tally, MESSAGES // 3))
-            for service, door in ((smtp, "smtp"), (api, "http"))
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(DEADLINE_SECONDS + 10)
+    with running(services["smtp"]), running(services["http"]):
+        run_clients(makers, kill, tally)
     elapsed = time.monotonic() - started
-    assert not tally.failures, tally.failures[:5]
-    assert sum(tally.done.values()) == MESSAGES * 2
-    # Both kills broke connections in use, so both doors saw clients send again.
-    assert tally.retries["smtp"] > 0 and tally.retries["http"] > 0, tally.retries
+    check_clients(tally)
     counts = queued(queues)
     assert counts == Counter({f"kill{n}": 1 for n in range(MESSAGES)}), [
         (uuid, count) for uuid, count in counts.items() if count != 1
     ][:10]
     assert queues.llen(P0) == MESSAGES // 5
-    # A message answered "queued" twice would be a duplicate the claims let through.
-    assert max(tally.fresh.values()) == 1
-    assert sum(tally.fresh.values()) + sum(tally.duplicate.values()) == MESSAGES * 2
-    lost = sum(1 for n in range(MESSAGES) if not tally.fresh[f"kill{n}"])
     print(
         f"{MESSAGES} messages x2 in {elapsed:.1f} s; retries {dict(tally.retries)}; "
-        f"{lost} queued whose answer the kills swallowed"
+        f"{swallowed(tally)} queued whose answer a kill swallowed"
     )
