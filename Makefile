@@ -38,6 +38,7 @@ bench: deps
 	$(PY) -m bench.transformer
 	$(PY) -m bench.backdata
 	$(PY) -m bench.ingest
+	$(PY) -m bench.idempotency
 	$(PY) -m bench.e2e
 	$(PY) -m bench.growth
 	$(PY) -m bench.retention

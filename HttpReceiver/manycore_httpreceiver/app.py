@@ -6,6 +6,12 @@ large, 415 wrong Content-Type, 429 too many failed logins, 503 with ``Retry-Afte
 cannot take the message now, 408 when the body does not arrive within the request timeout.
 ``200`` comes only after Redis holds the message.
 
+Idempotent submission (``manycore_common.idempotency``): a message whose X-Uuid, or whose
+request's ``Idempotency-Key`` header (draft-ietf-httpapi-idempotency-key-header; it takes
+precedence), was claimed within the window gets the first answer again with
+``"duplicate": true`` and is not queued again. A malformed key gets 400, a key that comes
+back with another X-Uuid 422 (the draft's answers).
+
 Failed logins are throttled per client address. Behind ``trusted-proxies`` they are also
 counted per login name (a guesser spread over many addresses still locks only the name it
 attacks), and never against a proxy's own address: when a request's X-Forwarded-For names
@@ -26,7 +32,8 @@ from aiohttp import BasicAuth, web
 from prometheus_client import Counter
 
 from manycore_common.auth import Credentials, FailureThrottle, username_key
-from manycore_common.intake import DROPPED, Intake, TemporarilyUnavailable
+from manycore_common.idempotency import parse_idempotency_key
+from manycore_common.intake import DROPPED, Intake, Submitted, TemporarilyUnavailable
 from manycore_common.message import MessageRejected, too_large
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,14 @@ AUTH_FAILURES = Counter(
 )
 for _reason in ("missing", "bad-credentials", "locked-out"):
     AUTH_FAILURES.labels(_reason)
+DUPLICATES = Counter(
+    "httpreceiver_duplicates",
+    "Messages whose X-Uuid or Idempotency-Key was claimed within the idempotency window: "
+    "answered 200 as the first one was, not queued again. By key: x-uuid, idempotency-key",
+    ["key"],
+)
+for _key in ("x-uuid", "idempotency-key"):
+    DUPLICATES.labels(_key)
 PROXY_LOCKOUTS_REFUSED = Counter(
     "httpreceiver_proxy_lockouts_refused",
     "Failed logins not counted against a trusted proxy's own address (X-Forwarded-For named "
@@ -242,6 +257,11 @@ async def send(request: web.Request) -> web.Response:
             f"got {request.headers.get('Content-Type', 'none')}",
         )
     try:
+        idempotency_key = parse_idempotency_key(request.headers.getall("Idempotency-Key", []))
+    except MessageRejected as exc:
+        DROPPED.labels(exc.reason).inc()
+        return error(exc.http_status, exc.reason, exc.text)
+    try:
         # aiohttp bounds the header section (keepalive_timeout, see service.py) but not the
         # body: without this a client sending a byte a minute holds its connection for ever.
         async with asyncio.timeout(request.app[BODY_TIMEOUT_KEY]):
@@ -260,13 +280,28 @@ async def send(request: web.Request) -> web.Response:
                 {"Connection": "close"},
             ),
         )
+    auth = _basic(request.headers.get("Authorization"))
     try:
-        accepted, queue = await intake.accept(data, source="http")
+        submitted = await intake.accept(
+            data,
+            source="http",
+            idempotency_key=idempotency_key,
+            login=auth.login if auth is not None else None,
+        )
     except MessageRejected as exc:
         return error(exc.http_status, exc.reason, exc.text)
     except TemporarilyUnavailable as exc:
         return error(503, exc.reason, exc.text, {"Retry-After": str(RETRY_AFTER_SECONDS)})
-    return web.json_response({"uuid": accepted.uuid, "queue": queue.name})
+    return web.json_response(answer(submitted, idempotency_key is not None))
+
+
+def answer(submitted: Submitted, by_idempotency_key: bool) -> dict[str, object]:
+    """The 200 body: a duplicate gets the first answer again, marked (and counted)."""
+    body: dict[str, object] = {"uuid": submitted.accepted.uuid, "queue": submitted.queue.name}
+    if submitted.duplicate:
+        DUPLICATES.labels("idempotency-key" if by_idempotency_key else "x-uuid").inc()
+        body["duplicate"] = True
+    return body
 
 
 def make_app(

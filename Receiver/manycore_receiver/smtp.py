@@ -32,6 +32,11 @@ AUTH_FAILURES = Counter(
 )
 for _reason in ("bad-credentials", "locked-out", "missing"):
     AUTH_FAILURES.labels(_reason)
+DUPLICATES = Counter(
+    "receiver_duplicates",
+    "Messages whose X-Uuid was queued within the idempotency window: answered 250 as the "
+    "first one was, not queued again",
+)
 
 
 def _peer_ip(session: Session) -> str:
@@ -184,7 +189,7 @@ class Handler:
             data = envelope.content if isinstance(envelope.content, bytes) else b""
         async with self.in_flight.track():
             try:
-                accepted, queue = await self.intake.accept(data, source="smtp")
+                submitted = await self.intake.accept(data, source="smtp")
             except MessageRejected as exc:
                 log.info(
                     "message refused", extra={"reason": exc.reason, "client": _peer_ip(session)}
@@ -192,4 +197,10 @@ class Handler:
                 return exc.smtp_reply
             except TemporarilyUnavailable as exc:
                 return f"451 4.3.0 {exc.text}"
-        return f"250 2.0.0 Queued as {accepted.uuid} on {queue.name}"
+        uuid, queue = submitted.accepted.uuid, submitted.queue.name
+        if submitted.duplicate:
+            # The same success as the first time (a client that lost our first 250 sends
+            # again), with a note saying why nothing new was queued.
+            DUPLICATES.inc()
+            return f"250 2.0.0 Already queued as {uuid} on {queue} (duplicate X-Uuid)"
+        return f"250 2.0.0 Queued as {uuid} on {queue}"

@@ -746,6 +746,11 @@ class CommonConfig(Section):
     #: mint. Keep it until every message signed with it has left Postfix's queue and its
     #: bounces have had time to come back (a week is plenty).
     feedback_secret_previous: SecretStr | None = None
+    #: Idempotent submission (README): for this many seconds after a message is queued,
+    #: another with the same X-Uuid (or, over HTTP, the same Idempotency-Key) is answered
+    #: as the first was and not queued again. 0 turns it off: every message is queued.
+    #: Each remembered message costs Redis about 120 bytes for this long.
+    idempotency_window_seconds: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
 
     @field_validator("unsubscribe_secret", "feedback_secret", "feedback_secret_previous")
     @classmethod

@@ -30,6 +30,13 @@ Key layout, for a queue named ``Q`` (the name from the global config, e.g. ``IB-
 ``Q:doorbell`` (LIST, at most one token)
     Only for queues made with ``doorbell=True`` (P0 and P1): set by every push, in the push
     script, so that a consumer of both blocks on both at once (``wait_for_doorbells``).
+``idem:<hash>`` (STRING, with a TTL)
+    Not one queue's: the claim of a submitted message (``manycore_common.idempotency``),
+    set by ``push_claimed`` in the same script as the push, so two concurrent submissions
+    of one message queue exactly one, and a refused push (queue full, Redis error) leaves
+    no claim. A group-commit batch passes all its claims in KEYS: on Redis Cluster they
+    would need the queues' hash tag (every claim then on the queues' slot, which is where
+    the front doors' writes all go today anyway).
 
 Items are ``manycore_common.item`` bytes (a JSON header line, then the payload). The scripts
 rewrite only the header, with Redis' built-in cjson, to count attempts and record why an item
@@ -67,13 +74,16 @@ import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from . import item as item_format
 from .item import Item
+
+if TYPE_CHECKING:
+    from .idempotency import Claim
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +131,57 @@ if KEYS[2] then
   redis.call('LTRIM', KEYS[2], 0, 0)
 end
 return length
+"""
+
+# KEYS: queue[, doorbell], claims... ARGV: high-water mark (0 = none), claim TTL seconds,
+# 1 when KEYS[2] is the doorbell else 0, then per item: its claim's value ('' = no claim; the
+# claims in KEYS in the same order) and the item → {new length, or -1 when full; then per
+# item '' (pushed) or the value its claim already held (a duplicate, not pushed)}.
+# Nothing is written before the checks that could refuse the push (the queue's type, the
+# high-water mark), so a refused push leaves no claim; when full, claims are only read,
+# so a duplicate of a message queued earlier is still told apart from a new one. A Redis
+# above maxmemory fails the first SET, before anything was written, and lets a script that
+# has written finish. Items claiming one key in one call: the first is pushed.
+_PUSH_CLAIMED = """
+local hwm, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local doorbell = ARGV[3] == '1'
+local k = doorbell and 3 or 2
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'list' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE the queue is not a list')
+end
+local full = hwm > 0 and redis.call('LLEN', KEYS[1]) >= hwm
+local out, fresh = {0}, {}
+for i = 4, #ARGV, 2 do
+  local earlier = false
+  if ARGV[i] ~= '' then
+    local key = KEYS[k]
+    k = k + 1
+    if full or not redis.call('SET', key, ARGV[i], 'NX', 'EX', ttl) then
+      earlier = redis.pcall('GET', key)
+      -- Not a string (someone else's key): still a duplicate, answered as a default one.
+      if type(earlier) == 'table' then earlier = '?' end
+    end
+  end
+  if earlier then
+    out[#out + 1] = earlier
+  else
+    out[#out + 1] = ''
+    fresh[#fresh + 1] = ARGV[i + 1]
+  end
+end
+if full then
+  out[1] = -1
+elseif #fresh > 0 then
+  out[1] = redis.call('LPUSH', KEYS[1], unpack(fresh))
+  if doorbell then
+    redis.call('LPUSH', KEYS[2], '1')
+    redis.call('LTRIM', KEYS[2], 0, 0)
+  end
+else
+  out[1] = redis.call('LLEN', KEYS[1])
+end
+return out
 """
 
 # KEYS: queue, processing, holders. ARGV: most items, consumer id → the items moved, oldest
@@ -380,6 +441,20 @@ class QueueFull(Exception):
 
 
 @dataclass(frozen=True)
+class ClaimedPush:
+    """What ``push_claimed`` did: the queue's length (-1: full, nothing pushed, no claim
+    made) and per item None (pushed, or refused when full) or the value its claim already
+    held (a duplicate: not pushed, whether or not the queue is full)."""
+
+    length: int
+    earlier: tuple[bytes | None, ...]
+
+    @property
+    def full(self) -> bool:
+        return self.length < 0
+
+
+@dataclass(frozen=True)
 class ReapResult:
     returned: int
     dead: int
@@ -423,6 +498,7 @@ class ReliableQueue:
         self.doorbell_key = f"{name}:doorbell"
         self._push_keys = [name, self.doorbell_key] if doorbell else [name]
         self._push = redis.register_script(_PUSH)
+        self._push_claimed = redis.register_script(_PUSH_CLAIMED)
         self._take_many = redis.register_script(_TAKE_MANY)
         self._hand_over = redis.register_script(_HAND_OVER)
         self._ack_many = redis.register_script(_ACK_MANY)
@@ -458,6 +534,25 @@ class ReliableQueue:
             if length < 0:
                 raise QueueFull(self.name, self.high_water_mark)
         return length
+
+    async def push_claimed(self, items: Sequence[tuple[bytes, Claim | None]]) -> ClaimedPush:
+        """Push the items, each only if its claim (``manycore_common.idempotency``; None:
+        none) is not held yet, making the claims in the same script: a duplicate is never
+        pushed, and a refused push (full, Redis error) makes no claim. One call of at most
+        ``PUSH_CHUNK`` items, all or (full: only duplicates told apart) nothing."""
+        if len(items) > self.PUSH_CHUNK:
+            # Two script calls would no longer be all or nothing.
+            raise ValueError(f"push_claimed takes at most {self.PUSH_CHUNK} items")
+        claims = [claim for _, claim in items if claim is not None]
+        # One TTL per call: every claim of one service has the configured window.
+        ttl = max((claim.window for claim in claims), default=1)
+        args: list[bytes | int] = [self.high_water_mark, ttl, len(self._push_keys) - 1]
+        for raw, claim in items:
+            args += [b"" if claim is None else claim.value, raw]
+        reply = await self._push_claimed(
+            keys=[*self._push_keys, *(claim.key for claim in claims)], args=args
+        )
+        return ClaimedPush(int(reply[0]), tuple(bytes(v) or None for v in reply[1:]))
 
     async def ring_doorbell(self) -> None:
         """Leave a doorbell token without pushing: a consumer that took a full batch (so more

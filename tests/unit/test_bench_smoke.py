@@ -100,3 +100,21 @@ def test_retention_bench_quick() -> None:
     assert float(kept.split()[-4].replace(",", "")) > 0
     # After the window nothing of a delivered message is left in Redis.
     assert rows["keys left per message after it"].split()[-4] == "0"
+
+
+def test_idempotency_bench_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.idempotency", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    rates = [line for line in lines if line.startswith("c8")]
+    assert [("check on" in r and "check off" in r) for r in rates] == [True, True], rates
+    memory = [line for line in lines if line.startswith(("x-uuid", "idempotency-key"))]
+    assert len(memory) == 2, memory
+    for row in rates + memory:
+        assert float(row.split()[-1]) > 0, row

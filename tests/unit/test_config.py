@@ -292,3 +292,20 @@ def test_service_without_its_section_exits_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "config error: httpreceiver: section required by this service"
+
+
+def test_idempotency_window_defaults_to_a_day_and_names_its_key(tmp_path: Path) -> None:
+    config = load_config(GLOBAL_EXAMPLE, CUSTOMER_EXAMPLE)
+    assert config.customer.common_config.idempotency_window_seconds == 86400
+
+    def window(value: object) -> object:
+        def change(data: dict[str, object]) -> None:
+            data["common-config"] = {"idempotency-window-seconds": value}
+
+        return change
+
+    g, c = write(tmp_path / "off", customer_text=customer_with(window(0)))
+    assert load_config(g, c).customer.common_config.idempotency_window_seconds == 0
+    for bad in (-1, "a day", 31 * 86400):
+        found = problems(tmp_path / str(bad), customer_text=customer_with(window(bad)))
+        assert len(found) == 1 and "common-config.idempotency-window-seconds" in found[0], found

@@ -1,0 +1,104 @@
+"""The pure parts of idempotent submission: what a message claims, and the Idempotency-Key
+header's rules (draft-ietf-httpapi-idempotency-key-header)."""
+
+from __future__ import annotations
+
+import pytest
+
+from manycore_common.idempotency import (
+    KEY_PREFIX,
+    Earlier,
+    claim_for,
+    parse_idempotency_key,
+    read_claim,
+)
+from manycore_common.message import MessageRejected
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ([], None),
+        (["8e03978e-40d5-43e8-bc93-6894a57f9324"], "8e03978e-40d5-43e8-bc93-6894a57f9324"),
+        # The draft's form: an RFC 8941 String, quotes and escapes taken off.
+        (['"8e03978e-40d5"'], "8e03978e-40d5"),
+        ([r'"say \"hi\" \\ there"'], 'say "hi" \\ there'),
+        (["  padded\t"], "padded"),
+        (["k" * 255], "k" * 255),
+        (["with inner spaces and !#$%&'()*+,-./:;<=>?@[]^_`{|}~"], None),
+    ],
+)
+def test_valid_keys(values: list[str], key: str | None) -> None:
+    expected = values[0] if key is None and values else key
+    assert parse_idempotency_key(values) == expected
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [""],
+        ['""'],
+        ["   "],
+        ["k" * 256],
+        ['"' + "k" * 256 + '"'],
+        ["caf\u00e9"],
+        ["tab\tinside"],
+        ["nul\x00"],
+        ["del\x7f"],
+        ["one", "two"],
+    ],
+)
+def test_invalid_keys_are_refused_with_400(values: list[str]) -> None:
+    with pytest.raises(MessageRejected) as refused:
+        parse_idempotency_key(values)
+    assert refused.value.http_status == 400
+    assert refused.value.reason == "bad-idempotency-key"
+    assert "Idempotency-Key" in refused.value.text
+
+
+def test_window_zero_claims_nothing() -> None:
+    assert claim_for("abc", 1, 0) is None
+    assert claim_for("abc", 1, 0, idempotency_key="k", login="apa") is None
+
+
+def test_an_x_uuid_is_claimed_for_the_customer_whatever_the_login() -> None:
+    first = claim_for("order-1", 0, 86400)
+    assert first is not None
+    assert first == claim_for("order-1", 0, 86400, login="other")
+    assert first.value == b"0" and first.window == 86400
+    assert first.key.startswith(KEY_PREFIX)
+    assert first.key != claim_for("order-2", 0, 86400).key  # type: ignore[union-attr]
+
+
+def test_an_idempotency_key_is_claimed_per_login_apart_from_x_uuids() -> None:
+    mine = claim_for("u1", 1, 60, idempotency_key="order-1", login="apa")
+    theirs = claim_for("u1", 1, 60, idempotency_key="order-1", login="citron")
+    as_uuid = claim_for("order-1", 1, 60)
+    assert mine is not None and theirs is not None and as_uuid is not None
+    assert len({mine.key, theirs.key, as_uuid.key}) == 3
+    # The login and the key cannot run into each other.
+    shifted = claim_for("u1", 1, 60, idempotency_key="1-order", login="apa\0k")
+    assert shifted is not None and shifted.key != mine.key
+    assert mine.value == b"1u1"
+
+
+def test_keys_are_short_whatever_is_claimed() -> None:
+    lengths = {
+        len(claim.key)
+        for claim in (
+            claim_for("a", 1, 60),
+            claim_for("a" * 36, 1, 60),
+            claim_for("a", 1, 60, idempotency_key="k" * 255, login="l" * 100),
+        )
+        if claim is not None
+    }
+    assert lengths == {len(KEY_PREFIX) + 22}
+
+
+def test_read_claim_gives_back_what_was_claimed() -> None:
+    by_uuid = claim_for("abc", 0, 60)
+    by_key = claim_for("abc", 1, 60, idempotency_key="k", login="apa")
+    assert by_uuid is not None and by_key is not None
+    assert read_claim(by_uuid.value) == Earlier(0, None)
+    assert read_claim(by_key.value) == Earlier(1, "abc")
+    assert read_claim(b"?") == Earlier(1, None)  # not ours: the default answer
