@@ -1,6 +1,7 @@
 """The front door shared by Receiver and HttpReceiver: validate a complete message, wrap it
 in a queue item and put it on P0 or P1, counting what happened under the README's metric
-names. The caller answers its client only after ``accept`` returns (docs/ARCHITECTURE.md#acknowledged).
+names. The caller answers its client only after ``accept`` returns
+(docs/ARCHITECTURE.md#acknowledged).
 
 With an idempotency window (``common-config.idempotency-window-seconds``), each message
 claims its X-Uuid (or the HTTP request's Idempotency-Key) in the same script as its push
