@@ -11,8 +11,9 @@ benchmark found after the front-door parse (bench/ingest.py).
 Each waiter is answered only after Redis holds its item, as before
 (docs/ARCHITECTURE.md#acknowledged). A batch is one script call, so it is all or nothing:
 above the high-water mark every waiter of the batch gets QueueFull, and a Redis error
-reaches every waiter of the batch, never a partial success. A waiter cancelled before its batch leaves (its client went away) is dropped from the batch:
-nobody was told the message was accepted, so it is not queued.
+reaches every waiter of the batch, never a partial success. A waiter cancelled before its
+batch leaves (its client went away) is dropped from the batch: nobody was told the message
+was accepted, so it is not queued.
 
 A message may carry a claim (idempotent submission, ``manycore_common.idempotency``): a
 batch with claims goes in one call of the claiming push script, which answers per item.
