@@ -31,7 +31,7 @@ run: run-deps
 # service is killed twice, Redis and PostfixLog stop gracefully, the webhook inbox is down a
 # minute and the sink MX hangs; about 8-15 minutes. MANYCORE_CHAOS_MESSAGES sets how many.
 chaos: deps
-	MANYCORE_CHAOS=1 $(PY) -m pytest -s tests/e2e/test_faults.py
+	MANYCORE_CHAOS=1 $(PY) -m pytest -s tests/e2e/test_faults.py tests/integration/test_failover.py
 
 # Not part of CI (minutes, and noisy machines); `make test` runs a quick smoke of it.
 bench: deps
