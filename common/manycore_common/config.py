@@ -672,11 +672,16 @@ class BackDataSection(Section):
         return self
 
 
+class NodeAddress(Section):
+    hostname: str = Field(min_length=1)
+    port: int = Field(default=6379, ge=1, le=65535)
+
+
 class RedisServer(Section):
     """The redis-server that ``manycore-redis`` runs (the Redis pod). Without this section
     ``manycore-redis`` only exports queue metrics of a Redis run elsewhere."""
 
-    secret_keys = ("password",)
+    secret_keys = ("password", "sentinel-password")
 
     bind: str = "127.0.0.1"
     port: int = Field(default=6379, ge=1, le=65535)
@@ -696,6 +701,32 @@ class RedisServer(Section):
     backups_kept: int = Field(default=24, ge=1)
     #: How long a stop may take to save and upload before giving up on the upload.
     stop_timeout_seconds: float = Field(default=120, gt=0)
+    #: primary: serve as the primary, unless the sentinels (``redis.reliable-queue.redis``
+    #: in the Sentinel form) name another node, which it then replicates; replica: replicate
+    #: the node the sentinels name, else ``primary``; sentinel: run redis-sentinel watching
+    #: the primary the other sentinels name, else ``primary``.
+    role: Literal["primary", "replica", "sentinel"] = "primary"
+    #: The first primary (replica and sentinel roles), e.g. manycore-redis-0.manycore-redis.
+    primary: NodeAddress | None = None
+    #: The name other nodes reach this one by (replica-announce-ip / sentinel announce-ip).
+    announce_hostname: str | None = None
+    master_name: str = Field(default="manycore", min_length=1)
+    #: A primary with fewer replicas in sync refuses writes (1 in a Sentinel set: what it
+    #: acknowledges must survive its loss). 0: off (one node).
+    min_replicas_to_write: int = Field(default=0, ge=0)
+    #: Sentinel role: how many sentinels must agree the primary is down, and how fast.
+    quorum: int = Field(default=2, ge=1)
+    down_after_milliseconds: int = Field(default=5000, ge=100)
+    failover_timeout_milliseconds: int = Field(default=30000, ge=1000)
+    redis_sentinel_binary: str = "redis-sentinel"
+    #: Sentinel role: the password clients (and the other sentinels) give the sentinels.
+    sentinel_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _primary_known(self) -> RedisServer:
+        if self.role != "primary" and self.primary is None:
+            raise ValueError(f"role {self.role} needs primary (hostname and port)")
+        return self
 
     @field_validator("password")
     @classmethod
