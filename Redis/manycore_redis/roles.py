@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -48,12 +49,23 @@ class Start:
         return self.replicaof is None and not self.sentinels_named
 
 
+def announce_name(settings: RedisServer) -> str | None:
+    """``announce-hostname`` with ``{hostname}`` replaced by this host's name, so that the
+    pods of one StatefulSet share a config: ``{hostname}.redis-headless`` is redis-1's
+    ``redis-1.redis-headless``."""
+    if settings.announce_hostname is None:
+        return None
+    return settings.announce_hostname.replace("{hostname}", socket.gethostname())
+
+
 def decide(settings: RedisServer, named: NodeAddress | None) -> Start:
-    """``named``: the primary the sentinels name now (None: they name no one)."""
+    """``named``: the primary the sentinels name now (None: they name no one). With no one
+    named, a node is primary if its role says so or it is the configured first primary
+    (the StatefulSet's pod 0: every pod has role replica and the same ``primary``)."""
+    me = NodeAddress(hostname=announce_name(settings) or "-", port=settings.port)
     if named is not None:
-        me = NodeAddress(hostname=settings.announce_hostname or "", port=settings.port)
         return Start(None if named == me else named, True)
-    if settings.role == "primary":
+    if settings.role == "primary" or settings.primary == me:
         return Start(None, False)
     return Start(settings.primary, False)
 
@@ -104,8 +116,8 @@ def data_node_lines(settings: RedisServer, start: Start) -> list[str]:
         f"min-replicas-to-write {settings.min_replicas_to_write}",
         "min-replicas-max-lag 10",
     ]
-    if settings.announce_hostname:
-        lines.append(f"replica-announce-ip {settings.announce_hostname}")
+    if announced := announce_name(settings):
+        lines.append(f"replica-announce-ip {announced}")
     if start.replicaof is not None:
         lines.append(f"replicaof {start.replicaof.hostname} {start.replicaof.port}")
     return lines
@@ -131,8 +143,8 @@ def sentinel_config(settings: RedisServer, primary: NodeAddress) -> str:
         f"sentinel failover-timeout {name} {settings.failover_timeout_milliseconds}",
         f"sentinel parallel-syncs {name} 1",
     ]
-    if settings.announce_hostname:
-        lines.append(f"sentinel announce-ip {settings.announce_hostname}")
+    if announced := announce_name(settings):
+        lines.append(f"sentinel announce-ip {announced}")
     if settings.sentinel_password is not None:
         secret = _quoted(settings.sentinel_password.get_secret_value())
         lines += [f"requirepass {secret}", f"sentinel sentinel-pass {secret}"]

@@ -708,7 +708,8 @@ class RedisServer(Section):
     role: Literal["primary", "replica", "sentinel"] = "primary"
     #: The first primary (replica and sentinel roles), e.g. manycore-redis-0.manycore-redis.
     primary: NodeAddress | None = None
-    #: The name other nodes reach this one by (replica-announce-ip / sentinel announce-ip).
+    #: The name other nodes reach this one by (replica-announce-ip / sentinel announce-ip);
+    #: ``{hostname}`` is replaced by the host's name (a StatefulSet pod's name).
     announce_hostname: str | None = None
     master_name: str = Field(default="manycore", min_length=1)
     #: A primary with fewer replicas in sync refuses writes (1 in a Sentinel set: what it
