@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import sys
@@ -86,15 +87,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     health = HealthServer(section.prometheus, {"redis": redis_ok})
     await health.start()
     inner_stop = asyncio.Event()
-    tasks = [asyncio.create_task(poll(client, collector, section.poll_seconds, inner_stop))]
-    tasks.append(asyncio.create_task(_adopt(client, queue_names(config), inner_stop)))
-    if (
-        running is not None
-        and prepared.store is not None
-        and settings is not None
-        and settings.backup_interval_seconds > 0
-    ):
-        tasks.append(asyncio.create_task(_periodic(running, prepared.store, settings, inner_stop)))
+    tasks = _background(config, prepared, client, collector, running, inner_stop)
     exit_code = 0
     try:
         if running is None:
@@ -120,6 +113,31 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         await health.stop()
     if exit_code:
         sys.exit(exit_code)
+
+
+def _background(
+    config: Config,
+    prepared: Prepared,
+    client: Redis,
+    collector: QueueCollector,
+    running: redis_server.RunningServer | None,
+    stop: asyncio.Event,
+) -> list[asyncio.Task[None]]:
+    """The exporter, the one-time adoption, and periodic backups (a data node with storage)."""
+    section, settings = prepared.section, prepared.section.server
+    # In a Sentinel set only the primary's pod reports the queue gauges (exporter.poll).
+    reporting = None
+    if running is not None and section.reliable_queue.redis.sentinels:
+        reporting = functools.partial(_is_primary, running)
+    tasks = [
+        asyncio.create_task(poll(client, collector, section.poll_seconds, stop, reporting)),
+        asyncio.create_task(_adopt(client, queue_names(config), stop)),
+    ]
+    store = prepared.store
+    backing_up = settings is not None and settings.backup_interval_seconds > 0
+    if running is not None and store is not None and settings is not None and backing_up:
+        tasks.append(asyncio.create_task(_periodic(running, store, settings, stop)))
+    return tasks
 
 
 async def _start_data_node(
