@@ -1,7 +1,7 @@
 """manycore-redis as primary, replica and sentinel (issue 17, item 3): the replica replicates
 with its own ACL user, the sentinel watches with its own, a killed primary is replaced, and
 the old primary's pod, restarted, asks the sentinel and joins as a replica (it restores no
-backup and does not split the set in two)."""
+backup and does not split the set in two); only the primary's pod reports the queue gauges."""
 
 from __future__ import annotations
 
@@ -102,6 +102,10 @@ def test_primary_replica_sentinel_and_a_returning_primary(tmp_path: Path) -> Non
         wait_for(lambda: first.client().lrange("Q", 0, -1)[-1:] == [b"before the failover"],
                  what="the returning node to hold the data")  # fmt: skip
         assert named_primary(sentinel_port) == second.port
+        # Both pods read the primary; only the primary's pod reports the queue gauges.
+        wait_for(lambda: _reports_queues(second) and not _reports_queues(first),
+                 what="only the primary's pod to report")  # fmt: skip
+        assert first.metrics()["redis_up"] == 1
     finally:
         for pod in pods:
             if pod.process and pod.process.poll() is None:
@@ -122,3 +126,7 @@ def _push_ok(client: SyncRedis, value: bytes = b"after the failover") -> bool:
         return True
     except ResponseError:  # NOREPLICAS until a replica is in sync
         return False
+
+
+def _reports_queues(pod: RedisPod) -> bool:
+    return "primary_queue_messages" in pod.metrics()
