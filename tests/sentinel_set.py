@@ -89,8 +89,9 @@ class SentinelSet:
         return path
 
     def _replicas_online(self) -> bool:
+        """Connected, and acknowledging: min-replicas-to-write counts only those."""
         info = SyncRedis(host=LOOPBACK, port=self.primary.port).info("replication")
-        return int(info.get("connected_slaves", 0)) == len(self.replicas)
+        return int(info.get("min_slaves_good_slaves", 0)) == len(self.replicas)
 
     def _sentinels_agree(self) -> bool:
         for port in self.sentinel_ports:

@@ -9,6 +9,7 @@ The short version runs in `make test` (1,500 messages); `make chaos` (MANYCORE_C
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import threading
@@ -18,8 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from manycore_common import item as item_format
+from manycore_common import redisconn
+from manycore_common.config import RedisConnection
+from manycore_common.queue import ReliableQueue
 from tests.helpers import LOOPBACK, running
 from tests.integration.conftest import build_message
 from tests.integration.test_httpreceiver import GOOD_AUTH, P0, P1, RFC822, http_service
@@ -152,3 +158,72 @@ def drive(port: int, group: SentinelSet) -> tuple[Tally, float]:
         thread.join(max(1.0, deadline - time.monotonic()))
     assert tally.kill_at is not None and tally.started_after_kill, "ingest never resumed"
     return tally, tally.started_after_kill[0] - tally.kill_at
+
+
+CONSUMED = int(os.environ.get("MANYCORE_FAILOVER_ITEMS", "3000" if CHAOS else "600"))
+
+
+async def test_a_consumer_follows_the_failover(tmp_path: Path) -> None:
+    """A consumer in the Sentinel form (as the Transformer, PostfixLog and BackData are)
+    hands items from one queue to another while the replicas lag and the primary dies. Its
+    own retry loop carries it over; hand-overs the promoted replica never got are back in
+    its processing list there, and the reaper returns them: every item ends in the target
+    queue exactly once."""
+    group = SentinelSet(tmp_path / "redis").start()
+    try:
+        settings = RedisConnection.model_validate(group.connection_config())
+        client = redisconn.connect(settings, blocking_timeout=1)
+        source = ReliableQueue(client, "SRC", heartbeat_timeout=2)
+        target = ReliableQueue(client, "DST")
+        raws = [item_format.new_item(b"x", source="test", uuid=f"c{i}") for i in range(CONSUMED)]
+        await source.push_many(raws)
+        resume, moved = await consume(source, target, group)
+        final = await target_uuids(client)
+        await client.aclose()
+    finally:
+        group.stop()
+    print(
+        f"\nconsumer failover: {CONSUMED} items, resumed {resume:.2f}s after SIGKILL, "
+        f"{moved - CONSUMED} hand-overs lost with the primary and done again"
+    )
+    assert final == Counter(f"c{i}" for i in range(CONSUMED))
+    assert resume < RESUME_LIMIT_SECONDS
+
+
+async def consume(
+    source: ReliableQueue, target: ReliableQueue, group: SentinelSet
+) -> tuple[float, int]:
+    """Hand items over until the target holds them all; kill the primary halfway. Returns
+    how long after the kill the first hand-over succeeded, and how many succeeded."""
+    consumer = source.consumer("c1")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60 + CONSUMED / 20
+    moved, hold_at, kill_at, resumed, reaped_at = 0, 0.0, 0.0, 0.0, 0.0
+    while loop.time() < deadline:
+        if moved >= CONSUMED // 3 and not hold_at:
+            group.hold_replication()  # what follows reaches no replica...
+            hold_at = loop.time()
+        if hold_at and not kill_at and loop.time() - hold_at > LAG_SECONDS:
+            assert group.primary.process is not None
+            group.primary.process.kill()  # ...and dies with the primary
+            kill_at = loop.time()
+        try:
+            if loop.time() - reaped_at > 0.5:
+                reaped_at = loop.time()
+                await source.reap()  # returns what our lost hand-overs left in our hands
+                if await target.size() == CONSUMED:
+                    break
+            item = await consumer.take(0.2)
+            if item is not None and await consumer.hand_over(item, target, item.raw):
+                moved += 1
+                if kill_at and not resumed:
+                    resumed = loop.time()
+        except (RedisError, OSError):
+            await asyncio.sleep(0.1)  # as the services' consumers do
+    assert kill_at and resumed, "the consumer never got going again"
+    return resumed - kill_at, moved
+
+
+async def target_uuids(client: Redis) -> Counter[str]:
+    raws = await client.lrange("DST", 0, -1)
+    return Counter(item_format.decode(raw).uuid or "" for raw in raws)
