@@ -59,6 +59,16 @@ def prepare(config: Config) -> Prepared:
             key, binary = "redis-sentinel-binary", section.server.redis_sentinel_binary
         if shutil.which(binary) is None:
             raise ConfigError([f"redis.server.{key}: {binary} not found"])
+        data_node = section.server.role != "sentinel"
+        if (
+            data_node
+            and section.reliable_queue.redis.sentinels
+            and not section.server.announce_hostname
+        ):
+            # Without it a node cannot tell whether the primary the sentinels name is itself.
+            raise ConfigError(
+                ["redis.server.announce-hostname: required with sentinels (reliable-queue.redis)"]
+            )
         if storage is None:
             log.info("object storage not configured: no backups, nothing to restore")
         else:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
-from manycore_common.config import NodeAddress, RedisServer
-from manycore_redis import roles
+import pytest
+
+from manycore_common.config import ConfigError, NodeAddress, RedisServer, load_config
+from manycore_redis import roles, service
+from tests.helpers import write_configs
 
 FIRST = {"hostname": "redis-0.redis-headless", "port": 6379}
 
@@ -56,3 +60,23 @@ def test_sentinel_config() -> None:
     assert "sentinel monitor manycore redis-0.redis-headless 6379 2" in text
     assert "sentinel auth-user manycore sentinel" in text
     assert 'requirepass "pa\\"ss"' in text
+
+
+def test_a_data_node_with_sentinels_must_announce_itself(tmp_path: Path) -> None:
+    """Else it could not tell whether the primary the sentinels name is itself."""
+    global_file, customer_file = write_configs(
+        tmp_path,
+        6379,
+        lambda c: c.update(
+            redis={
+                "server": {"password": "p" * 16, "data-dir": str(tmp_path / "d")},
+                "reliable-queue": {
+                    "redis": {"sentinels": [{"hostname": "127.0.0.1"}], "master-name": "m"}
+                },
+            }
+        ),
+    )
+    config = load_config(global_file, customer_file, "redis")
+    with pytest.raises(ConfigError) as failure:
+        service.prepare(config)
+    assert "redis.server.announce-hostname" in str(failure.value)
