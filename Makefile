@@ -30,8 +30,9 @@ run: run-deps
 # The longer fault suite (`make test` runs a short one): a few thousand messages while every
 # service is killed twice, Redis and PostfixLog stop gracefully, the webhook inbox is down a
 # minute and the sink MX hangs; about 8-15 minutes. MANYCORE_CHAOS_MESSAGES sets how many.
+# Then the Sentinel failover with 10,000 messages (about a minute and a half).
 chaos: deps
-	MANYCORE_CHAOS=1 $(PY) -m pytest -s tests/e2e/test_faults.py
+	MANYCORE_CHAOS=1 $(PY) -m pytest -s tests/e2e/test_faults.py tests/integration/test_failover.py
 
 # Not part of CI (minutes, and noisy machines); `make test` runs a quick smoke of it.
 bench: deps

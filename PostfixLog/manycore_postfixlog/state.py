@@ -45,6 +45,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from manycore_common import replicas
+
 #: After the last final event, the message's state is kept this long by default
 #: (``replay-window-seconds``), so that log lines read again after a restart still find it
 #: (and are recognised as done).
@@ -286,9 +288,11 @@ class State:
         """Claim the item for ``claimer`` unless it is already injected or someone else
         holds it (``now``: the caller's monotonic clock, read before asking)."""
         answer = _text(
-            await self._claim(
-                keys=[self.item_key(item_id), self.claim_key(item_id)],
-                args=[claimer, CLAIM_SECONDS * 1000],
+            await replicas.call(
+                self.redis,
+                self._claim,
+                [self.item_key(item_id), self.claim_key(item_id)],
+                [claimer, CLAIM_SECONDS * 1000],
             )
         )
         if answer in ("done", "mine"):
@@ -314,15 +318,17 @@ class State:
         msg_key = self.msg_key(queue_id) if queue_id else f"{self.prefix}msg:-"
         fields = json.dumps(message.fields()) if message is not None and queue_id else ""
         held = held or Held("", f"{self.prefix}none", b"")
-        done = await self._record(
-            keys=[
+        done = await replicas.call(
+            self.redis,
+            self._record,
+            [
                 self.item_key(item_id),
                 msg_key,
                 self.event_queue,
                 self.claim_key(item_id),
                 held.processing_key,
             ],
-            args=[self.ttl, marker, fields, held.claimer, self.replay_window, held.raw, *events],
+            [self.ttl, marker, fields, held.claimer, self.replay_window, held.raw, *events],
         )
         return int(done) == 1
 
@@ -336,9 +342,11 @@ class State:
         """Push ``event`` unless ``rcpt`` already has its final event: 1 pushed, 0 already
         final, -1 unknown message."""
         return int(
-            await self._final(
-                keys=[self.msg_key(queue_id), self.event_queue],
-                args=[rcpt_key(rcpt), event, self.replay_window],
+            await replicas.call(
+                self.redis,
+                self._final,
+                [self.msg_key(queue_id), self.event_queue],
+                [rcpt_key(rcpt), event, self.replay_window],
             )
         )
 
@@ -348,22 +356,26 @@ class State:
         """Remember the last deferral; push the optional ``deferred`` event once per ``once``
         (2: pushed, 1: remembered only, 0: recipient already final, -1: unknown message)."""
         return int(
-            await self._deferral(
-                keys=[self.msg_key(queue_id), self.event_queue],
-                args=[rcpt_key(rcpt), deferral.encode(), once if event else "", event or b""],
+            await replicas.call(
+                self.redis,
+                self._deferral,
+                [self.msg_key(queue_id), self.event_queue],
+                [rcpt_key(rcpt), deferral.encode(), once if event else "", event or b""],
             )
         )
 
     # ------------------------------------------------------------------ stop and start
 
     async def requeue(self, queue_id: str, item: bytes) -> None:
-        await self._requeue(
-            keys=[
+        await replicas.call(
+            self.redis,
+            self._requeue,
+            [
                 self.incoming_queue,
                 self.msg_key(queue_id),
                 f"{self.prefix}requeued:{queue_id}",
             ],
-            args=[item, self.ttl],
+            [item, self.ttl],
         )
 
     async def was_requeued(self, queue_id: str) -> bool:

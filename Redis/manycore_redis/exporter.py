@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily
@@ -147,11 +147,21 @@ class QueueCollector(Collector):
 
 
 async def poll(
-    redis: Redis, collector: QueueCollector, interval: float, stop: asyncio.Event
+    redis: Redis,
+    collector: QueueCollector,
+    interval: float,
+    stop: asyncio.Event,
+    reporting: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
+    """Read Redis every ``interval``. With ``reporting`` (a data node of a Sentinel set),
+    the queue gauges come only while it says yes (this pod's node is the primary): the three
+    pods read the same primary, and a dashboard's sum must count each queue once."""
     while not stop.is_set():
         try:
-            collector.snapshot = await read(redis, collector.gauges)
+            if reporting is not None and not await reporting():
+                collector.snapshot = Snapshot(up=True, taken_at=time.time())
+            else:
+                collector.snapshot = await read(redis, collector.gauges)
         except (RedisError, OSError) as exc:
             if collector.snapshot.up:
                 log.warning("cannot read redis", extra={"error": str(exc)})

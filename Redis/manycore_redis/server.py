@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -41,7 +42,9 @@ def acl_password(password: str) -> str:
     return "#" + hashlib.sha256(password.encode()).hexdigest()
 
 
-def render_config(settings: RedisServer, admin_password: str, base: Path) -> str:
+def render_config(
+    settings: RedisServer, admin_password: str, base: Path, extra: Sequence[str] = ()
+) -> str:
     """The runtime configuration: the shipped base file plus what depends on this deployment.
 
     Users: the application user may run everything but Redis' dangerous commands (FLUSHALL,
@@ -68,6 +71,7 @@ def render_config(settings: RedisServer, admin_password: str, base: Path) -> str
             f"user default on resetpass {acl_password(admin_password)} ~* &* +@all",
             f"user {app} on {acl_password(settings.password.get_secret_value())} "
             "~* &* +@all -@dangerous +info",
+            *extra,
             "",
         ]
     )
@@ -113,13 +117,36 @@ class RunningServer:
         return await self.process.wait()
 
 
-async def start(settings: RedisServer, *, timeout: float = 30.0) -> RunningServer:
-    binary = shutil.which(settings.redis_server_binary) or settings.redis_server_binary
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+async def start(
+    settings: RedisServer, *, extra: Sequence[str] = (), timeout: float = 30.0
+) -> RunningServer:
+    """redis-server with the rendered config plus ``extra`` lines (``roles``)."""
     admin_password = secrets.token_urlsafe(32)
+    text = render_config(settings, admin_password, base_config_path(), extra)
+    return await launch(
+        settings,
+        settings.redis_server_binary,
+        text,
+        (ADMIN_USER, admin_password),
+        timeout=timeout,
+    )
+
+
+async def launch(
+    settings: RedisServer,
+    binary_name: str,
+    config_text: str,
+    admin_login: tuple[str | None, str | None],
+    *,
+    timeout: float = 30.0,
+) -> RunningServer:
+    """Run ``binary_name`` (redis-server or redis-sentinel) with ``config_text``, wait until
+    it answers PING as ``admin_login``."""
+    binary = shutil.which(binary_name) or binary_name
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     config_dir = Path(tempfile.mkdtemp(prefix="manycore-redis-"))  # mode 0700
     config = config_dir / "redis.conf"
-    config.write_text(render_config(settings, admin_password, base_config_path()))
+    config.write_text(config_text)
     config.chmod(0o600)
     lock = await _lock_data_dir(settings.data_dir, timeout)
     process = await asyncio.create_subprocess_exec(
@@ -136,13 +163,27 @@ async def start(settings: RedisServer, *, timeout: float = 30.0) -> RunningServe
     admin = Redis(
         host=host,
         port=settings.port,
-        username=ADMIN_USER,
-        password=admin_password,
+        username=admin_login[0],
+        password=admin_login[1],
         socket_connect_timeout=2,
         socket_timeout=30,
         # SHUTDOWN closes the connection on success: a retry would only wait for nothing.
         retry=Retry(NoBackoff(), retries=0),
     )
+    await _wait_ready(process, admin, timeout)
+    log.info(
+        "redis-server started",
+        extra={
+            "pid": process.pid,
+            "port": settings.port,
+            "role": settings.role,
+            "appendfsync": settings.appendfsync,
+        },
+    )
+    return RunningServer(process, admin, config_dir, relay)
+
+
+async def _wait_ready(process: asyncio.subprocess.Process, admin: Redis, timeout: float) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         if process.returncode is not None:
@@ -150,16 +191,11 @@ async def start(settings: RedisServer, *, timeout: float = 30.0) -> RunningServe
         with contextlib.suppress(RedisError, OSError):
             # While loading a large AOF, Redis answers LOADING; wait until it serves.
             if await admin.ping():
-                break
+                return
         if asyncio.get_running_loop().time() > deadline:
             process.kill()
             raise RuntimeError(f"redis-server did not answer within {timeout}s")
         await asyncio.sleep(0.1)
-    log.info(
-        "redis-server started",
-        extra={"pid": process.pid, "port": settings.port, "appendfsync": settings.appendfsync},
-    )
-    return RunningServer(process, admin, config_dir, relay)
 
 
 _REDIS_LOG_LEVELS = {".": logging.DEBUG, "-": logging.INFO, "*": logging.INFO, "#": logging.WARNING}
@@ -195,10 +231,14 @@ async def bgsave(server: RunningServer, timeout: float = 600) -> None:
         raise RuntimeError(f"BGSAVE failed: {info.get('rdb_last_bgsave_status')}")
 
 
-async def stop(server: RunningServer, timeout: float) -> int:
-    """SHUTDOWN SAVE: Redis writes a final RDB and fsyncs the AOF, then exits."""
+async def stop(server: RunningServer, timeout: float, *, save: bool = True) -> int:
+    """SHUTDOWN SAVE: Redis writes a final RDB and fsyncs the AOF, then exits. A sentinel
+    (``save`` False) has nothing to save: SIGTERM."""
+    if not save:
+        server.process.terminate()
     with contextlib.suppress(RedisConnectionError):  # the connection closes on success
-        await server.admin.shutdown(save=True)
+        if save:
+            await server.admin.shutdown(save=True)
     try:
         code = await asyncio.wait_for(server.process.wait(), timeout)
     except TimeoutError:

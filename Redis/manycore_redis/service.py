@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import sys
@@ -28,6 +29,7 @@ from manycore_common.queue import ReliableQueue
 from manycore_common.queuectl import queue_names
 
 from . import backup as backups
+from . import roles
 from . import server as redis_server
 from .exporter import QueueCollector, poll, readme_gauges
 
@@ -52,12 +54,20 @@ def prepare(config: Config) -> Prepared:
     store = None
     storage = config.customer.common_config.object_storage
     if section.server is not None:
-        if shutil.which(section.server.redis_server_binary) is None:
+        key, binary = "redis-server-binary", section.server.redis_server_binary
+        if section.server.role == "sentinel":
+            key, binary = "redis-sentinel-binary", section.server.redis_sentinel_binary
+        if shutil.which(binary) is None:
+            raise ConfigError([f"redis.server.{key}: {binary} not found"])
+        data_node = section.server.role != "sentinel"
+        if (
+            data_node
+            and section.reliable_queue.redis.sentinels
+            and not section.server.announce_hostname
+        ):
+            # Without it a node cannot tell whether the primary the sentinels name is itself.
             raise ConfigError(
-                [
-                    f"redis.server.redis-server-binary: {section.server.redis_server_binary} "
-                    "not found"
-                ]
+                ["redis.server.announce-hostname: required with sentinels (reliable-queue.redis)"]
             )
         if storage is None:
             log.info("object storage not configured: no backups, nothing to restore")
@@ -70,17 +80,12 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     assert isinstance(prepared, Prepared)
     section = prepared.section
     settings = section.server
+    if settings is not None and settings.role == "sentinel":
+        await _serve_sentinel(section, settings, stop)
+        return
     running = None
     if settings is not None:
-        if prepared.store is not None:
-            try:
-                await asyncio.to_thread(backups.restore, prepared.store, settings.data_dir)
-            except backups.BackupError as exc:
-                # Starting empty would let new mail pile on top of a lost queue; an operator
-                # decides (fix storage, or remove object-storage to start empty).
-                log.error("restore failed: not starting", extra={"error": str(exc)})
-                sys.exit(1)
-        running = await redis_server.start(settings)
+        running = await _start_data_node(section, settings, prepared.store)
 
     client = redisconn.connect(section.reliable_queue.redis)
     collector = QueueCollector(readme_gauges(config))
@@ -92,15 +97,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     health = HealthServer(section.prometheus, {"redis": redis_ok})
     await health.start()
     inner_stop = asyncio.Event()
-    tasks = [asyncio.create_task(poll(client, collector, section.poll_seconds, inner_stop))]
-    tasks.append(asyncio.create_task(_adopt(client, queue_names(config), inner_stop)))
-    if (
-        running is not None
-        and prepared.store is not None
-        and settings is not None
-        and settings.backup_interval_seconds > 0
-    ):
-        tasks.append(asyncio.create_task(_periodic(running, prepared.store, settings, inner_stop)))
+    tasks = _background(config, prepared, client, collector, running, inner_stop)
     exit_code = 0
     try:
         if running is None:
@@ -119,12 +116,115 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         with contextlib.suppress(Exception):
             await client.aclose()
         if running is not None and settings is not None and running.process.returncode is None:
+            primary = await _is_primary(running)
             code = await redis_server.stop(running, settings.stop_timeout_seconds)
-            if code == 0 and prepared.store is not None:
+            if code == 0 and prepared.store is not None and primary:
                 await _backup(prepared.store, settings, reason="stop", include_aof=True)
         await health.stop()
     if exit_code:
         sys.exit(exit_code)
+
+
+def _background(
+    config: Config,
+    prepared: Prepared,
+    client: Redis,
+    collector: QueueCollector,
+    running: redis_server.RunningServer | None,
+    stop: asyncio.Event,
+) -> list[asyncio.Task[None]]:
+    """The exporter, the one-time adoption, and periodic backups (a data node with storage)."""
+    section, settings = prepared.section, prepared.section.server
+    # In a Sentinel set only the primary's pod reports the queue gauges (exporter.poll).
+    reporting = None
+    if running is not None and section.reliable_queue.redis.sentinels:
+        reporting = functools.partial(_is_primary, running)
+    tasks = [
+        asyncio.create_task(poll(client, collector, section.poll_seconds, stop, reporting)),
+        asyncio.create_task(_adopt(client, queue_names(config), stop)),
+    ]
+    store = prepared.store
+    backing_up = settings is not None and settings.backup_interval_seconds > 0
+    if running is not None and store is not None and settings is not None and backing_up:
+        tasks.append(asyncio.create_task(_periodic(running, store, settings, stop)))
+    return tasks
+
+
+async def _start_data_node(
+    section: RedisSection, settings: RedisServer, store: backups.ObjectStore | None
+) -> redis_server.RunningServer:
+    """Primary or replica (``roles``); a backup is restored only by a primary the sentinels
+    name no rival for, into an empty data directory."""
+    connection = section.reliable_queue.redis
+    named = None
+    if connection.sentinels:
+        named = await roles.ask_sentinels(connection, settings.master_name)
+    start = roles.decide(settings, named)
+    empty = not settings.data_dir.exists() or not any(settings.data_dir.iterdir())
+    if start.sentinels_named and start.replicaof is None and empty:
+        # Serving an empty data set as primary would make the replicas drop theirs.
+        log.error("the sentinels name this node primary but it has no data: not starting")
+        sys.exit(1)
+    if store is not None and start.may_restore:
+        try:
+            await asyncio.to_thread(backups.restore, store, settings.data_dir)
+        except backups.BackupError as exc:
+            # Starting empty would let new mail pile on top of a lost queue; an operator
+            # decides (fix storage, or remove object-storage to start empty).
+            log.error("restore failed: not starting", extra={"error": str(exc)})
+            sys.exit(1)
+    elif store is not None:
+        log.info("not restoring: this node gets its data from the primary")
+    replicaof = start.replicaof
+    log.info(
+        "starting",
+        extra={"replicaof": f"{replicaof.hostname}:{replicaof.port}" if replicaof else None},
+    )
+    return await redis_server.start(settings, extra=roles.data_node_lines(settings, start))
+
+
+async def _is_primary(running: redis_server.RunningServer) -> bool:
+    try:
+        info = await running.admin.info("replication")
+    except (RedisError, OSError):
+        return False
+    return bool(info.get("role") == "master")
+
+
+async def _serve_sentinel(
+    section: RedisSection, settings: RedisServer, stop: asyncio.Event
+) -> None:
+    """redis-sentinel, watching the primary the other sentinels name (else the configured
+    first primary); no exporter here (the data nodes' pods export the queue gauges)."""
+    connection = section.reliable_queue.redis
+    named = None
+    if connection.sentinels:
+        named = await roles.ask_sentinels(connection, settings.master_name)
+    assert settings.primary is not None  # the config requires it for this role
+    password = settings.sentinel_password
+    running = await redis_server.launch(
+        settings,
+        settings.redis_sentinel_binary,
+        roles.sentinel_config(settings, named or settings.primary),
+        (None, password.get_secret_value() if password else None),
+    )
+
+    async def sentinel_ok() -> bool:
+        return bool(await running.admin.ping())
+
+    health = HealthServer(section.prometheus, {"sentinel": sentinel_ok})
+    await health.start()
+    stopped = asyncio.create_task(stop.wait())
+    died = asyncio.create_task(running.wait())
+    await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    code = 1 if died.done() else 0
+    if not died.done():
+        await redis_server.stop(running, settings.stop_timeout_seconds, save=False)
+    await health.stop()
+    if code:
+        log.error("redis-sentinel exited unexpectedly")
+        sys.exit(code)
 
 
 async def _adopt(client: Redis, names: list[str], stop: asyncio.Event) -> None:
@@ -172,6 +272,8 @@ async def _periodic(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), settings.backup_interval_seconds)
             return
+        if not await _is_primary(running):
+            continue  # the primary backs up; replicas hold the same data
         try:
             await redis_server.bgsave(running)
         except Exception as exc:  # noqa: BLE001 - a failed snapshot must not stop Redis

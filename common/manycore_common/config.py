@@ -137,13 +137,33 @@ class Prometheus(Section):
     inet_port: int = Field(default=9090, ge=0, le=65535)
 
 
-class RedisConnection(Section):
-    """How a service reaches Redis. The password may come from a file (a Kubernetes Secret)."""
+class SentinelAddress(Section):
+    hostname: str = Field(min_length=1)
+    port: int = Field(default=26379, ge=1, le=65535)
 
-    secret_keys = ("password",)
+
+class RedisConnection(Section):
+    """How a service reaches Redis. The password may come from a file (a Kubernetes Secret).
+
+    Two forms: one node (``hostname``/``port``), or a Redis Sentinel group (``sentinels``
+    plus ``master-name``): the client asks the sentinels where the primary is at every new
+    connection, so it follows a failover (see ``redisconn``). ``password``/``username`` are
+    the data nodes'; ``sentinel-password`` (and ``sentinel-username``) the sentinels', if
+    they require one.
+
+    ``min-replicas-ack``: a write that acknowledges something outside Redis (a push behind
+    a 250 / 200, an event, a delivery record) is followed by ``WAIT <n> <timeout>`` on the
+    same connection and fails (451 / 503, or the consumer's retry) when fewer replicas have
+    it. Default: 1 in the Sentinel form, 0 (no WAIT) with one node, which has no replica."""
+
+    secret_keys = ("password", "sentinel-password")
 
     hostname: str = "localhost"
     port: int = Field(default=6379, ge=1, le=65535)
+    sentinels: tuple[SentinelAddress, ...] = ()
+    master_name: str | None = Field(default=None, min_length=1)
+    sentinel_username: str | None = None
+    sentinel_password: SecretStr | None = None
     username: str | None = None
     password: SecretStr | None = None
     db: int = Field(default=0, ge=0)
@@ -151,6 +171,25 @@ class RedisConnection(Section):
     tls_ca_file: Path | None = None
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
     command_timeout_seconds: float = Field(default=5.0, gt=0)
+    min_replicas_ack: int | None = Field(default=None, ge=0)
+    replica_ack_timeout_ms: int = Field(default=2000, ge=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RedisConnection:
+        if bool(self.sentinels) != (self.master_name is not None):
+            raise ValueError("sentinels and master-name go together (the Sentinel form)")
+        if self.sentinels and self.model_fields_set & {"hostname", "port"}:
+            raise ValueError("give either hostname/port or sentinels, not both")
+        if not self.sentinels and (self.sentinel_password or self.sentinel_username):
+            raise ValueError("sentinel-password and sentinel-username need sentinels")
+        return self
+
+    @property
+    def replicas_to_ack(self) -> int:
+        """How many replicas must have a write before it is acknowledged (0: no WAIT)."""
+        if self.min_replicas_ack is not None:
+            return self.min_replicas_ack
+        return 1 if self.sentinels else 0
 
 
 class ReliableQueueClient(Section):
@@ -677,11 +716,16 @@ class BackDataSection(Section):
         return self
 
 
+class NodeAddress(Section):
+    hostname: str = Field(min_length=1)
+    port: int = Field(default=6379, ge=1, le=65535)
+
+
 class RedisServer(Section):
     """The redis-server that ``manycore-redis`` runs (the Redis pod). Without this section
     ``manycore-redis`` only exports queue metrics of a Redis run elsewhere."""
 
-    secret_keys = ("password",)
+    secret_keys = ("password", "sentinel-password")
 
     bind: str = "127.0.0.1"
     port: int = Field(default=6379, ge=1, le=65535)
@@ -701,6 +745,33 @@ class RedisServer(Section):
     backups_kept: int = Field(default=24, ge=1)
     #: How long a stop may take to save and upload before giving up on the upload.
     stop_timeout_seconds: float = Field(default=120, gt=0)
+    #: primary: serve as the primary, unless the sentinels (``redis.reliable-queue.redis``
+    #: in the Sentinel form) name another node, which it then replicates; replica: replicate
+    #: the node the sentinels name, else ``primary``; sentinel: run redis-sentinel watching
+    #: the primary the other sentinels name, else ``primary``.
+    role: Literal["primary", "replica", "sentinel"] = "primary"
+    #: The first primary (replica and sentinel roles), e.g. manycore-redis-0.manycore-redis.
+    primary: NodeAddress | None = None
+    #: The name other nodes reach this one by (replica-announce-ip / sentinel announce-ip);
+    #: ``{hostname}`` is replaced by the host's name (a StatefulSet pod's name).
+    announce_hostname: str | None = None
+    master_name: str = Field(default="manycore", min_length=1)
+    #: A primary with fewer replicas in sync refuses writes (1 in a Sentinel set: what it
+    #: acknowledges must survive its loss). 0: off (one node).
+    min_replicas_to_write: int = Field(default=0, ge=0)
+    #: Sentinel role: how many sentinels must agree the primary is down, and how fast.
+    quorum: int = Field(default=2, ge=1)
+    down_after_milliseconds: int = Field(default=5000, ge=100)
+    failover_timeout_milliseconds: int = Field(default=30000, ge=1000)
+    redis_sentinel_binary: str = "redis-sentinel"
+    #: Sentinel role: the password clients (and the other sentinels) give the sentinels.
+    sentinel_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _primary_known(self) -> RedisServer:
+        if self.role != "primary" and self.primary is None:
+            raise ValueError(f"role {self.role} needs primary (hostname and port)")
+        return self
 
     @field_validator("password")
     @classmethod

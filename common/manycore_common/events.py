@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from . import item as item_format
+from . import replicas
 from .queue import ReliableQueue
 
 EventType = Literal["delivered", "bounce", "deferred", "unsubscribe", "spam-report", "error"]
@@ -87,7 +88,7 @@ def encode_event(event: dict[str, Any], *, source: str) -> bytes:
 async def emit(queue: ReliableQueue, event: dict[str, Any], *, source: str) -> None:
     """Put one event on the event queue. Events are never refused for a full queue: they are
     small, and losing an unsubscribe or a bounce is worse than a long queue."""
-    await queue.redis.lpush(queue.name, encode_event(event, source=source))
+    await replicas.command(queue.redis, "LPUSH", queue.name, encode_event(event, source=source))
 
 
 # KEYS: event queue, once-keys... ARGV: TTL seconds, then one event item per once-key
@@ -120,7 +121,7 @@ async def emit_once_many(
     script = queue.redis.register_script(_EMIT_ONCE)
     keys = [queue.name, *(key for key, _ in keyed_events)]
     args: list[int | bytes] = [ttl, *(encode_event(e, source=source) for _, e in keyed_events)]
-    return int(await script(keys=keys, args=args))
+    return int(await replicas.call(queue.redis, script, keys, args))
 
 
 async def emit_once(

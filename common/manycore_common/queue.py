@@ -80,6 +80,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from . import item as item_format
+from . import replicas
 from .item import Item
 
 if TYPE_CHECKING:
@@ -518,7 +519,11 @@ class ReliableQueue:
 
     async def push(self, raw: bytes) -> int:
         """Append one item; returns the queue length. Raises QueueFull above the mark."""
-        length = int(await self._push(keys=self._push_keys, args=[self.high_water_mark, raw]))
+        length = int(
+            await replicas.call(
+                self.redis, self._push, self._push_keys, [self.high_water_mark, raw]
+            )
+        )
         if length < 0:
             raise QueueFull(self.name, self.high_water_mark)
         return length
@@ -529,7 +534,9 @@ class ReliableQueue:
         for start in range(0, len(raws), self.PUSH_CHUNK):
             chunk = list(raws[start : start + self.PUSH_CHUNK])
             length = int(
-                await self._push(keys=self._push_keys, args=[self.high_water_mark, *chunk])
+                await replicas.call(
+                    self.redis, self._push, self._push_keys, [self.high_water_mark, *chunk]
+                )
             )
             if length < 0:
                 raise QueueFull(self.name, self.high_water_mark)

@@ -55,6 +55,9 @@ MODULES = (
     Module("HttpReceiver", "httpreceiver", "manycore-httpreceiver", "manycore_httpreceiver", 8080),
 )
 BY_NAME = {m.name: m for m in MODULES}
+#: Workloads the overlays add to a module's own: the production Redis set's sentinels
+#: (manycore-redis in the sentinel role, from the Redis image).
+EXTRA_WORKLOADS = {"redis-sentinel": "redis"}
 MODULE_FILES = ("pod.yaml", "service.yaml", "serviceMonitor.yml")
 METRICS_PORT = 9090
 #: Only these may be reached from outside the cluster through a LoadBalancer.

@@ -22,6 +22,8 @@ def is_builtin(doc: Doc) -> bool:
     return "." not in group or group.endswith(_BUILTIN_SUFFIX)
 
 
+#: host:port[,host:port...] (KEDA's redis-sentinel ``addresses``).
+_ADDRESSES = r"^[^:,]+:[0-9]+(,[^:,]+:[0-9]+)*$"
 _INTERVAL = {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"}
 _METADATA = {
     "type": "object",
@@ -163,18 +165,42 @@ CUSTOM_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                                     "required": ["name"],
                                 },
                             },
-                            "if": {"properties": {"type": {"const": "redis"}}},
-                            "then": {
-                                "properties": {
-                                    "metadata": {
-                                        "required": ["address", "listName", "listLength"],
+                            "allOf": [
+                                {
+                                    "if": {"properties": {"type": {"const": "redis"}}},
+                                    "then": {
                                         "properties": {
-                                            "listLength": {"pattern": "^[0-9]+$"},
-                                            "address": {"pattern": r"^[^:]+:[0-9]+$"},
-                                        },
-                                    }
-                                }
-                            },
+                                            "metadata": {
+                                                "required": ["address", "listName", "listLength"],
+                                                "properties": {
+                                                    "listLength": {"pattern": "^[0-9]+$"},
+                                                    "address": {"pattern": r"^[^:]+:[0-9]+$"},
+                                                },
+                                            }
+                                        }
+                                    },
+                                },
+                                {
+                                    # KEDA's redis-sentinel (Redis Lists with Sentinel).
+                                    "if": {"properties": {"type": {"const": "redis-sentinel"}}},
+                                    "then": {
+                                        "properties": {
+                                            "metadata": {
+                                                "required": [
+                                                    "addresses",
+                                                    "sentinelMaster",
+                                                    "listName",
+                                                    "listLength",
+                                                ],
+                                                "properties": {
+                                                    "listLength": {"pattern": "^[0-9]+$"},
+                                                    "addresses": {"pattern": _ADDRESSES},
+                                                },
+                                            }
+                                        }
+                                    },
+                                },
+                            ],
                         },
                     },
                 },

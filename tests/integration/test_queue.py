@@ -514,3 +514,31 @@ async def test_a_failure_after_the_first_take_keeps_the_item_in_hand(redis: Redi
     assert await consumer.ack_many(taken) == 1
     with pytest.raises(OSError):
         await consumer.take_batch(10, timeout=0)  # nothing in hand: the error is the caller's
+
+
+async def test_a_push_no_replica_acknowledged_is_refused(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """With min-replicas-ack set, a push counts only once a replica has it: on a node without
+    replicas, WAIT times out and the push raises (a RedisError: 451 / 503 to the client). The
+    item may be in Redis anyway, so the client's retry can duplicate it (issue 19)."""
+    from manycore_common import redisconn, replicas
+    from manycore_common.config import RedisConnection
+
+    settings = RedisConnection.model_validate(
+        {
+            "hostname": "127.0.0.1",
+            "port": redis_server.port,
+            "min-replicas-ack": 1,
+            "replica-ack-timeout-ms": 100,
+        }
+    )
+    client = redisconn.connect(settings)
+    queue = ReliableQueue(client, "Q")
+    await redis.script_flush()  # the first call must also load the script (NOSCRIPT path)
+    with pytest.raises(replicas.NotReplicated):
+        await queue.push(make_items(1)[0])
+    with pytest.raises(replicas.NotReplicated):
+        await queue.push_many(make_items(3))
+    assert await redis.llen("Q") == 4
+    await client.aclose()
