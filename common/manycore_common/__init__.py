@@ -8,7 +8,8 @@ Configuration and process:
     ``health``        ``/metrics``, ``/livez`` and ``/readyz``
     ``logs``          JSON log lines
     ``tls``           server TLS contexts (self-signed when no certificate is given)
-    ``redisconn``     Redis clients from a ``reliable-queue.redis`` section
+    ``redisconn``     Redis clients from a ``reliable-queue.redis`` section (one node or Sentinel)
+    ``replicas``      writes acknowledged only once a replica has them (``WAIT``)
 
 Queues and events:
     ``item``          the queue item format (JSON header line, then the payload)
@@ -20,6 +21,7 @@ Front doors (Receiver, HttpReceiver) and the SMTP services:
     ``message``       validation of a customer's message (pure)
     ``intake``        validate, wrap and push to P0 or P1, with the README's metrics
     ``grouppush``     group commit: concurrent messages share one Redis round trip
+    ``idempotency``   one message per X-Uuid or Idempotency-Key within a window
     ``auth``          credential checks and the failed-login throttle
     ``smtpserver``    what Receiver and MxServer share around aiosmtpd
     ``smtpreplies``   enhanced status codes for aiosmtpd's own replies
