@@ -11,7 +11,7 @@
     manycore-queues adopt                      register processing lists an older version left
 
 Look-ups by id or uuid read each list in pages and stop after ``--scan-cap`` items per list
-(and say so); see docs/operations.md#trace-a-message.
+(and say so); see docs/operations/tracing.md.
 
 It connects with the ``redis`` section's ``reliable-queue.redis`` settings (the Redis pod's),
 or another section's with ``--section``.
