@@ -52,10 +52,12 @@ def _hints(seen: set[str], held: bool) -> list[str]:
         )
     if "injected" in seen and "log" not in seen:
         notes.append("note: injected, no outcome in Postfix's log yet (still in Postfix's queue)")
-    notes.append(
-        "note: queued/transformed are not recorded as stages; a message still waiting shows "
-        "under 'in Redis now'"
-    )
+    if "transformed" not in seen:
+        notes.append(
+            "note: no 'transformed' record: a message not yet handed over shows under "
+            "'in Redis now' (with when it was queued); an 'injected' record per copy shows "
+            "it was"
+        )
     return notes
 
 

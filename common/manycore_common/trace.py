@@ -28,6 +28,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from .config import GlobalTrace
+from .item import Item
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,32 @@ def render(record: dict[str, Any]) -> str:
     )
     head = f"{when(record.get('at'))}  {record.get('stage', '?'):<12} {record.get('by', '?'):<11}"
     return f"{head} {rest}".rstrip()
+
+
+def transformed(
+    splits: Sequence[tuple[Item, Sequence[bytes]]], queue: str, at: float
+) -> list[tuple[str, bytes]]:
+    """The Transformer's hand-over of each message: which queue it came from, when it was
+    queued (the item's ``enqueued_at``) and by which front door, and how many copies (one
+    per recipient) went on to PostfixLog. Covers the receivers' "queued" too."""
+    out = []
+    for item, copies in splits:
+        if not item.uuid:
+            continue
+        enqueued = item.header.get("enqueued_at")
+        record = entry(
+            "transformed",
+            "transformer",
+            at,
+            queue=queue,
+            queued=enqueued / 1000 if isinstance(enqueued, int) else None,
+            source=item.header.get("source"),
+            item=item.id or None,
+            attempts=item.attempts or None,
+            copies=len(copies),
+        )
+        out.append((item.uuid, record))
+    return out
 
 
 def _short(value: Any) -> str:

@@ -105,3 +105,17 @@ def test_item_lines_cut_long_payloads() -> None:
     item = item_format.decode(item_format.encode({"id": "i2"}, b"a" * 20))
     lines = queueview.item_lines(item, "Q:dead", limit=5)
     assert lines[0] == "Q:dead id=i2" and "aaaaa" in lines and lines[-1].startswith("--- cut at 5")
+
+
+def test_transformed_records_say_where_and_when_it_was_queued() -> None:
+    raw = item_format.new_item(b"m", source="http", uuid="u7", priority=0)
+    held = item_format.decode(raw)
+    anonymous = item_format.decode(item_format.new_item(b"m", source="smtp"))
+    ((uuid, record),) = trace.transformed(
+        [(held, [b"c1", b"c2"]), (anonymous, [b"c"])], "IB-MAIL-QUEUE-P0", 9.0
+    )
+    data = json.loads(record)
+    assert uuid == "u7" and data["stage"] == "transformed" and data["copies"] == 2
+    assert data["queue"] == "IB-MAIL-QUEUE-P0" and data["source"] == "http"
+    assert data["queued"] == held.header["enqueued_at"] / 1000 and data["item"] == held.id
+    assert "attempts" not in data
