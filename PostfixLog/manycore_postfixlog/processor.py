@@ -69,6 +69,8 @@ class LogProcessor:
         self.wall_clock = wall_clock
         self.echo = echo
         self.trace_settings = trace_settings
+        #: Trace records of this step's outcomes, written together at its end.
+        self.traced: list[tuple[str, bytes]] = []
         self.waiting: deque[Waiting] = deque()
         self.unread: deque[Line] = deque()
         self._saved: Position | None = None
@@ -99,8 +101,16 @@ class LogProcessor:
                 await self._handle(line, record)
             self.unread.popleft()
         await self._retry_waiting()
+        await self.flush_trace()
         await self.save(force=False)
         return read
+
+    async def flush_trace(self) -> None:
+        """One pipelined round trip for the step's trace records, after the state scripts
+        (so a record never claims an outcome Redis does not hold)."""
+        if self.traced:
+            traced, self.traced = self.traced, []
+            await trace.write(self.state.redis, self.trace_settings, traced)
 
     async def drain(self) -> None:
         """Everything written so far (used when stopping, after Postfix stopped)."""
@@ -149,7 +159,6 @@ class LogProcessor:
         if msg is None:
             return False
         once = f"{line.start.ino}:{line.start.offset}"
-        traced: list[tuple[str, bytes]] = []
         for action in outcomes.actions(
             record, msg, deferred_events=self.deferred_events, once=once
         ):
@@ -157,7 +166,7 @@ class LogProcessor:
                 raw = encode_event(action.event, source=SOURCE)
                 if await self.state.final(record.queue_id, action.rcpt, raw) == 1:
                     metrics.count_event(action.event)
-                    traced.append((msg.uuid or "", self._traced(action.event, record)))
+                    self.traced.append((msg.uuid or "", self._traced(action.event, record)))
             else:
                 raw_event = (
                     encode_event(action.event, source=SOURCE) if action.event is not None else None
@@ -169,10 +178,7 @@ class LogProcessor:
                     metrics.count_event(action.event)
                 if pushed > 0:
                     seen = action.event or _deferred(action.rcpt, action.deferral.reason)
-                    traced.append((msg.uuid or "", self._traced(seen, record)))
-        if traced:
-            # After the state scripts, one pipelined round trip per log line with outcomes.
-            await trace.write(self.state.redis, self.trace_settings, traced)
+                    self.traced.append((msg.uuid or "", self._traced(seen, record)))
         return True
 
     def _traced(self, event: dict[str, object], record: Record) -> bytes:
