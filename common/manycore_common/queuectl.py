@@ -177,6 +177,9 @@ async def one_dead_letter(
     if queue is None or item is None:
         read = ", ".join(f"{s.key}: {s.read}{' (capped)' if s.capped else ''}" for s in scans)
         print(f"manycore-queues: no dead letter with id {wanted!r} (read {read})", file=sys.stderr)
+        if args.command == "requeue":
+            known = [q.name for q in queues]
+            print(f"manycore-queues: (nor a queue; known: {known})", file=sys.stderr)
         return 1
     if args.command == "peek":
         if args.raw:

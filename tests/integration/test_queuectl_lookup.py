@@ -57,6 +57,8 @@ async def test_peek_drop_and_requeue_one_dead_letter(
 
     again = queues_cmd(g, c, "drop", first)
     assert again.returncode == 1 and "no dead letter" in again.stderr
+    typo = queues_cmd(g, c, "requeue", "IB-MAIL-QUEUE-PX")
+    assert typo.returncode == 1 and "nor a queue; known:" in typo.stderr
 
 
 async def test_dead_letter_moved_meanwhile_is_not_pushed(redis: Redis) -> None:
