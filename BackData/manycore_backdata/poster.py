@@ -25,10 +25,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from manycore_common import trace
 from manycore_common.item import Item
 from manycore_common.queue import Consumer
 
-from . import batch, policy
+from . import batch, policy, tracing
 from .metrics import DEAD_LETTERED, DELIVERED_BY_TYPE, FAILED, MALFORMED, PUSHED, RETRIES
 from .ordering import OrderGate, Ticket
 from .webhook import Webhook
@@ -83,6 +84,7 @@ class Poster:
         batch_wait: float = 0.0,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        trace_settings: trace.TraceSettings = trace.OFF,
     ) -> None:
         self.name = name
         self.consumer = consumer
@@ -94,6 +96,7 @@ class Poster:
         self.retrying = retrying
         self.clock = clock
         self.jitter = jitter
+        self.trace_settings = trace_settings
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -148,6 +151,7 @@ class Poster:
             outcome = await self.webhook.post(batch.body(events), len(events))
             if outcome.verdict == "delivered":
                 await self.acknowledge(events, stop)
+                await self.trace(events, "delivered", outcome.detail)
                 return
             FAILED.inc(len(events))
             if outcome.verdict == "reject":
@@ -164,6 +168,7 @@ class Poster:
             if not events:
                 return
             RETRIES.labels(outcome.reason).inc()
+            await self.trace(events, "retry", outcome.detail)
             delay = policy.retry_delay(
                 attempt, outcome, self.retrying.initial, self.retrying.maximum, self.jitter()
             )
@@ -178,6 +183,13 @@ class Poster:
                 },
             )
             await pause(stop, delay)
+
+    async def trace(self, events: Sequence[batch.Event], webhook: str, detail: str) -> None:
+        """The webhook's answer per event in ``trace:<uuid>``: one pipelined round trip per
+        batch, after the settling step (a trace never holds up or undoes it)."""
+        if self.trace_settings.enabled:
+            records = tracing.records(events, webhook, detail, self.clock())
+            await trace.write(self.consumer.queue.redis, self.trace_settings, records)
 
     # ------------------------------------------------------------------ settling in Redis
 
@@ -214,6 +226,7 @@ class Poster:
         for event in events:
             await self.redis_op(partial(self.consumer.dead_letter, event.item, reason), stop)
         DEAD_LETTERED.labels(label).inc(len(events))
+        await self.trace(events, label, reason)
         log.error(
             "events moved to the dead-letter list",
             extra={"poster": self.name, "events": len(events), "reason": reason},

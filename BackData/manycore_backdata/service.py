@@ -22,6 +22,7 @@ from manycore_common.config import BackDataSection, Config
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
 from manycore_common.queue import Consumer, ReliableQueue, default_consumer_id
+from manycore_common.trace import TraceSettings
 
 from . import batch
 from .metrics import HELD, OLDEST_AGE
@@ -126,6 +127,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
                     section.batch_size,
                     retrying,
                     batch_wait=section.batch_wait_seconds,
+                    trace_settings=TraceSettings.of(config.global_.trace),
                 )
                 for n in range(section.concurrency)
             ]

@@ -19,16 +19,24 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from manycore_common import trace
 from manycore_common.events import encode_event
 
-from . import metrics, outcomes
+from . import metrics, outcomes, tracing
 from .follower import Line, LogFollower
 from .logparse import Record, parse_line
 from .state import Position, State
 
 log = logging.getLogger(__name__)
+#: Postfix's own lines, echoed to stdout (``echo-postfix-log``) for ``kubectl logs``.
+postfix_log = logging.getLogger("postfix")
 
 SOURCE = "postfixlog"
+
+
+def _deferred(rcpt: str, reason: str) -> dict[str, object]:
+    """What a deferral without an event (``deferred-events`` off) looks like in the trace."""
+    return {"event": "deferred", "rcpt": rcpt, "reason": reason}
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class LogProcessor:
         save_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        echo: bool = False,
+        trace_settings: trace.TraceSettings = trace.OFF,
     ) -> None:
         self.state = state
         self.follower = follower
@@ -57,6 +67,10 @@ class LogProcessor:
         self.save_interval = save_interval
         self.clock = clock
         self.wall_clock = wall_clock
+        self.echo = echo
+        self.trace_settings = trace_settings
+        #: Trace records of this step's outcomes, written together at its end.
+        self.traced: list[tuple[str, bytes]] = []
         self.waiting: deque[Waiting] = deque()
         self.unread: deque[Line] = deque()
         self._saved: Position | None = None
@@ -76,6 +90,10 @@ class LogProcessor:
         if not self.unread:
             self.unread.extend(self.follower.read())
             read = len(self.unread)
+            if self.echo:
+                # Lines read again after a restart are echoed again: a log, not a ledger.
+                for line in self.unread:
+                    postfix_log.info("postfix", extra={"postfix": line.text})
         while self.unread:
             line = self.unread[0]
             record = parse_line(line.text)
@@ -83,8 +101,16 @@ class LogProcessor:
                 await self._handle(line, record)
             self.unread.popleft()
         await self._retry_waiting()
+        await self.flush_trace()
         await self.save(force=False)
         return read
+
+    async def flush_trace(self) -> None:
+        """One pipelined round trip for the step's trace records, after the state scripts
+        (so a record never claims an outcome Redis does not hold)."""
+        if self.traced:
+            traced, self.traced = self.traced, []
+            await trace.write(self.state.redis, self.trace_settings, traced)
 
     async def drain(self) -> None:
         """Everything written so far (used when stopping, after Postfix stopped)."""
@@ -140,6 +166,7 @@ class LogProcessor:
                 raw = encode_event(action.event, source=SOURCE)
                 if await self.state.final(record.queue_id, action.rcpt, raw) == 1:
                     metrics.count_event(action.event)
+                    self.traced.append((msg.uuid or "", self._traced(action.event, record)))
             else:
                 raw_event = (
                     encode_event(action.event, source=SOURCE) if action.event is not None else None
@@ -149,7 +176,13 @@ class LogProcessor:
                 )
                 if pushed == 2 and action.event is not None:
                     metrics.count_event(action.event)
+                if pushed > 0:
+                    seen = action.event or _deferred(action.rcpt, action.deferral.reason)
+                    self.traced.append((msg.uuid or "", self._traced(seen, record)))
         return True
+
+    def _traced(self, event: dict[str, object], record: Record) -> bytes:
+        return tracing.outcome(event, record.queue_id, self.state.instance, self.wall_clock())
 
     # ------------------------------------------------------------------ position
 

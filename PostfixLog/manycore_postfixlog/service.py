@@ -29,14 +29,14 @@ from dataclasses import dataclass, replace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from manycore_common import events, redisconn
+from manycore_common import events, redisconn, trace
 from manycore_common.config import Config, PostfixLogSection
 from manycore_common.health import HealthServer
 from manycore_common.item import Item
 from manycore_common.lifecycle import run_service
 from manycore_common.queue import Consumer, ReliableQueue, default_consumer_id
 
-from . import metrics, outcomes, requeue
+from . import metrics, outcomes, requeue, tracing
 from . import settings as settings_module
 from .follower import LogFollower
 from .headers import take_return_path
@@ -100,7 +100,11 @@ class PostfixLog:
         self.consumer: Consumer = incoming.consumer(default_consumer_id(SERVICE))
         self.follower = LogFollower(settings.paths.logfile)
         self.processor = LogProcessor(
-            self.state, self.follower, deferred_events=settings.deferred_events
+            self.state,
+            self.follower,
+            deferred_events=settings.deferred_events,
+            echo=settings.echo_postfix_log,
+            trace_settings=settings.trace,
         )
         self.active_incoming = 0
         self.feed_stop = asyncio.Event()
@@ -252,11 +256,26 @@ class PostfixLog:
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
         if injected.queue_id is not None:
             metrics.TO_POSTFIX.inc()
+        await self.trace_injection(item, injected)
         log.debug(
             "queued by postfix",
             extra={"uuid": item.uuid, "queue_id": injected.queue_id, "refused": len(refusals)},
         )
         self.consumer.settled(item)  # the record acked it, in the same step
+
+    async def trace_injection(self, item: Item, injected: Injected) -> None:
+        """``injected`` in ``trace:<uuid>``: right after the record script (its own pipelined
+        round trip; the record stays one script and its retry loop stays trace-free)."""
+        if item.uuid:
+            record = tracing.injected(
+                injected.queue_id,
+                self.settings.instance,
+                item_key(item),
+                len(injected.accepted),
+                [r.rcpt for r in injected.refused],
+                time.time(),
+            )
+            await trace.write(self.redis, self.settings.trace, [(item.uuid, record)])
 
     async def reject(self, item: Item, reason: str) -> None:
         event = events.error_event(SERVICE, reason, uuid=item.uuid, streamid=item.stream_id)

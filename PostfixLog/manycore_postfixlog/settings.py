@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from manycore_common.config import Config, ConfigError, PostfixLogSection, ThrottledTransport
+from manycore_common.trace import OFF, TraceSettings
 
 #: postconf(5) time units.
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -87,6 +88,10 @@ class Settings:
     log_rotate_bytes: int
     #: How long a finished message's state stays in Redis (log replays after a restart).
     replay_window_seconds: int = 600
+    #: Echo each line of Postfix's log to stdout (``echo-postfix-log``).
+    echo_postfix_log: bool = False
+    #: ``trace:<uuid>`` records (the global config's ``trace``).
+    trace: TraceSettings = OFF
 
 
 def _legacy_file(config_dir: Path, name: str) -> str | None:
@@ -147,9 +152,11 @@ def build(section: PostfixLogSection, config_dir: Path, hostname: str | None = N
         stop_grace_seconds=section.stop_grace_seconds,
         log_rotate_bytes=section.log_rotate_bytes,
         replay_window_seconds=section.replay_window_seconds,
+        echo_postfix_log=section.echo_postfix_log,
     )
 
 
 def from_config(config: Config) -> Settings:
     section: PostfixLogSection = config.require("postfixlog")
-    return build(section, config.config_dir)
+    built = build(section, config.config_dir)
+    return replace(built, trace=TraceSettings.of(config.global_.trace))

@@ -14,7 +14,10 @@ Configuration and process:
 Queues and events:
     ``item``          the queue item format (JSON header line, then the payload)
     ``queue``         the reliable Redis queue: take, ack, hand-over, retry, dead letters, reaper
-    ``queuectl``      ``manycore-queues``: stats, dead letters, requeue, adopt
+    ``queuectl``      ``manycore-queues``: stats, dead letters, requeue, trace, adopt
+    ``queueinspect``  bounded look-ups: where a uuid is, one dead letter by id, unclassified
+    ``queueview``     what ``manycore-queues`` prints (pure)
+    ``trace``         per-message trace records ``trace:<uuid>``
     ``events``        the event schema, and pushing events (once, with once-markers)
 
 Front doors (Receiver, HttpReceiver) and the SMTP services:

@@ -490,6 +490,9 @@ class PostfixLogSection(Section):
     #: the "already injected" marker) lives this long, for log lines read again after a
     #: restart: memory per message ends with the message, not with the queue lifetime.
     replay_window_seconds: int = Field(default=600, ge=60, le=7 * 86400)
+    #: Also write every line read from Postfix's log to stdout (a JSON log line with the
+    #: raw Postfix line in ``postfix``), so ``kubectl logs`` shows what Postfix did.
+    echo_postfix_log: bool = True
     #: Names this instance's state in Redis (log position, queue ids); default: host name.
     instance_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,100}$")
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
@@ -892,11 +895,22 @@ class GlobalTransformer(Section):
     x_mailer: str = "Manycore-Mail"
 
 
+class GlobalTrace(Section):
+    """Per-message trace records ``trace:<uuid>`` (``manycore-queues trace``;
+    common/manycore_common/trace.py): kept ``retention-seconds`` after the last write (at
+    least as long as ``postfixlog.replay-window-seconds``), at most ``max-entries`` each."""
+
+    enabled: bool = True
+    retention_seconds: int = Field(default=86400, ge=600, le=30 * 86400)
+    max_entries: int = Field(default=100, ge=10, le=10_000)
+
+
 class GlobalConfig(Section):
     reliable_queue: GlobalReliableQueue = GlobalReliableQueue()
     postfix: GlobalPostfix = GlobalPostfix()
     backdata: GlobalBackData = GlobalBackData()
     transformer: GlobalTransformer = GlobalTransformer()
+    trace: GlobalTrace = GlobalTrace()
 
     @model_validator(mode="after")
     def _distinct_queues(self) -> GlobalConfig:

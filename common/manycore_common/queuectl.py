@@ -3,7 +3,15 @@
     manycore-queues stats                      sizes of every configured queue
     manycore-queues dead QUEUE [--count N]     dead letters, oldest first, with their reasons
     manycore-queues requeue QUEUE [--count N]  move dead letters back (attempts reset)
+    manycore-queues peek ID [--raw]            one dead letter, header and payload
+    manycore-queues drop ID                    delete one dead letter
+    manycore-queues requeue ID                 move one dead letter back (attempts reset)
+    manycore-queues trace UUID                 what happened to a message, and where it is now
+    manycore-queues unclassified [--count N] [--show N]   MxServer's unclassified mail
     manycore-queues adopt                      register processing lists an older version left
+
+Look-ups by id or uuid read each list in pages and stop after ``--scan-cap`` items per list
+(and say so); see docs/operations/tracing.md.
 
 It connects with the ``redis`` section's ``reliable-queue.redis`` settings (the Redis pod's),
 or another section's with ``--section``.
@@ -20,7 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import configscope, redisconn
+from redis.asyncio import Redis
+
+from . import configscope, queueinspect, queueview, redisconn, trace
 from .config import (
     DEFAULT_CUSTOMER_CONFIG,
     DEFAULT_GLOBAL_CONFIG,
@@ -56,10 +66,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("stats", help="queue sizes")
     sub.add_parser("adopt", help="register processing lists an older version left (one SCAN)")
-    for name, text in (("dead", "list dead letters"), ("requeue", "requeue dead letters")):
+    cmd = sub.add_parser("dead", help="list dead letters")
+    cmd.add_argument("queue")
+    cmd.add_argument("--count", type=int, default=0, help="how many (0 = all)")
+    cmd = sub.add_parser("requeue", help="requeue dead letters: a queue's, or one by item id")
+    cmd.add_argument("queue", metavar="QUEUE|ID")
+    cmd.add_argument("--count", type=int, default=0, help="how many (0 = all; QUEUE only)")
+    for name, text in (("peek", "show one dead letter"), ("drop", "delete one dead letter")):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("queue")
-        cmd.add_argument("--count", type=int, default=0, help="how many (0 = all)")
+        cmd.add_argument("id")
+    sub.choices["peek"].add_argument("--raw", action="store_true", help="payload bytes only")
+    cmd = sub.add_parser("trace", help="what happened to one X-Uuid")
+    cmd.add_argument("uuid")
+    cmd = sub.add_parser("unclassified", help="MxServer's unclassified mail, newest first")
+    cmd.add_argument("--count", type=int, default=20, help="how many to list")
+    cmd.add_argument("--show", type=int, default=None, help="print message N (0 = newest)")
+    cmd.add_argument("--raw", action="store_true", help="with --show: the message bytes only")
+    for cmd in sub.choices.values():
+        cmd.add_argument(
+            "--scan-cap",
+            type=int,
+            default=queueinspect.SCAN_CAP,
+            help="most items read per list by a look-up",
+        )
     return parser.parse_args(argv)
 
 
@@ -76,56 +105,133 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         print(f"manycore-queues: no {args.section}.reliable-queue section", file=sys.stderr)
         return 2
     redis = redisconn.connect(section.reliable_queue.redis)
-    known = queue_names(config)
     try:
-        if args.command == "stats":
-            rows = []
-            for name in known:
-                q = ReliableQueue(redis, name)
-                rows.append(
-                    {
-                        "queue": name,
-                        "waiting": await q.size(),
-                        "processing": await q.processing_size(),
-                        "dead": await q.dead_size(),
-                    }
-                )
-            if args.json:
-                print(json.dumps(rows))
-            else:
-                print(f"{'queue':<24}{'waiting':>10}{'processing':>12}{'dead':>8}")
-                for r in rows:
-                    print(f"{r['queue']:<24}{r['waiting']:>10}{r['processing']:>12}{r['dead']:>8}")
-            return 0
-        if args.command == "adopt":
-            adopted = {
-                name: await ReliableQueue(redis, name).adopt_unregistered() for name in known
-            }
-            print(json.dumps(adopted) if args.json else f"adopted {adopted}")
-            return 0
-        if args.queue not in known:
-            print(f"manycore-queues: unknown queue {args.queue!r}; known: {known}", file=sys.stderr)
-            return 2
-        q = ReliableQueue(redis, args.queue)
-        if args.command == "requeue":
-            moved = await q.requeue_dead(args.count)
-            print(json.dumps({"requeued": moved}) if args.json else f"requeued {moved}")
-            return 0
-        letters = await q.dead_letters(0, args.count or 1000)
-        for letter in letters:
-            dead = letter.header.get("dead") or {}
-            row = {
-                "id": letter.id,
-                "uuid": letter.uuid,
-                "attempts": letter.attempts,
-                "died": _when(dead.get("at")),
-                "reason": dead.get("reason"),
-                "bytes": len(letter.payload),
-            }
-            print(json.dumps(row) if args.json else " ".join(f"{k}={v}" for k, v in row.items()))
-        return 0
+        return await dispatch(args, redis, queue_names(config))
     finally:
         await redis.aclose()
+
+
+async def dispatch(args: argparse.Namespace, redis: Redis, known: list[str]) -> int:
+    queues = [ReliableQueue(redis, name) for name in known]
+    if args.command == "stats":
+        return await stats(args, queues)
+    if args.command == "adopt":
+        adopted = {q.name: await q.adopt_unregistered() for q in queues}
+        print(json.dumps(adopted) if args.json else f"adopted {adopted}")
+        return 0
+    if args.command == "trace":
+        return await trace_uuid(args, redis, queues)
+    if args.command == "unclassified":
+        return await unclassified(args, redis)
+    if args.command in ("peek", "drop") or (args.command == "requeue" and args.queue not in known):
+        return await one_dead_letter(args, redis, queues)
+    if args.queue not in known:
+        print(f"manycore-queues: unknown queue {args.queue!r}; known: {known}", file=sys.stderr)
+        return 2
+    q = ReliableQueue(redis, args.queue)
+    if args.command == "requeue":
+        moved = await q.requeue_dead(args.count)
+        print(json.dumps({"requeued": moved}) if args.json else f"requeued {moved}")
+        return 0
+    letters = await q.dead_letters(0, args.count or 1000)
+    for letter in letters:
+        dead = letter.header.get("dead") or {}
+        row = {
+            "id": queueinspect.letter_id(letter),
+            "uuid": letter.uuid,
+            "attempts": letter.attempts,
+            "died": _when(dead.get("at")),
+            "reason": dead.get("reason"),
+            "bytes": len(letter.payload),
+        }
+        print(json.dumps(row) if args.json else " ".join(f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+async def stats(args: argparse.Namespace, queues: list[ReliableQueue]) -> int:
+    rows = []
+    for q in queues:
+        rows.append(
+            {
+                "queue": q.name,
+                "waiting": await q.size(),
+                "processing": await q.processing_size(),
+                "dead": await q.dead_size(),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print(f"{'queue':<24}{'waiting':>10}{'processing':>12}{'dead':>8}")
+        for r in rows:
+            print(f"{r['queue']:<24}{r['waiting']:>10}{r['processing']:>12}{r['dead']:>8}")
+    return 0
+
+
+async def one_dead_letter(
+    args: argparse.Namespace, redis: Redis, queues: list[ReliableQueue]
+) -> int:
+    """peek / drop / requeue one dead letter by its item id (first queue that has it)."""
+    wanted = args.id if args.command != "requeue" else args.queue
+    queue, item, scans = await queueinspect.find_dead(redis, queues, wanted, args.scan_cap)
+    if queue is None or item is None:
+        read = ", ".join(f"{s.key}: {s.read}{' (capped)' if s.capped else ''}" for s in scans)
+        print(f"manycore-queues: no dead letter with id {wanted!r} (read {read})", file=sys.stderr)
+        if args.command == "requeue":
+            known = [q.name for q in queues]
+            print(f"manycore-queues: (nor a queue; known: {known})", file=sys.stderr)
+        return 1
+    if args.command == "peek":
+        if args.raw:
+            sys.stdout.buffer.write(item.payload)
+        elif args.json:
+            print(json.dumps({"queue": queue.name, **queueinspect.summary(item)}))
+        else:
+            print("\n".join(queueview.item_lines(item, f"{queue.dead_key}")))
+        return 0
+    done = await queueinspect.take_dead(redis, queue, item, args.command == "requeue")
+    verb = "requeued" if args.command == "requeue" else "dropped"
+    if not done:
+        print(f"manycore-queues: {wanted} was moved meanwhile; nothing done", file=sys.stderr)
+        return 1
+    row = {verb: wanted, "queue": queue.name}
+    print(json.dumps(row) if args.json else f"{verb} {wanted} ({queue.name})")
+    return 0
+
+
+async def trace_uuid(args: argparse.Namespace, redis: Redis, queues: list[ReliableQueue]) -> int:
+    records = await trace.read(redis, args.uuid)
+    rows = await queueinspect.locate(redis, queues, args.uuid, args.scan_cap)
+    if args.json:
+        print(json.dumps({"uuid": args.uuid, "records": records, "now": rows}))
+    else:
+        print("\n".join(queueview.trace_lines(args.uuid, records, rows)))
+    return 0
+
+
+async def unclassified(args: argparse.Namespace, redis: Redis) -> int:
+    key = queueinspect.UNCLASSIFIED_KEY
+    if args.show is not None:
+        raw = await redis.lindex(key, args.show)
+        if raw is None:
+            print(f"manycore-queues: no unclassified message #{args.show}", file=sys.stderr)
+            return 1
+        item = queueinspect.decode(raw)
+        if args.raw:
+            sys.stdout.buffer.write(item.payload)
+        else:
+            print("\n".join(queueview.item_lines(item, f"{key} #{args.show}")))
+        return 0
+    total = int(await redis.llen(key))
+    raws = await redis.lrange(key, 0, max(args.count, 1) - 1)
+    rows = [queueview.unclassified_row(i, queueinspect.decode(r)) for i, r in enumerate(raws)]
+    if args.json:
+        print(json.dumps({"total": total, "messages": rows}))
+        return 0
+    print(f"{key}: {total} message(s), newest first")
+    for row in rows:
+        print(queueview.unclassified_line(row))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
