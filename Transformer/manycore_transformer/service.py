@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
-from manycore_common import events, redisconn
+from manycore_common import events, redisconn, trace
 from manycore_common import item as item_format
 from manycore_common.config import Config, TransformerSection
 from manycore_common.health import HealthServer
@@ -188,7 +188,9 @@ class Worker:
         executor: ProcessPoolExecutor | None,
         settings: Settings,
         streams: StreamRegistry,
+        trace_settings: trace.TraceSettings = trace.OFF,
     ) -> None:
+        self.trace_settings = trace_settings
         self.primary = primary
         self.default = default
         self.target = target
@@ -266,6 +268,11 @@ class Worker:
         moved, pushed = await consumer.hand_over_split(splits, self.target)
         PUSHED.inc(moved)
         COPIES.inc(pushed)
+        await trace.write(
+            self.target.redis,
+            self.trace_settings,
+            trace.transformed(splits, consumer.queue.name, now),
+        )
         if moved < len(splits):
             # The reaper had given some back (we looked dead); they will be done again.
             log.warning("items no longer held", extra={"count": len(splits) - moved})
@@ -333,7 +340,16 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             await _register(consumer, stop)
             keepers.append(asyncio.create_task(consumer.keep_alive(inner_stop)))
         workers = [
-            Worker(*consumers, target, event_queue, section, executor, settings, streams)
+            Worker(
+                *consumers,
+                target,
+                event_queue,
+                section,
+                executor,
+                settings,
+                streams,
+                trace.TraceSettings.of(config.global_.trace),
+            )
             for _ in range(section.workers)
         ]
         loops = [asyncio.create_task(w.run(inner_stop)) for w in workers]
