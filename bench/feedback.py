@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from redis import Redis
 
 from bench.feedbackplan import (
     OTHER_RECIPIENT,
@@ -46,7 +47,8 @@ from bench.feedbackplan import (
     sends,
 )
 from devstack.stack import ports, write_config
-from manycore_common import feedbacktag
+from manycore_common import feedbacktag, item
+from manycore_mxserver.service import UNCLASSIFIED_KEY
 from tests.corpus import Entry, load
 from tests.e2e.stack import Stack, stack_dir, wait_until
 from tests.helpers import LOOPBACK
@@ -97,6 +99,8 @@ class Loop:
     abuse: str
     replies: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     accepted_forgeries: list[str] = field(default_factory=list)
+    #: Items in MxServer's unclassified list at the end.
+    unclassified: int = 0
 
     def copies(self) -> dict[tuple[str, str], str]:
         """(uuid, recipient) -> the return path the sink saw on that copy."""
@@ -166,6 +170,17 @@ def settle(stack: Stack, quiet: float = 8.0, timeout: float = 300.0) -> list[dic
     return inbox(stack)
 
 
+def unclassified(stack: Stack) -> list[item.Item]:
+    """MxServer's unclassified list (each item's header has the uuid and the note)."""
+    password = (stack.workdir / "configs" / "redis-password").read_text().strip()
+    client = Redis(host=LOOPBACK, port=stack.base, username="manycore", password=password)
+    try:
+        raws: list[bytes] = client.lrange(UNCLASSIFIED_KEY, 0, -1)  # type: ignore[assignment]
+        return [item.decode(raw) for raw in raws]
+    finally:
+        client.close()
+
+
 def configure(stack: Stack) -> str:
     """The local stack's config, made before it starts: the loop sends every report from
     127.0.0.1, where the Internet's MTAs would come from many addresses, so the per-client
@@ -184,7 +199,12 @@ def each(items: Sequence[Any], action: Callable[[Any], Any]) -> None:
             pass
 
 
-def run(entries: Sequence[Entry], forgeries: bool = True, log: Any = print) -> tuple[Score, Loop]:
+def run(
+    entries: Sequence[Entry],
+    forgeries: bool = True,
+    log: Any = print,
+    keep_dir: Path | None = None,
+) -> tuple[Score, Loop]:
     """The whole loop on ``entries``; returns the score and the loop (replies, forgeries)."""
     run_id = os.urandom(3).hex()
     planned = sends(entries, lambda i: f"loop{run_id}-{i}", forgeries)
@@ -209,6 +229,14 @@ def run(entries: Sequence[Entry], forgeries: bool = True, log: Any = print) -> t
             log(f"reports sent after {time.monotonic() - started:.0f} s")
             events = settle(stack)
             log(f"{len(events)} events after {time.monotonic() - started:.0f} s")
+            kept = unclassified(stack)
+            for found in kept:
+                uuid = str(found.header.get("uuid"))
+                loop.replies[uuid].append(f"kept: {found.header.get('note')}")
+                if keep_dir is not None:
+                    keep_dir.mkdir(parents=True, exist_ok=True)
+                    (keep_dir / f"{uuid}.eml").write_bytes(found.payload)
+            loop.unclassified = len(kept)
         finally:
             stack.stop()
     return score(planned, events, loop.replies), loop
@@ -217,14 +245,19 @@ def run(entries: Sequence[Entry], forgeries: bool = True, log: Any = print) -> t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.feedback")
     parser.add_argument("--sample", type=int, default=0, help="a spread of N entries")
+    parser.add_argument("--only", help="entries whose file name contains this")
     parser.add_argument("--no-forgeries", action="store_true")
     parser.add_argument("--out", type=Path, help="also write the report here")
+    parser.add_argument("--keep-unclassified", type=Path, help="write what MxServer kept here")
     args = parser.parse_args(argv)
     entries = load()
+    if args.only:
+        entries = [e for e in entries if args.only in e.file]
     if args.sample:
         entries = sample(entries, args.sample)
-    found, loop = run(entries, forgeries=not args.no_forgeries)
+    found, loop = run(entries, not args.no_forgeries, keep_dir=args.keep_unclassified)
     text = report(found, loop.accepted_forgeries)
+    text += f"\n\nMxServer's unclassified list: {loop.unclassified} items"
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
