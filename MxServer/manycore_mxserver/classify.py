@@ -202,7 +202,11 @@ def _is_text(part: Message) -> bool:
 
 
 def _text_bounce(failures: list[Failure], text: str, rules: tuple[str, ...]) -> Classification:
-    if all(not f.permanent for f in failures) and textbounce.TEMPORARY.search(text):
+    if (
+        all(not f.permanent for f in failures)
+        and textbounce.TEMPORARY.search(text)
+        and not textbounce.FINAL.search(text)
+    ):
         delayed = tuple(_as_delay(f) for f in failures)
         return Classification("delayed", failures=delayed, rules=rules)
     return Classification("bounce", failures=tuple(_gave_up(f) for f in failures), rules=rules)
