@@ -38,6 +38,7 @@ from redis import Redis
 
 from bench.feedbackplan import (
     OTHER_RECIPIENT,
+    STREAM_ID,
     Score,
     Send,
     quote_ours,
@@ -85,7 +86,7 @@ def message(send: Send) -> bytes:
         f"Subject: Closed loop {send.entry.file}",
         f"Date: {formatdate()}",
         f"X-Uuid: {send.uuid}",
-        "X-Stream-Id: loop",
+        f"X-Stream-Id: {STREAM_ID}",
         "MIME-Version: 1.0",
         "Content-Type: text/plain; charset=utf-8",
     ]
@@ -202,12 +203,13 @@ def each(items: Sequence[Any], action: Callable[[Any], Any]) -> None:
 def run(
     entries: Sequence[Entry],
     forgeries: bool = True,
+    anyone: bool = False,
     log: Any = print,
     keep_dir: Path | None = None,
 ) -> tuple[Score, Loop]:
     """The whole loop on ``entries``; returns the score and the loop (replies, forgeries)."""
     run_id = os.urandom(3).hex()
-    planned = sends(entries, lambda i: f"loop{run_id}-{i}", forgeries)
+    planned = sends(entries, lambda i: f"loop{run_id}-{i}", forgeries, anyone)
     with stack_dir() as root:
         stack = Stack(root / "run", queue_lifetime="60s")
         abuse = configure(stack)
@@ -247,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=0, help="a spread of N entries")
     parser.add_argument("--only", help="entries whose file name contains this")
     parser.add_argument("--no-forgeries", action="store_true")
+    parser.add_argument(
+        "--any-recipient",
+        action="store_true",
+        help="send the messages auto-replies and spam reports answer to an address they "
+        "do not name (not to the auto-replier or the complainer)",
+    )
     parser.add_argument("--out", type=Path, help="also write the report here")
     parser.add_argument("--keep-unclassified", type=Path, help="write what MxServer kept here")
     args = parser.parse_args(argv)
@@ -255,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         entries = [e for e in entries if args.only in e.file]
     if args.sample:
         entries = sample(entries, args.sample)
-    found, loop = run(entries, not args.no_forgeries, keep_dir=args.keep_unclassified)
+    found, loop = run(
+        entries, not args.no_forgeries, args.any_recipient, keep_dir=args.keep_unclassified
+    )
     text = report(found, loop.accepted_forgeries)
     text += f"\n\nMxServer's unclassified list: {loop.unclassified} items"
     print(text)

@@ -1,11 +1,12 @@
 """The closed feedback loop's pure half: what to send for each corpus entry, how a remote MTA's
 report is made from a corpus message, and how the events that come back are scored.
 
-Units of score: a bounce entry is worth one point per expected failed recipient (the event for
-that copy's uuid and recipient must have the expected type and category); a delay notice one
-point per delayed recipient (right when it gives no event); an auto-reply or a spam report one
-point per variant sent (right when its uuid gets that event). Forged: any event (other than
-Postfix's ``delivered``) for a uuid or recipient we never sent, for a forgery, or a hard or
+Units of score: a bounce entry is worth one point per expected failed recipient (the event
+for that copy's uuid and recipient must have the expected type and category); a delay notice
+one point per delayed recipient (right when it gives no event); an auto-reply or a spam report
+one point per variant sent (right when its uuid gets that event). Every event must carry the
+message's stream id. Forged: any event (other than Postfix's ``delivered``) for a uuid or
+recipient we never sent, for a forgery (but an auto-reply that names nobody), or a hard or
 unroutable bounce where the entry expects none. IO lives in :mod:`bench.feedback`.
 """
 
@@ -28,6 +29,8 @@ from tests.eventschema import problems
 
 #: Where an auto-reply or spam report that names nobody is sent from our side.
 ANY_RECIPIENT = "reader@example.net"
+#: The X-Stream-Id of every message the loop sends: MxServer's events must carry it.
+STREAM_ID = "loop"
 #: The address a forgery puts in place of the recipient we mailed.
 OTHER_RECIPIENT = "someone-else@example.org"
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+=-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
@@ -84,11 +87,14 @@ def header_address(data: bytes, name: str) -> str | None:
     return None
 
 
-def recipients(entry: Entry) -> tuple[str, ...]:
+def recipients(entry: Entry, anyone: bool = False) -> tuple[str, ...]:
     """Whom our message goes to: the failed recipients of a bounce or delay; the auto-replier
-    (its From) or the complainer, so that the report is about a recipient of ours."""
+    (its From) or the complainer, so that the report is about a recipient of ours (with
+    ``anyone``, an address the report does not name)."""
     if entry.kind in ("bounce", "delayed"):
         return tuple(dict.fromkeys(f.rcpt for f in entry.failures if _valid(f.rcpt)))
+    if anyone:
+        return (ANY_RECIPIENT,)
     data = entry.path.read_bytes()
     if entry.kind == "autoreply":
         found = header_address(data, "From")
@@ -98,11 +104,13 @@ def recipients(entry: Entry) -> tuple[str, ...]:
     return (found if found and _valid(found) else ANY_RECIPIENT,)
 
 
-def sends(entries: Iterable[Entry], uuid_of: Any, forgeries: bool = True) -> list[Send]:
+def sends(
+    entries: Iterable[Entry], uuid_of: Any, forgeries: bool = True, anyone: bool = False
+) -> list[Send]:
     """Every message the loop sends; ``uuid_of(i)`` gives a fresh uuid."""
     out: list[Send] = []
     for entry in entries:
-        rcpts = recipients(entry)
+        rcpts = recipients(entry, anyone)
         if not rcpts:
             continue
         out.append(Send(uuid_of(len(out)), entry, rcpts))
@@ -192,7 +200,10 @@ def _score_send(send: Send, found: list[dict[str, Any]], out: Score) -> None:
     entry = send.entry
     by_rcpt = {str(e.get("rcpt") or "").lower(): e for e in found}
     if send.variant == "forgery":
-        out.forged += [f"{_label(send)}: {e}" for e in found]
+        # An auto-reply to a real return path says only that the message got one (the classifier
+        # may take a report for one): forged is an event that names or blames an address.
+        blamed = [e for e in found if e.get("type") != "autoreply" or e.get("rcpt")]
+        out.forged += [f"{_label(send)}: {e}" for e in blamed]
         return
     if entry.kind in ("bounce", "delayed"):
         wanted = {f.rcpt: f for f in entry.failures if f.rcpt in send.rcpts}
@@ -202,8 +213,16 @@ def _score_send(send: Send, found: list[dict[str, Any]], out: Score) -> None:
                 ok = event is None
                 why = f"{rcpt}: delay gave {event}"
             else:
-                want = (expected_type(failure.permanent, failure.category), failure.category)
-                got = (event.get("type"), event.get("category")) if event else None
+                want = (
+                    expected_type(failure.permanent, failure.category),
+                    failure.category,
+                    STREAM_ID,
+                )
+                got = (
+                    (event.get("type"), event.get("category"), event.get("streamid"))
+                    if event
+                    else None
+                )
                 ok = got == want
                 why = f"{rcpt}: expected {want}, got {got}"
             _tally(out, send, ok, why)
@@ -221,7 +240,7 @@ def _score_send(send: Send, found: list[dict[str, Any]], out: Score) -> None:
         out.forged += [f"{_label(send)}: hard bounce not expected: {e}" for e in hard_unwanted]
         return
     kind = ("bounce", "autoreply") if entry.kind == "autoreply" else ("spam-report", None)
-    ok = any((e["event"], e.get("type")) == kind for e in found)
+    ok = any((e["event"], e.get("type"), e.get("streamid")) == (*kind, STREAM_ID) for e in found)
     _tally(out, send, ok, f"expected {entry.kind}, got {[e['event'] for e in found]}")
 
 
