@@ -52,8 +52,8 @@ MAX_FOUND_TAGS = 8
 @dataclass(frozen=True)
 class Finding:
     """One event a message gives: its kind, the tag that proves it, the confirmed recipient
-    (None only where the kind allows it: a redacted spam report or an unsubscribe) and the
-    failure it is about."""
+    (None only where the kind allows it: a redacted spam report, an unsubscribe or an
+    auto-reply from an address other than the recipient's) and the failure it is about."""
 
     kind: FindingKind
     tag: Tag
@@ -185,13 +185,12 @@ def findings(c: Classification, evidence: Evidence) -> list[Finding]:
         bounces = (_bounce(t, c.failures, candidates) for t in tags)
         return [f for f in bounces if f is not None]
     if c.kind == "autoreply":
-        # A bounce event names its recipient (docs/events.schema.json): an auto-reply that
-        # names nobody the tag was minted for (a forwarded mailbox's, or a bounce the
-        # classifier took for one) gives none, and is kept as unproven.
-        replies = (
+        # The envelope tag proves the message and its recipient even when the reply comes
+        # from another address (a forwarded mailbox): the event then has no rcpt, as
+        # docs/events.schema.json allows for type autoreply only.
+        return [
             Finding("autoreply", t, candidates.of(t)) for t in _distinct(evidence.envelope_tags)
-        )
-        return [f for f in replies if f.rcpt is not None]
+        ]
     if c.kind == "spam-report":
         # Providers that redact the complainer still name the message through the tag.
         return [Finding("spam-report", t, candidates.of(t)) for t in tags]
