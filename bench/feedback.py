@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import smtplib
 import sys
 import time
@@ -101,6 +102,8 @@ class Loop:
     accepted_forgeries: list[str] = field(default_factory=list)
     #: Items in MxServer's unclassified list at the end.
     unclassified: int = 0
+    #: Send reports with CRLF line ends, as an MTA does (else the corpus file's own bytes).
+    crlf: bool = False
 
     def copies(self) -> dict[tuple[str, str], str]:
         """(uuid, recipient) -> the return path the sink saw on that copy."""
@@ -130,6 +133,8 @@ class Loop:
 
     def reports(self, send: Send, copies: dict[tuple[str, str], str]) -> None:
         data = send.entry.path.read_bytes()
+        if self.crlf:
+            data = crlf(data)
         for rcpt in send.rcpts:
             return_path = copies.get((send.uuid, rcpt))
             if return_path is None:
@@ -147,6 +152,11 @@ class Loop:
                     self.accepted_forgeries.append(f"{made_up}: {code} {answer}")
             else:
                 self.smtp(return_path, data, send.uuid)
+
+
+def crlf(data: bytes) -> bytes:
+    """Every line ended with CRLF (RFC 5321 §2.3.8); smtplib sends bytes as they are."""
+    return re.sub(rb"\r?\n|\r", b"\r\n", data)
 
 
 def inbox(stack: Stack) -> list[dict[str, Any]]:
@@ -199,6 +209,7 @@ def run(
     forgeries: bool = True,
     anyone: bool = False,
     log: Any = print,
+    line_ends: bool = False,
     keep_dir: Path | None = None,
 ) -> tuple[Score, Loop]:
     """The whole loop on ``entries``; returns the score and the loop (replies, forgeries)."""
@@ -210,7 +221,7 @@ def run(
         abuse = abuse_address(stack)
         try:
             secret = (stack.workdir / "configs" / "feedback-secret").read_text().strip()
-            loop = Loop(stack, (secret.encode(),), abuse)
+            loop = Loop(stack, (secret.encode(),), abuse, crlf=line_ends)
             started = time.monotonic()
             each(planned, lambda s: stack.post(message(s)))
             want = {(s.uuid, r) for s in planned for r in s.rcpts}
@@ -243,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=0, help="a spread of N entries")
     parser.add_argument("--only", help="entries whose file name contains this")
     parser.add_argument("--no-forgeries", action="store_true")
+    parser.add_argument("--crlf", action="store_true", help="reports with CRLF line ends")
     parser.add_argument(
         "--any-recipient",
         action="store_true",
@@ -258,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.sample:
         entries = sample(entries, args.sample)
     found, loop = run(
-        entries, not args.no_forgeries, args.any_recipient, keep_dir=args.keep_unclassified
+        entries,
+        not args.no_forgeries,
+        args.any_recipient,
+        keep_dir=args.keep_unclassified,
+        line_ends=args.crlf,
     )
     text = report(found, loop.accepted_forgeries)
     text += f"\n\nMxServer's unclassified list: {loop.unclassified} items"
