@@ -159,7 +159,10 @@ def _classify(envelope: Envelope, data: bytes, settings: Settings) -> Classifica
             failures = textbounce.failures(found, text, ignore, 1)
         if failures:
             return _text_bounce(failures, text, (rule, *signs))
-    if auto is not None:
+    # Only a subject can look like a bounce's by chance (a reply quotes the subject it answers:
+    # "Automatic reply: Order rejected"); a mailer daemon's message, a report or a
+    # X-Failed-Recipients header that names nobody is not an auto-reply.
+    if auto is not None and set(signs) <= {"bounce-subject"}:
         return Classification("autoreply", email=sender or None, rules=(auto,))
     if report is not None:
         return Classification("unclassified", note="DSN without a failed recipient")

@@ -114,6 +114,24 @@ def test_a_report_that_gave_up_is_a_bounce_whatever_temporary_words_it_quotes() 
     assert retrying.kind == "delayed"
 
 
+def test_a_mailer_daemon_message_is_never_an_autoreply() -> None:
+    # 1&1 sends its bounces with Auto-Submitted: auto-replied; one whose failure cannot be
+    # read gave an autoreply event (the closed loop, bench.feedback): now it is kept.
+    head = "Auto-Submitted: auto-replied\r\n"
+    daemon = (
+        f"From: Mail Delivery System <mailer-daemon@kundenserver.example>\r\n{head}"
+        "Subject: Mail delivery failed: returning message to sender\r\n\r\n"
+        "Something went wrong.\r\n"
+    ).encode()
+    assert classify(Envelope("", (TAG,)), daemon, SETTINGS).kind == "unclassified"
+    # A reply that quotes a subject with bounce words is still an auto-reply.
+    reply = (
+        f"From: ann@x.example\r\n{head}Subject: Automatic reply: Order rejected\r\n\r\n"
+        "I am away until Monday.\r\n"
+    ).encode()
+    assert classify(Envelope("", (TAG,)), reply, SETTINGS).kind == "autoreply"
+
+
 def test_global_delivery_status_rfc6533() -> None:
     data = _dsn([_group("josé@x.example", "failed", "5.1.1", "550 5.1.1 unknown")]).replace(
         b"message/delivery-status", b"message/global-delivery-status"
