@@ -43,6 +43,7 @@ bench: deps
 	$(PY) -m bench.e2e
 	$(PY) -m bench.growth
 	$(PY) -m bench.retention
+	$(PY) -m bench.feedback
 
 # Everything `make test` needs (and bench, chaos); `make run` needs less.
 deps: sysdeps $(STAMP)

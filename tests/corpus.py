@@ -154,7 +154,9 @@ def run(entry: Entry) -> Result:
         else:
             result.misses.append(f"kind: expected {entry.kind}, got {got_class.kind}")
         return result
-    by_rcpt = {g.rcpt: g for g in got}
+    # MxServer gives bounce events only for kind "bounce" and none for "delayed": a bounce
+    # read as a delay notice (or the reverse) is wrong whatever its failures say.
+    by_rcpt = {g.rcpt: g for g in got} if got_class.kind == entry.kind else {}
     for exp in entry.failures:
         found = by_rcpt.get(exp.rcpt)
         wanted = f"{exp.rcpt} permanent={exp.permanent} {exp.category}"

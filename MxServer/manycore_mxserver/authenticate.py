@@ -185,6 +185,9 @@ def findings(c: Classification, evidence: Evidence) -> list[Finding]:
         bounces = (_bounce(t, c.failures, candidates) for t in tags)
         return [f for f in bounces if f is not None]
     if c.kind == "autoreply":
+        # The envelope tag proves the message and its recipient even when the reply comes
+        # from another address (a forwarded mailbox): the event then has no rcpt, as
+        # docs/events.schema.json allows for type autoreply only.
         return [
             Finding("autoreply", t, candidates.of(t)) for t in _distinct(evidence.envelope_tags)
         ]

@@ -159,7 +159,10 @@ def _classify(envelope: Envelope, data: bytes, settings: Settings) -> Classifica
             failures = textbounce.failures(found, text, ignore, 1)
         if failures:
             return _text_bounce(failures, text, (rule, *signs))
-    if auto is not None:
+    # Only a subject can look like a bounce's by chance (a reply quotes the subject it answers:
+    # "Automatic reply: Order rejected"); a mailer daemon's message, a report or a
+    # X-Failed-Recipients header that names nobody is not an auto-reply.
+    if auto is not None and set(signs) <= {"bounce-subject"}:
         return Classification("autoreply", email=sender or None, rules=(auto,))
     if report is not None:
         return Classification("unclassified", note="DSN without a failed recipient")
@@ -202,7 +205,11 @@ def _is_text(part: Message) -> bool:
 
 
 def _text_bounce(failures: list[Failure], text: str, rules: tuple[str, ...]) -> Classification:
-    if all(not f.permanent for f in failures) and textbounce.TEMPORARY.search(text):
+    if (
+        all(not f.permanent for f in failures)
+        and textbounce.TEMPORARY.search(text)
+        and not textbounce.FINAL.search(text)
+    ):
         delayed = tuple(_as_delay(f) for f in failures)
         return Classification("delayed", failures=delayed, rules=rules)
     return Classification("bounce", failures=tuple(_gave_up(f) for f in failures), rules=rules)

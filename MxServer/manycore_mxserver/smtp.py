@@ -77,6 +77,14 @@ class TaggedEnvelope(Envelope):
         self.tags: list[Tag] = []
 
 
+def reverse_path(mail_from: str | None) -> str:
+    """The envelope sender as the classifier reads it: "" for the null reverse-path (RFC 5321
+    §4.5.5; every DSN and most auto-replies come with it), which aiosmtpd hands over as "<>".
+    Passing "<>" on made every text bounce without other signs of one unclassified."""
+    value = (mail_from or "").strip()
+    return "" if value == "<>" else value
+
+
 def _peer_ip(session: Session) -> str:
     peer: Any = session.peer
     return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
@@ -273,7 +281,7 @@ class Handler:
     async def _record(self, envelope: Envelope, client: str) -> str:
         data = envelope.original_content or b""
         tags = tuple(envelope.tags) if isinstance(envelope, TaggedEnvelope) else ()
-        mail_from = envelope.mail_from or ""
+        mail_from = reverse_path(envelope.mail_from)
         rcpts = tuple(envelope.rcpt_tos)
         result = await self.pool.analyse(Job(mail_from, rcpts, tags, data))
         if isinstance(result, str):  # timed out or crashed: kept for an operator

@@ -83,6 +83,14 @@ TEMPORARY = re.compile(
     r"|warning: message|advisory|will continue (?:to try|trying)",
     re.IGNORECASE,
 )
+#: A report that says its MTA stopped trying is final whatever temporary words it quotes
+#: (qmail: "I'm not going to try again; this message has been in the queue too long" after a
+#: remote "421 ... temporarily deferred"): a bounce, never a delay notice.
+FINAL = re.compile(
+    r"not going to try again|will not (?:be )?(?:retried|tried again|try again)"
+    r"|(?:i've|i have|has|have) given up|been in the queue too long|no (?:more|further) retries",
+    re.IGNORECASE,
+)
 _CODE = re.compile(r"(?<![\d.])(?:[45]\.\d{1,3}\.\d{1,3}|[45]\d\d)(?![\d])")
 _PARAGRAPH_END = re.compile(r"\n[ \t]{0,16}\n")
 _LEAD = re.compile(r"^[\s>:'\"<)\],;.-]{0,40}")

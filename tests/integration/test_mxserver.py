@@ -140,6 +140,22 @@ def test_text_bounce_autoreply_spam_report_and_unsubscribe(mx: Service, queues: 
     assert mx.metric("mxserver_received_spam_report_total") >= 1
 
 
+def test_text_bounce_known_only_by_its_null_sender(mx: Service, queues: SyncRedis) -> None:
+    # No daemon sender, no bounce subject, no DSN (au one net's, in the corpus): only the null
+    # reverse-path (MAIL FROM:<>) says it is a report. Found by the closed loop
+    # (bench.feedback): aiosmtpd passed "<>" on and this was kept as unclassified.
+    ken = "ken@receiver.example"
+    rp = tag("m8", ken)
+    text = (
+        f"From: no-reply@receiver.example\r\nTo: <{rp}>\r\nSubject: Notice\r\n\r\n"
+        f"Your mail sent on: Thu, 29 Apr 2013 23:45:22 +0900\r\n"
+        f"     Could not be delivered to: <{ken}>\r\n     As their mailbox is full.\r\n"
+    ).encode()
+    assert deliver(mx, "", [rp], text)[0] == 250
+    got = [(e["uuid"], e["rcpt"], e["type"], e["category"]) for e in events(queues)]
+    assert got == [("m8", ken, "hard", "mailbox-full")]
+
+
 def test_yahoo_abuse_address_keeps_working(
     tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
 ) -> None:

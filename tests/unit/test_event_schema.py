@@ -56,12 +56,19 @@ def test_schema_knows_every_category_the_rules_and_the_corpus_use() -> None:
 
 
 def test_per_recipient_events_must_name_the_recipient() -> None:
-    for kind in ("delivered", "bounce", "deferred"):
+    for kind in ("delivered", "deferred"):
         assert "rcpt" in _branch(kind)["required"], kind
-    bounce = events.new_event(
-        "bounce", uuid="u1", type="hard", reason="550 5.1.1", category="invalid-recipient"
+    assert _branch("bounce")["else"]["required"] == ["rcpt"]
+    for kind in ("hard", "soft", "unroutable"):
+        bounce = events.new_event(
+            "bounce", uuid="u1", type=kind, reason="550 5.1.1", category="invalid-recipient"
+        )
+        assert any("'rcpt' is a required property" in p for p in problems(bounce)), kind
+    # Only an auto-reply may come from an address we did not send to (a forwarded mailbox).
+    reply = events.new_event(
+        "bounce", uuid="u1", type="autoreply", reason="auto-reply", category="autoreply"
     )
-    assert any("'rcpt' is a required property" in p for p in problems(bounce))
+    assert problems(reply) == []
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from manycore_mxserver.authenticate import Scope, addresses_in, analyse
 from manycore_mxserver.classify import Classification
 from manycore_mxserver.record import events_for, unclassified_keep
 from manycore_mxserver.reports import Failure
+from tests.eventschema import assert_valid
 
 KEY = b"unit-test-feedback-key-0123456789abcdef"
 RP = "rp.example.com"
@@ -81,6 +82,15 @@ def test_unsubscribe_tag_wins_and_autoreply_needs_the_envelope() -> None:
     (f,) = analyse(auto, ALICE, (b,), b"", SCOPE).findings
     assert (f.kind, f.rcpt) == ("autoreply", ALICE)
     assert analyse(auto, ALICE, (), f"X: {address}".encode(), SCOPE).findings == ()
+    # A reply from another address (a forwarded mailbox) names nobody the tag was minted for:
+    # the event has no rcpt, which the schema allows for auto-replies only (found by the
+    # closed loop, bench.feedback: it broke the schema before).
+    elsewhere = Classification("autoreply", email="alice@forwarded.example")
+    (f,) = analyse(elsewhere, "", (b,), b"From: alice@forwarded.example", SCOPE).findings
+    assert (f.kind, f.tag.uuid, f.rcpt) == ("autoreply", "u6", None)
+    ((_, event),) = events_for([f], {}, now=1.0)
+    assert "rcpt" not in event
+    assert_valid([event])
 
 
 def test_one_event_per_message_and_recipient() -> None:
