@@ -100,7 +100,10 @@ class PostfixLog:
         self.consumer: Consumer = incoming.consumer(default_consumer_id(SERVICE))
         self.follower = LogFollower(settings.paths.logfile)
         self.processor = LogProcessor(
-            self.state, self.follower, deferred_events=settings.deferred_events
+            self.state,
+            self.follower,
+            deferred_events=settings.deferred_events,
+            suppression=settings.suppression,
         )
         self.active_incoming = 0
         self.feed_stop = asyncio.Event()

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from manycore_common.config import Config, ConfigError, PostfixLogSection, ThrottledTransport
+from manycore_common.config import (
+    Config,
+    ConfigError,
+    PostfixLogSection,
+    SuppressionSettings,
+    ThrottledTransport,
+)
 
 #: postconf(5) time units.
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -86,6 +92,8 @@ class Settings:
     log_rotate_bytes: int
     #: How long a finished message's state stays in Redis (log replays after a restart).
     replay_window_seconds: int = 600
+    #: ``common-config.suppression``: which final events also suppress the recipient.
+    suppression: SuppressionSettings = field(default_factory=SuppressionSettings)
 
 
 def _legacy_file(config_dir: Path, name: str) -> str | None:
@@ -151,4 +159,5 @@ def build(section: PostfixLogSection, config_dir: Path, hostname: str | None = N
 
 def from_config(config: Config) -> Settings:
     section: PostfixLogSection = config.require("postfixlog")
-    return build(section, config.config_dir)
+    settings = build(section, config.config_dir)
+    return replace(settings, suppression=config.customer.common_config.suppression)

@@ -39,11 +39,14 @@ position) can never push a second final event.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+
+from manycore_common.suppression import SIZE_KEY
+from manycore_common.suppressionstore import OPS_LUA, Op, encode_ops
 
 #: After the last final event, the message's state is kept this long by default
 #: (``replay-window-seconds``), so that log lines read again after a restart still find it
@@ -94,17 +97,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: msg key, event queue. ARGV: recipient key, event item, done ttl
-# → 1 pushed, 0 already final, -1 no such message.
-_FINAL = """
+# KEYS: msg key, event queue, suppression size, the ops' keys. ARGV: recipient key, event
+# item, done ttl, then suppression ops (suppressionstore.OPS_LUA) → 1 pushed, 0 already
+# final, -1 no such message. The suppression entry a bounce calls for is written by the
+# script that pushes the bounce: never one without the other.
+_FINAL = (
+    OPS_LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[1], 'f:' .. ARGV[1], '1') == 0 then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 if redis.call('HINCRBY', KEYS[1], 'pending', -1) <= 0 then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 end
+for i = 4, #ARGV, 7 do supp_op(KEYS[3], i) end
 return 1
 """
+)
 
 # KEYS: msg key, event queue. ARGV: recipient key, deferral JSON, dedupe suffix ('' = no
 # event), event item → 2 recorded and event pushed, 1 recorded, 0 already final, -1 no such
@@ -332,13 +341,16 @@ class State:
         raw = await self.redis.hgetall(self.msg_key(queue_id))
         return Message.from_hash(raw) if raw else None
 
-    async def final(self, queue_id: str, rcpt: str, event: bytes) -> int:
-        """Push ``event`` unless ``rcpt`` already has its final event: 1 pushed, 0 already
-        final, -1 unknown message."""
+    async def final(
+        self, queue_id: str, rcpt: str, event: bytes, suppress: Sequence[Op] = ()
+    ) -> int:
+        """Push ``event`` unless ``rcpt`` already has its final event, with the suppression
+        entries it calls for: 1 pushed, 0 already final, -1 unknown message."""
+        op_keys, op_args = encode_ops(suppress, 4)
         return int(
             await self._final(
-                keys=[self.msg_key(queue_id), self.event_queue],
-                args=[rcpt_key(rcpt), event, self.replay_window],
+                keys=[self.msg_key(queue_id), self.event_queue, SIZE_KEY, *op_keys],
+                args=[rcpt_key(rcpt), event, self.replay_window, *op_args],
             )
         )
 

@@ -1,0 +1,246 @@
+"""The suppression list in Redis: the Lua that writes entries (shared by the scripts that push
+the events causing them), batched look-ups, and the operator's operations (get, list, import,
+delete). Layout and packing: :mod:`manycore_common.suppression`.
+
+Writes go through ``OPS_LUA``: an op is seven ARGV values — index in KEYS of the bucket,
+index in KEYS of the soft-bounce counter (0: none), the address (field), the packed entry,
+the scope (field of the size counter, ``KEYS[size]``), the threshold (0: suppress at once;
+n: only at the n-th soft bounce in the window) and the window in seconds. A new entry adds
+one to the scope's size; an existing live one keeps its first time, and the later expiry
+(with its reason and source) wins, so a manual or complaint entry that never expires is not
+shortened by a later hard bounce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from . import suppression as s
+from .config import SuppressionSettings
+
+OP_WIDTH = 7
+
+OPS_LUA = """
+local function supp_op(size_key, i)
+  local bucket, field, value = KEYS[tonumber(ARGV[i])], ARGV[i + 2], ARGV[i + 3]
+  local threshold = tonumber(ARGV[i + 5])
+  if threshold > 0 then
+    local counter = KEYS[tonumber(ARGV[i + 1])]
+    local n = redis.call('INCR', counter)
+    if n == 1 then redis.call('EXPIRE', counter, tonumber(ARGV[i + 6])) end
+    if n < threshold then return 0 end
+    redis.call('DEL', counter)
+  end
+  local old = redis.call('HGET', bucket, field)
+  if old then
+    local now = struct.unpack('>I4', value, 6)
+    local old_exp = struct.unpack('>I4', old, 10)
+    if old_exp > now then
+      if struct.unpack('>I4', value, 10) >= old_exp then
+        value = string.sub(value, 1, 1) .. string.sub(old, 2, 5) .. string.sub(value, 6)
+      else
+        value = string.sub(old, 1, 5) .. string.sub(value, 6, 9) .. string.sub(old, 10)
+      end
+    end
+    redis.call('HSET', bucket, field, value)
+    return 0
+  end
+  redis.call('HSET', bucket, field, value)
+  redis.call('HINCRBY', size_key, ARGV[i + 4], 1)
+  return 1
+end
+"""
+
+# KEYS: size, keys of the ops. ARGV: ops → entries added.
+_ADD = (
+    OPS_LUA
+    + """
+local added = 0
+for i = 1, #ARGV, 7 do added = added + supp_op(KEYS[1], i) end
+return added
+"""
+)
+
+# KEYS: size, buckets. ARGV: per bucket: the address, the scope → entries removed.
+_DELETE = """
+local removed = 0
+for i = 2, #KEYS do
+  local f, scope = ARGV[2 * i - 3], ARGV[2 * i - 2]
+  if redis.call('HDEL', KEYS[i], f) == 1 then
+    removed = removed + 1
+    if redis.call('HINCRBY', KEYS[1], scope, -1) <= 0 then redis.call('HDEL', KEYS[1], scope) end
+  end
+end
+return removed
+"""
+
+# KEYS: none (the buckets are named from ARGV: a listing reads a range of one scope's
+# buckets, which a caller cannot list ahead without reading them). ARGV: key prefix, first
+# bucket, most entries, most buckets → {next bucket (-1: done), field, value, field, ...}.
+_SCAN = """
+local out, n, b = {}, 0, tonumber(ARGV[2])
+local last = math.min(65535, b + tonumber(ARGV[4]) - 1)
+while b <= last and n < tonumber(ARGV[3]) do
+  local all = redis.call('HGETALL', ARGV[1] .. string.format('%04x', b))
+  for j = 1, #all do out[#out + 1] = all[j] end
+  n = n + #all / 2
+  b = b + 1
+end
+if b > 65535 then b = -1 end
+table.insert(out, 1, b)
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One entry to write (or, with a threshold, one soft bounce to count)."""
+
+    scope: str
+    address: str
+    entry: s.Entry
+    threshold: int = 0
+    window: int = 0
+
+    def keys(self) -> list[str]:
+        bucket = s.bucket_key(self.scope, self.address)
+        return [bucket, s.soft_key(self.scope, self.address)] if self.threshold else [bucket]
+
+
+def encode_ops(ops: Iterable[Op], first_key: int) -> tuple[list[str], list[bytes | str | int]]:
+    """(KEYS to append, ARGV to append) for ``ops``; ``first_key`` is the 1-based index the
+    first appended key will have in KEYS."""
+    keys: list[str] = []
+    args: list[bytes | str | int] = []
+    for op in ops:
+        op_keys = op.keys()
+        bucket = first_key + len(keys)
+        soft = bucket + 1 if op.threshold else 0
+        keys += op_keys
+        args += [bucket, soft, op.address, s.pack(op.entry), op.scope, op.threshold, op.window]
+    return keys, args
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+class SuppressionStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._add = redis.register_script(_ADD)
+        self._delete = redis.register_script(_DELETE)
+        self._scan = redis.register_script(_SCAN)
+
+    async def lookup(
+        self, queries: Sequence[tuple[str, str]], now: float
+    ) -> list[tuple[str, s.Entry] | None]:
+        """For each (scope, normalised address): (scope, live entry) or None; one round trip
+        for the whole batch (pipelined HGETs, no transaction)."""
+        if not queries:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for scope, address in queries:
+            pipe.hget(s.bucket_key(scope, address), address)
+        out: list[tuple[str, s.Entry] | None] = []
+        for (scope, _), raw in zip(queries, await pipe.execute(), strict=True):
+            entry = s.unpack(_bytes(raw)) if raw is not None else None
+            out.append((scope, entry) if entry is not None and entry.active(now) else None)
+        return out
+
+    async def add(self, ops: Sequence[Op], chunk: int = 1000) -> int:
+        """Write entries, ``chunk`` per script call; returns how many were new."""
+        added = 0
+        for start in range(0, len(ops), chunk):
+            keys, args = encode_ops(ops[start : start + chunk], 2)
+            added += int(await self._add(keys=[s.SIZE_KEY, *keys], args=args))
+        return added
+
+    async def delete(self, pairs: Sequence[tuple[str, str]]) -> int:
+        """Remove (scope, address) entries; returns how many existed."""
+        if not pairs:
+            return 0
+        keys = [s.bucket_key(scope, address) for scope, address in pairs]
+        args = [x for scope, address in pairs for x in (address, scope)]
+        return int(await self._delete(keys=[s.SIZE_KEY, *keys], args=args))
+
+    async def get(self, scopes: Sequence[str], address: str, now: float) -> list[dict[str, object]]:
+        found = await self.lookup([(scope, address) for scope in scopes], now)
+        return [entry.as_json(address, scope) for scope, entry in filter(None, found)]
+
+    async def scopes(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(s.SIZE_KEY)
+        return {_bytes(k).decode(): int(v) for k, v in raw.items()}
+
+    async def size(self) -> int:
+        return sum((await self.scopes()).values())
+
+    async def page(
+        self,
+        scope: str,
+        cursor: int,
+        limit: int,
+        now: float,
+        reason: s.Reason | None = None,
+        max_buckets: int = 4096,
+    ) -> tuple[list[dict[str, object]], int | None]:
+        """Live entries of ``scope`` from bucket ``cursor`` on: (entries, next cursor or None
+        when done). Whole buckets, so a page may pass ``limit`` by one bucket's entries (a
+        few); ``max_buckets`` bounds the work of one call in a sparse scope."""
+        raw = await self._scan(args=[f"{s.PREFIX}{scope}:", cursor, limit, max_buckets])
+        following = int(raw[0])
+        entries = []
+        for i in range(1, len(raw), 2):
+            entry = s.unpack(_bytes(raw[i + 1]))
+            if entry.active(now) and (reason is None or entry.reason == reason):
+                entries.append(entry.as_json(_bytes(raw[i]).decode(), scope))
+        return entries, None if following < 0 else following
+
+
+def ops_for_event(
+    event: dict[str, Any], domains: Iterable[str], settings: SuppressionSettings
+) -> list[Op]:
+    """The suppression writes an event calls for (pure): under each sending domain in
+    ``domains`` (one for PostfixLog; MxServer's may be several, see its README section), for
+    the event's ``rcpt``. Nothing without a recipient, or when the list is disabled."""
+    rcpt = event.get("rcpt")
+    if not settings.enabled or not isinstance(rcpt, str):
+        return []
+    try:
+        address = s.normalize(rcpt)
+    except s.BadAddress:
+        return []
+    reason, threshold = _reason(event, settings)
+    if reason is None:
+        return []
+    now = float(event.get("timestamp") or 0)
+    entry = s.new_entry(
+        reason,
+        now,
+        settings.expiry_days.days(reason),
+        str(event.get("id", "")),
+        str(event.get("uuid") or ""),
+    )
+    stream = event.get("streamid") if reason == "unsubscribe" else None
+    if settings.unsubscribe_scope != "stream":
+        stream = None
+    window = settings.soft_bounce_window_days * 86400
+    return [
+        Op(s.scope_of(d, stream), address, entry, threshold, window if threshold else 0)
+        for d in sorted(set(domains))
+    ]
+
+
+def _reason(event: dict[str, Any], settings: SuppressionSettings) -> tuple[s.Reason | None, int]:
+    kind = event.get("event")
+    if kind in ("spam-report", "unsubscribe"):
+        return kind, 0
+    if kind != "bounce":
+        return None, 0
+    if event.get("type") == "soft" and settings.soft_bounce_threshold > 0:
+        return "soft-bounce-repeated", settings.soft_bounce_threshold
+    return s.bounce_reason(str(event.get("type")), event.get("category")), 0

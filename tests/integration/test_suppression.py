@@ -1,0 +1,106 @@
+"""The suppression list against a real Redis: entries written by the scripts that push the
+events causing them (PostfixLog on real log lines), merges that never shorten an entry, batched
+look-ups, paged listings and deletes that keep the size counter right."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from manycore_common import suppression as s
+from manycore_common.config import SuppressionSettings
+from manycore_common.suppressionstore import Op, SuppressionStore
+from manycore_postfixlog.follower import LogFollower
+from manycore_postfixlog.processor import LogProcessor
+from manycore_postfixlog.state import Message, State
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "postfix" / "outcomes.log"
+MULTI = "4jbsyQ5sHyzKffW"
+LOG_TIME = 1795829070.0
+NOW = 1_800_000_000.0
+
+
+def op(address: str, reason: s.Reason, days: int, now: float = NOW, scope: str = "ex.com") -> Op:
+    return Op(scope, address, s.new_entry(reason, now, days, "ab" * 8, "u-1"))
+
+
+async def test_entries_merge_without_shortening_and_the_size_follows(redis: Redis) -> None:
+    store = SuppressionStore(redis)
+    assert await store.add([op("a@x.org", "unsubscribe", 0), op("b@x.org", "hard-bounce", 1)])
+    # A later hard bounce of a never-expiring unsubscribe: still never expires, first kept.
+    assert await store.add([op("a@x.org", "hard-bounce", 365, NOW + 50)]) == 0
+    assert await store.size() == 2
+    found = await store.lookup([("ex.com", "a@x.org"), ("ex.com", "c@x.org")], NOW + 60)
+    first = found[0]
+    assert first is not None and found[1] is None
+    assert (first[1].reason, first[1].first, first[1].last) == ("unsubscribe", NOW, NOW + 50)
+    assert first[1].expires == s.NEVER
+    # b expires after a day: not suppressed then, although still stored.
+    assert await store.lookup([("ex.com", "b@x.org")], NOW + 2 * 86400) == [None]
+    assert await store.delete([("ex.com", "a@x.org"), ("ex.com", "zz@x.org")]) == 1
+    assert await store.scopes() == {"ex.com": 1}
+
+
+async def test_pages_cover_every_entry_once(redis: Redis) -> None:
+    store = SuppressionStore(redis)
+    addresses = [f"user{i}@x.org" for i in range(500)]
+    await store.add([op(a, "manual", 0) for a in addresses], chunk=64)
+    await store.add([op("other@x.org", "spam-report", 0, scope="other.com")])
+    seen: list[str] = []
+    cursor: int | None = 0
+    pages = 0
+    while cursor is not None:
+        entries, cursor = await store.page("ex.com", cursor, 100, NOW, max_buckets=20000)
+        seen += [str(e["address"]) for e in entries]
+        pages += 1
+    assert sorted(seen) == sorted(addresses) and pages >= 5
+    only_spam, _ = await store.page("ex.com", 0, 1000, NOW, reason="spam-report")
+    assert only_spam == []
+
+
+async def test_postfixlog_suppresses_a_user_unknown_with_its_event(
+    redis: Redis, tmp_path: Path
+) -> None:
+    log = tmp_path / "mail.log"
+    shutil.copy(FIXTURE, log)
+    state = State(redis, "t1", "EVENT_QUEUE", "INCOMING-TO-POSTFIX", ttl=3600)
+    rcpts = ("ok1@sink.test", "bad1@sink.test", "later1@sink.test", "someone@refused.test")
+    msg = Message("m1", "s1", "shop.example", "b@b.example", rcpts, "item-m")
+    assert await state.record("item-m", MULTI, msg, [])
+    proc = LogProcessor(
+        state,
+        LogFollower(log),
+        suppression=SuppressionSettings(),
+        wall_clock=lambda: LOG_TIME + 5,
+    )
+    await proc.start()
+    await proc.drain()
+    store = SuppressionStore(redis)
+    found = await store.lookup(
+        [("shop.example", a) for a in ("bad1@sink.test", "later1@sink.test", "ok1@sink.test")],
+        LOG_TIME,
+    )
+    hit = found[0]
+    assert hit is not None and hit[1].reason == "hard-bounce" and hit[1].uuid == "m1"
+    # Soft bounces (expired) and deliveries do not suppress by default.
+    assert found[1:] == [None, None]
+    assert await store.scopes() == {"shop.example": 1}
+    # The same lines again: the final event is not pushed twice, nor the entry counted twice.
+    await redis.delete("postfixlog:t1:log-position")
+    again = LogProcessor(state, LogFollower(log), wall_clock=lambda: LOG_TIME + 5)
+    await again.start()
+    await again.drain()
+    assert await store.scopes() == {"shop.example": 1}
+
+
+async def test_repeated_soft_bounces_suppress_at_the_threshold(redis: Redis) -> None:
+    store = SuppressionStore(redis)
+    entry = s.new_entry("soft-bounce-repeated", NOW, 30)
+    soft = Op("ex.com", "s@x.org", entry, threshold=2, window=3600)
+    assert await store.add([soft]) == 0
+    assert await store.lookup([("ex.com", "s@x.org")], NOW) == [None]
+    assert await store.add([soft]) == 1
+    hit = (await store.lookup([("ex.com", "s@x.org")], NOW))[0]
+    assert hit is not None and hit[1].reason == "soft-bounce-repeated"
