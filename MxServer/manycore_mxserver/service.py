@@ -22,6 +22,7 @@ from .classify import Settings
 from .limits import RateLimiter
 from .pool import ClassifierPool
 from .record import Recorder
+from .senders import Senders
 from .smtp import Handler, MxSMTP, Recipients
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Prepared:
     domains: frozenset[str]
     settings: Settings
     keys: tuple[bytes, ...]
+    senders: Senders
 
 
 def prepare(config: Config) -> Prepared:
@@ -69,7 +71,12 @@ def prepare(config: Config) -> Prepared:
     )
     # Without the keys no feedback address can be verified: refuse to start (ConfigError).
     keys = config.customer.common_config.feedback_keys(SERVICE)
-    return Prepared(section, hostname, context, frozenset(domains), settings, keys)
+    transformer = config.customer.transformer
+    senders = Senders.from_pairs(
+        (d.domain, d.return_path_domain)
+        for d in (transformer.domain_settings if transformer else ())
+    )
+    return Prepared(section, hostname, context, frozenset(domains), settings, keys, senders)
 
 
 def classifier_settings(settings: Settings, section: MxServerSection) -> Settings:
@@ -95,6 +102,8 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         section.unclassified.max_bytes,
         section.unclassified.max_total_bytes,
         section.unclassified.max_rcpts,
+        prepared.senders,
+        config.customer.common_config.suppression,
     )
     limits = section.limits
     scope = Scope(

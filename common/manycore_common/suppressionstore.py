@@ -19,8 +19,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from . import events
 from . import suppression as s
 from .config import SuppressionSettings
+from .queue import ReliableQueue
 
 OP_WIDTH = 7
 
@@ -244,3 +246,52 @@ def _reason(event: dict[str, Any], settings: SuppressionSettings) -> tuple[s.Rea
     if event.get("type") == "soft" and settings.soft_bounce_threshold > 0:
         return "soft-bounce-repeated", settings.soft_bounce_threshold
     return s.bounce_reason(str(event.get("type")), event.get("category")), 0
+
+
+# KEYS: event queue, size, once-keys (n), the ops' keys. ARGV: TTL, n, one event item per
+# once-key, then per op: the 1-based number of its event, and the op's seven values → how
+# many events were pushed. ``events.emit_once_many`` with each event's suppression entries
+# written by the same script, and only when the event itself is pushed.
+_EMIT_ONCE_SUPPRESSING = (
+    OPS_LUA
+    + """
+local n = tonumber(ARGV[2])
+local pushed, done = 0, {}
+for i = 1, n do
+  if redis.call('SET', KEYS[2 + i], '1', 'NX', 'EX', tonumber(ARGV[1])) then
+    redis.call('LPUSH', KEYS[1], ARGV[2 + i])
+    pushed = pushed + 1
+    done[i] = true
+  end
+end
+for i = 3 + n, #ARGV, 8 do
+  if done[tonumber(ARGV[i])] then supp_op(KEYS[2], i + 1) end
+end
+return pushed
+"""
+)
+
+
+async def emit_once_suppressing(
+    queue: ReliableQueue,
+    keyed_events: Sequence[tuple[str, dict[str, Any]]],
+    ops: Sequence[Sequence[Op]],
+    *,
+    source: str,
+    ttl: int,
+) -> int:
+    """``events.emit_once_many`` where ``ops[i]`` are the suppression entries event ``i``
+    calls for, written in the same script when (and only when) that event is pushed."""
+    if not keyed_events:
+        return 0
+    n = len(keyed_events)
+    keys = [queue.name, s.SIZE_KEY, *(key for key, _ in keyed_events)]
+    args: list[bytes | str | int] = [ttl, n]
+    args += [events.encode_event(e, source=source) for _, e in keyed_events]
+    for number, event_ops in enumerate(ops, start=1):
+        for op in event_ops:
+            op_keys, op_args = encode_ops([op], len(keys) + 1)
+            keys += op_keys
+            args += [number, *op_args]
+    script = queue.redis.register_script(_EMIT_ONCE_SUPPRESSING)
+    return int(await script(keys=keys, args=args))
