@@ -4,17 +4,31 @@ look-ups, paged listings and deletes that keep the size counter right."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from pathlib import Path
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
+from manycore_common import item as item_format
 from manycore_common import suppression as s
 from manycore_common.config import SuppressionSettings
 from manycore_common.suppressionstore import Op, SuppressionStore
 from manycore_postfixlog.follower import LogFollower
 from manycore_postfixlog.processor import LogProcessor
 from manycore_postfixlog.state import Message, State
+from tests.eventschema import assert_valid
+from tests.helpers import RedisServer, running, wait_for
+from tests.integration.conftest import build_message
+from tests.integration.test_transformer import (
+    EVENTS,
+    P1,
+    enqueue,
+    out_items,
+    transformer_service,
+)
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "postfix" / "outcomes.log"
 MULTI = "4jbsyQ5sHyzKffW"
@@ -104,3 +118,48 @@ async def test_repeated_soft_bounces_suppress_at_the_threshold(redis: Redis) -> 
     assert await store.add([soft]) == 1
     hit = (await store.lookup([("ex.com", "s@x.org")], NOW))[0]
     assert hit is not None and hit[1].reason == "soft-bounce-repeated"
+
+
+def test_transformer_drops_suppressed_recipients_before_signing(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+) -> None:
+    """To and Cc recipients on the sending domain's list are dropped with a ``suppressed``
+    event; a message with none left is acked and never handed over; an expired entry, or an
+    entry of another sending domain, stops nothing."""
+    now = time.time()
+
+    def entry(reason: s.Reason, days: int, at: float = now) -> bytes:
+        return s.pack(s.new_entry(reason, at, days, "cd" * 8, "old-msg"))
+
+    for scope, address, value in [
+        ("example.com", "bob@example.org", entry("hard-bounce", 365)),
+        ("example.com", "carol@example.org", entry("unsubscribe", 0)),
+        ("example.com", "dave@example.org", entry("hard-bounce", 1, now - 3 * 86400)),
+        ("other.example", "alice@example.net", entry("spam-report", 0)),
+    ]:
+        queues.hset(s.bucket_key(scope, address), address, value)
+    rcpts = ["alice@example.net", "Bob@Example.ORG", "carol@example.org", "dave@example.org"]
+    enqueue(queues, P1, build_message("mixed1"), "mixed1", rcpts)
+    enqueue(queues, P1, build_message("onlybob"), "onlybob", ["bob@example.org"])
+    with running(transformer_service(tmp_path, redis_server.port)) as service:
+        wait_for(lambda: queues.llen(EVENTS) == 3, what="three suppressed events")
+        wait_for(lambda: queues.llen(P1) == 0, what="both taken")
+        wait_for(lambda: service.metric("transformer_pushed_total") == 1, what="one handed over")
+        assert (
+            service.metric("transformer_suppressed_recipients_total", 'reason="hard-bounce"') == 2
+        )
+        assert service.metric("transformer_suppressed_messages_total") == 1
+    assert sorted(r for i in out_items(queues) for r in i.header["rcpts"]) == [
+        "alice@example.net",
+        "dave@example.org",
+    ]
+    got = [json.loads(item_format.decode(r).payload) for r in queues.lrange(EVENTS, 0, -1)]
+    assert sorted((e["event"], e["uuid"], e["rcpt"], e["reason"]) for e in got) == [
+        ("suppressed", "mixed1", "Bob@Example.ORG", "hard-bounce"),
+        ("suppressed", "mixed1", "carol@example.org", "unsubscribe"),
+        ("suppressed", "onlybob", "bob@example.org", "hard-bounce"),
+    ]
+    assert all(e["domain"] == "example.com" and e["source"] == "cd" * 8 for e in got)
+    assert all(e["source-uuid"] == "old-msg" for e in got)
+    assert_valid(got)
+    assert all(queues.llen(k) == 0 for k in queues.keys(f"{P1}:processing:*"))

@@ -1,0 +1,168 @@
+"""The suppression check: every recipient of a batch is looked up before its message is signed.
+
+Recipients on the list of the message's sending domain (its From domain; with
+``unsubscribe-scope: stream`` also the list of its domain and stream) are dropped from the
+message with a ``suppressed`` event; a message left with no recipient is not signed and not
+sent, only acked. One round trip per batch (pipelined look-ups), in the main process: the
+signing pool stays pure.
+
+The events of a batch are pushed before its hand-over and acks, so a crash between the two
+repeats them (with new ids) rather than losing them: at least once, as every event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from manycore_common import events
+from manycore_common import suppression as s
+from manycore_common.config import SuppressionSettings
+from manycore_common.suppressionstore import SuppressionStore
+
+from .headers import normalize_line_endings, split_message
+from .transform import TransformError, _from_domain, _ids, distinct_recipients
+
+SUPPRESSED = Counter(
+    "transformer_suppressed_recipients",
+    "Recipients dropped because they are on the suppression list, by the entry's reason",
+    ["reason"],
+)
+SUPPRESSED_MESSAGES = Counter(
+    "transformer_suppressed_messages",
+    "Messages not sent at all: every recipient was on the suppression list",
+)
+LIST_SIZE = Gauge(
+    "suppression_list_entries",
+    "Entries on the suppression list (all sending domains), from the counter kept in Redis",
+    multiprocess_mode="max",
+)
+for _reason in s.REASONS:
+    SUPPRESSED.labels(_reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the check needs of a message, read from its header section only."""
+
+    uuid: str
+    stream_id: str | None
+    from_domain: str
+    rcpts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The recipients to keep (None: the message is left as it is, e.g. one the Transformer
+    will refuse anyway) and the events of those dropped."""
+
+    keep: tuple[str, ...] | None
+    events: tuple[dict[str, Any], ...] = ()
+
+
+def envelope(data: bytes, rcpts: Sequence[str] | None) -> Envelope | None:
+    """The ids, From domain and distinct recipients, or None when the message is malformed
+    (the transform then dead-letters it with its usual reason). Pure."""
+    end = data.find(b"\n\n")
+    end2 = data.find(b"\r\n\r\n")
+    cut = min((e for e in (end, end2) if e >= 0), default=len(data))
+    try:
+        fields, _ = split_message(normalize_line_endings(data[: cut + 4]))
+        index: dict[str, list[Any]] = {}
+        for f in fields:
+            index.setdefault(f.key, []).append(f)
+        uuid, stream_id = _ids(index)
+        domain = _from_domain([f.value for f in index.get("from", ())])
+        found, _ = distinct_recipients(rcpts, index, uuid)
+    except (ValueError, TransformError):
+        return None
+    if domain is None:
+        return None
+    return Envelope(uuid, stream_id, domain, tuple(found))
+
+
+def scopes(env: Envelope, settings: SuppressionSettings) -> list[str]:
+    """The lists a recipient of this message is looked up in."""
+    domain = _domain(env.from_domain)
+    if domain is None:
+        return []
+    out = [domain]
+    if env.stream_id and settings.unsubscribe_scope == "stream":
+        out.append(s.scope_of(domain, env.stream_id))
+    return out
+
+
+def _domain(domain: str) -> str | None:
+    try:
+        return s.normalize_domain(domain)
+    except s.BadAddress:
+        return None
+
+
+def _address(rcpt: str) -> str | None:
+    try:
+        return s.normalize(rcpt)
+    except s.BadAddress:
+        return None
+
+
+def suppressed_event(env: Envelope, rcpt: str, scope: str, entry: s.Entry) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "rcpt": rcpt,
+        "reason": entry.reason,
+        "domain": scope.partition("#")[0],
+        "source": entry.source or None,
+        "source-uuid": entry.uuid or None,
+    }
+    return events.new_event("suppressed", uuid=env.uuid, streamid=env.stream_id, **fields)
+
+
+class Checker:
+    def __init__(self, store: SuppressionStore, settings: SuppressionSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    async def check(self, jobs: Sequence[tuple[bytes, tuple[str, ...] | None]]) -> list[Verdict]:
+        """One verdict per (payload, item recipients), with one Redis round trip."""
+        if not self.settings.enabled:
+            return [Verdict(None) for _ in jobs]
+        envs = [envelope(data, rcpts) for data, rcpts in jobs]
+        plan: list[tuple[int, str, str]] = []  # (job, rcpt, address) per look-up
+        queries: list[tuple[str, str]] = []
+        for n, env in enumerate(envs):
+            if env is None:
+                continue
+            lists = scopes(env, self.settings)
+            for rcpt in env.rcpts:
+                address = _address(rcpt)
+                for scope in lists if address else ():
+                    assert address is not None
+                    plan.append((n, rcpt, address))
+                    queries.append((scope, address))
+        found = await self.store.lookup(queries, time.time())
+        hits: dict[int, dict[str, tuple[str, s.Entry]]] = {}
+        for (n, rcpt, _), hit in zip(plan, found, strict=True):
+            if hit is not None:
+                hits.setdefault(n, {}).setdefault(rcpt, hit)
+        return [_verdict(env, hits.get(n, {})) for n, env in enumerate(envs)]
+
+
+def _verdict(env: Envelope | None, hits: dict[str, tuple[str, s.Entry]]) -> Verdict:
+    if env is None or not hits:
+        return Verdict(None)
+    dropped = []
+    for rcpt, (scope, entry) in hits.items():
+        SUPPRESSED.labels(entry.reason).inc()
+        dropped.append(suppressed_event(env, rcpt, scope, entry))
+    keep = tuple(r for r in env.rcpts if r not in hits)
+    if not keep:
+        SUPPRESSED_MESSAGES.inc()
+    return Verdict(keep, tuple(dropped))
+
+
+async def refresh_size(store: SuppressionStore) -> None:
+    LIST_SIZE.set(await store.size())
