@@ -193,13 +193,21 @@ class SuppressionStore:
         """Live entries of ``scope`` from bucket ``cursor`` on: (entries, next cursor or None
         when done). Whole buckets, so a page may pass ``limit`` by one bucket's entries (a
         few); ``max_buckets`` bounds the work of one call in a sparse scope."""
-        raw = await self._scan(args=[f"{s.PREFIX}{scope}:", cursor, limit, max_buckets])
-        following = int(raw[0])
-        entries = []
-        for i in range(1, len(raw), 2):
-            entry = s.unpack(_bytes(raw[i + 1]))
-            if entry.active(now) and (reason is None or entry.reason == reason):
-                entries.append(entry.as_json(_bytes(raw[i]).decode(), scope))
+        entries: list[dict[str, object]] = []
+        following, scanned = cursor, 0
+        # Several short scripts rather than one long one: Redis serves others in between. A
+        # filter that matches little reads at most ten pages' worth, then answers with what
+        # it has and the cursor.
+        while following >= 0 and len(entries) < limit and scanned < 10 * limit:
+            raw = await self._scan(
+                args=[f"{s.PREFIX}{scope}:", following, limit - len(entries), max_buckets]
+            )
+            following = int(raw[0])
+            scanned += len(raw) // 2
+            for i in range(1, len(raw), 2):
+                entry = s.unpack(_bytes(raw[i + 1]))
+                if entry.active(now) and (reason is None or entry.reason == reason):
+                    entries.append(entry.as_json(_bytes(raw[i]).decode(), scope))
         return entries, None if following < 0 else following
 
 

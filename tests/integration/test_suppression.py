@@ -8,6 +8,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
@@ -20,8 +21,9 @@ from manycore_postfixlog.follower import LogFollower
 from manycore_postfixlog.processor import LogProcessor
 from manycore_postfixlog.state import Message, State
 from tests.eventschema import assert_valid
-from tests.helpers import RedisServer, running, wait_for
+from tests.helpers import RedisServer, Service, running, wait_for
 from tests.integration.conftest import build_message
+from tests.integration.test_httpreceiver import GOOD_AUTH, http_service, post
 from tests.integration.test_transformer import (
     EVENTS,
     P1,
@@ -163,3 +165,71 @@ def test_transformer_drops_suppressed_recipients_before_signing(
     assert all(e["source-uuid"] == "old-msg" for e in got)
     assert_valid(got)
     assert all(queues.llen(k) == 0 for k in queues.keys(f"{P1}:processing:*"))
+
+
+def api_call(
+    service: Service, method: str, path: str, body: Any = None, auth: str | None = GOOD_AUTH
+) -> tuple[int, dict[str, Any]]:
+    raw = json.dumps(body).encode() if body is not None else b""
+    status, _, answer = post(
+        service, raw, auth=auth, content_type="application/json", path=path, method=method
+    )
+    return status, answer
+
+
+def test_the_http_api(tmp_path: Path, redis_server: RedisServer, queues: SyncRedis) -> None:
+    with running(http_service(tmp_path, redis_server.port)) as api:
+        entries = ["A@Shop.test", {"address": "b@shop.test", "reason": "spam-report"}]
+        entries.append({"address": "c@shop.test", "domain": "other.example"})
+        body = {"domain": "Example.com", "entries": entries}
+        assert api_call(api, "POST", "/v1/suppressions", body) == (
+            200,
+            {"received": 3, "added": 3, "updated": 0},
+        )
+        assert api_call(api, "POST", "/v1/suppressions", body)[1]["added"] == 0
+        status, got = api_call(api, "GET", "/v1/suppressions/a@SHOP.test")
+        assert status == 200 and got["address"] == "a@shop.test"
+        [entry] = got["entries"]
+        assert (entry["domain"], entry["reason"], entry["expires"]) == (
+            "example.com",
+            "manual",
+            None,
+        )
+        assert api_call(api, "GET", "/v1/suppressions/a@shop.test?domain=other.example") == (
+            404,
+            {"error": "a@shop.test is not on the suppression list", "reason": "not-found"},
+        )
+        seen, cursor = [], ""
+        while cursor is not None:
+            status, page = api_call(
+                api, "GET", f"/v1/suppressions?domain=example.com&limit=1&cursor={cursor}"
+            )
+            assert status == 200
+            seen += [e["address"] for e in page["entries"]]
+            cursor = page["cursor"]
+        assert sorted(seen) == ["a@shop.test", "b@shop.test"]
+        status, page = api_call(
+            api, "GET", "/v1/suppressions?domain=example.com&reason=spam-report"
+        )
+        assert [e["address"] for e in page["entries"]] == ["b@shop.test"]
+        for path, reason in [
+            ("/v1/suppressions", "bad-request"),
+            ("/v1/suppressions?domain=example.com&cursor=zz", "bad-request"),
+            ("/v1/suppressions?domain=example.com&reason=nope", "bad-request"),
+            ("/v1/suppressions/not-an-address", "bad-request"),
+        ]:
+            status, got = api_call(api, "GET", path)
+            assert (status, got["reason"]) == (400, reason), path
+        status, got = api_call(api, "POST", "/v1/suppressions", {"entries": ["x@y.org"]})
+        assert (status, got["reason"]) == (400, "bad-request") and "domain" in got["error"]
+        too_many = {"domain": "example.com", "entries": ["x@y.org"] * 10_001}
+        assert api_call(api, "POST", "/v1/suppressions", too_many)[0] == 413
+        assert api_call(api, "GET", "/v1/suppressions/a@shop.test", auth=None)[0] == 401
+        assert api_call(api, "DELETE", "/v1/suppressions/a@shop.test") == (
+            200,
+            {"address": "a@shop.test", "deleted": 1},
+        )
+        assert api_call(api, "DELETE", "/v1/suppressions/a@shop.test")[0] == 404
+        assert api.metric("suppression_imported_total", 'operation="import"') == 6
+        assert api.metric("httpreceiver_suppression_api_errors_total", 'reason="bad-request"') == 5
+    assert queues.hgetall(s.SIZE_KEY) == {b"example.com": b"1", b"other.example": b"1"}
