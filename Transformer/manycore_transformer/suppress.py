@@ -12,6 +12,7 @@ repeats them (with new ids) rather than losing them: at least once, as every eve
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from manycore_common import events
+from manycore_common import events, feedbacktag
 from manycore_common import suppression as s
 from manycore_common.config import SuppressionSettings
+from manycore_common.message import STREAM_ID_RE, UUID_RE
 from manycore_common.suppressionstore import SuppressionStore
 
 from .headers import normalize_line_endings, split_message
@@ -64,20 +66,55 @@ class Verdict:
     events: tuple[dict[str, Any], ...] = ()
 
 
+#: The three fields the check needs, with their folded lines (RFC 5322 §2.2.3).
+_FIELD = re.compile(
+    rb"^(from|x-uuid|x-stream-id)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE
+)
+
+
+def _head(data: bytes) -> bytes:
+    ends = [e for e in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if e >= 0]
+    return data[: min(ends) + 2] if ends else data
+
+
 def envelope(data: bytes, rcpts: Sequence[str] | None) -> Envelope | None:
     """The ids, From domain and distinct recipients, or None when the message is malformed
-    (the transform then dead-letters it with its usual reason). Pure."""
-    end = data.find(b"\n\n")
-    end2 = data.find(b"\r\n\r\n")
-    cut = min((e for e in (end, end2) if e >= 0), default=len(data))
+    (the transform then dead-letters it with its usual reason). Pure.
+
+    The receivers give every item its recipients, so usually only three fields are read,
+    with one pattern over the header section (a full parse costs more than the look-up);
+    an item without recipients has its header section parsed as the transform does."""
+    head = _head(data)
+    if not rcpts:
+        return _parsed(head)
+    found: dict[bytes, list[str]] = {}
+    for match in _FIELD.finditer(head):
+        value = re.sub(rb"\r?\n", b"", match.group(2)).decode("utf-8", "replace").strip()
+        found.setdefault(match.group(1).lower(), []).append(value)
+    uuids, streams = found.get(b"x-uuid", []), found.get(b"x-stream-id", [])
+    if len(uuids) != 1 or not UUID_RE.fullmatch(uuids[0]) or len(streams) > 1:
+        return None
+    if streams and not STREAM_ID_RE.fullmatch(streams[0]):
+        return None
+    domain = _from_domain(found.get(b"from", []))
+    if domain is None:
+        return None
+    distinct: dict[str, str] = {}
+    for rcpt in rcpts:
+        distinct.setdefault(feedbacktag.normalize_address(rcpt), rcpt)
+    stream = streams[0] if streams else None
+    return Envelope(uuids[0], stream, domain, tuple(distinct.values()))
+
+
+def _parsed(head: bytes) -> Envelope | None:
     try:
-        fields, _ = split_message(normalize_line_endings(data[: cut + 4]))
+        fields, _ = split_message(normalize_line_endings(head + b"\n"))
         index: dict[str, list[Any]] = {}
         for f in fields:
             index.setdefault(f.key, []).append(f)
         uuid, stream_id = _ids(index)
         domain = _from_domain([f.value for f in index.get("from", ())])
-        found, _ = distinct_recipients(rcpts, index, uuid)
+        found, _ = distinct_recipients(None, index, uuid)
     except (ValueError, TransformError):
         return None
     if domain is None:
