@@ -26,6 +26,7 @@ import time
 import uuid as uuid_module
 from argparse import Namespace
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -109,13 +110,7 @@ async def throughput(redis: Redis, seconds: float, rounds: int) -> tuple[float, 
     return statistics.median(with_list), statistics.median(without), statistics.median(ratios)
 
 
-async def run(n: int, seconds: float, rounds: int, workdir: Path) -> tuple[list[Row], list[str]]:
-    port = free_port()
-    argv = [binary("redis-server"), "--port", str(port), "--bind", LOOPBACK, "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(workdir)]
-    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    # Pinned after the server started: Redis keeps the other core, as in a deployment.
-    core = pin_to_one_core()
+async def measure(port: int, n: int, seconds: float, rounds: int) -> tuple[Any, ...]:
     redis = Redis(host=LOOPBACK, port=port)
     try:
         for _ in range(100):
@@ -127,11 +122,24 @@ async def run(n: int, seconds: float, rounds: int, workdir: Path) -> tuple[list[
         import_seconds, per_entry = await fill(redis, n)
         sample = s.bucket_key(DOMAIN, "customer.0000000@mail0.example.net")
         encoding = await redis.object("encoding", sample)
-        rate_with, rate_without, ratio = await throughput(redis, seconds, rounds)
+        return (import_seconds, per_entry, encoding, *await throughput(redis, seconds, rounds))
     finally:
         await redis.aclose()
+
+
+def run(n: int, seconds: float, rounds: int, workdir: Path) -> tuple[list[Row], list[str]]:
+    port = free_port()
+    argv = [binary("redis-server"), "--port", str(port), "--bind", LOOPBACK, "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(workdir)]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    # Pinned after the server started: Redis keeps the other core, as in a deployment.
+    core = pin_to_one_core()
+    try:
+        result = asyncio.run(measure(port, n, seconds, rounds))
+    finally:
         server.terminate()
         server.wait(10)
+    import_seconds, per_entry, encoding, rate_with, rate_without, ratio = result
     rows = [
         Row(
             "suppression",
@@ -160,7 +168,7 @@ def main() -> None:
     n = 20_000 if args.quick else args.entries
     seconds, rounds = (0.3, 1) if args.quick else (2.0, 5)
     with tempfile.TemporaryDirectory() as workdir:
-        rows, notes = asyncio.run(run(n, seconds, rounds, Path(workdir)))
+        rows, notes = run(n, seconds, rounds, Path(workdir))
     print("Suppression list:")
     print(table(rows))
     print(*notes, sep="\n")
