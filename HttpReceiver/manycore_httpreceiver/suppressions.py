@@ -126,7 +126,7 @@ class SuppressionApi:
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise _bad("the body must be JSON") from None
         ops = import_ops(body, self.settings, time.time())
-        added = await self.store.add(ops)
+        added = await self.store.add_entries(ops)
         IMPORTED.labels("import").inc(len(ops))
         return {"received": len(ops), "added": added, "updated": len(ops) - added}
 

@@ -58,11 +58,14 @@ REPLAY_WINDOW = 600
 #: before injecting once half of it has passed (see ``Claim.fresh``).
 CLAIM_SECONDS = 120
 
-# KEYS: item key, msg key (or a dummy when no message), event queue, claim, processing list.
-# ARGV: state ttl, item marker, msg fields JSON ('' for none), claimer id, replay window,
-# the queue item, events... → 1, or 0 when the item was already recorded (nothing is written
+# KEYS: item key, msg key (or a dummy when no message), event queue, claim, processing list,
+# suppression size, the ops' keys. ARGV: state ttl, item marker, msg fields JSON ('' for none),
+# claimer id, replay window, the queue item, n, n events, suppression ops (the recipients our
+# Postfix refused as unknown) → 1, or 0 when the item was already recorded (nothing is written
 # then). Acks the item (LREM from our processing list) and drops the claim if ours, always.
-_RECORD = """
+_RECORD = (
+    OPS_LUA
+    + """
 if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
 local acked = redis.call('LREM', KEYS[5], 1, ARGV[6])
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -77,9 +80,12 @@ if ARGV[3] ~= '' then
   for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
   redis.call('EXPIRE', KEYS[2], ttl)
 end
-for i = 7, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+local n = tonumber(ARGV[7])
+for i = 8, 7 + n do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+for i = 8 + n, #ARGV, 7 do supp_op(KEYS[6], i) end
 return 1
 """
+)
 
 # KEYS: item key, claim. ARGV: claimer id, claim ms → 'done' (already in a Postfix), 'mine'
 # (claimed, or re-claimed with a fresh expiry), else the id of the consumer that holds it.
@@ -315,14 +321,17 @@ class State:
         message: Message | None,
         events: list[bytes],
         held: Held | None = None,
+        suppress: Sequence[Op] = (),
     ) -> bool:
         """The injection's outcome in one step: queue id → message, the item marked as sent,
-        any events (recipients Postfix refused at once), and, with ``held``, the item acked
-        from its processing list and its claim dropped. False: already recorded."""
+        any events (recipients Postfix refused at once) with the suppression entries they
+        call for, and, with ``held``, the item acked from its processing list and its claim
+        dropped. False: already recorded."""
         marker = f"{self.instance}:{queue_id or '-'}"
         msg_key = self.msg_key(queue_id) if queue_id else f"{self.prefix}msg:-"
         fields = json.dumps(message.fields()) if message is not None and queue_id else ""
         held = held or Held("", f"{self.prefix}none", b"")
+        op_keys, op_args = encode_ops(suppress, 7)
         done = await self._record(
             keys=[
                 self.item_key(item_id),
@@ -330,8 +339,20 @@ class State:
                 self.event_queue,
                 self.claim_key(item_id),
                 held.processing_key,
+                SIZE_KEY,
+                *op_keys,
             ],
-            args=[self.ttl, marker, fields, held.claimer, self.replay_window, held.raw, *events],
+            args=[
+                self.ttl,
+                marker,
+                fields,
+                held.claimer,
+                self.replay_window,
+                held.raw,
+                len(events),
+                *events,
+                *op_args,
+            ],
         )
         return int(done) == 1
 

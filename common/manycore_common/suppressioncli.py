@@ -105,23 +105,32 @@ def csv_ops(
 async def import_file(
     store: SuppressionStore, source: TextIO, args: argparse.Namespace, settings: SuppressionSettings
 ) -> tuple[int, int]:
-    """(rows, new entries): chunks written by ``IN_FLIGHT`` concurrent script calls."""
+    """(rows, new entries): chunks of one scope each, ``IN_FLIGHT`` script calls at once."""
     ops = csv_ops(csv.reader(source), args.domain, args.reason, settings, time.time())
     rows = added = 0
     pending: set[asyncio.Task[int]] = set()
-    chunk: list[Op] = []
+    packed: dict[s.Entry, bytes] = {}
+    chunks: dict[str, list[tuple[str, bytes]]] = {}
+
+    async def submit(scope: str, chunk: list[tuple[str, bytes]]) -> None:
+        nonlocal added, pending
+        pending.add(asyncio.create_task(store.import_entries(scope, chunk)))
+        if len(pending) >= IN_FLIGHT:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            added += sum(t.result() for t in done)
+
     for op in ops:
-        chunk.append(op)
-        if len(chunk) == CHUNK:
-            rows += len(chunk)
-            pending.add(asyncio.create_task(store.add(chunk, chunk=CHUNK)))
-            chunk = []
-            if len(pending) >= IN_FLIGHT:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                added += sum(t.result() for t in done)
-    if chunk:
-        rows += len(chunk)
-        pending.add(asyncio.create_task(store.add(chunk, chunk=CHUNK)))
+        rows += 1
+        value = packed.get(op.entry)
+        if value is None:
+            value = packed[op.entry] = s.pack(op.entry)
+        chunk = chunks.setdefault(op.scope, [])
+        chunk.append((op.address, value))
+        if len(chunk) >= CHUNK:
+            del chunks[op.scope]
+            await submit(op.scope, chunk)
+    for scope, chunk in chunks.items():
+        await submit(scope, chunk)
     if pending:
         added += sum(await asyncio.gather(*pending))
     return rows, added

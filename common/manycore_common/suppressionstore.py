@@ -27,16 +27,7 @@ from .queue import ReliableQueue
 OP_WIDTH = 7
 
 OPS_LUA = """
-local function supp_op(size_key, i)
-  local bucket, field, value = KEYS[tonumber(ARGV[i])], ARGV[i + 2], ARGV[i + 3]
-  local threshold = tonumber(ARGV[i + 5])
-  if threshold > 0 then
-    local counter = KEYS[tonumber(ARGV[i + 1])]
-    local n = redis.call('INCR', counter)
-    if n == 1 then redis.call('EXPIRE', counter, tonumber(ARGV[i + 6])) end
-    if n < threshold then return 0 end
-    redis.call('DEL', counter)
-  end
+local function supp_put(bucket, field, value)
   local old = redis.call('HGET', bucket, field)
   if old then
     local now = struct.unpack('>I4', value, 6)
@@ -52,10 +43,46 @@ local function supp_op(size_key, i)
     return 0
   end
   redis.call('HSET', bucket, field, value)
+  return 1
+end
+local function supp_op(size_key, i)
+  local bucket, field, value = KEYS[tonumber(ARGV[i])], ARGV[i + 2], ARGV[i + 3]
+  local threshold = tonumber(ARGV[i + 5])
+  if threshold > 0 then
+    local counter = KEYS[tonumber(ARGV[i + 1])]
+    local n = redis.call('INCR', counter)
+    if n == 1 then redis.call('EXPIRE', counter, tonumber(ARGV[i + 6])) end
+    if n < threshold then return 0 end
+    redis.call('DEL', counter)
+  end
+  if supp_put(bucket, field, value) == 0 then return 0 end
   redis.call('HINCRBY', size_key, ARGV[i + 4], 1)
   return 1
 end
 """
+
+# KEYS: size. ARGV: the scope's key prefix, the scope, records → entries added. A bulk import
+# in three arguments however many entries: redis-py spends microseconds on every argument, and
+# a million imported entries would otherwise cost more in packing than in Redis. A record is
+# bucket (4 hex) | address length (2 octets BE) | address | value length (1 octet) | value.
+# The bucket keys are built here from the prefix (a listing must do so anyway: _SCAN).
+_IMPORT = (
+    OPS_LUA
+    + """
+local prefix, blob, pos, added = ARGV[1], ARGV[3], 1, 0
+while pos <= #blob do
+  local bucket = string.sub(blob, pos, pos + 3)
+  local alen = struct.unpack('>I2', blob, pos + 4)
+  local address = string.sub(blob, pos + 6, pos + 5 + alen)
+  pos = pos + 6 + alen
+  local vlen = string.byte(blob, pos)
+  added = added + supp_put(prefix .. bucket, address, string.sub(blob, pos + 1, pos + vlen))
+  pos = pos + 1 + vlen
+end
+if added > 0 then redis.call('HINCRBY', KEYS[1], ARGV[2], added) end
+return added
+"""
+)
 
 # KEYS: size, keys of the ops. ARGV: ops → entries added.
 _ADD = (
@@ -135,6 +162,18 @@ def encode_ops(ops: Iterable[Op], first_key: int) -> tuple[list[str], list[bytes
     return keys, args
 
 
+def by_scope(ops: Iterable[Op]) -> dict[str, list[tuple[str, bytes]]]:
+    """(address, packed entry) per scope; an entry shared by many ops is packed once."""
+    packed: dict[s.Entry, bytes] = {}
+    out: dict[str, list[tuple[str, bytes]]] = {}
+    for op in ops:
+        value = packed.get(op.entry)
+        if value is None:
+            value = packed[op.entry] = s.pack(op.entry)
+        out.setdefault(op.scope, []).append((op.address, value))
+    return out
+
+
 def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
@@ -143,6 +182,7 @@ class SuppressionStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._add = redis.register_script(_ADD)
+        self._import = redis.register_script(_IMPORT)
         self._lookup = redis.register_script(_LOOKUP)
         self._delete = redis.register_script(_DELETE)
         self._scan = redis.register_script(_SCAN)
@@ -168,6 +208,28 @@ class SuppressionStore:
         for start in range(0, len(ops), chunk):
             keys, args = encode_ops(ops[start : start + chunk], 2)
             added += int(await self._add(keys=[s.SIZE_KEY, *keys], args=args))
+        return added
+
+    async def import_entries(self, scope: str, entries: Sequence[tuple[str, bytes]]) -> int:
+        """Write (normalised address, packed entry) pairs under one scope in one script call;
+        returns how many were new."""
+        if not entries:
+            return 0
+        records = []
+        for address, value in entries:
+            raw = address.encode("utf-8")
+            bucket = s.bucket_key(scope, address)[-4:].encode("ascii")
+            records += [bucket, len(raw).to_bytes(2, "big"), raw, bytes((len(value),)), value]
+        blob = b"".join(records)
+        args: list[str | bytes] = [f"{s.PREFIX}{scope}:", scope, blob]
+        return int(await self._import(keys=[s.SIZE_KEY], args=args))
+
+    async def add_entries(self, ops: Sequence[Op], chunk: int = 2000) -> int:
+        """``add`` for ops without a threshold (imports), through ``import_entries``."""
+        added = 0
+        for scope, entries in by_scope(ops).items():
+            for start in range(0, len(entries), chunk):
+                added += await self.import_entries(scope, entries[start : start + chunk])
         return added
 
     async def delete(self, pairs: Sequence[tuple[str, str]]) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,14 @@ from redis.asyncio import Redis
 from manycore_common import item as item_format
 from manycore_common import suppression as s
 from manycore_common.config import SuppressionSettings
-from manycore_common.suppressionstore import Op, SuppressionStore
+from manycore_common.events import encode_event
+from manycore_common.suppressionstore import Op, SuppressionStore, ops_for_event
 from manycore_postfixlog.follower import LogFollower
+from manycore_postfixlog.outcomes import refusal_event
 from manycore_postfixlog.processor import LogProcessor
 from manycore_postfixlog.state import Message, State
 from tests.eventschema import assert_valid
-from tests.helpers import RedisServer, Service, running, wait_for
+from tests.helpers import RedisServer, Service, running, wait_for, write_configs
 from tests.integration.conftest import build_message
 from tests.integration.test_httpreceiver import GOOD_AUTH, http_service, post
 from tests.integration.test_transformer import (
@@ -233,3 +237,58 @@ def test_the_http_api(tmp_path: Path, redis_server: RedisServer, queues: SyncRed
         assert api.metric("suppression_imported_total", 'operation="import"') == 6
         assert api.metric("httpreceiver_suppression_api_errors_total", 'reason="bad-request"') == 5
     assert queues.hgetall(s.SIZE_KEY) == {b"example.com": b"1", b"other.example": b"1"}
+
+
+async def test_postfixlog_suppresses_a_recipient_its_own_postfix_refused(redis: Redis) -> None:
+    state = State(redis, "t3", "EVENT_QUEUE", "INCOMING-TO-POSTFIX", ttl=3600)
+    msg = Message("m3", None, "shop.example", "b@b.example", ("ok@x.org",), "item-r")
+    refused = refusal_event(msg, "Gone@X.org", 550, "5.1.1 <Gone@X.org>: User unknown", NOW)
+    ops = ops_for_event(refused, ["shop.example"], SuppressionSettings())
+    raw = encode_event(refused, source="postfixlog")
+    assert await state.record("item-r", "QID3", msg, [raw], suppress=ops)
+    assert not await state.record("item-r", "QID3", msg, [raw], suppress=ops)  # a retry: once
+    store = SuppressionStore(redis)
+    [hit] = await store.lookup([("shop.example", "gone@x.org")], NOW)
+    assert hit is not None and hit[1].reason == "hard-bounce" and hit[1].uuid == "m3"
+    assert await store.scopes() == {"shop.example": 1}
+    assert await redis.llen("EVENT_QUEUE") == 1
+
+
+def test_the_cli_imports_a_csv_and_reads_and_deletes(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+) -> None:
+    global_file, customer_file = write_configs(tmp_path, redis_server.port)
+    base = [
+        str(Path(sys.executable).parent / "manycore-suppressions"),
+        "--global-config-file",
+        str(global_file),
+        "--customer-config-file",
+        str(customer_file),
+    ]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=60)
+
+    rows = ["address,domain,reason", "A@X.org", "b@x.org,other.example,unsubscribe", ""]
+    rows += [f"user{i}@x.org" for i in range(5000)]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    done = cli("import", str(tmp_path / "list.csv"), "--domain", "Example.com")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] == json.loads(done.stdout)["added"] == 5002
+    assert json.loads(cli("size").stdout) == {"example.com": 5001, "other.example": 1}
+    [entry] = [json.loads(line) for line in cli("get", "b@X.org").stdout.splitlines()]
+    assert (entry["domain"], entry["reason"], entry["expires"]) == (
+        "other.example",
+        "unsubscribe",
+        None,
+    )
+    listed = cli("list", "--domain", "example.com").stdout.splitlines()
+    assert len(listed) == 5001
+    assert json.loads(cli("delete", "a@x.org").stdout) == {"deleted": 1}
+    assert cli("get", "a@x.org").returncode == 1
+    bad = cli("import", "-", "--domain", "example.com")
+    assert bad.returncode == 0  # empty standard input: nothing to do
+    (tmp_path / "bad.csv").write_text("ok@x.org\nnot-an-address\n")
+    failed = cli("import", str(tmp_path / "bad.csv"), "--domain", "example.com")
+    assert failed.returncode == 2 and "line 2" in failed.stderr
+    assert queues.hget(s.SIZE_KEY, "example.com") == b"5000"
