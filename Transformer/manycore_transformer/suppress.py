@@ -12,6 +12,7 @@ repeats them (with new ids) rather than losing them: at least once, as every eve
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Sequence
@@ -55,6 +56,8 @@ class Envelope:
     stream_id: str | None
     from_domain: str
     rcpts: tuple[str, ...]
+    #: Each recipient's key on the list (normalised), None for one it cannot hold.
+    addresses: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +76,10 @@ _FIELD = re.compile(
 
 
 def _head(data: bytes) -> bytes:
-    ends = [e for e in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if e >= 0]
-    return data[: min(ends) + 2] if ends else data
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    return data[: end + 2] if end >= 0 else data
 
 
 def envelope(data: bytes, rcpts: Sequence[str] | None) -> Envelope | None:
@@ -89,7 +94,10 @@ def envelope(data: bytes, rcpts: Sequence[str] | None) -> Envelope | None:
         return _parsed(head)
     found: dict[bytes, list[str]] = {}
     for match in _FIELD.finditer(head):
-        value = re.sub(rb"\r?\n", b"", match.group(2)).decode("utf-8", "replace").strip()
+        raw = match.group(2)
+        if b"\n" in raw:
+            raw = re.sub(rb"\r?\n", b"", raw)
+        value = raw.decode("utf-8", "replace").strip()
         found.setdefault(match.group(1).lower(), []).append(value)
     uuids, streams = found.get(b"x-uuid", []), found.get(b"x-stream-id", [])
     if len(uuids) != 1 or not UUID_RE.fullmatch(uuids[0]) or len(streams) > 1:
@@ -99,11 +107,17 @@ def envelope(data: bytes, rcpts: Sequence[str] | None) -> Envelope | None:
     domain = _from_domain(found.get(b"from", []))
     if domain is None:
         return None
+    stream = streams[0] if streams else None
+    return Envelope(uuids[0], stream, domain, *_distinct(rcpts))
+
+
+def _distinct(rcpts: Sequence[str]) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    """Each recipient once (as feedbacktag fingerprints them, as the transform does), and
+    its key on the list (None: not an address the list can hold)."""
     distinct: dict[str, str] = {}
     for rcpt in rcpts:
         distinct.setdefault(feedbacktag.normalize_address(rcpt), rcpt)
-    stream = streams[0] if streams else None
-    return Envelope(uuids[0], stream, domain, tuple(distinct.values()))
+    return tuple(distinct.values()), tuple(map(_address, distinct))
 
 
 def _parsed(head: bytes) -> Envelope | None:
@@ -119,7 +133,7 @@ def _parsed(head: bytes) -> Envelope | None:
         return None
     if domain is None:
         return None
-    return Envelope(uuid, stream_id, domain, tuple(found))
+    return Envelope(uuid, stream_id, domain, *_distinct(found))
 
 
 def scopes(env: Envelope, settings: SuppressionSettings) -> list[str]:
@@ -133,6 +147,7 @@ def scopes(env: Envelope, settings: SuppressionSettings) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=1024)
 def _domain(domain: str) -> str | None:
     try:
         return s.normalize_domain(domain)
@@ -174,8 +189,7 @@ class Checker:
             if env is None:
                 continue
             lists = scopes(env, self.settings)
-            for rcpt in env.rcpts:
-                address = _address(rcpt)
+            for rcpt, address in zip(env.rcpts, env.addresses, strict=True):
                 for scope in lists if address else ():
                     assert address is not None
                     plan.append((n, rcpt, address))

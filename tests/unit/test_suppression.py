@@ -93,10 +93,16 @@ def test_the_envelope_is_read_from_the_header_section() -> None:
         b"From: Shop <news@Example.com>\r\nTo: a@x.org, B@x.org\r\nCc: c@x.org\r\n"
         b"X-Uuid: u1\r\nX-Stream-Id: s1\r\n\r\nTo: not-a-header@x.org\r\n"
     )
-    assert envelope(data, None) == Envelope(
-        "u1", "s1", "example.com", ("a@x.org", "B@x.org", "c@x.org")
+    rcpts = ("a@x.org", "B@x.org", "c@x.org")
+    keys = ("a@x.org", "b@x.org", "c@x.org")
+    assert envelope(data, None) == Envelope("u1", "s1", "example.com", rcpts, keys)
+    # The item's recipients win over To and Cc; two spellings of one are one; folded fields.
+    folded = data.replace(b"X-Stream-Id: s1", b"X-Stream-Id:\r\n s1")
+    assert envelope(folded, ("Z@x.org", "z@X.org", "bad")) == Envelope(
+        "u1", "s1", "example.com", ("Z@x.org", "bad"), ("z@x.org", None)
     )
-    assert envelope(data, ("z@x.org",)) == Envelope("u1", "s1", "example.com", ("z@x.org",))
+    assert envelope(data + b"X-Uuid: u2\r\n", ("z@x.org",)) is not None  # in the body
+    assert envelope(data.replace(b"X-Uuid: u1", b"X-Uuid: U 1"), ("z@x.org",)) is None
     assert envelope(b"From: a@b.c\r\n\r\nbody", None) is None  # no X-Uuid: the transform says so
     entry = s.new_entry("unsubscribe", NOW, 0, "ab" * 8, "old")
     assert_valid(
