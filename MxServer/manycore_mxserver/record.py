@@ -17,7 +17,8 @@ from manycore_common import item as item_format
 from manycore_common.config import SuppressionSettings
 from manycore_common.queue import ReliableQueue
 from manycore_common.suppressionmetrics import count_suppressions
-from manycore_common.suppressionstore import emit_once_suppressing, ops_for_event
+from manycore_common.suppressionpolicy import ops_for_event
+from manycore_common.suppressionstore import emit_once_suppressing
 
 from .authenticate import Analysis, Finding, bounce_type
 from .senders import Senders

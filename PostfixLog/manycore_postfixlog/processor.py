@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from manycore_common.config import SuppressionSettings
 from manycore_common.events import encode_event
 from manycore_common.suppressionmetrics import count_suppressions
-from manycore_common.suppressionstore import ops_for_event
+from manycore_common.suppressionpolicy import ops_for_event
 
 from . import metrics, outcomes
 from .follower import Line, LogFollower

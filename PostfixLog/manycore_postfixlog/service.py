@@ -36,7 +36,7 @@ from manycore_common.item import Item
 from manycore_common.lifecycle import run_service
 from manycore_common.queue import Consumer, ReliableQueue, default_consumer_id
 from manycore_common.suppressionmetrics import count_suppressions
-from manycore_common.suppressionstore import ops_for_event
+from manycore_common.suppressionpolicy import ops_for_event
 
 from . import metrics, outcomes, requeue
 from . import settings as settings_module

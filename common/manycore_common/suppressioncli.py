@@ -5,6 +5,7 @@
     manycore-suppressions list --domain D [--reason R]        every live entry of a domain
     manycore-suppressions add ADDRESS --domain D [--reason R] one entry (manual by default)
     manycore-suppressions delete ADDRESS [--domain D]         remove (every domain, or one)
+    manycore-suppressions purge [--domain D]                  drop expired entries (daily)
     manycore-suppressions import FILE.csv [--domain D] [--reason R]
         one address per line, optionally ``address,domain[,reason]``; a header line starting
         with ``address`` is skipped; ``-`` reads standard input
@@ -58,6 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         cmd.add_argument("--domain", required=name == "add")
         if name == "add":
             cmd.add_argument("--reason", default="manual", choices=s.REASONS)
+    purge = sub.add_parser("purge", help="remove expired entries (they hold memory)")
+    purge.add_argument("--domain")
     listing = sub.add_parser("list")
     listing.add_argument("--domain", required=True)
     listing.add_argument("--reason", choices=s.REASONS)
@@ -159,6 +162,14 @@ async def _command(
     now = time.time()
     if args.command == "size":
         print(json.dumps(await store.scopes(), sort_keys=True))
+        return 0
+    if args.command == "purge":
+        scopes = list(await store.scopes())
+        if args.domain:
+            domain = s.normalize_domain(args.domain)
+            scopes = [x for x in scopes if x.partition("#")[0] == domain]
+        removed = {scope: await store.purge(scope, now) for scope in scopes}
+        print(json.dumps(removed, sort_keys=True))
         return 0
     if args.command == "import":
         started = time.monotonic()

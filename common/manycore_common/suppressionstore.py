@@ -21,7 +21,6 @@ from redis.asyncio import Redis
 
 from . import events
 from . import suppression as s
-from .config import SuppressionSettings
 from .queue import ReliableQueue
 
 OP_WIDTH = 7
@@ -133,6 +132,29 @@ return out
 """
 
 
+# KEYS: size. ARGV: key prefix, scope, first bucket, most buckets, now → {next bucket (-1:
+# done), entries removed}. Drops the expired entries of a range of one scope's buckets.
+_PURGE = """
+local b, removed = tonumber(ARGV[3]), 0
+local last, now = math.min(65535, b + tonumber(ARGV[4]) - 1), tonumber(ARGV[5])
+while b <= last do
+  local key = ARGV[1] .. string.format('%04x', b)
+  local all = redis.call('HGETALL', key)
+  for j = 1, #all, 2 do
+    if struct.unpack('>I4', all[j + 1], 10) <= now then
+      removed = removed + redis.call('HDEL', key, all[j])
+    end
+  end
+  b = b + 1
+end
+if removed > 0 and redis.call('HINCRBY', KEYS[1], ARGV[2], -removed) <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+end
+if b > 65535 then b = -1 end
+return {b, removed}
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Op:
     """One entry to write (or, with a threshold, one soft bounce to count)."""
@@ -186,6 +208,7 @@ class SuppressionStore:
         self._lookup = redis.register_script(_LOOKUP)
         self._delete = redis.register_script(_DELETE)
         self._scan = redis.register_script(_SCAN)
+        self._purge = redis.register_script(_PURGE)
 
     async def lookup(
         self, queries: Sequence[tuple[str, str]], now: float
@@ -231,6 +254,17 @@ class SuppressionStore:
             for start in range(0, len(entries), chunk):
                 added += await self.import_entries(scope, entries[start : start + chunk])
         return added
+
+    async def purge(self, scope: str, now: float, max_buckets: int = 2048) -> int:
+        """Remove the expired entries of ``scope`` (they no longer suppress, but hold memory
+        until then); several short script calls. Returns how many were removed."""
+        following, removed = 0, 0
+        while following >= 0:
+            args: list[str | int] = [f"{s.PREFIX}{scope}:", scope, following, max_buckets]
+            args.append(int(now))
+            raw = await self._purge(keys=[s.SIZE_KEY], args=args)
+            following, removed = int(raw[0]), removed + int(raw[1])
+        return removed
 
     async def delete(self, pairs: Sequence[tuple[str, str]]) -> int:
         """Remove (scope, address) entries; returns how many existed."""
@@ -279,51 +313,6 @@ class SuppressionStore:
                 if entry.active(now) and (reason is None or entry.reason == reason):
                     entries.append(entry.as_json(_bytes(raw[i]).decode(), scope))
         return entries, None if following < 0 else following
-
-
-def ops_for_event(
-    event: dict[str, Any], domains: Iterable[str], settings: SuppressionSettings
-) -> list[Op]:
-    """The suppression writes an event calls for (pure): under each sending domain in
-    ``domains`` (one for PostfixLog; MxServer's may be several, see its README section), for
-    the event's ``rcpt``. Nothing without a recipient, or when the list is disabled."""
-    rcpt = event.get("rcpt")
-    if not settings.enabled or not isinstance(rcpt, str):
-        return []
-    try:
-        address = s.normalize(rcpt)
-    except s.BadAddress:
-        return []
-    reason, threshold = _reason(event, settings)
-    if reason is None:
-        return []
-    now = float(event.get("timestamp") or 0)
-    entry = s.new_entry(
-        reason,
-        now,
-        settings.expiry_days.days(reason),
-        str(event.get("id", "")),
-        str(event.get("uuid") or ""),
-    )
-    stream = event.get("streamid") if reason == "unsubscribe" else None
-    if settings.unsubscribe_scope != "stream":
-        stream = None
-    window = settings.soft_bounce_window_days * 86400
-    return [
-        Op(s.scope_of(d, stream), address, entry, threshold, window if threshold else 0)
-        for d in sorted(set(domains))
-    ]
-
-
-def _reason(event: dict[str, Any], settings: SuppressionSettings) -> tuple[s.Reason | None, int]:
-    kind = event.get("event")
-    if kind in ("spam-report", "unsubscribe"):
-        return kind, 0
-    if kind != "bounce":
-        return None, 0
-    if event.get("type") == "soft" and settings.soft_bounce_threshold > 0:
-        return "soft-bounce-repeated", settings.soft_bounce_threshold
-    return s.bounce_reason(str(event.get("type")), event.get("category")), 0
 
 
 # KEYS: event queue, size, once-keys (n), the ops' keys. ARGV: TTL, n, one event item per

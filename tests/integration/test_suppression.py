@@ -19,7 +19,8 @@ from manycore_common import item as item_format
 from manycore_common import suppression as s
 from manycore_common.config import SuppressionSettings
 from manycore_common.events import encode_event
-from manycore_common.suppressionstore import Op, SuppressionStore, ops_for_event
+from manycore_common.suppressionpolicy import ops_for_event
+from manycore_common.suppressionstore import Op, SuppressionStore
 from manycore_postfixlog.follower import LogFollower
 from manycore_postfixlog.outcomes import refusal_event
 from manycore_postfixlog.processor import LogProcessor
@@ -292,3 +293,14 @@ def test_the_cli_imports_a_csv_and_reads_and_deletes(
     failed = cli("import", str(tmp_path / "bad.csv"), "--domain", "example.com")
     assert failed.returncode == 2 and "line 2" in failed.stderr
     assert queues.hget(s.SIZE_KEY, "example.com") == b"5000"
+
+
+async def test_purge_drops_only_expired_entries_and_keeps_the_size_right(redis: Redis) -> None:
+    store = SuppressionStore(redis)
+    await store.add([op(f"old{i}@x.org", "hard-bounce", 1, NOW - 5 * 86400) for i in range(300)])
+    await store.add([op("kept@x.org", "unsubscribe", 0), op("soon@x.org", "hard-bounce", 2)])
+    assert await store.purge("ex.com", NOW, max_buckets=5000) == 300
+    assert await store.scopes() == {"ex.com": 2}
+    assert await store.purge("ex.com", NOW + 3 * 86400) == 1
+    assert await store.scopes() == {"ex.com": 1}
+    assert await store.lookup([("ex.com", "kept@x.org")], NOW) != [None]

@@ -8,7 +8,7 @@ import pytest
 from manycore_common import events
 from manycore_common import suppression as s
 from manycore_common.config import SuppressionSettings
-from manycore_common.suppressionstore import ops_for_event
+from manycore_common.suppressionpolicy import ops_for_event
 from manycore_mxserver.senders import Senders
 from manycore_transformer.suppress import Envelope, envelope, scopes, suppressed_event
 from tests.eventschema import assert_valid
