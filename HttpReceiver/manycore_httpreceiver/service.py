@@ -15,11 +15,9 @@ from manycore_common.health import HealthServer
 from manycore_common.intake import Intake
 from manycore_common.lifecycle import run_service
 from manycore_common.queue import ReliableQueue
-from manycore_common.suppressionstore import SuppressionStore
 
+from . import suppressions
 from .app import make_app
-from .suppressions import SuppressionApi
-from .suppressions import add_routes as add_suppression_routes
 from .unsubscribe import Unsubscribe, add_routes
 
 log = logging.getLogger(__name__)
@@ -46,9 +44,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         section.trusted_proxies,
         section.request_timeout_seconds,
     )
-    add_suppression_routes(
-        app, SuppressionApi(SuppressionStore(redis), config.customer.common_config.suppression)
-    )
+    suppressions.install(app, redis, config.customer.common_config.suppression)
     secret = config.customer.common_config.unsubscribe_secret
     if secret is not None:
         event_queue = ReliableQueue(redis, config.global_.backdata.queue_name)

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from manycore_common import suppression as s
@@ -182,6 +183,10 @@ def _address(value: str) -> str:
         return s.normalize(value)
     except s.BadAddress as exc:
         raise _bad(str(exc)) from None
+
+
+def install(app: web.Application, redis: Redis, settings: SuppressionSettings) -> None:
+    add_routes(app, SuppressionApi(SuppressionStore(redis), settings))
 
 
 def add_routes(app: web.Application, api: SuppressionApi) -> None:

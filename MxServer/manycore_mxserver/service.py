@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from ssl import SSLContext
 from typing import Any
 
+from redis.asyncio import Redis
+
 from manycore_common import redisconn, tls
 from manycore_common.config import Config, ConfigError, MxServerSection
 from manycore_common.lifecycle import run_service
@@ -90,21 +92,26 @@ def classifier_settings(settings: Settings, section: MxServerSection) -> Setting
     return dataclasses.replace(settings, **{k: v for k, v in bounds.items() if k in known})
 
 
+def _recorder(config: Config, prepared: Prepared, redis: Redis) -> Recorder:
+    unclassified = prepared.section.unclassified
+    return Recorder(
+        redis,
+        ReliableQueue(redis, config.global_.backdata.queue_name),
+        UNCLASSIFIED_KEY,
+        unclassified.max_count,
+        unclassified.max_bytes,
+        unclassified.max_total_bytes,
+        unclassified.max_rcpts,
+        prepared.senders,
+        config.customer.common_config.suppression,
+    )
+
+
 async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     assert isinstance(prepared, Prepared)
     section = prepared.section
     redis = redisconn.connect(section.reliable_queue.redis)
-    recorder = Recorder(
-        redis,
-        ReliableQueue(redis, config.global_.backdata.queue_name),
-        UNCLASSIFIED_KEY,
-        section.unclassified.max_count,
-        section.unclassified.max_bytes,
-        section.unclassified.max_total_bytes,
-        section.unclassified.max_rcpts,
-        prepared.senders,
-        config.customer.common_config.suppression,
-    )
+    recorder = _recorder(config, prepared, redis)
     limits = section.limits
     scope = Scope(
         prepared.keys, prepared.domains, limits.scan_bytes, limits.max_failures_per_report

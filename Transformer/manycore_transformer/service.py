@@ -353,8 +353,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     executor = _executor(section.workers, prepared.spec)
     settings = settings_module.build(prepared.spec)
     streams = StreamRegistry(redis)
-    store = SuppressionStore(redis)
-    checker = Checker(store, config.customer.common_config.suppression)
+    checker = Checker(SuppressionStore(redis), config.customer.common_config.suppression)
 
     async def redis_ok() -> bool:
         return bool(await redis.ping())
@@ -373,7 +372,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             for _ in range(section.workers)
         ]
         loops = [asyncio.create_task(w.run(inner_stop)) for w in workers]
-        loops.append(asyncio.create_task(_watch_size(store, inner_stop)))
+        loops.append(asyncio.create_task(_watch_size(checker.store, inner_stop)))
         log.info("transforming", extra={"workers": section.workers, "consumer": consumer_id})
         await stop.wait()
     finally:
