@@ -230,13 +230,22 @@ def test_the_http_api(tmp_path: Path, redis_server: RedisServer, queues: SyncRed
         too_many = {"domain": "example.com", "entries": ["x@y.org"] * 10_001}
         assert api_call(api, "POST", "/v1/suppressions", too_many)[0] == 413
         assert api_call(api, "GET", "/v1/suppressions/a@shop.test", auth=None)[0] == 401
+        huge = b"[" + b'"x@y.org",' * (4 * 1024 * 1024 // 10) + b'"x@y.org"]'
+        status, _, got = post(
+            api, huge, content_type="application/json", path="/v1/suppressions", method="POST"
+        )
+        assert (status, got["reason"]) == (413, "too-large")
+        status, _, got = post(
+            api, b"{not json", content_type="application/json", path="/v1/suppressions"
+        )
+        assert (status, got["reason"]) == (400, "bad-request")
         assert api_call(api, "DELETE", "/v1/suppressions/a@shop.test") == (
             200,
             {"address": "a@shop.test", "deleted": 1},
         )
         assert api_call(api, "DELETE", "/v1/suppressions/a@shop.test")[0] == 404
         assert api.metric("suppression_imported_total", 'operation="import"') == 6
-        assert api.metric("httpreceiver_suppression_api_errors_total", 'reason="bad-request"') == 5
+        assert api.metric("httpreceiver_suppression_api_errors_total", 'reason="bad-request"') == 6
     assert queues.hgetall(s.SIZE_KEY) == {b"example.com": b"1", b"other.example": b"1"}
 
 
