@@ -44,6 +44,7 @@ bench: deps
 	$(PY) -m bench.growth
 	$(PY) -m bench.retention
 	$(PY) -m bench.feedback
+	$(PY) -m bench.suppression
 
 # Everything `make test` needs (and bench, chaos); `make run` needs less.
 deps: sysdeps $(STAMP)

@@ -16,6 +16,7 @@ from manycore_common.intake import Intake
 from manycore_common.lifecycle import run_service
 from manycore_common.queue import ReliableQueue
 
+from . import suppressions
 from .app import make_app
 from .unsubscribe import Unsubscribe, add_routes
 
@@ -43,6 +44,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         section.trusted_proxies,
         section.request_timeout_seconds,
     )
+    suppressions.install(app, redis, config.customer.common_config.suppression)
     secret = config.customer.common_config.unsubscribe_secret
     if secret is not None:
         event_queue = ReliableQueue(redis, config.global_.backdata.queue_name)

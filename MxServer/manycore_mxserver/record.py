@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
@@ -14,9 +14,14 @@ from redis.asyncio import Redis
 
 from manycore_common import events, feedbacktag
 from manycore_common import item as item_format
+from manycore_common.config import SuppressionSettings
 from manycore_common.queue import ReliableQueue
+from manycore_common.suppressionmetrics import count_suppressions
+from manycore_common.suppressionpolicy import ops_for_event
+from manycore_common.suppressionstore import emit_once_suppressing
 
 from .authenticate import Analysis, Finding, bounce_type
+from .senders import Senders
 
 SOURCE = "mxserver"
 #: Markers that stop a second event for the same bounce, complaint or unsubscribe.
@@ -150,6 +155,8 @@ class Recorder:
     max_bytes: int
     max_total_bytes: int = 64 * 1024 * 1024
     max_rcpts: int = 10
+    senders: Senders = field(default_factory=Senders)
+    suppression: SuppressionSettings = field(default_factory=SuppressionSettings)
 
     async def record(
         self, analysis: Analysis, data: bytes, envelope: dict[str, Any], uuid: str | None = None
@@ -163,7 +170,10 @@ class Recorder:
             streams = await self.stream_ids(analysis.findings)
             pairs = events_for(analysis.findings, streams, time.time())
             ttl = AUTOREPLY_ONCE_SECONDS if c.kind == "autoreply" else ONCE_SECONDS
-            await events.emit_once_many(self.event_queue, pairs, source=SOURCE, ttl=ttl)
+            domains = self.senders.for_rcpts(str(r) for r in envelope.get("rcpts", []))
+            ops = [ops_for_event(event, domains, self.suppression) for _, event in pairs]
+            await emit_once_suppressing(self.event_queue, pairs, ops, source=SOURCE, ttl=ttl)
+            count_suppressions((op for group in ops for op in group), SOURCE)
             for uuid in {f.tag.uuid for f in analysis.findings if f.kind == "unsubscribe"}:
                 await self.redis.set(one_click_marker(uuid), "1", ex=ONCE_SECONDS)
             _count(analysis)

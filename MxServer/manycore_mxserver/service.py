@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from ssl import SSLContext
 from typing import Any
 
+from redis.asyncio import Redis
+
 from manycore_common import redisconn, tls
 from manycore_common.config import Config, ConfigError, MxServerSection
 from manycore_common.lifecycle import run_service
@@ -22,6 +24,7 @@ from .classify import Settings
 from .limits import RateLimiter
 from .pool import ClassifierPool
 from .record import Recorder
+from .senders import Senders
 from .smtp import Handler, MxSMTP, Recipients
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,7 @@ class Prepared:
     domains: frozenset[str]
     settings: Settings
     keys: tuple[bytes, ...]
+    senders: Senders
 
 
 def prepare(config: Config) -> Prepared:
@@ -69,7 +73,12 @@ def prepare(config: Config) -> Prepared:
     )
     # Without the keys no feedback address can be verified: refuse to start (ConfigError).
     keys = config.customer.common_config.feedback_keys(SERVICE)
-    return Prepared(section, hostname, context, frozenset(domains), settings, keys)
+    transformer = config.customer.transformer
+    senders = Senders.from_pairs(
+        (d.domain, d.return_path_domain)
+        for d in (transformer.domain_settings if transformer else ())
+    )
+    return Prepared(section, hostname, context, frozenset(domains), settings, keys, senders)
 
 
 def classifier_settings(settings: Settings, section: MxServerSection) -> Settings:
@@ -83,19 +92,26 @@ def classifier_settings(settings: Settings, section: MxServerSection) -> Setting
     return dataclasses.replace(settings, **{k: v for k, v in bounds.items() if k in known})
 
 
+def _recorder(config: Config, prepared: Prepared, redis: Redis) -> Recorder:
+    unclassified = prepared.section.unclassified
+    return Recorder(
+        redis,
+        ReliableQueue(redis, config.global_.backdata.queue_name),
+        UNCLASSIFIED_KEY,
+        unclassified.max_count,
+        unclassified.max_bytes,
+        unclassified.max_total_bytes,
+        unclassified.max_rcpts,
+        prepared.senders,
+        config.customer.common_config.suppression,
+    )
+
+
 async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     assert isinstance(prepared, Prepared)
     section = prepared.section
     redis = redisconn.connect(section.reliable_queue.redis)
-    recorder = Recorder(
-        redis,
-        ReliableQueue(redis, config.global_.backdata.queue_name),
-        UNCLASSIFIED_KEY,
-        section.unclassified.max_count,
-        section.unclassified.max_bytes,
-        section.unclassified.max_total_bytes,
-        section.unclassified.max_rcpts,
-    )
+    recorder = _recorder(config, prepared, redis)
     limits = section.limits
     scope = Scope(
         prepared.keys, prepared.domains, limits.scan_bytes, limits.max_failures_per_report

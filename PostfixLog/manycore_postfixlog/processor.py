@@ -20,7 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from manycore_common import trace
+from manycore_common.config import SuppressionSettings
 from manycore_common.events import encode_event
+from manycore_common.suppressionmetrics import count_suppressions
+from manycore_common.suppressionpolicy import ops_for_event
 
 from . import metrics, outcomes, tracing
 from .follower import Line, LogFollower
@@ -53,6 +56,7 @@ class LogProcessor:
         follower: LogFollower,
         *,
         deferred_events: bool = False,
+        suppression: SuppressionSettings | None = None,
         wait_seconds: float = 30.0,
         save_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
@@ -63,6 +67,7 @@ class LogProcessor:
         self.state = state
         self.follower = follower
         self.deferred_events = deferred_events
+        self.suppression = suppression or SuppressionSettings()
         self.wait_seconds = wait_seconds
         self.save_interval = save_interval
         self.clock = clock
@@ -164,9 +169,12 @@ class LogProcessor:
         ):
             if isinstance(action, outcomes.Final):
                 raw = encode_event(action.event, source=SOURCE)
-                if await self.state.final(record.queue_id, action.rcpt, raw) == 1:
+                domains = [msg.from_domain] if msg.from_domain else []
+                ops = ops_for_event(action.event, domains, self.suppression)
+                if await self.state.final(record.queue_id, action.rcpt, raw, ops) == 1:
                     metrics.count_event(action.event)
                     self.traced.append((msg.uuid or "", self._traced(action.event, record)))
+                    count_suppressions(ops, "postfixlog")
             else:
                 raw_event = (
                     encode_event(action.event, source=SOURCE) if action.event is not None else None

@@ -35,6 +35,8 @@ from manycore_common.health import HealthServer
 from manycore_common.item import Item
 from manycore_common.lifecycle import run_service
 from manycore_common.queue import Consumer, ReliableQueue, default_consumer_id
+from manycore_common.suppressionmetrics import count_suppressions
+from manycore_common.suppressionpolicy import ops_for_event
 
 from . import metrics, outcomes, requeue, tracing
 from . import settings as settings_module
@@ -105,6 +107,7 @@ class PostfixLog:
             deferred_events=settings.deferred_events,
             echo=settings.echo_postfix_log,
             trace_settings=settings.trace,
+            suppression=settings.suppression,
         )
         self.active_incoming = 0
         self.feed_stop = asyncio.Event()
@@ -241,14 +244,21 @@ class PostfixLog:
             outcomes.refusal_event(msg, r.rcpt, r.code, r.reply, now) for r in injected.refused
         ]
         raws = [events.encode_event(e, source=SOURCE) for e in refusals]
+        domains = [msg.from_domain] if msg.from_domain else []
+        suppress = [
+            op for e in refusals for op in ops_for_event(e, domains, self.settings.suppression)
+        ]
         accepted = replace(msg, rcpts=injected.accepted)
         backoff = BACKOFF_SECONDS
         while True:
             try:
                 held = Held(claimer, self.consumer.processing_key, item.raw)
-                if await self.state.record(item_key(item), injected.queue_id, accepted, raws, held):
+                if await self.state.record(
+                    item_key(item), injected.queue_id, accepted, raws, held, suppress
+                ):
                     for event in refusals:
                         metrics.count_event(event)
+                    count_suppressions(suppress, SOURCE)
                 break
             except (RedisError, OSError) as exc:
                 log.warning("cannot record an injection, retrying", extra={"error": str(exc)})

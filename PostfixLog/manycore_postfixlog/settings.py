@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from manycore_common.config import Config, ConfigError, PostfixLogSection, ThrottledTransport
+from manycore_common.config import (
+    Config,
+    ConfigError,
+    PostfixLogSection,
+    SuppressionSettings,
+    ThrottledTransport,
+)
 from manycore_common.trace import OFF, TraceSettings
 
 #: postconf(5) time units.
@@ -92,6 +98,8 @@ class Settings:
     echo_postfix_log: bool = False
     #: ``trace:<uuid>`` records (the global config's ``trace``).
     trace: TraceSettings = OFF
+    #: ``common-config.suppression``: which final events also suppress the recipient.
+    suppression: SuppressionSettings = field(default_factory=SuppressionSettings)
 
 
 def _legacy_file(config_dir: Path, name: str) -> str | None:
@@ -159,4 +167,8 @@ def build(section: PostfixLogSection, config_dir: Path, hostname: str | None = N
 def from_config(config: Config) -> Settings:
     section: PostfixLogSection = config.require("postfixlog")
     built = build(section, config.config_dir)
-    return replace(built, trace=TraceSettings.of(config.global_.trace))
+    return replace(
+        built,
+        trace=TraceSettings.of(config.global_.trace),
+        suppression=config.customer.common_config.suppression,
+    )

@@ -39,13 +39,15 @@ position) can never push a second final event.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 
 from manycore_common import replicas
+from manycore_common.suppression import SIZE_KEY
+from manycore_common.suppressionstore import OPS_LUA, Op, encode_ops
 
 #: After the last final event, the message's state is kept this long by default
 #: (``replay-window-seconds``), so that log lines read again after a restart still find it
@@ -57,11 +59,14 @@ REPLAY_WINDOW = 600
 #: before injecting once half of it has passed (see ``Claim.fresh``).
 CLAIM_SECONDS = 120
 
-# KEYS: item key, msg key (or a dummy when no message), event queue, claim, processing list.
-# ARGV: state ttl, item marker, msg fields JSON ('' for none), claimer id, replay window,
-# the queue item, events... → 1, or 0 when the item was already recorded (nothing is written
+# KEYS: item key, msg key (or a dummy when no message), event queue, claim, processing list,
+# suppression size, the ops' keys. ARGV: state ttl, item marker, msg fields JSON ('' for none),
+# claimer id, replay window, the queue item, n, n events, suppression ops (the recipients our
+# Postfix refused as unknown) → 1, or 0 when the item was already recorded (nothing is written
 # then). Acks the item (LREM from our processing list) and drops the claim if ours, always.
-_RECORD = """
+_RECORD = (
+    OPS_LUA
+    + """
 if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
 local acked = redis.call('LREM', KEYS[5], 1, ARGV[6])
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -76,9 +81,12 @@ if ARGV[3] ~= '' then
   for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
   redis.call('EXPIRE', KEYS[2], ttl)
 end
-for i = 7, #ARGV do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+local n = tonumber(ARGV[7])
+for i = 8, 7 + n do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+for i = 8 + n, #ARGV, 7 do supp_op(KEYS[6], i) end
 return 1
 """
+)
 
 # KEYS: item key, claim. ARGV: claimer id, claim ms → 'done' (already in a Postfix), 'mine'
 # (claimed, or re-claimed with a fresh expiry), else the id of the consumer that holds it.
@@ -96,17 +104,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: msg key, event queue. ARGV: recipient key, event item, done ttl
-# → 1 pushed, 0 already final, -1 no such message.
-_FINAL = """
+# KEYS: msg key, event queue, suppression size, the ops' keys. ARGV: recipient key, event
+# item, done ttl, then suppression ops (suppressionstore.OPS_LUA) → 1 pushed, 0 already
+# final, -1 no such message. The suppression entry a bounce calls for is written by the
+# script that pushes the bounce: never one without the other.
+_FINAL = (
+    OPS_LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[1], 'f:' .. ARGV[1], '1') == 0 then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 if redis.call('HINCRBY', KEYS[1], 'pending', -1) <= 0 then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 end
+for i = 4, #ARGV, 7 do supp_op(KEYS[3], i) end
 return 1
 """
+)
 
 # KEYS: msg key, event queue. ARGV: recipient key, deferral JSON, dedupe suffix ('' = no
 # event), event item → 2 recorded and event pushed, 1 recorded, 0 already final, -1 no such
@@ -310,14 +324,17 @@ class State:
         message: Message | None,
         events: list[bytes],
         held: Held | None = None,
+        suppress: Sequence[Op] = (),
     ) -> bool:
         """The injection's outcome in one step: queue id → message, the item marked as sent,
-        any events (recipients Postfix refused at once), and, with ``held``, the item acked
-        from its processing list and its claim dropped. False: already recorded."""
+        any events (recipients Postfix refused at once) with the suppression entries they
+        call for, and, with ``held``, the item acked from its processing list and its claim
+        dropped. False: already recorded."""
         marker = f"{self.instance}:{queue_id or '-'}"
         msg_key = self.msg_key(queue_id) if queue_id else f"{self.prefix}msg:-"
         fields = json.dumps(message.fields()) if message is not None and queue_id else ""
         held = held or Held("", f"{self.prefix}none", b"")
+        op_keys, op_args = encode_ops(suppress, 7)
         done = await replicas.call(
             self.redis,
             self._record,
@@ -327,8 +344,20 @@ class State:
                 self.event_queue,
                 self.claim_key(item_id),
                 held.processing_key,
+                SIZE_KEY,
+                *op_keys,
             ],
-            [self.ttl, marker, fields, held.claimer, self.replay_window, held.raw, *events],
+            [
+                self.ttl,
+                marker,
+                fields,
+                held.claimer,
+                self.replay_window,
+                held.raw,
+                len(events),
+                *events,
+                *op_args,
+            ],
         )
         return int(done) == 1
 
@@ -338,15 +367,18 @@ class State:
         raw = await self.redis.hgetall(self.msg_key(queue_id))
         return Message.from_hash(raw) if raw else None
 
-    async def final(self, queue_id: str, rcpt: str, event: bytes) -> int:
-        """Push ``event`` unless ``rcpt`` already has its final event: 1 pushed, 0 already
-        final, -1 unknown message."""
+    async def final(
+        self, queue_id: str, rcpt: str, event: bytes, suppress: Sequence[Op] = ()
+    ) -> int:
+        """Push ``event`` unless ``rcpt`` already has its final event, with the suppression
+        entries it calls for: 1 pushed, 0 already final, -1 unknown message."""
+        op_keys, op_args = encode_ops(suppress, 4)
         return int(
             await replicas.call(
                 self.redis,
                 self._final,
-                [self.msg_key(queue_id), self.event_queue],
-                [rcpt_key(rcpt), event, self.replay_window],
+                [self.msg_key(queue_id), self.event_queue, SIZE_KEY, *op_keys],
+                [rcpt_key(rcpt), event, self.replay_window, *op_args],
             )
         )
 

@@ -32,9 +32,11 @@ from manycore_common.queue import (
     default_consumer_id,
     wait_for_doorbells,
 )
+from manycore_common.suppressionstore import SuppressionStore
 
 from . import settings as settings_module
 from .streams import StreamRegistry
+from .suppress import Checker, refresh_size
 from .transform import Settings, Transformed, TransformError, transform
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ SERVICE = "transformer"
 IDLE_WAIT_SECONDS = 1.0
 #: Pause when the Postfix queue is above its high-water mark or Redis fails.
 BACKOFF_SECONDS = 0.5
+#: How often the suppression list's size gauge is read from Redis.
+SIZE_REFRESH_SECONDS = 15.0
 
 POLLED_PRIMARY = Counter(
     "transformer_polled_primary", "Number of emails received from Receiver on priority queue"
@@ -188,6 +192,7 @@ class Worker:
         executor: ProcessPoolExecutor | None,
         settings: Settings,
         streams: StreamRegistry,
+        checker: Checker | None = None,
         trace_settings: trace.TraceSettings = trace.OFF,
     ) -> None:
         self.trace_settings = trace_settings
@@ -199,6 +204,7 @@ class Worker:
         self.executor = executor
         self.settings = settings
         self.streams = streams
+        self.checker = checker
         self.streak = 0
 
     async def take(self) -> tuple[list[Item], Consumer | None]:
@@ -250,6 +256,10 @@ class Worker:
             self.streak = 0
         now = time.time()
         jobs = [(i.payload, item_rcpts(i)) for i in items]
+        if self.checker is not None:
+            items, jobs = await self.drop_suppressed(items, jobs, consumer)
+            if not items:
+                return
         if self.executor is None:
             results = transform_batch(jobs, now, self.settings)
         else:
@@ -276,6 +286,30 @@ class Worker:
         if moved < len(splits):
             # The reaper had given some back (we looked dead); they will be done again.
             log.warning("items no longer held", extra={"count": len(splits) - moved})
+
+    async def drop_suppressed(
+        self, items: list[Item], jobs: list[Job], consumer: Consumer
+    ) -> tuple[list[Item], list[Job]]:
+        """The items and jobs left once suppressed recipients are dropped (see suppress.py):
+        their events pushed, the items with no recipient left acked."""
+        assert self.checker is not None
+        verdicts = await self.checker.check(jobs)
+        dropped = [e for v in verdicts for e in v.events]
+        if not dropped:
+            return items, jobs
+        raws = [events.encode_event(e, source=SERVICE) for e in dropped]
+        await self.event_queue.push_many(raws)
+        kept: list[tuple[Item, Job]] = []
+        done: list[Item] = []
+        for item, job, verdict in zip(items, jobs, verdicts, strict=True):
+            if verdict.keep is None:
+                kept.append((item, job))
+            elif verdict.keep:
+                kept.append((item, (job[0], verdict.keep)))
+            else:
+                done.append(item)
+        await consumer.ack_many(done)
+        return [k[0] for k in kept], [k[1] for k in kept]
 
     async def register_streams(self, stream_ids: list[str | None]) -> None:
         """Record new stream ids for MxServer before their first message leaves. A failure
@@ -326,6 +360,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     executor = _executor(section.workers, prepared.spec)
     settings = settings_module.build(prepared.spec)
     streams = StreamRegistry(redis)
+    checker = Checker(SuppressionStore(redis), config.customer.common_config.suppression)
 
     async def redis_ok() -> bool:
         return bool(await redis.ping())
@@ -348,11 +383,13 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
                 executor,
                 settings,
                 streams,
+                checker,
                 trace.TraceSettings.of(config.global_.trace),
             )
             for _ in range(section.workers)
         ]
         loops = [asyncio.create_task(w.run(inner_stop)) for w in workers]
+        loops.append(asyncio.create_task(_watch_size(checker.store, inner_stop)))
         log.info("transforming", extra={"workers": section.workers, "consumer": consumer_id})
         await stop.wait()
     finally:
@@ -367,6 +404,15 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             executor.shutdown(wait=True, cancel_futures=True)
         await health.stop()
         await redis.aclose()
+
+
+async def _watch_size(store: SuppressionStore, stop: asyncio.Event) -> None:
+    """The suppression list's size gauge, from its counter in Redis (never a scan)."""
+    while not stop.is_set():
+        with contextlib.suppress(RedisError, OSError):
+            await refresh_size(store)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SIZE_REFRESH_SECONDS)
 
 
 def _executor(workers: int, spec: settings_module.SettingsSpec) -> ProcessPoolExecutor | None:

@@ -805,8 +805,39 @@ class ObjectStorage(Section):
     prefix: str = "manycore-redis"
 
 
+class SuppressionExpiry(Section):
+    """Days an entry lives, per reason; 0 is never (``manycore_common.suppression``)."""
+
+    hard_bounce: int = Field(365, ge=0)
+    #: A domain without mail servers is often fixed (a lapsed registration, a DNS mistake).
+    unroutable: int = Field(30, ge=0)
+    spam_report: int = Field(0, ge=0)
+    unsubscribe: int = Field(0, ge=0)
+    soft_bounce_repeated: int = Field(30, ge=0)
+    manual: int = Field(0, ge=0)
+
+    def days(self, reason: str) -> int:
+        return int(getattr(self, reason.replace("-", "_")))
+
+
+class SuppressionSettings(Section):
+    """``common-config.suppression``: what fills the suppression list (plain values: every
+    service that writes or reads the list loads them)."""
+
+    enabled: bool = True
+    #: ``domain``: an unsubscribe stops all mail of the sending domain to that person;
+    #: ``stream``: only mail of the same X-Stream-Id (newsletters vs receipts).
+    unsubscribe_scope: Literal["domain", "stream"] = "domain"
+    #: Soft bounces of one address in ``soft-bounce-window-days`` that suppress it; 0 = off.
+    soft_bounce_threshold: int = Field(0, ge=0)
+    soft_bounce_window_days: int = Field(7, ge=1)
+    expiry_days: SuppressionExpiry = SuppressionExpiry()
+
+
 class CommonConfig(Section):
     secret_keys = ("unsubscribe-secret", "feedback-secret", "feedback-secret-previous")
+
+    suppression: SuppressionSettings = SuppressionSettings()
 
     object_storage: ObjectStorage | None = None
     #: Signs one-click unsubscribe tokens (the Transformer makes them, HttpReceiver checks

@@ -52,20 +52,22 @@ class Scope:
 #: (every ``common_config.<key>`` and ``customer.<section>`` a service's code reads).
 SCOPES: Mapping[str, Scope] = {
     "receiver": Scope("receiver"),
-    # Checks the one-click unsubscribe tokens the Transformer mints.
-    "httpreceiver": Scope("httpreceiver", common=("unsubscribe-secret",)),
-    # Mints unsubscribe tokens and signs the feedback addresses.
+    # Checks the one-click unsubscribe tokens the Transformer mints; serves the suppression
+    # list's API (``suppression`` is plain: listed so the table says who uses it).
+    "httpreceiver": Scope("httpreceiver", common=("unsubscribe-secret", "suppression")),
+    # Mints unsubscribe tokens and signs the feedback addresses; checks the suppression list.
     "transformer": Scope(
         "transformer",
-        common=("unsubscribe-secret", "feedback-secret", "feedback-secret-previous"),
+        common=("unsubscribe-secret", "feedback-secret", "feedback-secret-previous", "suppression"),
     ),
-    "postfixlog": Scope("postfixlog"),
+    # Suppresses the recipients of hard bounces with their events.
+    "postfixlog": Scope("postfixlog", common=("suppression",)),
     # Verifies the feedback addresses; receives for the return-path domains of the
     # Transformer's domain-settings and knows its own Postfix's HELO name.
     "mxserver": Scope(
         "mxserver",
         borrowed=("transformer", "postfixlog"),
-        common=("feedback-secret", "feedback-secret-previous"),
+        common=("feedback-secret", "feedback-secret-previous", "suppression"),
     ),
     "backdata": Scope("backdata"),
     # Backs its data up to object storage.

@@ -18,7 +18,9 @@ from . import item as item_format
 from . import replicas
 from .queue import ReliableQueue
 
-EventType = Literal["delivered", "bounce", "deferred", "unsubscribe", "spam-report", "error"]
+EventType = Literal[
+    "delivered", "bounce", "deferred", "unsubscribe", "spam-report", "suppressed", "error"
+]
 EVENT_TYPES: tuple[EventType, ...] = (
     "delivered",
     "bounce",
@@ -27,6 +29,8 @@ EVENT_TYPES: tuple[EventType, ...] = (
     "deferred",
     "unsubscribe",
     "spam-report",
+    # The Transformer dropped a recipient on the suppression list (manycore_common.suppression).
+    "suppressed",
     "error",
 )
 BOUNCE_TYPES = ("hard", "soft", "unroutable", "autoreply")

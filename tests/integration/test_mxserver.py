@@ -14,6 +14,7 @@ import pytest
 from redis import Redis as SyncRedis
 
 from manycore_common import item as item_format
+from manycore_common import suppression
 from tests.helpers import LOOPBACK, RedisServer, Service, running, wait_for, write_configs
 from tests.integration.conftest import set_path
 from tests.mxmail import (
@@ -267,3 +268,33 @@ def test_each_recipient_of_a_message_can_unsubscribe_by_mail(
     ]
     # HttpReceiver's one-click marker is set: the provider's POST for it gives no second event.
     assert queues.exists("unsubscribed:m14")
+
+
+def test_reports_suppress_the_recipient_with_their_event(mx: Service, queues: SyncRedis) -> None:
+    """A user-unknown DSN, an ARF complaint and an unsubscribe put their recipient on the
+    suppression list of the From domain whose return-path domain they came back to
+    (example.com for bounce.example.com); a soft bounce does not."""
+    gone, sam, walt, soft = (f"{n}@receiver.example" for n in ("gone", "sam", "walt", "soft"))
+    rp = tag("s1", gone)
+    deliver(mx, "", [rp], dsn(rp, [(gone, "5.1.1", NO_SUCH_USER.format(gone))]))
+    deliver(mx, "fbl@isp.example", [ABUSE], arf(ABUSE, original_headers(tag("s2", sam), sam), sam))
+    unsub = tag("s3", walt, kind="unsub")
+    deliver(mx, walt, [unsub], plain(walt, unsub))
+    rp = tag("s4", soft)
+    deliver(mx, "", [rp], dsn(rp, [(soft, "4.2.2", "452 4.2.2 Mailbox full")]))
+    got = {e["rcpt"]: e for e in events(queues)}
+    assert set(got) == {gone, sam, walt, soft}
+    wait_for(lambda: bool(queues.hgetall(suppression.SIZE_KEY)), what="suppression entries")
+    entries = {}
+    for address in (gone, sam, walt, soft):
+        raw = queues.hget(suppression.bucket_key("example.com", address), address)
+        entries[address] = suppression.unpack(raw) if raw is not None else None
+    assert entries[soft] is None
+    reasons = {a: (e.reason, e.uuid, e.source) for a, e in entries.items() if e is not None}
+    assert reasons == {
+        gone: ("hard-bounce", "s1", got[gone]["id"][:16]),
+        sam: ("spam-report", "s2", got[sam]["id"][:16]),
+        walt: ("unsubscribe", "s3", got[walt]["id"][:16]),
+    }
+    # Only the From domain of that return path, not the other configured one.
+    assert queues.hgetall(suppression.SIZE_KEY) == {b"example.com": b"3"}

@@ -118,3 +118,17 @@ def test_idempotency_bench_quick() -> None:
     assert len(memory) == 2, memory
     for row in rates + memory:
         assert float(row.split()[-1]) > 0, row
+
+
+def test_suppression_bench_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.suppression", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "bytes per entry" in result.stdout and "import of a 20,000-line CSV" in result.stdout
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("20,000 entries  ")]
+    assert float(row.split()[-1]) > 0

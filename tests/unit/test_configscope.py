@@ -208,5 +208,5 @@ def test_the_scope_covers_everything_the_code_reads(service: str) -> None:
 def test_the_code_reader_sees_known_reads() -> None:
     """The reader above is not blind: it finds the reads we know of."""
     assert reads_of("MxServer")[0] == {"mxserver", "transformer", "postfixlog"}
-    assert reads_of("HttpReceiver")[1] == {"unsubscribe-secret"}
+    assert reads_of("HttpReceiver")[1] == {"unsubscribe-secret", "suppression"}
     assert reads_of("Redis")[1] == {"object-storage"}

@@ -1,0 +1,208 @@
+"""The suppression list's API, behind the same Basic auth as ``/v1/mail/send``:
+
+``GET /v1/suppressions/{address}[?domain=]``
+    The address's live entries (every sending domain, or one); 404 when it has none.
+``GET /v1/suppressions?domain=&reason=&cursor=&limit=``
+    One page of a domain's entries and the ``cursor`` of the next (null at the end).
+``POST /v1/suppressions``
+    Bulk import: ``{"domain": d, "reason": r, "entries": [{"address": a, "domain"?: d,
+    "reason"?: r}, ...]}``, at most ``MAX_IMPORT`` entries; reason ``manual`` by default.
+``DELETE /v1/suppressions/{address}[?domain=]``
+    Removes the address's entries (every domain, or one); 404 when it had none.
+
+Errors are JSON ``{"error", "reason"}`` like the rest of the API (app.py), each counted in
+``httpreceiver_suppression_api_errors_total`` by reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from manycore_common import suppression as s
+from manycore_common.config import SuppressionSettings
+from manycore_common.message import MessageRejected
+from manycore_common.suppressionmetrics import IMPORTED
+from manycore_common.suppressionstore import Op, SuppressionStore
+
+from .app import RETRY_AFTER_SECONDS, authenticate, error, read_body
+
+MAX_IMPORT = 10_000
+#: 10,000 entries of a long address each, with room to spare.
+MAX_BODY = 4 * 1024 * 1024
+DEFAULT_PAGE = 1000
+MAX_PAGE = 10_000
+
+API_ERRORS = Counter(
+    "httpreceiver_suppression_api_errors",
+    "Suppression API requests refused, by reason",
+    ["reason"],
+)
+for _reason in ("bad-request", "not-found", "too-many-entries", "unavailable", "too-large"):
+    API_ERRORS.labels(_reason)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, text: str) -> None:
+        super().__init__(text)
+        self.status, self.reason, self.text = status, reason, text
+
+
+def _bad(text: str) -> ApiError:
+    return ApiError(400, "bad-request", text)
+
+
+class SuppressionApi:
+    def __init__(self, store: SuppressionStore, settings: SuppressionSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    async def guarded(self, request: web.Request, action: Any) -> web.Response:
+        refusal = await authenticate(request)
+        if refusal is not None:
+            return refusal
+        try:
+            return web.json_response(await action(request))
+        except ApiError as exc:
+            API_ERRORS.labels(exc.reason).inc()
+            return error(exc.status, exc.reason, exc.text)
+        except MessageRejected:
+            API_ERRORS.labels("too-large").inc()
+            return error(413, "too-large", f"the body must be at most {MAX_BODY} bytes")
+        except (RedisError, OSError):
+            API_ERRORS.labels("unavailable").inc()
+            text = "the suppression list is not reachable now"
+            return error(503, "unavailable", text, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    async def scopes(self, request: web.Request) -> list[str]:
+        """The lists a request is about: ``?domain=`` (with its stream lists), or all."""
+        known = list(await self.store.scopes())
+        domain = request.query.get("domain")
+        if domain is None:
+            return known
+        name = _domain(domain)
+        return [name, *(k for k in known if k.startswith(f"{name}#"))]
+
+    async def get_one(self, request: web.Request) -> dict[str, Any]:
+        address = _address(request.match_info["address"])
+        entries = await self.store.get(await self.scopes(request), address, time.time())
+        if not entries:
+            raise ApiError(404, "not-found", f"{address} is not on the suppression list")
+        return {"address": address, "entries": entries}
+
+    async def list_page(self, request: web.Request) -> dict[str, Any]:
+        query = request.query
+        if "domain" not in query:
+            raise _bad("domain is required (the sending domain whose list to read)")
+        scope = _domain(query["domain"])
+        stream = query.get("streamid")
+        reason = query.get("reason")
+        if reason is not None and reason not in s.REASONS:
+            raise _bad(f"reason must be one of {', '.join(s.REASONS)}")
+        try:
+            cursor = s.decode_cursor(query.get("cursor"))
+            limit = int(query.get("limit", DEFAULT_PAGE))
+        except (s.BadAddress, ValueError) as exc:
+            raise _bad(str(exc) or "limit must be a number") from None
+        if not 1 <= limit <= MAX_PAGE:
+            raise _bad(f"limit must be 1 to {MAX_PAGE}")
+        entries, following = await self.store.page(
+            s.scope_of(scope, stream),
+            cursor,
+            limit,
+            time.time(),
+            reason,
+        )
+        return {"entries": entries, "cursor": None if following is None else f"{following:04x}"}
+
+    async def bulk_import(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = json.loads(await read_body(request, MAX_BODY))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise _bad("the body must be JSON") from None
+        ops = import_ops(body, self.settings, time.time())
+        added = await self.store.add_entries(ops)
+        IMPORTED.labels("import").inc(len(ops))
+        return {"received": len(ops), "added": added, "updated": len(ops) - added}
+
+    async def delete_one(self, request: web.Request) -> dict[str, Any]:
+        address = _address(request.match_info["address"])
+        deleted = await self.store.delete(
+            [(scope, address) for scope in await self.scopes(request)]
+        )
+        if not deleted:
+            raise ApiError(404, "not-found", f"{address} is not on the suppression list")
+        IMPORTED.labels("delete").inc(deleted)
+        return {"address": address, "deleted": deleted}
+
+
+def import_ops(body: Any, settings: SuppressionSettings, now: float) -> list[Op]:
+    """The entries of an import body (pure); ApiError naming the first bad one."""
+    if isinstance(body, list):
+        body = {"entries": body}
+    if not isinstance(body, dict) or not isinstance(body.get("entries"), list):
+        raise _bad('the body must be {"entries": [...]} or a list of entries')
+    entries = body["entries"]
+    if len(entries) > MAX_IMPORT:
+        raise ApiError(413, "too-many-entries", f"at most {MAX_IMPORT} entries per request")
+    ops = []
+    for n, raw in enumerate(entries):
+        item = {"address": raw} if isinstance(raw, str) else raw
+        if not isinstance(item, dict) or not isinstance(item.get("address"), str):
+            raise _bad(f"entries[{n}]: an address (string) or an object with one")
+        domain = item.get("domain", body.get("domain"))
+        reason = item.get("reason", body.get("reason", "manual"))
+        if not isinstance(domain, str):
+            raise _bad(f"entries[{n}]: domain is required (here or for the whole body)")
+        if reason not in s.REASONS:
+            raise _bad(f"entries[{n}]: reason must be one of {', '.join(s.REASONS)}")
+        try:
+            address, scope = s.normalize(item["address"]), s.normalize_domain(domain)
+        except s.BadAddress as exc:
+            raise _bad(f"entries[{n}]: {exc}") from None
+        days = settings.expiry_days.days(reason)
+        ops.append(Op(scope, address, s.new_entry(reason, now, days)))
+    return ops
+
+
+def _domain(value: str) -> str:
+    try:
+        return s.normalize_domain(value)
+    except s.BadAddress as exc:
+        raise _bad(str(exc)) from None
+
+
+def _address(value: str) -> str:
+    try:
+        return s.normalize(value)
+    except s.BadAddress as exc:
+        raise _bad(str(exc)) from None
+
+
+def install(app: web.Application, redis: Redis, settings: SuppressionSettings) -> None:
+    add_routes(app, SuppressionApi(SuppressionStore(redis), settings))
+
+
+def add_routes(app: web.Application, api: SuppressionApi) -> None:
+    async def get_one(request: web.Request) -> web.Response:
+        return await api.guarded(request, api.get_one)
+
+    async def list_page(request: web.Request) -> web.Response:
+        return await api.guarded(request, api.list_page)
+
+    async def bulk_import(request: web.Request) -> web.Response:
+        return await api.guarded(request, api.bulk_import)
+
+    async def delete_one(request: web.Request) -> web.Response:
+        return await api.guarded(request, api.delete_one)
+
+    app.router.add_get("/v1/suppressions", list_page)
+    app.router.add_post("/v1/suppressions", bulk_import)
+    app.router.add_get("/v1/suppressions/{address}", get_one)
+    app.router.add_delete("/v1/suppressions/{address}", delete_one)

@@ -1,0 +1,219 @@
+"""The suppression check: every recipient of a batch is looked up before its message is signed.
+
+Recipients on the list of the message's sending domain (its From domain; with
+``unsubscribe-scope: stream`` also the list of its domain and stream) are dropped from the
+message with a ``suppressed`` event; a message left with no recipient is not signed and not
+sent, only acked. One round trip per batch (pipelined look-ups), in the main process: the
+signing pool stays pure.
+
+The events of a batch are pushed before its hand-over and acks, so a crash between the two
+repeats them (with new ids) rather than losing them: at least once, as every event.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from manycore_common import events, feedbacktag
+from manycore_common import suppression as s
+from manycore_common.config import SuppressionSettings
+from manycore_common.message import STREAM_ID_RE, UUID_RE
+from manycore_common.suppressionstore import SuppressionStore
+
+from .headers import normalize_line_endings, split_message
+from .transform import TransformError, _from_domain, _ids, distinct_recipients
+
+SUPPRESSED = Counter(
+    "transformer_suppressed_recipients",
+    "Recipients dropped because they are on the suppression list, by the entry's reason",
+    ["reason"],
+)
+SUPPRESSED_MESSAGES = Counter(
+    "transformer_suppressed_messages",
+    "Messages not sent at all: every recipient was on the suppression list",
+)
+LIST_SIZE = Gauge(
+    "suppression_list_entries",
+    "Entries on the suppression list (all sending domains), from the counter kept in Redis",
+    multiprocess_mode="max",
+)
+for _reason in s.REASONS:
+    SUPPRESSED.labels(_reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the check needs of a message, read from its header section only."""
+
+    uuid: str
+    stream_id: str | None
+    from_domain: str
+    rcpts: tuple[str, ...]
+    #: Each recipient's key on the list (normalised), None for one it cannot hold.
+    addresses: tuple[str | None, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The recipients to keep (None: the message is left as it is, e.g. one the Transformer
+    will refuse anyway) and the events of those dropped."""
+
+    keep: tuple[str, ...] | None
+    events: tuple[dict[str, Any], ...] = ()
+
+
+#: The three fields the check needs, with their folded lines (RFC 5322 §2.2.3).
+_FIELD = re.compile(
+    rb"^(from|x-uuid|x-stream-id)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE
+)
+
+
+def _head(data: bytes) -> bytes:
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    return data[: end + 2] if end >= 0 else data
+
+
+def envelope(data: bytes, rcpts: Sequence[str] | None) -> Envelope | None:
+    """The ids, From domain and distinct recipients, or None when the message is malformed
+    (the transform then dead-letters it with its usual reason). Pure.
+
+    The receivers give every item its recipients, so usually only three fields are read,
+    with one pattern over the header section (a full parse costs more than the look-up);
+    an item without recipients has its header section parsed as the transform does."""
+    head = _head(data)
+    if not rcpts:
+        return _parsed(head)
+    found: dict[bytes, list[str]] = {}
+    for match in _FIELD.finditer(head):
+        raw = match.group(2)
+        if b"\n" in raw:
+            raw = re.sub(rb"\r?\n", b"", raw)
+        value = raw.decode("utf-8", "replace").strip()
+        found.setdefault(match.group(1).lower(), []).append(value)
+    uuids, streams = found.get(b"x-uuid", []), found.get(b"x-stream-id", [])
+    if len(uuids) != 1 or not UUID_RE.fullmatch(uuids[0]) or len(streams) > 1:
+        return None
+    if streams and not STREAM_ID_RE.fullmatch(streams[0]):
+        return None
+    domain = _from_domain(found.get(b"from", []))
+    if domain is None:
+        return None
+    stream = streams[0] if streams else None
+    return Envelope(uuids[0], stream, domain, *_distinct(rcpts))
+
+
+def _distinct(rcpts: Sequence[str]) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    """Each recipient once (as feedbacktag fingerprints them, as the transform does), and
+    its key on the list (None: not an address the list can hold)."""
+    distinct: dict[str, str] = {}
+    for rcpt in rcpts:
+        distinct.setdefault(feedbacktag.normalize_address(rcpt), rcpt)
+    return tuple(distinct.values()), tuple(map(_address, distinct))
+
+
+def _parsed(head: bytes) -> Envelope | None:
+    try:
+        fields, _ = split_message(normalize_line_endings(head + b"\n"))
+        index: dict[str, list[Any]] = {}
+        for f in fields:
+            index.setdefault(f.key, []).append(f)
+        uuid, stream_id = _ids(index)
+        domain = _from_domain([f.value for f in index.get("from", ())])
+        found, _ = distinct_recipients(None, index, uuid)
+    except (ValueError, TransformError):
+        return None
+    if domain is None:
+        return None
+    return Envelope(uuid, stream_id, domain, *_distinct(found))
+
+
+def scopes(env: Envelope, settings: SuppressionSettings) -> list[str]:
+    """The lists a recipient of this message is looked up in."""
+    domain = _domain(env.from_domain)
+    if domain is None:
+        return []
+    out = [domain]
+    if env.stream_id and settings.unsubscribe_scope == "stream":
+        out.append(s.scope_of(domain, env.stream_id))
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _domain(domain: str) -> str | None:
+    try:
+        return s.normalize_domain(domain)
+    except s.BadAddress:
+        return None
+
+
+def _address(rcpt: str) -> str | None:
+    try:
+        return s.normalize(rcpt)
+    except s.BadAddress:
+        return None
+
+
+def suppressed_event(env: Envelope, rcpt: str, scope: str, entry: s.Entry) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "rcpt": rcpt,
+        "reason": entry.reason,
+        "domain": scope.partition("#")[0],
+        "source": entry.source or None,
+        "source-uuid": entry.uuid or None,
+    }
+    return events.new_event("suppressed", uuid=env.uuid, streamid=env.stream_id, **fields)
+
+
+class Checker:
+    def __init__(self, store: SuppressionStore, settings: SuppressionSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    async def check(self, jobs: Sequence[tuple[bytes, tuple[str, ...] | None]]) -> list[Verdict]:
+        """One verdict per (payload, item recipients), with one Redis round trip."""
+        if not self.settings.enabled:
+            return [Verdict(None) for _ in jobs]
+        envs = [envelope(data, rcpts) for data, rcpts in jobs]
+        plan: list[tuple[int, str, str]] = []  # (job, rcpt, address) per look-up
+        queries: list[tuple[str, str]] = []
+        for n, env in enumerate(envs):
+            if env is None:
+                continue
+            lists = scopes(env, self.settings)
+            for rcpt, address in zip(env.rcpts, env.addresses, strict=True):
+                for scope in lists if address else ():
+                    assert address is not None
+                    plan.append((n, rcpt, address))
+                    queries.append((scope, address))
+        found = await self.store.lookup(queries, time.time())
+        hits: dict[int, dict[str, tuple[str, s.Entry]]] = {}
+        for (n, rcpt, _), hit in zip(plan, found, strict=True):
+            if hit is not None:
+                hits.setdefault(n, {}).setdefault(rcpt, hit)
+        return [_verdict(env, hits.get(n, {})) for n, env in enumerate(envs)]
+
+
+def _verdict(env: Envelope | None, hits: dict[str, tuple[str, s.Entry]]) -> Verdict:
+    if env is None or not hits:
+        return Verdict(None)
+    dropped = []
+    for rcpt, (scope, entry) in hits.items():
+        SUPPRESSED.labels(entry.reason).inc()
+        dropped.append(suppressed_event(env, rcpt, scope, entry))
+    keep = tuple(r for r in env.rcpts if r not in hits)
+    if not keep:
+        SUPPRESSED_MESSAGES.inc()
+    return Verdict(keep, tuple(dropped))
+
+
+async def refresh_size(store: SuppressionStore) -> None:
+    LIST_SIZE.set(await store.size())

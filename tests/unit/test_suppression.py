@@ -1,0 +1,117 @@
+"""The suppression list's pure parts: normalisation, packing, which events suppress, which
+sending domains a report concerns, the Transformer's envelope read."""
+
+from __future__ import annotations
+
+import pytest
+
+from manycore_common import events
+from manycore_common import suppression as s
+from manycore_common.config import SuppressionSettings
+from manycore_common.suppressionpolicy import ops_for_event
+from manycore_mxserver.senders import Senders
+from manycore_transformer.suppress import Envelope, envelope, scopes, suppressed_event
+from tests.eventschema import assert_valid
+
+NOW = 1_800_000_000
+
+
+def test_addresses_are_keyed_as_the_feedback_tags_fingerprint_them() -> None:
+    assert s.normalize(" <User@Bücher.DE> ") == "user@xn--bcher-kva.de"
+    assert s.bucket_key("ex.com", "a@b.org") == s.bucket_key("ex.com", s.normalize("A@B.ORG"))
+    for bad in ("no-at-sign", "@b.org", "a@", "a@b c.org"):
+        with pytest.raises(s.BadAddress):
+            s.normalize(bad)
+    with pytest.raises(s.BadAddress):
+        s.normalize_domain("not a domain")
+
+
+@pytest.mark.parametrize("uuid", ["0b7e3c9a-6f1d-4e2b-9a55-3c1f0d2e4b6a", "abc123", ""])
+def test_entries_pack_small_and_back(uuid: str) -> None:
+    entry = s.new_entry("spam-report", NOW, 0, "0123456789abcdef" * 2, uuid)
+    raw = s.pack(entry)
+    assert len(raw) <= 21 + 16 if len(uuid) == 36 else len(raw) == 21 + len(uuid)
+    back = s.unpack(raw)
+    assert back == s.Entry("spam-report", NOW, NOW, s.NEVER, "0123456789abcdef", uuid)
+    assert back.active(NOW + 10**8)
+    assert not s.new_entry("hard-bounce", NOW, 1).active(NOW + 86401)
+
+
+def _bounce(kind: str, category: str) -> dict[str, object]:
+    return events.new_event(
+        "bounce", uuid="m1", timestamp=NOW, type=kind, rcpt="X@Y.org", reason="r",
+        category=category,
+    )  # fmt: skip
+
+
+def test_only_dead_addresses_complaints_and_unsubscribes_suppress() -> None:
+    on = SuppressionSettings()
+    [hard] = ops_for_event(_bounce("hard", "invalid-recipient"), ["ex.com"], on)
+    assert (hard.scope, hard.address, hard.entry.reason) == ("ex.com", "x@y.org", "hard-bounce")
+    assert hard.entry.expires == NOW + 365 * 86400 and hard.threshold == 0
+    [dns] = ops_for_event(_bounce("unroutable", "dns"), ["ex.com"], on)
+    assert dns.entry.reason == "unroutable"
+    for kind, category in [("hard", "policy"), ("hard", "spam-block"), ("soft", "mailbox-full")]:
+        assert ops_for_event(_bounce(kind, category), ["ex.com"], on) == []
+    spam = events.new_event("spam-report", uuid="m", timestamp=NOW, rcpt="a@b.org")
+    assert [o.entry.expires for o in ops_for_event(spam, ["a.com", "b.com"], on)] == [s.NEVER] * 2
+    assert ops_for_event(events.new_event("spam-report", uuid="m"), ["a.com"], on) == []
+    off = SuppressionSettings(enabled=False)
+    assert ops_for_event(_bounce("hard", "invalid-recipient"), ["ex.com"], off) == []
+
+
+def test_soft_bounces_count_and_unsubscribes_may_be_per_stream() -> None:
+    counting = SuppressionSettings.model_validate(
+        {"soft-bounce-threshold": 3, "soft-bounce-window-days": 2}
+    )
+    [soft] = ops_for_event(_bounce("soft", "mailbox-full"), ["ex.com"], counting)
+    assert (soft.threshold, soft.window, soft.entry.reason) == (
+        3,
+        2 * 86400,
+        "soft-bounce-repeated",
+    )
+    unsub = events.new_event("unsubscribe", uuid="m", streamid="news", timestamp=NOW, rcpt="a@b.c")
+    stream = SuppressionSettings.model_validate({"unsubscribe-scope": "stream"})
+    assert [o.scope for o in ops_for_event(unsub, ["ex.com"], stream)] == ["ex.com#news"]
+    assert [o.scope for o in ops_for_event(unsub, ["ex.com"], SuppressionSettings())] == ["ex.com"]
+    env = Envelope("m", "news", "Ex.com", ("a@b.c",))
+    assert scopes(env, stream) == ["ex.com", "ex.com#news"]
+
+
+def test_reports_map_to_the_from_domains_of_their_return_path_domain() -> None:
+    senders = Senders.from_pairs(
+        [("example.com", "bounce.example.com"), ("b.com", "rp.shared"), ("c.com", "rp.shared")]
+    )
+    assert senders.for_rcpts(["b1.x@BOUNCE.example.com"]) == {"example.com"}
+    assert senders.for_rcpts(["postmaster@rp.shared"]) == {"b.com", "c.com"}
+    assert senders.for_rcpts(["abuse@example.com"]) == {"example.com"}
+    assert senders.for_rcpts(["fbl@extra.example"]) == {"example.com", "b.com", "c.com"}
+
+
+def test_the_envelope_is_read_from_the_header_section() -> None:
+    data = (
+        b"From: Shop <news@Example.com>\r\nTo: a@x.org, B@x.org\r\nCc: c@x.org\r\n"
+        b"X-Uuid: u1\r\nX-Stream-Id: s1\r\n\r\nTo: not-a-header@x.org\r\n"
+    )
+    rcpts = ("a@x.org", "B@x.org", "c@x.org")
+    keys = ("a@x.org", "b@x.org", "c@x.org")
+    assert envelope(data, None) == Envelope("u1", "s1", "example.com", rcpts, keys)
+    # The item's recipients win over To and Cc; two spellings of one are one; folded fields.
+    folded = data.replace(b"X-Stream-Id: s1", b"X-Stream-Id:\r\n s1")
+    assert envelope(folded, ("Z@x.org", "z@X.org", "bad")) == Envelope(
+        "u1", "s1", "example.com", ("Z@x.org", "bad"), ("z@x.org", None)
+    )
+    assert envelope(data + b"X-Uuid: u2\r\n", ("z@x.org",)) is not None  # in the body
+    assert envelope(data.replace(b"X-Uuid: u1", b"X-Uuid: U 1"), ("z@x.org",)) is None
+    assert envelope(b"From: a@b.c\r\n\r\nbody", None) is None  # no X-Uuid: the transform says so
+    entry = s.new_entry("unsubscribe", NOW, 0, "ab" * 8, "old")
+    assert_valid(
+        [
+            suppressed_event(
+                envelope(data, None) or Envelope("", None, "", ()),
+                "a@x.org",
+                "example.com#s1",
+                entry,
+            )
+        ]
+    )
