@@ -161,7 +161,12 @@ for i = 4, #ARGV, 2 do
     if full or not redis.call('SET', key, ARGV[i], 'NX', 'EX', ttl) then
       earlier = redis.pcall('GET', key)
       -- Not a string (someone else's key): still a duplicate, answered as a default one.
-      if type(earlier) == 'table' then earlier = '?' end
+      if type(earlier) == 'table' then earlier = '?'
+      elseif earlier and not full then
+        -- Rewrite it as it is: a write after the first submission's, so that a WAIT that
+        -- follows this call (a replica ack) also covers the message the claim stands for.
+        redis.call('SET', key, earlier, 'KEEPTTL')
+      end
     end
   end
   if earlier then
@@ -556,8 +561,11 @@ class ReliableQueue:
         args: list[bytes | int] = [self.high_water_mark, ttl, len(self._push_keys) - 1]
         for raw, claim in items:
             args += [b"" if claim is None else claim.value, raw]
-        reply = await self._push_claimed(
-            keys=[*self._push_keys, *(claim.key for claim in claims)], args=args
+        reply = await replicas.call(
+            self.redis,
+            self._push_claimed,
+            [*self._push_keys, *(claim.key for claim in claims)],
+            args,
         )
         return ClaimedPush(int(reply[0]), tuple(bytes(v) or None for v in reply[1:]))
 
