@@ -90,6 +90,10 @@ def load_key(pem: bytes) -> SigningKey:
 
 def relaxed_header(name: str, raw_value: bytes) -> bytes:
     """RFC 6376 §3.4.2: lower-case name, unfold, runs of WSP to one SP, no WSP at the ends."""
+    # The field's own line end goes first: otherwise every field, folded or not, would take
+    # the regular expression's path.
+    if raw_value.endswith(CRLF):
+        raw_value = raw_value[:-2]
     if b"\r" in raw_value or b"\t" in raw_value or b"  " in raw_value:
         raw_value = _WSP_RUN.sub(b" ", raw_value.replace(b"\r\n", b""))
     return name.lower().encode("ascii") + b":" + raw_value.strip(b" ") + CRLF
