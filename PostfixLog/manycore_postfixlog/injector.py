@@ -8,7 +8,8 @@ bounce of its own; the customer learns of failures from our events. The DATA rep
 Replies are sorted by what they mean for the queue item:
 
 * a 5xx to RCPT TO: that recipient is refused for good (an event says so); the others go on;
-* any 4xx, or a broken connection: nothing was queued (the transaction is reset), try later;
+* any 4xx, or a broken connection: nothing was queued (the transaction is reset, or, when
+  DATA was already answered 354, abandoned by closing the connection), try later;
 * a 5xx to MAIL FROM or DATA: the message itself is refused (it goes to the dead letters).
 """
 
