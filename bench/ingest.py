@@ -2,9 +2,11 @@
 messages) against a bare aiosmtpd server that discards (same TLS context, same AUTH rules,
 its own process) and against Postfix's own smtpd accepting into its queue (bench.postfix);
 requests/s of the real HttpReceiver against a bare aiohttp handler that reads the body and
-answers 200. Growth: the 8-connection case with 50 and 500 KB messages, and with 100,000
-items already queued. Then memory: RSS of each server idle and after the load, and Redis
-``used_memory`` per queued 5 KB item.
+answers 200. Each of those also against a second, fairer baseline in the same rounds: the
+bare server plus an ``LPUSH`` of the message to the same Redis before it answers (what
+durability costs at the least). Growth: the 8-connection case with 50 and 500 KB messages,
+and with 100,000 items already queued. Then memory: RSS of each server idle and after the
+load, and Redis ``used_memory`` per queued 5 KB item.
 
 Redis runs as the Redis pod runs it (AOF, fsync every second). Every server runs in its own
 process; the load comes from one separate client process per round (a lean asyncio client:
@@ -49,6 +51,8 @@ MESSAGE_SIZE = 5 * 1024
 #: Worker processes of the front doors in the workers rows: the machine's two cores.
 WORKERS = 2
 QUEUE = "IB-MAIL-QUEUE-P1"
+#: Where the "+ LPUSH" bare baselines put each message (emptied with the rest each round).
+BARE_KEY = "BENCH-BARE-LPUSH"
 
 
 # ----------------------------------------------------------------- small helpers
@@ -88,11 +92,15 @@ def message(uuid: str, size: int = MESSAGE_SIZE) -> bytes:
 # ----------------------------------------------------------------- bare servers (own process)
 
 
-def serve_bare_smtp(port: int, cert: Path, key: Path, lean: bool = False) -> None:
+def serve_bare_smtp(
+    port: int, cert: Path, key: Path, lean: bool = False, push: int | None = None
+) -> None:
     """aiosmtpd with the Receiver's shape (STARTTLS required, AUTH PLAIN/LOGIN after TLS,
     same TLS context), whose DATA handler throws the message away. ``lean``: reading MAIL and
     RCPT paths as the Receiver does (plain_path), so that the comparison shows what the
-    Receiver's own work costs rather than what it saves on aiosmtpd's address parser."""
+    Receiver's own work costs rather than what it saves on aiosmtpd's address parser.
+    ``push``: a Redis port; the handler LPUSHes the message there before its 250 instead
+    (the unavoidable cost of durability, the fairer baseline for large messages)."""
     from aiosmtpd.smtp import SMTP as AiosmtpdSMTP
     from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
@@ -112,10 +120,14 @@ def serve_bare_smtp(port: int, cert: Path, key: Path, lean: bool = False) -> Non
 
     context, _ = tls.server_context(cert, key, "localhost")
 
+    redis = bare_redis(push)
+
     class Discard:
         async def handle_DATA(
             self, server: AiosmtpdSMTP, session: Session, envelope: Envelope
         ) -> str:
+            if redis is not None:
+                await redis.lpush(BARE_KEY, envelope.original_content or b"")
             return "250 2.0.0 OK"
 
     def authenticator(
@@ -153,12 +165,26 @@ def serve_bare_smtp(port: int, cert: Path, key: Path, lean: bool = False) -> Non
     asyncio.run(main())
 
 
-def serve_bare_http(port: int) -> None:
-    """aiohttp: POST /v1/mail/send reads the body and answers a small JSON 200."""
+def bare_redis(port: int | None) -> Any:
+    """The bare servers' Redis client (redis.asyncio), or None when they only discard."""
+    if port is None:
+        return None
+    from redis.asyncio import Redis as AsyncRedis
+
+    return AsyncRedis(host=LOOPBACK, port=port)
+
+
+def serve_bare_http(port: int, push: int | None = None) -> None:
+    """aiohttp: POST /v1/mail/send reads the body (``push``: and LPUSHes it to the Redis on
+    that port) and answers a small JSON 200."""
     from aiohttp import web
 
+    redis = bare_redis(push)
+
     async def send(request: web.Request) -> web.Response:
-        await request.read()
+        body = await request.read()
+        if redis is not None:
+            await redis.lpush(BARE_KEY, body)
         return web.json_response({"uuid": "bare", "queue": "none"})
 
     app = web.Application()
@@ -337,37 +363,32 @@ def compare(
     case: str = "",
     baseline_kind: str | None = None,
     reset_baseline: Callable[[], object] | None = None,
+    second: tuple[str, int] | None = None,
 ) -> list[Row]:
-    """Subject against baseline, alternating; before each round Redis holds ``queued``
-    waiting 5 KB items (the queue-depth growth case) and nothing else, and the baseline is
-    reset (Postfix's queue emptied) the same way."""
+    """Subject against baseline (and ``second``, a second baseline in the same rounds: one
+    row more per case), alternating; before each round Redis holds ``queued`` waiting 5 KB
+    items (the queue-depth growth case) and nothing else, and the baseline is reset
+    (Postfix's queue emptied) the same way."""
     rows = []
     unit = "msg/s" if kind.startswith("smtp") else "req/s"
+    baselines = [baseline] if second is None else [baseline, second]
     for n in connections:
-        subject_rates, baseline_rates, ratios = [], [], []
+        subject_rates: list[float] = []
+        rates: list[list[float]] = [[] for _ in baselines]
         for _ in range(rounds):
             redis.flushall()
             if queued:
                 asyncio.run(push_items(redis_port(redis), queued))
             if reset_baseline is not None:
                 reset_baseline()
-            s = run_load(kind, subject[1], n, seconds, cafile, size)
-            b = run_load(baseline_kind or kind, baseline[1], n, seconds, cafile, size)
-            subject_rates.append(s)
-            baseline_rates.append(b)
-            ratios.append(s / b)
-        rows.append(
-            Row(
-                label,
-                f"c{n}{case}",
-                subject[0],
-                statistics.median(subject_rates),
-                baseline[0],
-                statistics.median(baseline_rates),
-                statistics.median(ratios),
-                unit=unit,
-            )
-        )
+            subject_rates.append(run_load(kind, subject[1], n, seconds, cafile, size))
+            for (_, port), got in zip(baselines, rates, strict=True):
+                got.append(run_load(baseline_kind or kind, port, n, seconds, cafile, size))
+        for (name, _), got in zip(baselines, rates, strict=True):
+            ratios = [s / b for s, b in zip(subject_rates, got, strict=True)]
+            rows.append(Row(label, f"c{n}{case}", subject[0], statistics.median(subject_rates),
+                            name, statistics.median(got), statistics.median(ratios),
+                            unit=unit))  # fmt: skip
     return rows
 
 
@@ -471,26 +492,32 @@ def workers_rows(
 
 def growth(
     args: argparse.Namespace,
-    smtp: tuple[int, int],
-    http: tuple[int, int],
+    smtp: tuple[int, int, int],
+    http: tuple[int, int, int],
     cert: Path,
     redis: Redis,
 ) -> list[Row]:
     """The 8-connection case again with larger messages, and with ``args.depth`` items
-    already waiting in the queue the front doors push to."""
+    already waiting in the queue the front doors push to; against the bare server and the
+    bare server + LPUSH. Each tuple: (subject, bare, bare + LPUSH) ports."""
     rows: list[Row] = []
     cases = [(size, 0, f" {size // 1024}KB") for size in args.sizes if size != MESSAGE_SIZE]
     if args.depth:
         cases.append((MESSAGE_SIZE, args.depth, f" {args.depth // 1000}k-queued"))
     for size, queued, case in cases:
-        for kind, label, (subject, baseline), names in (
-            ("smtp", "growth-smtp", smtp, ("manycore-receiver", "bare aiosmtpd (discard)")),
-            ("http", "growth-http", http, ("manycore-httpreceiver", "bare aiohttp (no-op)")),
+        for kind, label, ports, (name, bare) in (
+            ("smtp", "growth-smtp", smtp, ("manycore-receiver", "bare aiosmtpd")),
+            ("http", "growth-http", http, ("manycore-httpreceiver", "bare aiohttp")),
         ):
-            rows += compare(kind, label, (names[0], subject), (names[1], baseline), [8],
+            rows += compare(kind, label, (name, ports[0]), (BARE_NAMES[bare], ports[1]), [8],
                             args.rounds, args.seconds, cert, redis, size=size, queued=queued,
-                            case=case)  # fmt: skip
+                            case=case, second=(PUSH_NAMES[bare], ports[2]))  # fmt: skip
     return rows
+
+
+#: Baseline names in the tables: the bare server, and the bare server + LPUSH to Redis.
+BARE_NAMES = {"bare aiosmtpd": "bare aiosmtpd (discard)", "bare aiohttp": "bare aiohttp (no-op)"}
+PUSH_NAMES = {"bare aiosmtpd": "bare aiosmtpd + LPUSH", "bare aiohttp": "bare aiohttp + LPUSH"}
 
 
 def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
@@ -502,7 +529,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
     cert.write_bytes(cert_pem)
     key.write_bytes(key_pem)
     redis_port, bare_smtp, bare_http = free_port(), free_port(), free_port()
-    lean_smtp = free_port()
+    lean_smtp, push_smtp, push_http = free_port(), free_port(), free_port()
     global_file, customer_file, customer = write_configs(workdir, redis_port)
     smtp_port = int(customer["receiver"]["bind"]["inet-port"])
     http_port = int(customer["httpreceiver"]["bind"]["inet-port"])
@@ -531,6 +558,24 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
             workdir / "lean-smtp.log",
         ),
         process([*me, "--bare-http", str(bare_http)], workdir / "bare-http.log") as bhttp,
+        process(
+            [
+                *me,
+                "--bare-smtp",
+                str(push_smtp),
+                "--push",
+                str(redis_port),
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+            ],
+            workdir / "push-smtp.log",
+        ),  # fmt: skip
+        process(
+            [*me, "--bare-http", str(push_http), "--push", str(redis_port)],
+            workdir / "push-http.log",
+        ),
         process(service_argv("receiver", global_file, pool_file), workdir / "rcv-pool.log"),
         process(service_argv("httpreceiver", global_file, pool_file), workdir / "http-pool.log"),
     ):
@@ -541,19 +586,21 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
                 metrics = settings[name]["prometheus"]["inet-port"]
                 ready = functools.partial(http_ok, f"http://{LOOPBACK}:{metrics}/readyz")
                 wait_until(ready, 30, name)
-        for port in (bare_smtp, lean_smtp, bare_http):
+        for port in (bare_smtp, lean_smtp, bare_http, push_smtp, push_http):
             wait_until(functools.partial(port_open, port), 30, f"bare server on {port}")
         time.sleep(0.5)
         idle = {p.pid: rss_kb(p.pid) for p in (rcv, api, bsmtp, bhttp)}
         rows += compare("smtp", "smtp-ingest", ("manycore-receiver", smtp_port),
                         ("bare aiosmtpd (discard)", bare_smtp), args.connections, args.rounds,
-                        args.seconds, cert, redis)  # fmt: skip
+                        args.seconds, cert, redis,
+                        second=("bare aiosmtpd + LPUSH", push_smtp))  # fmt: skip
         rows += compare("smtp", "smtp-lean", ("manycore-receiver", smtp_port),
                         ("bare aiosmtpd, lean paths", lean_smtp), args.connections, args.rounds,
                         args.seconds, cert, redis)  # fmt: skip
         rows += compare("http", "http-ingest", ("manycore-httpreceiver", http_port),
                         ("bare aiohttp (no-op)", bare_http), args.connections, args.rounds,
-                        args.seconds, cert, redis)  # fmt: skip
+                        args.seconds, cert, redis,
+                        second=("bare aiohttp + LPUSH", push_http))  # fmt: skip
         loaded = {p.pid: rss_kb(p.pid) for p in (rcv, api, bsmtp, bhttp)}
         rows += workers_rows(args, pool, (bare_smtp, bare_http), cert, redis)
         for case, values in (("idle", idle), ("loaded", loaded)):
@@ -564,7 +611,8 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
                 s, b = values[subject.pid], values[baseline.pid]
                 rows.append(Row("memory", case, sname, s, bname, b, s / b, unit="KB"))
         rows += against_postfix(args, workdir, (global_file, customer_file), smtp_port, cert, redis)
-        rows += growth(args, (smtp_port, bare_smtp), (http_port, bare_http), cert, redis)
+        rows += growth(args, (smtp_port, bare_smtp, push_smtp), (http_port, bare_http, push_http),
+                       cert, redis)  # fmt: skip
         rows.append(redis_memory(redis, redis_port, args.queued))
         redis.close()
     return rows
@@ -583,6 +631,7 @@ def main() -> None:
     parser.add_argument("--bare-smtp", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--lean", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare-http", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--push", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--client", choices=("smtp", "smtp-noauth", "http"), help=argparse.SUPPRESS)
@@ -590,10 +639,10 @@ def main() -> None:
     parser.add_argument("--cafile", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_smtp:
-        serve_bare_smtp(args.bare_smtp, Path(args.cert), Path(args.key), args.lean)
+        serve_bare_smtp(args.bare_smtp, Path(args.cert), Path(args.key), args.lean, args.push)
         return
     if args.bare_http:
-        serve_bare_http(args.bare_http)
+        serve_bare_http(args.bare_http, args.push)
         return
     if args.client:
         counts = asyncio.run(
@@ -639,7 +688,10 @@ def main() -> None:
             "Receiver vs Postfix's smtpd (Debian's Postfix, STARTTLS, every message put on "
             "hold so its 250 means queued and fsynced, nothing delivered). http-ingest: req/s "
             "of manycore-httpreceiver (POST /v1/mail/send, Basic auth) vs a bare aiohttp "
-            "handler that reads the body and answers 200. *-workers: the same front doors "
+            "handler that reads the body and answers 200. '+ LPUSH' rows (smtp-ingest, "
+            "http-ingest, growth-*): the same subject measured in the same rounds against the "
+            "bare server that LPUSHes each message to the same Redis before answering (the "
+            "unavoidable cost of durability). *-workers: the same front doors "
             f"with {WORKERS} worker processes each (workers: {WORKERS}) against the same "
             "one-process baselines. growth-*: 8 connections with larger "
             f"messages, and with {args.depth:,} items already queued. cN: N keep-alive "

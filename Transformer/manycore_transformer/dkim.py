@@ -90,6 +90,10 @@ def load_key(pem: bytes) -> SigningKey:
 
 def relaxed_header(name: str, raw_value: bytes) -> bytes:
     """RFC 6376 §3.4.2: lower-case name, unfold, runs of WSP to one SP, no WSP at the ends."""
+    # The field's own line end goes first: otherwise every field, folded or not, would take
+    # the regular expression's path.
+    if raw_value.endswith(CRLF):
+        raw_value = raw_value[:-2]
     if b"\r" in raw_value or b"\t" in raw_value or b"  " in raw_value:
         raw_value = _WSP_RUN.sub(b" ", raw_value.replace(b"\r\n", b""))
     return name.lower().encode("ascii") + b":" + raw_value.strip(b" ") + CRLF
@@ -111,12 +115,23 @@ def _relaxed(body: bytes) -> tuple[bytes, int]:
         body = _WSP_TO_COLLAPSE.sub(b" ", body)
     if b" \r\n" in body:
         body = _TRAILING_WSP.sub(CRLF, body)
-    end = len(body)
-    while end and body[end - 1] == 0x20:  # WSP at the very end, with no line end after it
-        end -= 1
-    while end and body[end - 1] in (0x0D, 0x0A):
-        end -= 1
-    return body, end
+    # WSP at the very end (with no line end after it), then the empty lines at the end.
+    end = _rstrip_end(body, b" ", len(body))
+    return body, _rstrip_end(body, b"\r\n", end)
+
+
+def _rstrip_end(body: bytes, chars: bytes, end: int) -> int:
+    """``len(body[:end].rstrip(chars))``, in C, on ever larger windows at the end rather than
+    a copy of the whole body (or a Python loop over a long run of empty lines)."""
+    window = 256
+    while end:
+        start = max(0, end - window)
+        kept = len(body[start:end].rstrip(chars))
+        if kept:
+            return start + kept
+        end = start
+        window *= 2
+    return 0
 
 
 def relaxed_body(body: bytes) -> bytes:
@@ -125,11 +140,36 @@ def relaxed_body(body: bytes) -> bytes:
     return body[:end] + CRLF if end else b""
 
 
-def body_hash(body: bytes) -> str:
-    body, end = _relaxed(body)
-    digest = hashlib.sha256(memoryview(body)[:end])
-    if end:
+def _simple_end(body: bytes) -> int:
+    """RFC 6376 §3.4.3: where the simple canonical body's content ends (its empty lines at
+    the end dropped); the canonical body is that content and one CRLF, or CRLF alone."""
+    end = _rstrip_end(body, b"\r\n", len(body))
+    tail = len(body) - end
+    if body.endswith(CRLF * (tail // 2)) and tail % 2 == 0:
+        return end  # always, for a body with CRLF line ends only
+    end = len(body)  # a bare CR or LF among the last bytes: only whole CRLF pairs go
+    while end >= 2 and body[end - 2 : end] == CRLF:
+        end -= 2
+    return end
+
+
+def simple_body(body: bytes) -> bytes:
+    """The simple canonical body (``body`` with CRLF line endings)."""
+    return body[: _simple_end(body)] + CRLF
+
+
+def body_hash(body: bytes, canonicalization: Literal["relaxed", "simple"] = "relaxed") -> str:
+    """bh= (RFC 6376 §3.7): SHA-256 of the canonical body, hashed in place (no copy of a
+    large body). Only "relaxed" is signed today; "simple" is here for verifying others'."""
+    if canonicalization == "simple":
+        end = _simple_end(body)
+        digest = hashlib.sha256(memoryview(body)[:end])
         digest.update(CRLF)
+    else:
+        body, end = _relaxed(body)
+        digest = hashlib.sha256(memoryview(body)[:end])
+        if end:
+            digest.update(CRLF)
     return base64.b64encode(digest.digest()).decode("ascii")
 
 

@@ -54,10 +54,13 @@ def test_ingest_bench_quick() -> None:
     assert "bare aiohttp (no-op)" in result.stdout
     lines = result.stdout.splitlines()
     rates = [line for line in lines if line.startswith(("c1", "c8"))]
-    # SMTP and HTTP against bare servers, the Receiver against a lean-path aiosmtpd and
-    # against Postfix, at 1 and 8 connections; both with 2 worker processes at 8; then the
-    # growth cases at 8 (50 KB, a deep queue) for SMTP and HTTP.
-    assert len(rates) == 8 + 2 + 4, rates
+    # SMTP and HTTP against bare servers and against bare servers + LPUSH, the Receiver
+    # against a lean-path aiosmtpd and against Postfix, at 1 and 8 connections; both with 2
+    # worker processes at 8; then the growth cases at 8 (50 KB, a deep queue) for SMTP and
+    # HTTP, against both baselines.
+    assert len(rates) == 12 + 2 + 8, rates
+    assert sum("bare aiosmtpd + LPUSH" in line for line in rates) == 4
+    assert sum("bare aiohttp + LPUSH" in line for line in rates) == 4
     assert sum("postfix smtpd (queue)" in line for line in rates) == 2
     assert sum("bare aiosmtpd, lean paths" in line for line in rates) == 2
     assert sum("×2 workers" in line for line in rates) == 2

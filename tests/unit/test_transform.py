@@ -8,6 +8,7 @@ import binascii
 import email
 import email.policy
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -558,3 +559,84 @@ def test_relaxed_body_and_its_hash_agree_with_dkimpy(parts: list[bytes]) -> None
     assert dkim.relaxed_body(body) == reference
     expected = base64.b64encode(hashlib.sha256(reference).digest())
     assert dkim.body_hash(body) == expected.decode()
+
+
+# The body canonicalization before it stripped the end in C (kept as the reference that the
+# current one must match byte for byte), and the RFC's per-line wording taken literally.
+_OLD_WSP = re.compile(rb"[ \t]*\t[ \t]*|  +")
+
+
+def old_relaxed_body(body: bytes) -> bytes:
+    if b"\t" in body or b"  " in body:
+        body = _OLD_WSP.sub(b" ", body)
+    if b" \r\n" in body:
+        body = re.sub(rb" \r\n", b"\r\n", body)
+    end = len(body)
+    while end and body[end - 1] == 0x20:
+        end -= 1
+    while end and body[end - 1] in (0x0D, 0x0A):
+        end -= 1
+    return body[:end] + b"\r\n" if end else b""
+
+
+def per_line_simple_body(body: bytes) -> bytes:
+    """RFC 6376 §3.4.3: empty lines at the end ignored; an empty body is one CRLF."""
+    lines = body.split(b"\r\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    while lines and lines[-1] == b"":
+        lines.pop()
+    return b"".join(line + b"\r\n" for line in lines) or b"\r\n"
+
+
+# Long runs at the end reach past the first window _rstrip_end looks at.
+LONG_PIECES = [*BODY_PIECES, b"\r\n" * 300, b" " * 300, b"\t \t", b"x.y", b"\r\n.\r\n"]
+
+
+@given(st.lists(st.sampled_from(LONG_PIECES), max_size=30))
+def test_canonical_bodies_match_the_old_code_the_rfc_and_dkimpy(parts: list[bytes]) -> None:
+    from dkim.canonicalization import Relaxed, Simple
+
+    body = b"".join(parts)
+    sent = body if body.endswith(b"\r\n") or not body else body + b"\r\n"
+    relaxed = dkim.relaxed_body(sent)
+    assert relaxed == old_relaxed_body(sent) == Relaxed.canonicalize_body(sent)
+    assert dkim.relaxed_body(body) == old_relaxed_body(body)
+    simple = dkim.simple_body(sent)
+    assert simple == per_line_simple_body(sent)
+    # dkimpy's Simple leaves an empty body empty; RFC 6376 §3.4.3 makes it one CRLF.
+    assert simple == (Simple.canonicalize_body(sent) or b"\r\n")
+    for canon, expected in (("relaxed", relaxed), ("simple", simple)):
+        digest = base64.b64encode(hashlib.sha256(expected).digest()).decode()
+        assert dkim.body_hash(sent, canon) == digest  # type: ignore[arg-type]
+
+
+def test_simple_body_keeps_a_bare_line_end_before_the_empty_lines() -> None:
+    assert dkim.simple_body(b"a\r\n\n\r\n\r\n") == b"a\r\n\n\r\n"
+    assert dkim.simple_body(b"") == dkim.simple_body(b"\r\n\r\n") == b"\r\n"
+    big = b"line  with\tspace \r\n" * 40_000 + b"\r\n" * 5000
+    assert dkim.relaxed_body(big) == old_relaxed_body(big)
+    assert (
+        dkim.body_hash(big, "simple")
+        == base64.b64encode(hashlib.sha256(per_line_simple_body(big)).digest()).decode()
+    )
+
+
+def old_relaxed_header(name: str, raw_value: bytes) -> bytes:
+    if b"\r" in raw_value or b"\t" in raw_value or b"  " in raw_value:
+        raw_value = re.sub(rb"[ \t]+", b" ", raw_value.replace(b"\r\n", b""))
+    return name.lower().encode("ascii") + b":" + raw_value.strip(b" ") + b"\r\n"
+
+
+@given(
+    st.lists(st.sampled_from([b"a", b" ", b"\t", b"\r\n ", b"\r\n\t", b"\r", b"x y"]), max_size=20)
+)
+def test_relaxed_header_matches_the_old_code_and_dkimpy(parts: list[bytes]) -> None:
+    from dkim.canonicalization import Relaxed
+
+    for raw in (b"".join(parts), b"".join(parts) + b"\r\n"):
+        ours = dkim.relaxed_header("Sub-Ject", raw)
+        assert ours == old_relaxed_header("Sub-Ject", raw)
+        if b"\r" not in raw.replace(b"\r\n", b""):
+            ((name, value),) = Relaxed.canonicalize_headers([(b"Sub-Ject", raw)])
+            assert ours == name + b":" + value
