@@ -6,8 +6,8 @@ the remote MTA would send them, and the webhook inbox's events are scored.
 For each corpus entry a message with a fresh X-Uuid goes in through HttpReceiver to the
 entry's recipients; once the sink MX has received every copy, the corpus message goes to
 MxServer over SMTP with ``MAIL FROM:<>`` and ``RCPT TO:<that copy's return path>``. Spam
-reports also go, as a second message, to the abuse address with our copy's Return-Path and
-Message-ID in the quoted original. Forgeries: every bounce also goes to a made-up
+reports also go, as a second message, to the abuse address with our copy's Return-Path in
+the quoted original. Forgeries: every bounce also goes to a made-up
 tagged-looking address (must be refused at RCPT) and, for a third message, to the real
 return path with the recipient replaced by another address (must give no event). Scoring:
 :mod:`bench.feedbackplan`.

@@ -145,7 +145,7 @@ def replace_address(data: bytes, old: str, new: str) -> bytes:
     return pattern.sub(new.encode(), out)
 
 
-_OURS = ("message-id", "return-path")
+_OURS = ("return-path",)
 
 
 def _quote_headers(text: str, ours: str) -> str:
@@ -162,9 +162,9 @@ def _quote_headers(text: str, ours: str) -> str:
 
 def quote_ours(data: bytes, return_path: str) -> bytes | None:
     """An ARF report as a provider sends it about our copy: the embedded original (RFC 5965
-    §2 part 3, message/rfc822 or text/rfc822-headers) carries our copy's Return-Path and
-    Message-ID (the Transformer makes the Message-ID the tagged return path). None when the
-    report embeds no original."""
+    §2 part 3, message/rfc822 or text/rfc822-headers) carries our copy's Return-Path (added
+    at final delivery, RFC 5321 §4.4; the Message-ID is never proof). None when the report
+    embeds no original."""
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
     found = False
     for part in msg.walk():
@@ -173,15 +173,13 @@ def quote_ours(data: bytes, return_path: str) -> bytes | None:
         if kind == "message/rfc822" and isinstance(payload, list) and payload:
             inner = payload[0]
             assert isinstance(inner, Message)
-            for name in ("Message-ID", "Return-Path"):
-                del inner[name]
+            del inner["Return-Path"]
             inner["Return-Path"] = f"<{return_path}>"
-            inner["Message-ID"] = f"<{return_path}>"
             found = True
         elif kind == "text/rfc822-headers":
             raw = part.get_payload(decode=True)
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
-            ours = f"Return-Path: <{return_path}>\r\nMessage-ID: <{return_path}>\r\n"
+            ours = f"Return-Path: <{return_path}>\r\n"
             del part["Content-Transfer-Encoding"]
             part.set_payload(_quote_headers(text, ours))
             found = True

@@ -12,7 +12,8 @@ What it does (docs/ARCHITECTURE.md#messages-and-headers):
   for an https unsubscribe URL, RFC 8058) and three headers of its own, all minted by
   ``manycore_common.feedbacktag`` for that recipient:
   ``X-ReturnPathIb: <return path>`` (PostfixLog's MAIL FROM, removed before sending),
-  ``Message-ID: <return path>`` and the ``{{unsubscribe-address}}`` placeholder;
+  ``Message-ID`` (a tag of its own kind, never proof: ``feedbacktag``) and the
+  ``{{unsubscribe-address}}`` placeholder;
 * signs every copy with DKIM last: Ed25519 (when configured) and RSA. The body is the same
   in every copy, so its hash is computed once; only the header sets are signed n times.
 """
@@ -138,7 +139,7 @@ class Copy:
     it once, and it is copied only into each queue item)."""
 
     rcpt: str
-    #: The tagged envelope sender (VERP), also in the copy's X-ReturnPathIb and Message-ID.
+    #: The tagged envelope sender (VERP), also in the copy's X-ReturnPathIb.
     return_path: str
     #: The header fields and the empty line that ends them.
     head: bytes
@@ -302,9 +303,12 @@ def _copy(message: _Message, body_hash: str, rcpt: str, settings: Settings, now:
     )
     fields = [
         make_field("X-ReturnPathIb", return_path),
-        # The tagged address again: a report that quotes only the headers of the original
-        # (ARF, RFC 5965) still names the message and the recipient.
-        make_field("Message-ID", f"<{return_path}>"),
+        # Unique per copy, and a tag of the "message" kind: replies copy it into References
+        # (RFC 5322 §3.6.4), so it must never be proof of anything about this recipient.
+        make_field(
+            "Message-ID",
+            f"<{feedbacktag.make_address(key, 'message', uuid, rcpt, domain, stream_id)}>",
+        ),
         *message.common,
     ]
     for name, template in settings.inject:

@@ -8,7 +8,8 @@ their own return path learns nothing that speaks for anybody else, because the t
 to their address too.
 
     local part  = <kind><uuid>.<blob>          at most 64 octets (RFC 5321 §4.5.3.1.1)
-    kind        = "b" (bounces: envelope sender, Message-ID) | "u" (unsubscribe mailto)
+    kind        = "b" (bounces: the envelope sender) | "u" (unsubscribe mailto)
+                | "m" (the Message-ID's left part: never proof, see below)
     uuid        = the message's X-Uuid, 1-36 of [a-z0-9-] (an RFC 4122 UUID fits)
     blob        = base32 (RFC 4648 §6, lower case, no padding) of 16 octets:
                   fingerprint(4) | stream(4) | mac(8)
@@ -20,6 +21,12 @@ to their address too.
 parts they hand back (RFC 5321 says they should not; some do). The stream id itself does not
 fit, so the Transformer records ``stream hash → stream id`` once per stream id (not per
 message) under :data:`STREAMS_KEY`.
+
+The Message-ID is a tag of its own kind because replies copy it into In-Reply-To and
+References (RFC 5322 §3.6.4), where every other recipient of a reply-all can read it: were it
+the return path, they could send a report about this recipient. Only "b" and "u" tags are
+proof (:data:`PROOF_KINDS`); the kind is inside the MAC, so an "m" tag cannot be turned into
+one. The envelope sender and the List-Unsubscribe header stay in the recipient's own copy.
 
 Verification is stateless: :func:`read_local_part` checks the MAC with each configured key
 (the current one first, then those being retired, so a return path of a message still in a
@@ -39,7 +46,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-Kind = Literal["bounce", "unsub"]
+Kind = Literal["bounce", "unsub", "message"]
+#: The kinds that prove a report: accepted at RCPT and believed in a quoted original.
+PROOF_KINDS: frozenset[Kind] = frozenset({"bounce", "unsub"})
 
 #: The longest X-Uuid the receivers accept: what is left of 64 octets after kind, dot, blob.
 MAX_UUID_LENGTH = 36
@@ -48,33 +57,53 @@ UUID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,34}[a-z0-9])?")
 #: Redis hash: stream hash (8 hex digits) → X-Stream-Id. One field per stream id ever used.
 STREAMS_KEY = "MANYCORE-FEEDBACK-STREAMS"
 
-_PREFIX: dict[Kind, str] = {"bounce": "b", "unsub": "u"}
+_PREFIX: dict[Kind, str] = {"bounce": "b", "unsub": "u", "message": "m"}
 _KIND: dict[str, Kind] = {v: k for k, v in _PREFIX.items()}
 _MAC_LABEL = b"manycore-feedback:1:"
 _RCPT_LABEL = b"manycore-rcpt:"
 _BLOB_CHARS = 26
 _NO_STREAM = b"\0\0\0\0"
-_LOCAL = re.compile(rf"([bu])({UUID_RE.pattern})\.([a-z2-7]{{{_BLOB_CHARS}}})")
+_LOCAL = re.compile(rf"([bum])({UUID_RE.pattern})\.([a-z2-7]{{{_BLOB_CHARS}}})")
 #: A tagged address anywhere in a text (a quoted original, a Message-ID, a report body).
 TAGGED_ADDRESS_RE = re.compile(
-    rf"(?<![\w.+-])([bu][a-z0-9-]{{1,36}}\.[a-z2-7]{{{_BLOB_CHARS}}})@([a-z0-9.-]{{1,253}})",
+    rf"(?<![\w.+-])([bum][a-z0-9-]{{1,36}}\.[a-z2-7]{{{_BLOB_CHARS}}})@([a-z0-9.-]{{1,253}})",
     re.IGNORECASE,
 )
 
 
 def normalize_address(address: str) -> str:
-    """The form a recipient is fingerprinted in: no brackets or blanks, lower case, the
-    domain in its ASCII (IDNA) form, so ``User@Bücher.de`` and ``user@xn--bcher-kva.de``
-    are one recipient."""
+    """The form a recipient is fingerprinted (and suppressed) in: no brackets or blanks,
+    ASCII letters in lower case, at most one trailing dot of the domain dropped, and a
+    non-ASCII domain label in its ASCII (IDNA) form when that form names the same label
+    again, so ``User@Bücher.de`` and ``user@xn--bcher-kva.de`` are one recipient.
+
+    Nothing that another mailbox could be written as is folded into this one: only ASCII
+    case (str.lower() would also fold the Kelvin sign into "k"), and no IDNA 2003 mapping
+    that changes a label (ß → ss, dropped joiners): Postfix delivers those elsewhere."""
     address = address.strip().strip("<>").strip()
     local, at, domain = address.rpartition("@")
     if not at:
-        return address.lower()
-    domain = domain.rstrip(".").lower()
+        return address.translate(_ASCII_LOWER)
+    domain = domain.translate(_ASCII_LOWER)
+    if domain.endswith("."):
+        domain = domain[:-1]
     if not domain.isascii():
-        with contextlib.suppress(UnicodeError):  # not a valid IDN: fingerprint it as it is
-            domain = domain.encode("idna").decode("ascii")
-    return f"{local.lower()}@{domain}"
+        domain = ".".join(_ascii_label(label) for label in domain.split("."))
+    return f"{local.translate(_ASCII_LOWER)}@{domain}"
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _ascii_label(label: str) -> str:
+    """A label's IDNA A-label when it decodes back to the same label, else the label."""
+    if label.isascii():
+        return label
+    with contextlib.suppress(UnicodeError):
+        ascii_label = label.encode("idna").decode("ascii")
+        if ascii_label.encode("ascii").decode("idna") == label:
+            return ascii_label
+    return label
 
 
 def fingerprint(key: bytes, address: str) -> bytes:
@@ -150,14 +179,19 @@ def make_address(
     return f"{make_local_part(key, kind, uuid, rcpt, stream_id)}@{domain}"
 
 
-def read_local_part(keys: Sequence[bytes], local: str) -> Tag | None:
-    """The tag of a local part whose MAC verifies with one of ``keys``, else None."""
+def read_local_part(
+    keys: Sequence[bytes], local: str, kinds: frozenset[Kind] = PROOF_KINDS
+) -> Tag | None:
+    """The tag of a local part of one of ``kinds`` whose MAC verifies with one of ``keys``,
+    else None."""
     if len(local) > 64:
         return None
     match = _LOCAL.fullmatch(local.lower())
     if match is None:
         return None
     prefix, uuid, blob = match.groups()
+    if _KIND[prefix] not in kinds:
+        return None
     try:
         raw = base64.b32decode(blob.upper() + "======")
     except (binascii.Error, ValueError):
@@ -171,19 +205,25 @@ def read_local_part(keys: Sequence[bytes], local: str) -> Tag | None:
     return None
 
 
-def read_address(keys: Sequence[bytes], address: str, domains: Iterable[str]) -> Tag | None:
+def read_address(
+    keys: Sequence[bytes],
+    address: str,
+    domains: Iterable[str],
+    kinds: frozenset[Kind] = PROOF_KINDS,
+) -> Tag | None:
     """The tag of ``local@domain`` when the domain is one of ours and the MAC verifies."""
     local, at, domain = address.strip().strip("<>").rpartition("@")
     if not at or domain.rstrip(".").lower() not in {d.lower() for d in domains}:
         return None
-    return read_local_part(keys, local)
+    return read_local_part(keys, local, kinds)
 
 
 def find_tags(
     keys: Sequence[bytes], text: str, domains: Iterable[str], limit: int = 8
 ) -> list[Tag]:
-    """Distinct verified tags of addresses at our ``domains`` found in ``text`` (a quoted
-    original's Return-Path or Message-ID, say), at most ``limit`` of them. The caller bounds
+    """Distinct verified proof tags (:data:`PROOF_KINDS`) of addresses at our ``domains``
+    found in ``text`` (a quoted original's Return-Path or List-Unsubscribe, an ARF report's
+    Original-Mail-From), at most ``limit`` of them. The caller bounds
     ``text``; the pattern is linear."""
     ours = {d.lower() for d in domains}
     found: list[Tag] = []

@@ -124,7 +124,10 @@ def test_delivered_message_has_the_design_headers(stack: Stack) -> None:
     unsub = feedbacktag.make_address(key, "unsub", "e2eheaders", "reader@example.net", rp, "s5")
     assert record["dkim_ok"] and record["mail_from"] == return_path
     msg = email.message_from_bytes(Path(record["path"]).read_bytes())
-    assert msg["Message-ID"] == f"<{return_path}>"
+    message_id = feedbacktag.make_address(
+        key, "message", "e2eheaders", "reader@example.net", rp, "s5"
+    )
+    assert msg["Message-ID"] == f"<{message_id}>"
     assert msg["Feedback-ID"] == "s5:transactional:example-sender"
     assert msg["List-Unsubscribe"].startswith(f"<mailto:{unsub}>")
     assert "https://mail.example.com/v1/unsubscribe/" in msg["List-Unsubscribe"]

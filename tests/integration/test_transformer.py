@@ -4,6 +4,7 @@ to the Postfix queue, poison to the dead-letter list with an error event."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -65,9 +66,13 @@ def tag_of(item: item_format.Item) -> feedbacktag.Tag:
     """The verified tag of an output item's return path, which its message carries too."""
     return_path = item.header["return_path"]
     assert f"\r\nX-ReturnPathIb: {return_path}\r\n".encode() in item.payload
-    assert f"\r\nMessage-ID: <{return_path}>\r\n".encode() in item.payload
     tag = feedbacktag.read_address(KEYS, return_path, ["bounce.example.com"])
     assert tag is not None and tag.kind == "bounce" and tag.uuid == item.uuid
+    (message_id,) = re.findall(rb"\r\nMessage-ID: <([^>]+)>\r\n", item.payload)
+    mid = feedbacktag.read_address(
+        KEYS, message_id.decode(), ["bounce.example.com"], frozenset({"message"})
+    )
+    assert mid is not None and mid.uuid == item.uuid and mid.fingerprint == tag.fingerprint
     return tag
 
 

@@ -72,3 +72,30 @@ def test_any_accepted_uuid_round_trips(uuid: str, rcpt: str) -> None:
     assert len(local) <= 64
     tag = ft.read_local_part([KEY], local)
     assert tag is not None and tag.uuid == uuid and tag.names(rcpt)
+
+
+def test_a_message_id_tag_is_never_proof() -> None:
+    # Replies copy the Message-ID into References: other recipients of a reply-all see it.
+    local = ft.make_local_part(KEY, "message", "abc", "r@example.com")
+    assert ft.read_local_part([KEY], local) is None
+    assert ft.read_local_part([KEY], "b" + local[1:]) is None  # the kind is inside the MAC
+    tag = ft.read_local_part([KEY], local, frozenset({"message"}))
+    assert tag is not None and tag.kind == "message" and tag.names("r@example.com")
+    text = f"References: <{local}@rp.example.com>\n"
+    assert ft.find_tags([KEY], text, ["rp.example.com"]) == []
+
+
+def test_no_lookalike_folds_into_another_mailbox() -> None:
+    """Only ASCII case and one trailing dot are folded: a Kelvin sign, a second trailing
+    dot, a zero-width joiner or an IDNA 2003 mapping (ß → ss) is another address, which
+    Postfix delivers elsewhere."""
+    real = ft.normalize_address("kevin@strasse.de")
+    for lookalike in (
+        "\u212aevin@strasse.de",
+        "kevin@strasse.de..",
+        "kevin@stra\u200dsse.de",
+        "kevin@straße.de",
+    ):
+        assert ft.normalize_address(lookalike) != real, lookalike
+    assert ft.normalize_address("<KEVIN@Strasse.DE.>") == real
+    assert ft.normalize_address("user@Bücher.de") == "user@xn--bcher-kva.de"

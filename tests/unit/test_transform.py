@@ -121,7 +121,10 @@ def test_golden_headers() -> None:
     )
     unsub = feedbacktag.make_address(KEY, "unsub", "abc123", RCPT, "rp.example.com", "spring-sale")
     assert values_["X-ReturnPathIb"] == return_path
-    assert values_["Message-ID"] == f"<{return_path}>"
+    message_id = feedbacktag.make_address(
+        KEY, "message", "abc123", RCPT, "rp.example.com", "spring-sale"
+    )
+    assert values_["Message-ID"] == f"<{message_id}>"
     assert values_["Date"] == "Fri, 28 Nov 2025 00:33:20 +0000"
     assert values_["X-Mailer"] == "Manycore-Mail"
     assert values_["Feedback-ID"] == "spring-sale:transactional:shop"
@@ -281,7 +284,8 @@ def test_one_copy_per_recipient_each_with_its_own_tagged_addresses(tmp_path: Pat
         (return_path,) = values(fields, "X-ReturnPathIb")
         (unsub,) = values(fields, "List-Unsubscribe")
         assert return_path == copy.return_path and len(return_path.partition("@")[0]) == 64
-        assert values(fields, "Message-ID") == [f"<{return_path}>"]
+        (message_id,) = values(fields, "Message-ID")
+        assert message_id.startswith("<m") and message_id != f"<{return_path}>"
         tag = feedbacktag.read_address([KEY], return_path, ["rp.example.com"])
         assert tag is not None and (tag.kind, tag.uuid) == ("bounce", uuid)
         assert tag.names(copy.rcpt) and not tag.names(other.rcpt)
