@@ -7,13 +7,16 @@ longest line, dot-unstuffing, RFC 5321 §4.5.2) are done on whole pieces: the wo
 is a few steps per 64 KiB, whatever its lines look like.
 
 Same contract as aiosmtpd's: lines end with CRLF, a line over the length limit or a message
-over the size limit is read to its end and then refused.
+over the size limit is read to its end and then refused. Only the first ``keep_bytes`` are
+kept in memory (the rest is checked and counted, then dropped): nothing after them is read
+by the classifier or stored, and 50 connections sending 10 MB each would otherwise hold
+500 MB of one replica.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 END = b"\r\n.\r\n"
@@ -25,6 +28,8 @@ class DataResult:
 
     content: bytes
     refused: Literal["too-long", "too-much"] | None = None
+    #: Octets of the whole message as received (``content`` may be its first part only).
+    size: int = field(default=0, compare=False)
 
 
 def longest_line_over(data: bytes, limit: int) -> bool:
@@ -65,15 +70,17 @@ class _Checker:
 
 
 async def read_data(
-    reader: asyncio.StreamReader, size_limit: int, line_limit: int
+    reader: asyncio.StreamReader, size_limit: int, line_limit: int, keep_bytes: int = 0
 ) -> DataResult | None:
-    """The message after a 354, or None when the client went away before the end."""
+    """The message after a 354 (its first ``keep_bytes`` octets, or all with 0), or None
+    when the client went away before the end."""
     # The line "." ends the data even as its first line: search behind a CRLF that stands for
     # the end of the DATA command line. (asyncio has no unread; aiosmtpd, too, reaches into
     # this buffer for STARTTLS.)
     reader._buffer[0:0] = b"\r\n"  # type: ignore[attr-defined]
     checker = _Checker(size_limit, line_limit)
     pieces: list[bytes] = []
+    room = keep_bytes or -1  # octets still kept; -1: no limit
     first = True
     while True:
         try:
@@ -89,15 +96,18 @@ async def read_data(
         if done:
             piece = piece[:-3]  # the "." CRLF; the CRLF before it ends the last line
         checker.add(piece)
-        if checker.refused is None:
-            pieces.append(piece)
-        else:
+        if checker.refused is not None:
             pieces.clear()
+        elif room < 0:
+            pieces.append(piece)
+        elif room > 0:
+            pieces.append(piece[:room])
+            room -= len(pieces[-1])
         if done:
             break
     if checker.refused is not None:
-        return DataResult(b"", checker.refused)
+        return DataResult(b"", checker.refused, checker.size)
     # RFC 5321 §4.5.2: the sender doubled every dot that starts a line.
     content = b"".join(pieces)
     unstuffed = (b"\r\n" + content).replace(b"\r\n.", b"\r\n")[2:]
-    return DataResult(unstuffed)
+    return DataResult(unstuffed, None, checker.size)

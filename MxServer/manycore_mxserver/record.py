@@ -218,8 +218,8 @@ class Recorder:
                 "rcpts": [r[:320] for r in rcpts[: self.max_rcpts]] or None,
                 "rcpt_count": len(rcpts) if len(rcpts) > self.max_rcpts else None,
                 "note": note[:1024] or None,
-                "truncated": len(data) > self.max_bytes or None,
-                "bytes": len(data),
+                "truncated": int(envelope.get("bytes", len(data))) > self.max_bytes or None,
+                "bytes": int(envelope.get("bytes", len(data))),
             },
         )
         pipe = self.redis.pipeline(transaction=True)

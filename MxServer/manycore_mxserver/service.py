@@ -137,6 +137,9 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         return MxSMTP(
             handler,
             limits,
+            # What the classifier, the tag search and the unclassified list can read; one
+            # octet more tells that a message was cut.
+            max(limits.scan_bytes, section.unclassified.max_bytes) + 1,
             hostname=prepared.hostname,
             ident="Manycore-Mail MxServer",
             tls_context=prepared.tls_context,

@@ -75,6 +75,8 @@ class TaggedEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.tags: list[Tag] = []
+        #: Octets of the message as received; ``original_content`` keeps the first part.
+        self.data_size = 0
 
 
 def reverse_path(mail_from: str | None) -> str:
@@ -118,12 +120,15 @@ class MxSMTP(SMTP):
     """aiosmtpd's SMTP with replies that carry RFC 3463 enhanced codes, longer lines, and
     limits on commands per session and connections per client address."""
 
-    def __init__(self, handler: Handler, limits: MxServerLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: Handler, limits: MxServerLimits, keep_bytes: int = 0, **kwargs: Any
+    ) -> None:
         # aiosmtpd sizes its stream reader with this; command lines stay at 512 octets (its
         # command_size_limit) and DATA lines up to this (dataread).
         self.line_length_limit = limits.max_line_length
         super().__init__(handler, **kwargs)
         self._size_limit = int(kwargs.get("data_size_limit") or 0)
+        self._keep_bytes = keep_bytes
         self._connections = handler.connections
         self._commands_left = limits.max_commands_per_session
         self._smtp_methods = {
@@ -165,7 +170,7 @@ class MxSMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             result = await read_data(
-                self._reader, self.data_size_limit or 0, self.line_length_limit
+                self._reader, self.data_size_limit or 0, self.line_length_limit, self._keep_bytes
             )
         except asyncio.CancelledError:
             self._writer.close()  # the connection is gone: nothing more to say
@@ -182,6 +187,8 @@ class MxSMTP(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         self.envelope.content = self.envelope.original_content = result.content
+        if isinstance(self.envelope, TaggedEnvelope):
+            self.envelope.data_size = result.size
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
@@ -288,8 +295,9 @@ class Handler:
             result = Analysis(Classification("unclassified", note=f"classification {result}"), ())
         uuid = tags[0].uuid if tags else None
         try:
+            size = envelope.data_size if isinstance(envelope, TaggedEnvelope) else len(data)
             kind = await self.recorder.record(
-                result, data, {"mail_from": mail_from, "rcpts": list(rcpts)}, uuid
+                result, data, {"mail_from": mail_from, "rcpts": list(rcpts), "bytes": size}, uuid
             )
         except (RedisError, OSError) as exc:
             REFUSED.labels("redis-unavailable").inc()

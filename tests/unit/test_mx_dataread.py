@@ -14,13 +14,15 @@ from manycore_mxserver.dataread import DataResult, longest_line_over, read_data
 LIMIT = 2048
 
 
-async def _read(chunks: list[bytes], size_limit: int, eof: bool) -> tuple[DataResult | None, bytes]:
+async def _read(
+    chunks: list[bytes], size_limit: int, eof: bool, keep: int = 0
+) -> tuple[DataResult | None, bytes]:
     reader = asyncio.StreamReader(limit=LIMIT)
     for chunk in chunks:
         reader.feed_data(chunk)
     if eof:
         reader.feed_eof()
-    result = await read_data(reader, size_limit, LIMIT)
+    result = await read_data(reader, size_limit, LIMIT, keep)
     if eof:
         return result, b""
     reader.feed_eof()  # what is left is what the command loop would read next
@@ -28,9 +30,9 @@ async def _read(chunks: list[bytes], size_limit: int, eof: bool) -> tuple[DataRe
 
 
 def read(
-    chunks: list[bytes], size_limit: int = 0, eof: bool = False
+    chunks: list[bytes], size_limit: int = 0, eof: bool = False, keep: int = 0
 ) -> tuple[DataResult | None, bytes]:
-    return asyncio.run(_read(chunks, size_limit, eof))
+    return asyncio.run(_read(chunks, size_limit, eof, keep))
 
 
 def reference(wire: bytes) -> bytes:
@@ -83,3 +85,17 @@ def test_agrees_with_a_line_by_line_reading(lines: list[bytes], cuts: list[int])
     result, rest = read([c for c in chunks if c])
     assert result is not None and result.content == reference(wire), wire
     assert rest == b"RSET\r\n"
+
+
+def test_only_the_first_keep_bytes_are_kept_but_all_are_checked() -> None:
+    body = b"".join(b"line %06d of the message\r\n" % i for i in range(40_000))  # ~1 MB
+    wire = b"Subject: big\r\n\r\n" + body + b".\r\nQUIT\r\n"
+    chunks = [wire[i : i + 4096] for i in range(0, len(wire), 4096)]
+    result, rest = read(chunks, keep=10_000)
+    assert result is not None and result.refused is None
+    assert len(result.content) == 10_000 and result.size == len(wire) - len(b".\r\nQUIT\r\n")
+    assert result.content == (b"Subject: big\r\n\r\n" + body)[:10_000]
+    assert rest == b"QUIT\r\n"
+    # The limits still see the whole message.
+    result, _ = read(chunks, size_limit=100_000, keep=10_000)
+    assert result is not None and result.refused == "too-much"
