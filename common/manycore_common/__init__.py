@@ -29,10 +29,15 @@ Front doors (Receiver, HttpReceiver) and the SMTP services:
     ``smtpserver``    what Receiver and MxServer share around aiosmtpd
     ``smtpreplies``   enhanced status codes for aiosmtpd's own replies
 
-Feedback:
+Feedback and the suppression list:
     ``feedbacktag``   per-recipient return paths and unsubscribe addresses with HMAC tags
     ``unsubscribe``   one-click unsubscribe tokens (RFC 8058)
     ``bounce_rules``  status code and reply text → bounce category (PostfixLog and MxServer)
+    ``suppression``   the list's entries and keys (pure)
+    ``suppressionstore``  its Lua: entries written with the events that cause them
+    ``suppressionpolicy``  which events suppress whom, for how long
+    ``suppressionmetrics``  its counters and size gauge
+    ``suppressioncli``  ``manycore-suppressions``
 
 DNS:
     ``dnsrecords``    the records a config needs (pure)
