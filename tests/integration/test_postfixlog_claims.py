@@ -164,6 +164,9 @@ def test_an_item_whose_check_fails_goes_back_to_the_queue(
         assert event["event"] == "delivered"
 
 
+# A claim whose reply the stall swallowed is held until it expires (CLAIM_SECONDS): the item
+# waits that long, then goes, so the test may take two minutes more than the stall.
+@pytest.mark.timeout(420)
 def test_a_redis_stall_under_two_instances_delivers_each_message_once(
     tmp_path: Path, flushed: int, sink: Sink, redis_server: RedisServer
 ) -> None:
@@ -195,7 +198,11 @@ def test_a_redis_stall_under_two_instances_delivers_each_message_once(
         finally:
             redis_server.process.send_signal(signal.SIGCONT)
         assert delivered() < n, "the stall came too late to prove anything"
-        wait_for(lambda: delivered() == n, timeout=120, what="every message delivered")
+        wait_for(
+            lambda: delivered() == n,
+            timeout=CLAIM_SECONDS + 120,
+            what="every message delivered",
+        )
         wait_for(
             lambda: env_a.redis.llen(INCOMING) == 0 and env_a.held() == 0,
             timeout=60,
