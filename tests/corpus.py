@@ -24,29 +24,13 @@ from typing import Any
 
 import yaml
 
+from manycore_common import bounce_rules
 from manycore_mxserver.classify import Envelope, Settings, classify
 
 CORPUS = Path(__file__).parent / "fixtures" / "bounces" / "corpus"
 KINDS = frozenset({"bounce", "delayed", "autoreply", "spam-report"})
-#: The closed taxonomy of failure categories (issue 16, item 2).
-CATEGORIES = frozenset(
-    {
-        "invalid-recipient",
-        "mailbox-unavailable",
-        "dns",
-        "routing",
-        "mailbox-full",
-        "message-size",
-        "policy",
-        "spam-block",
-        "rate-limited",
-        "expired",
-        "system-error",
-        "connection",
-        "content",
-        "other",
-    }
-)
+#: The closed taxonomy of failure categories (issue 16, item 2): the labels use it too.
+CATEGORIES = frozenset(bounce_rules.CATEGORIES)
 #: Every message arrives as a DSN to a return path would: null sender, one recipient.
 ENVELOPE = Envelope(mail_from="", rcpts=("bounce@bounce.example.com",))
 
