@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,18 +35,12 @@ import yaml
 from aiohttp import web
 from redis import Redis
 
-from bench.common import Row, table, write
+from bench.common import Row, free_port, table, write
 from manycore_common import events
 
 LOOPBACK = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_SIZE = 50
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check: object, timeout: float, what: str) -> None:

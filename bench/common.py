@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from devstack.stack import free_port as free_port  # re-exported for the benchmarks
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"  # benchmarks talk to nothing else
@@ -30,12 +32,6 @@ def binary(name: str) -> str:
     if path is None:
         raise bench_fail(f"{name} is not installed (make test installs it with apt)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def port_open(port: int) -> bool:

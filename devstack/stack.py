@@ -65,6 +65,10 @@ def _ephemeral_ports() -> tuple[int, int]:
         return 32768, 60999  # Linux's default
 
 
+# Every port this process handed out, so no two callers get the same one.
+_ISSUED: set[int] = set()
+
+
 def free_port_base(width: int = 20, tries: int = 100) -> int:
     """A base port with nothing listening on it or the ``width - 1`` ports above it, for a
     second stack beside others (the tests and benchmarks). Chosen below the kernel's
@@ -75,8 +79,32 @@ def free_port_base(width: int = 20, tries: int = 100) -> int:
     for _ in range(tries):
         base = random.randrange(10_000, top)
         if not any(port_open(base + i) for i in range(width)):
+            _ISSUED.update(range(base, base + width))
             return base
     raise StartError(f"no {width} free ports in a row below {low}")
+
+
+def free_port(tries: int = 200) -> int:
+    """A loopback port nothing listens on, never one this process already handed out.
+
+    Chosen below the kernel's ephemeral range, like ``free_port_base``: binding port 0 draws
+    from that range, so two calls can return the same port (once in a few hundred for a
+    dozen ports: a benchmark once started its bare SMTP server on its own metrics port), and
+    an outgoing connection may take the port before the server binds it."""
+    low, _ = _ephemeral_ports()
+    top = max(10_001, low)
+    for _ in range(tries):
+        port = random.randrange(10_000, top)
+        if port in _ISSUED:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _ISSUED.add(port)
+        return port
+    raise StartError(f"no free port below {low} after {tries} tries")
 
 
 def ready(url: str) -> bool:

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from devstack.stack import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 GLOBAL_EXAMPLE = ROOT / "inboxbooster-mailer-global.yaml.example"
 CUSTOMER_EXAMPLE = ROOT / "inboxbooster-mailer-customer.yaml.example"
@@ -35,12 +37,6 @@ def require_binary(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed (make test installs it with apt)", pytrace=False)
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(
