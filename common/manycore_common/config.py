@@ -568,6 +568,14 @@ class MxServerLimits(Section):
     #: Open connections from one client (an IPv4 address, an IPv6 /64); one more gets 421 4.7.0
     #: at once. 50 is Postfix's smtpd_client_connection_count_limit.
     max_connections_per_ip: int = Field(default=50, ge=1)
+    #: Open connections in all; one more gets 421 4.3.2 at once. What bounds the listener
+    #: against many addresses at once, each under its own limit.
+    max_connections: int = Field(default=1000, ge=1)
+    #: Messages being read, classified or recorded at once (from DATA to its reply); one more
+    #: gets 451 4.3.2 before anything is read (RFC 3463 4.3.2: system not accepting network
+    #: messages), and the sending MTA retries. Each holds up to scan-bytes in memory and waits
+    #: for a classifier worker, so this bounds both.
+    max_messages_in_flight: int = Field(default=64, ge=1)
     #: Longest line (octets, CRLF included) in DATA or a command line buffered before it is
     #: refused with 500 5.5.2. Postfix accepts and folds lines past 2048; real bounces from
     #: Amazon SES and GMX carry 1,030 to 1,250 octets (RFC 5321 §4.5.3.1.6 says 1000).

@@ -225,8 +225,11 @@ def test_rate_limit(tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
         data = plain("a@b.example", unsub)
         assert deliver(service, "a@b.example", [unsub], data)[0] == 250
         assert deliver(service, "a@b.example", [unsub], data)[0] == 250
-        code, reply = deliver(service, "a@b.example", [unsub], data)
-        assert code == 450 and reply.startswith(b"4.7.1")
+        # Refused at the DATA command, before 354: none of the message is read.
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            deliver(service, "a@b.example", [unsub], data)
+        assert refused.value.smtp_code == 450
+        assert refused.value.smtp_error.startswith(b"4.7.1")
 
 
 def test_redis_down_means_451(tmp_path: Path) -> None:
