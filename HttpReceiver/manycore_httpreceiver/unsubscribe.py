@@ -26,7 +26,7 @@ from aiohttp import web
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from manycore_common import events
+from manycore_common import events, keyspace
 from manycore_common.queue import ReliableQueue
 from manycore_common.unsubscribe import Token, read_token
 
@@ -151,7 +151,7 @@ async def one_click(request: web.Request) -> web.Response:
             settings.event_queue,
             event,
             source="httpreceiver",
-            once_key=f"unsubscribed:{uuid}",
+            once_key=keyspace.current().once("unsubscribe", uuid),
             ttl=max(ONCE_SECONDS, int(settings.max_age_seconds)),
         )
     except (RedisError, OSError) as exc:
