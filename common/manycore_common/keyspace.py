@@ -146,6 +146,10 @@ class Keyspace:
         head = f"{self.prefix}{_ONCE[kind]}:{uuid}"
         return head if fingerprint is None else f"{head}:{fingerprint}"
 
+    def untimed_since(self) -> str:
+        """Unix time HttpReceiver first saw an unsubscribe token without an issue time."""
+        return f"{self.prefix}unsubscribe:untimed-since"
+
     def feedback_streams(self) -> str:
         """Stream hash → stream id (``manycore_common.feedbacktag``)."""
         return self.prefix + _FEEDBACK_STREAMS
@@ -187,6 +191,7 @@ class Keyspace:
         out["trace"] = [p + "trace:*"]
         out["suppression"] = [p + "supp:*"]
         out["once"] = [p + v + ":*" for v in _ONCE.values()]
+        out["untimed-since"] = [_glob(self.untimed_since())]
         out["feedback-streams"] = [_glob(self.feedback_streams())]
         out["unclassified"] = [_glob(self.unclassified())]
         out["postfixlog"] = [p + "postfixlog:*"]

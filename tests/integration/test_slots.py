@@ -31,6 +31,7 @@ from manycore_common import suppression as s
 from manycore_common.idempotency import claim_for
 from manycore_common.queue import ReliableQueue, wait_for_doorbells
 from manycore_common.suppressionstore import Op, SuppressionStore, emit_once_suppressing
+from manycore_httpreceiver import unsubscribe
 from manycore_postfixlog.state import Deferral, Held, Message, State
 from manycore_transformer.streams import StreamRegistry
 from tests.helpers import LOOPBACK, RedisServer, wait_for
@@ -259,6 +260,7 @@ async def drive_suppression_and_events(redis: Redis) -> None:
     await trace.write(redis, settings, [("u4", trace.entry("queued", "test"))])
     assert await trace.read(redis, "u4")
     assert await StreamRegistry(redis).ensure(["spring-sale"]) == []
+    assert await unsubscribe._untimed_since(unsubscribe.Unsubscribe(b"k", event_queue), NOW)
 
 
 # ---------------------------------------------------------------------------- the tests
