@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -34,7 +35,10 @@ from manycore_common.suppressionstore import Op, SuppressionStore, emit_once_sup
 from manycore_httpreceiver import unsubscribe
 from manycore_postfixlog.state import Deferral, Held, Message, State
 from manycore_transformer.streams import StreamRegistry
-from tests.helpers import LOOPBACK, RedisServer, wait_for
+from tests.helpers import LOOPBACK, RedisServer, Service, running, wait_for
+from tests.integration.conftest import build_message
+from tests.integration.test_httpreceiver import http_service, post
+from tests.integration.test_transformer import transformer_service
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ["common/manycore_common"] + [
@@ -315,3 +319,30 @@ async def test_without_a_prefix_a_queues_keys_share_its_slot(redis: Redis, calls
     assert len(queue_scripts) > 10
     for _, keys in queue_scripts:
         assert len({slot(k) for k in keys}) == 1, keys
+
+
+def with_prefix(service: Service, prefix: str) -> Service:
+    data = yaml.safe_load(service.global_file.read_text())
+    data["reliable-queue"]["key-prefix"] = prefix
+    service.global_file.write_text(yaml.safe_dump(data))
+    return service
+
+
+def test_services_with_a_prefix_write_only_its_slot(
+    tmp_path: Path, cluster_node: RedisServer
+) -> None:
+    """The real HttpReceiver and Transformer, configured with ``key-prefix: "{mc}"``, on the
+    Cluster node: a message goes through, and every key they wrote carries the prefix."""
+    client = SyncRedis(host=LOOPBACK, port=cluster_node.port)
+    client.flushall()
+    api = with_prefix(http_service(tmp_path / "http", cluster_node.port), "{mc}")
+    transformer = with_prefix(transformer_service(tmp_path / "tr", cluster_node.port), "{mc}")
+    with running(api), running(transformer):
+        status, _, answer = post(api, build_message("pfx1", stream_id="spring"))
+        assert status == 200, answer
+        wait_for(lambda: client.llen("{mc}INCOMING-TO-POSTFIX") == 3, what="three copies")
+    stored = [k.decode() for k in client.keys("*")]
+    assert {"{mc}MANYCORE-FEEDBACK-STREAMS", "{mc}trace:pfx1"} <= set(stored)
+    assert any(k.startswith("{mc}idem:") for k in stored)
+    assert all(k.startswith("{mc}") for k in stored), stored
+    client.close()
