@@ -154,9 +154,11 @@ return removed
 """
 
 
-def bucket_range(scope: str, first: int, most: int) -> list[str]:
-    """The keys of ``scope``'s buckets ``first`` .. (at most ``most`` of them)."""
-    return [s.bucket_name(scope, b) for b in range(first, min(s.BUCKETS, first + most))]
+def bucket_range(scope: str, first: int, most: int) -> list[bytes]:
+    """The keys of ``scope``'s buckets ``first`` .. (at most ``most`` of them), as bytes:
+    a listing passes thousands, and redis-py encodes a str argument on every call."""
+    head = s.bucket_name(scope, 0)[:-4].encode()  # the names differ only in their last four
+    return [head + b"%04x" % b for b in range(first, min(s.BUCKETS, first + most))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +269,7 @@ class SuppressionStore:
         until then); several short script calls. Returns how many were removed."""
         removed = 0
         for first in range(0, s.BUCKETS, max_buckets):
-            keys = [s.size_key(), *bucket_range(scope, first, max_buckets)]
+            keys: list[str | bytes] = [s.size_key(), *bucket_range(scope, first, max_buckets)]
             removed += int(await self._purge(keys=keys, args=[scope, int(now)]))
         return removed
 
