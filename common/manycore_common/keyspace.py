@@ -203,7 +203,7 @@ def legacy_queue_keys(name: str) -> dict[str, str]:
     """The keys of the configured queue ``name`` as the previous release named them (no
     hash tag, no prefix); the reaper moves what it finds there (``ReliableQueue.reap``).
     ``processing`` is the prefix of its processing lists."""
-    return {s: f"{name}:{s}" for s in ("consumers", "holders", "dead")} | {
+    return {s: f"{name}:{s}" for s in ("consumers", "holders", "dead", "doorbell")} | {
         "queue": name,
         "processing": f"{name}:processing:",
     }

@@ -707,7 +707,7 @@ class ReliableQueue:
         did. Costs one round trip when there is nothing (the usual case). These scripts span
         slots: they only find keys to move on the single Redis an older release ran on."""
         old = self.legacy
-        probes = [old["consumers"], old["holders"], old["dead"]]
+        probes = [old["consumers"], old["holders"], old["doorbell"], old["dead"]]
         if old["queue"] != self.name:
             probes.append(old["queue"])
         pipe = self.redis.pipeline(transaction=False)
@@ -719,8 +719,11 @@ class ReliableQueue:
             result = await self._reap_registry(
                 old["consumers"], old["holders"], lambda consumer: old["processing"] + consumer
             )
+        if found[old["doorbell"]]:
+            # A wake-up token nobody waits on any more.
+            await self.redis.delete(old["doorbell"])
         moved = 0
-        for key in probes[2:]:
+        for key in probes[3:]:
             while found[key]:
                 n = int(await self._move_legacy(keys=[key, self._legacy_target(key)], args=[1000]))
                 moved, found[key] = moved + n, n == 1000

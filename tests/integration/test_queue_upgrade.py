@@ -30,6 +30,7 @@ async def test_reaper_moves_what_the_previous_release_left(redis: Redis) -> None
     await redis.lpush("Q:processing:old-live", items[2])
     await redis.lpush("Q:processing:old-gone", items[3], items[4])
     await redis.lpush("Q:processing:unregistered", items[5])
+    await redis.lpush("Q:doorbell", b"1")
     queue = ReliableQueue(redis, "Q", heartbeat_timeout=0.2)
     assert queue.dead_key == "{Q}:dead"
     await queue.push(items[6])

@@ -96,6 +96,7 @@ def test_legacy_names() -> None:
         "consumers": "Q:consumers",
         "holders": "Q:holders",
         "dead": "Q:dead",
+        "doorbell": "Q:doorbell",
         "queue": "Q",
         "processing": "Q:processing:",
     }
