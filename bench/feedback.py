@@ -56,8 +56,7 @@ from bench.feedbackplan import (
     score,
     sends,
 )
-from manycore_common import feedbacktag, item
-from manycore_mxserver.service import UNCLASSIFIED_KEY
+from manycore_common import feedbacktag, item, keyspace
 from tests.corpus import Entry, load
 from tests.e2e.stack import Stack, stack_dir, wait_until
 from tests.helpers import LOOPBACK
@@ -193,7 +192,7 @@ def unclassified(stack: Stack) -> list[item.Item]:
     password = (stack.workdir / "configs" / "redis-password").read_text().strip()
     client = Redis(host=LOOPBACK, port=stack.base, username="manycore", password=password)
     try:
-        raws: list[bytes] = client.lrange(UNCLASSIFIED_KEY, 0, -1)  # type: ignore[assignment]
+        raws: list[bytes] = client.lrange(keyspace.current().unclassified(), 0, -1)  # type: ignore[assignment]
         return [item.decode(raw) for raw in raws]
     finally:
         client.close()

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from redis import Redis as SyncRedis
 
-from manycore_common import feedbacktag
+from manycore_common import feedbacktag, keyspace
 from manycore_common import item as item_format
 from tests.helpers import CUSTOMER_EXAMPLE, FEEDBACK_SECRET, LOOPBACK
 
@@ -31,7 +31,9 @@ def tag(
 
 def register_stream(client: SyncRedis, stream_id: str) -> None:
     """What the Transformer records once per stream id."""
-    client.hset(feedbacktag.STREAMS_KEY, feedbacktag.stream_field(stream_id), stream_id)
+    client.hset(
+        keyspace.current().feedback_streams(), feedbacktag.stream_field(stream_id), stream_id
+    )
 
 
 def original_headers(return_path: str, rcpt: str, subject: str = "Deals") -> str:

@@ -10,7 +10,7 @@ that sends the person to the message's mail unsubscribe (List-Unsubscribe's mail
 MxServer turns into the same event whatever the message's age): a link leaked or forwarded
 long ago should not work for ever, but nobody should be left without a way out. Tokens from
 before issue times (no time inside) are honoured for the same age counted from the first one
-this version saw (``UNTIMED_SINCE_KEY`` in Redis): all of them were minted before the
+this version saw (``unsubscribe:untimed-since`` in Redis): all of them were minted before the
 upgrade, and refusing a real unsubscribe is worse than honouring an old link a while longer.
 ``expired`` is pure; the handlers do the IO.
 """
@@ -26,7 +26,7 @@ from aiohttp import web
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from manycore_common import events
+from manycore_common import events, keyspace
 from manycore_common.queue import ReliableQueue
 from manycore_common.unsubscribe import Token, read_token
 
@@ -42,8 +42,6 @@ for _result in ("ok", "repeated", "invalid", "expired", "unavailable"):
 
 #: A repeated POST of the same token within this time gives no second event (at least).
 ONCE_SECONDS = 90 * 24 * 3600
-#: Unix time HttpReceiver first saw a token without an issue time (set once, never changed).
-UNTIMED_SINCE_KEY = "unsubscribe:untimed-since"
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,8 @@ def expired(token: Token, now: float, max_age: float, untimed_since: float | Non
 async def _untimed_since(settings: Unsubscribe, now: float) -> float:
     """When the first untimed token was seen, recording ``now`` if this is the first."""
     # SET NX GET (Redis 7.0): one round trip, and concurrent workers agree on one value.
-    previous = await settings.event_queue.redis.set(UNTIMED_SINCE_KEY, int(now), nx=True, get=True)
+    key = keyspace.current().untimed_since()
+    previous = await settings.event_queue.redis.set(key, int(now), nx=True, get=True)
     return now if previous is None else float(previous)
 
 
@@ -151,7 +150,7 @@ async def one_click(request: web.Request) -> web.Response:
             settings.event_queue,
             event,
             source="httpreceiver",
-            once_key=f"unsubscribed:{uuid}",
+            once_key=keyspace.current().once("unsubscribe", uuid),
             ttl=max(ONCE_SECONDS, int(settings.max_age_seconds)),
         )
     except (RedisError, OSError) as exc:

@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from manycore_common import events, feedbacktag
+from manycore_common import events, keyspace
 from manycore_common import item as item_format
 from manycore_common.config import SuppressionSettings
 from manycore_common.queue import ReliableQueue
@@ -65,25 +65,17 @@ for _kind in ("bounce", "autoreply", "spam-report"):
     UNPROVEN.labels(_kind)
 
 
-_ONCE_PREFIX = {
-    "bounce": "bounced",
-    "autoreply": "autoreplied",
-    "spam-report": "complained",
-    "unsubscribe": "unsubscribed",
-}
-
-
 def once_key(f: Finding) -> str:
     """The marker that makes an event happen once: per message and recipient (the tag's
     fingerprint, so address spellings do not matter)."""
-    return f"{_ONCE_PREFIX[f.kind]}:{f.tag.uuid}:{f.tag.fingerprint.hex()}"
+    return keyspace.current().once(f.kind, f.tag.uuid, f.tag.fingerprint.hex())
 
 
 def one_click_marker(uuid: str) -> str:
     """HttpReceiver's once-marker of a one-click unsubscribe: its token names the message,
     not the recipient. A mailto unsubscribe sets it too, so the mailto and the POST a
     provider sends for one person give one event; it never stops another recipient's."""
-    return f"unsubscribed:{uuid}"
+    return keyspace.current().once("unsubscribe", uuid)
 
 
 def event_for(f: Finding, streamid: str | None, now: float) -> dict[str, Any]:
@@ -194,7 +186,7 @@ class Recorder:
         fields = sorted({f.tag.stream_field for f in found if f.tag.stream_field})
         if not fields:
             return {}
-        values = await self.redis.hmget(feedbacktag.STREAMS_KEY, fields)
+        values = await self.redis.hmget(keyspace.current().feedback_streams(), fields)
         return {
             k: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             for k, v in zip(fields, values, strict=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from manycore_common import redisconn, tls
+from manycore_common import keyspace, redisconn, tls
 from manycore_common.config import Config, ConfigError, MxServerSection
 from manycore_common.lifecycle import run_service
 from manycore_common.queue import ReliableQueue
@@ -30,7 +30,6 @@ from .smtp import Handler, MxSMTP, Recipients
 log = logging.getLogger(__name__)
 
 SERVICE = "mxserver"
-UNCLASSIFIED_KEY = "MXSERVER-UNCLASSIFIED"
 DRAIN_SECONDS = 20.0
 
 
@@ -97,7 +96,7 @@ def _recorder(config: Config, prepared: Prepared, redis: Redis) -> Recorder:
     return Recorder(
         redis,
         ReliableQueue(redis, config.global_.backdata.queue_name),
-        UNCLASSIFIED_KEY,
+        keyspace.current().unclassified(),
         unclassified.max_count,
         unclassified.max_bytes,
         unclassified.max_total_bytes,

@@ -12,6 +12,7 @@ Configuration and process:
     ``replicas``      writes acknowledged only once a replica has them (``WAIT``)
 
 Queues and events:
+    ``keyspace``      every Redis key name, hash tags and ``reliable-queue.key-prefix``
     ``item``          the queue item format (JSON header line, then the payload)
     ``queue``         the reliable Redis queue: take, ack, hand-over, retry, dead letters, reaper
     ``queuectl``      ``manycore-queues``: stats, dead letters, requeue, trace, adopt

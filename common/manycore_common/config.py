@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from . import configscope
+from . import configscope, keyspace
 
 DEFAULT_GLOBAL_CONFIG = Path("/configs/inboxbooster-mailer-global.yaml")
 DEFAULT_CUSTOMER_CONFIG = Path("/configs/inboxbooster-mailer-customer.yaml")
@@ -906,9 +906,18 @@ class CustomerConfig(Section):
 # --------------------------------------------------------------------------- global file
 
 
+def _queue_name(name: str) -> str:
+    problem = keyspace.queue_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
 class QueueNames(Section):
     primary_queue: str = "IB-MAIL-QUEUE-P0"
     default_queue: str = "IB-MAIL-QUEUE-P1"
+
+    _check_names = field_validator("primary_queue", "default_queue")(_queue_name)
 
 
 class GlobalReliableQueue(Section):
@@ -920,14 +929,31 @@ class GlobalReliableQueue(Section):
     heartbeat_timeout_seconds: float = Field(default=30.0, gt=0)
     #: Receivers refuse new mail (451 / 503) while a queue holds this many items. 0 = no limit.
     high_water_mark: int = Field(default=100_000, ge=0)
+    #: Put in front of every Redis key (queue names included): empty (the default), or a hash
+    #: tag such as ``{mc}``, which puts all keys in one Redis Cluster slot so that every
+    #: script works on a Cluster; one prefix per independent pipeline (README, "Scaling").
+    #: Changing it renames every key: set it on a new Redis (docs/operations.md).
+    key_prefix: str = ""
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        problem = keyspace.prefix_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class GlobalPostfix(Section):
     incoming_queue_name: str = "INCOMING-TO-POSTFIX"
 
+    _check_name = field_validator("incoming_queue_name")(_queue_name)
+
 
 class GlobalBackData(Section):
     queue_name: str = "EVENT_QUEUE"
+
+    _check_name = field_validator("queue_name")(_queue_name)
 
 
 class GlobalTransformer(Section):

@@ -16,9 +16,9 @@ What is claimed:
   instead, when a request carries one, for the login that sent it: the draft has the client
   make up the key, so two clients may well pick the same one.
 
-The Redis key is ``idem:`` and 128 bits of SHA-256 of what is claimed, in base64url: 27
-bytes whatever the uuid or key is, and about 72 bytes per claim as ``MEMORY USAGE``
-counts (README, "Idempotent submission"). It lives for the window (``SET NX EX``).
+The Redis key (``manycore_common.keyspace``) is ``idem:`` and 128 bits of SHA-256 of what is
+claimed, in base64url: 27 bytes whatever the uuid or key is, and about 72 bytes per claim as
+``MEMORY USAGE`` counts (README, "Idempotent submission"). It lives for the window (``SET NX EX``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from . import keyspace
 from .message import PRIORITY_DEFAULT, PRIORITY_HIGH, MessageRejected
 
-#: Prefix of every claim's key.
-KEY_PREFIX = "idem:"
 #: How long a claim is kept, unless ``common-config.idempotency-window-seconds`` says else.
 DEFAULT_WINDOW_SECONDS = 24 * 3600
 #: Longest Idempotency-Key accepted, after its quotes are taken off.
@@ -101,7 +100,7 @@ def parse_idempotency_key(values: list[str]) -> str | None:
 
 def redis_key(material: bytes) -> str:
     digest = hashlib.sha256(material).digest()[:_HASH_BYTES]
-    return KEY_PREFIX + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return keyspace.current().idempotency(base64.urlsafe_b64encode(digest).rstrip(b"=").decode())
 
 
 def claim_for(

@@ -2,21 +2,24 @@
 atomic, poison is quarantined. Built on Redis lists with the "reliable queue" pattern (BLMOVE into a
 list owned by the consumer) plus heartbeats, a reaper and a delivery counter.
 
-Key layout, for a queue named ``Q`` (the name from the global config, e.g. ``IB-MAIL-QUEUE-P0``):
+Key layout, for a queue named ``Q`` (the name from the global config, e.g. ``IB-MAIL-QUEUE-P0``,
+with ``reliable-queue.key-prefix`` in front when one is set). The names are built by
+``manycore_common.keyspace``: every key of one queue carries the hash tag ``{Q}`` (or ``Q``'s own
+tag), so it lives in one Redis Cluster slot with the list ``Q``:
 
 ``Q`` (LIST)
     Waiting items. Producers LPUSH; consumers take from the right, so the oldest item goes
     first (FIFO). Its length is what the README's queue gauges report.
-``Q:processing:<consumer>`` (LIST)
+``{Q}:processing:<consumer>`` (LIST)
     Items one consumer holds. ``BLMOVE Q … RIGHT LEFT`` moves an item here atomically; it
     leaves only by ack (LREM), hand-over (LREM + LPUSH to the next queue, one script), retry,
     dead-letter, release, or the reaper.
-``Q:consumers`` (ZSET)
+``{Q}:consumers`` (ZSET)
     Consumer id → last heartbeat, in Redis server time (ms), so client clocks do not matter.
-``Q:holders`` (ZSET)
-    The registry of processing lists: every consumer whose ``Q:processing:<id>`` may hold
+``{Q}:holders`` (ZSET)
+    The registry of processing lists: every consumer whose ``{Q}:processing:<id>`` may hold
     items is here, so the reaper, ``processing_size`` and the exporter read this set (and
-    ``Q:consumers``) instead of scanning the keyspace; their cost grows with the consumers,
+    ``{Q}:consumers``) instead of scanning the keyspace; their cost grows with the consumers,
     not with the keys in Redis. Score 0: the consumer is taking (every take sets it before
     or with the move: in the same pipelined round trip as BLMOVE, in the same script as the
     batch take). Score T > 0: the consumer has had no heartbeat entry since T (server ms;
@@ -24,19 +27,18 @@ Key layout, for a queue named ``Q`` (the name from the global config, e.g. ``IB-
     items for one heartbeat timeout after T (it may be alive and about to register again);
     then the reaper returns them and forgets the consumer. The heartbeat does not touch it:
     only taking can fill a processing list.
-``Q:dead`` (LIST)
+``{Q}:dead`` (LIST)
     Dead letters: the item with ``dead`` = {reason, at, queue} added to its header; newest at
     the left.
-``Q:doorbell`` (LIST, at most one token)
+``{Q}:doorbell`` (LIST, at most one token)
     Only for queues made with ``doorbell=True`` (P0 and P1): set by every push, in the push
     script, so that a consumer of both blocks on both at once (``wait_for_doorbells``).
 ``idem:<hash>`` (STRING, with a TTL)
     Not one queue's: the claim of a submitted message (``manycore_common.idempotency``),
     set by ``push_claimed`` in the same script as the push, so two concurrent submissions
     of one message queue exactly one, and a refused push (queue full, Redis error) leaves
-    no claim. A group-commit batch passes all its claims in KEYS: on Redis Cluster they
-    would need the queues' hash tag (every claim then on the queues' slot, which is where
-    the front doors' writes all go today anyway).
+    no claim. A group-commit batch passes all its claims in KEYS: on a Redis Cluster, the
+    key prefix puts them in the queue's slot.
 
 Items are ``manycore_common.item`` bytes (a JSON header line, then the payload). The scripts
 rewrite only the header, with Redis' built-in cjson, to count attempts and record why an item
@@ -50,15 +52,18 @@ Guarantees and the reasons for them:
 * A consumer that was presumed dead but comes back (a long pause) cannot duplicate: ack and
   hand-over first LREM the item from its own processing list and do nothing else if it is no
   longer there (the reaper already gave it to someone else).
-* An item whose attempts reach ``max_attempts`` goes to ``Q:dead`` with its reason instead of
+* An item whose attempts reach ``max_attempts`` goes to ``{Q}:dead`` with its reason instead of
   back to ``Q``; an operator lists and requeues dead letters (``manycore-queues``).
 * Producers are refused (``QueueFull``) above the high-water mark, so backpressure reaches the
   client as an SMTP 451 / HTTP 503 instead of Redis running out of memory.
 
 No script builds a key name: every key a script touches is in its KEYS (the reaper first
-reads which consumers need attention, then passes their processing lists). The keys do not
-carry a hash tag yet, so one queue's keys are not in one Redis Cluster slot; a later change can
-name the side keys ``{Q}:…`` (same slot as ``Q``) without renaming the queue itself.
+reads which consumers need attention, then passes their processing lists).
+
+The previous release named the side keys ``Q:dead``, ``Q:processing:<id>`` and so on. For one
+release the reaper also looks there (``ReliableQueue.reap_legacy``): dead letters move to the
+new dead list, and what a consumer of the previous release held goes back to ``Q`` once its
+heartbeat (in ``Q:consumers``) expired, so a rolling upgrade loses nothing.
 
 Processing lists made by a version without the registry are adopted once by
 ``ReliableQueue.adopt_unregistered`` (``manycore-redis`` runs it at start; ``manycore-queues
@@ -72,15 +77,15 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from . import item as item_format
-from . import replicas
+from . import keyspace, replicas
 from .item import Item
 
 if TYPE_CHECKING:
@@ -437,6 +442,19 @@ return moved
 )
 
 
+# KEYS: legacy list, new list. ARGV: most items → items moved. Newest first from the left
+# of the old list to the right of the new one: the old items (older than anything in the
+# new list) end up where they are served, or listed, first, in their order.
+_MOVE_LEGACY = """
+local n = 0
+for _ = 1, tonumber(ARGV[1]) do
+  if not redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') then break end
+  n = n + 1
+end
+return n
+"""
+
+
 class QueueFull(Exception):
     """The queue is above its high-water mark; the producer must refuse new work for now."""
 
@@ -466,6 +484,11 @@ class ReapResult:
     dead: int
     consumers: int
 
+    def __add__(self, other: ReapResult) -> ReapResult:
+        return ReapResult(
+            self.returned + other.returned, self.dead + other.dead, self.consumers + other.consumers
+        )
+
 
 def default_consumer_id(service: str) -> str:
     """Unique per process and start: a restarted process never reuses a dead one's id."""
@@ -487,21 +510,27 @@ class ReliableQueue:
         heartbeat_timeout: float = 30.0,
         high_water_mark: int = 0,
         doorbell: bool = False,
+        keys: keyspace.Keyspace | None = None,
     ) -> None:
+        """``name`` is the configured queue name; ``keys`` the keyspace (by default the
+        process's, ``keyspace.current()``), which makes it the list's key ``self.name``."""
         self.redis = redis
-        self.name = name
+        self.keys = keys or keyspace.current()
+        self.name = name = self.keys.queue(name)
         self.max_attempts = max_attempts
         self.heartbeat_timeout = heartbeat_timeout
         self.high_water_mark = high_water_mark
-        self.consumers_key = f"{name}:consumers"
-        self.holders_key = f"{name}:holders"
-        self.dead_key = f"{name}:dead"
+        self.consumers_key = self.keys.consumers(name)
+        self.holders_key = self.keys.holders(name)
+        self.dead_key = self.keys.dead(name)
+        #: The names of the previous release, which ``reap`` still moves items from.
+        self.legacy = keyspace.legacy_queue_keys(name[len(self.keys.prefix) :])
         #: With ``doorbell``, every push also leaves one token in this list, in the same
         #: script: a consumer of several queues blocks on all their doorbells at once
         #: (BLPOP takes many keys, BLMOVE only one) instead of polling them in turn. Only a
         #: wake-up: items that come back another way (reaper, requeue) wait for the
         #: consumer's next look, bounded by its wait timeout.
-        self.doorbell_key = f"{name}:doorbell"
+        self.doorbell_key = self.keys.doorbell(name)
         self._push_keys = [name, self.doorbell_key] if doorbell else [name]
         self._push = redis.register_script(_PUSH)
         self._push_claimed = redis.register_script(_PUSH_CLAIMED)
@@ -516,9 +545,10 @@ class ReliableQueue:
         self._return_strays = redis.register_script(_RETURN_STRAYS)
         self._release = redis.register_script(_RELEASE)
         self._requeue_dead = redis.register_script(_REQUEUE_DEAD)
+        self._move_legacy = redis.register_script(_MOVE_LEGACY)
 
     def processing_key(self, consumer_id: str) -> str:
-        return f"{self.name}:processing:{consumer_id}"
+        return self.keys.processing(self.name, consumer_id)
 
     # ------------------------------------------------------------------ producers
 
@@ -589,20 +619,32 @@ class ReliableQueue:
     async def holders(self) -> list[str]:
         """Every consumer whose processing list may hold items: the registry, plus the
         registered consumers (a consumer of an older version is only there)."""
+        return [consumer for consumer, _ in await self.processing_lists() if consumer]
+
+    async def processing_lists(self) -> list[tuple[str, str]]:
+        """(consumer id, key) of every processing list that may hold items: those of the
+        registries, and (consumer id '') those of the previous release's names, which the
+        reaper is still to move (``reap_legacy``). One round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zrange(self.holders_key, 0, -1)
-        pipe.zrange(self.consumers_key, 0, -1)
-        holders, consumers = await pipe.execute()
-        return sorted({_text(m) for m in [*holders, *consumers]})
+        for key in (self.holders_key, self.consumers_key):
+            pipe.zrange(key, 0, -1)
+        for key in (self.legacy["holders"], self.legacy["consumers"]):
+            pipe.zrange(key, 0, -1)
+        holders, consumers, old_holders, old_consumers = await pipe.execute()
+        current = sorted({_text(m) for m in [*holders, *consumers]})
+        old = sorted({_text(m) for m in [*old_holders, *old_consumers]})
+        return [(c, self.processing_key(c)) for c in current] + [
+            ("", self.legacy["processing"] + c) for c in old
+        ]
 
     async def processing_size(self) -> int:
         """Items held by consumers: two round trips, whatever else is stored in Redis."""
-        holders = await self.holders()
-        if not holders:
+        lists = await self.processing_lists()
+        if not lists:
             return 0
         pipe = self.redis.pipeline(transaction=False)
-        for consumer in holders:
-            pipe.llen(self.processing_key(consumer))
+        for _, key in lists:
+            pipe.llen(key)
         return sum(int(n) for n in await pipe.execute())
 
     async def dead_letters(self, start: int = 0, count: int = 100) -> list[Item]:
@@ -619,25 +661,18 @@ class ReliableQueue:
     async def reap(self) -> ReapResult:
         """Return the items of consumers whose heartbeat expired, and of unregistered holders
         one timeout after they were found so. Safe to run anywhere, often: when nobody needs
-        reaping (the usual case) it is one read-only script call of O(consumers)."""
-        timeout_ms = int(self.heartbeat_timeout * 1000)
-        raw_ids = await self._reap_candidates(
-            keys=[self.consumers_key, self.holders_key], args=[timeout_ms]
+        reaping (the usual case) it is one read-only script call of O(consumers), plus one
+        round trip of EXISTS for keys of the previous release (``reap_legacy``)."""
+        result = await self._reap_registry(
+            self.consumers_key, self.holders_key, self.processing_key
         )
-        ids = [_text(i) for i in raw_ids]
-        if not ids:
-            return ReapResult(0, 0, 0)
-        returned, dead, consumers = await self._reap(
-            keys=[
-                self.name,
-                self.consumers_key,
-                self.dead_key,
-                self.holders_key,
-                *(self.processing_key(i) for i in ids),
-            ],
-            args=[timeout_ms, self.max_attempts, self.name, *ids],
-        )
-        result = ReapResult(int(returned), int(dead), int(consumers))
+        try:
+            result = result + await self.reap_legacy()
+        except ResponseError as exc:
+            # A Cluster node answers MOVED for an old name of another slot; an old name only
+            # exists on the single Redis the previous release ran on, so there is nothing to
+            # move, and the reaping above must not be lost to it.
+            log.debug("previous release's keys not read", extra={"error": str(exc)})
         if result.consumers:
             log.warning(
                 "reaped dead consumers",
@@ -650,18 +685,76 @@ class ReliableQueue:
             )
         return result
 
+    async def _reap_registry(
+        self, consumers: str, holders: str, processing: Callable[[str], str]
+    ) -> ReapResult:
+        timeout_ms = int(self.heartbeat_timeout * 1000)
+        raw_ids = await self._reap_candidates(keys=[consumers, holders], args=[timeout_ms])
+        ids = [_text(i) for i in raw_ids]
+        if not ids:
+            return ReapResult(0, 0, 0)
+        returned, dead, reaped = await self._reap(
+            keys=[self.name, consumers, self.dead_key, holders, *(processing(i) for i in ids)],
+            args=[timeout_ms, self.max_attempts, self.name, *ids],
+        )
+        return ReapResult(int(returned), int(dead), int(reaped))
+
+    async def reap_legacy(self) -> ReapResult:
+        """Move what the previous release's names still hold (``keyspace.legacy_queue_keys``:
+        ``Q:dead``, ``Q:processing:<id>`` ...; and the unprefixed list ``Q`` once a key prefix
+        is set) to this release's keys: dead letters into ``dead_key``, the held items of
+        consumers whose legacy heartbeat expired back into the queue, as the reaper always
+        did. Costs one round trip when there is nothing (the usual case). These scripts span
+        slots: they only find keys to move on the single Redis an older release ran on."""
+        old = self.legacy
+        probes = [old["consumers"], old["holders"], old["doorbell"], old["dead"]]
+        if old["queue"] != self.name:
+            probes.append(old["queue"])
+        pipe = self.redis.pipeline(transaction=False)
+        for key in probes:
+            pipe.exists(key)
+        found = dict(zip(probes, await pipe.execute(), strict=True))
+        result = ReapResult(0, 0, 0)
+        if found[old["consumers"]] or found[old["holders"]]:
+            result = await self._reap_registry(
+                old["consumers"], old["holders"], lambda consumer: old["processing"] + consumer
+            )
+        if found[old["doorbell"]]:
+            # A wake-up token nobody waits on any more.
+            await self.redis.delete(old["doorbell"])
+        moved = 0
+        for key in probes[3:]:
+            while found[key]:
+                n = int(await self._move_legacy(keys=[key, self._legacy_target(key)], args=[1000]))
+                moved, found[key] = moved + n, n == 1000
+        if moved or result.returned or result.dead:
+            log.warning(
+                "moved items from the previous release's keys",
+                extra={"queue": self.name, "moved": moved, "returned": result.returned},
+            )
+        return result
+
+    def _legacy_target(self, legacy_key: str) -> str:
+        return self.dead_key if legacy_key == self.legacy["dead"] else self.name
+
     async def adopt_unregistered(self, scan_count: int = 1000) -> int:
         """Register processing lists the registry does not know (made by a version without
-        it): one SCAN of the whole keyspace, so for a migration, never a consumer's loop.
-        Safe at any time: an entry only makes the reaper look (it re-checks the heartbeat
-        atomically), and NX never touches an entry that exists. Returns how many were new."""
-        prefix = f"{self.name}:processing:"
-        ids: list[str] = []
-        async for key in self.redis.scan_iter(match=_glob_escape(prefix) + "*", count=scan_count):
-            ids.append(_text(key)[len(prefix) :])
-        if not ids:
-            return 0
-        added = int(await self.redis.zadd(self.holders_key, dict.fromkeys(ids, 0), nx=True) or 0)
+        it): one SCAN of the whole keyspace per name form, so for a migration, never a
+        consumer's loop. Lists under the previous release's names go to its registry, which
+        ``reap_legacy`` reads. Safe at any time: an entry only makes the reaper look (it
+        re-checks the heartbeat atomically), and NX never touches an entry that exists.
+        Returns how many were new."""
+        added = 0
+        for prefix, registry in (
+            (self.processing_key(""), self.holders_key),
+            (self.legacy["processing"], self.legacy["holders"]),
+        ):
+            ids: list[str] = []
+            match = _glob_escape(prefix) + "*"
+            async for key in self.redis.scan_iter(match=match, count=scan_count):
+                ids.append(_text(key)[len(prefix) :])
+            if ids:
+                added += int(await self.redis.zadd(registry, dict.fromkeys(ids, 0), nx=True) or 0)
         if added:
             log.warning(
                 "adopted unregistered processing lists", extra={"queue": self.name, "lists": added}

@@ -30,7 +30,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from . import configscope, queueinspect, queueview, redisconn, trace
+from . import configscope, keyspace, queueinspect, queueview, redisconn, trace
 from .config import (
     DEFAULT_CUSTOMER_CONFIG,
     DEFAULT_GLOBAL_CONFIG,
@@ -210,7 +210,7 @@ async def trace_uuid(args: argparse.Namespace, redis: Redis, queues: list[Reliab
 
 
 async def unclassified(args: argparse.Namespace, redis: Redis) -> int:
-    key = queueinspect.UNCLASSIFIED_KEY
+    key = keyspace.current().unclassified()
     if args.show is not None:
         raw = await redis.lindex(key, args.show)
         if raw is None:
@@ -243,4 +243,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except ConfigError as exc:
         exit_on_config_error(exc)
+    keyspace.use(config.global_.reliable_queue.key_prefix)
     sys.exit(asyncio.run(run(args, config)))

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from . import configscope, redisconn
+from . import configscope, keyspace, redisconn
 from . import suppression as s
 from .config import (
     DEFAULT_CUSTOMER_CONFIG,
@@ -210,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except ConfigError as exc:
         exit_on_config_error(exc)
+    keyspace.use(config.global_.reliable_queue.key_prefix)
     if args.command != "import":
         sys.exit(asyncio.run(run(args, config)))
     if args.file == "-":

@@ -14,6 +14,7 @@ import pytest
 from redis import Redis as SyncRedis
 
 from manycore_common import item as item_format
+from manycore_common import keyspace
 from tests.helpers import LOOPBACK, RedisServer, Service, running, wait_for, write_configs
 from tests.integration.conftest import build_message, set_path
 
@@ -417,10 +418,10 @@ def test_old_unsubscribe_links_get_410_and_point_to_the_mailto(
         # A link from before issue times is honoured, counted from the first one seen...
         legacy = untimed_token(secret, "legacy1")
         assert request(service, "POST", f"/v1/unsubscribe/{legacy}")[0] == 200
-        first_seen = int(queues.get("unsubscribe:untimed-since") or 0)
+        first_seen = int(queues.get(keyspace.current().untimed_since()) or 0)
         assert abs(first_seen - now) < 60
         # ...until max age after that.
-        queues.set("unsubscribe:untimed-since", now - 31 * day)
+        queues.set(keyspace.current().untimed_since(), now - 31 * day)
         assert request(service, "POST", f"/v1/unsubscribe/{legacy}")[0] == 410
         assert request(service, "GET", f"/v1/unsubscribe/{legacy}")[0] == 410
         assert service.metric("httpreceiver_unsubscribe_total", 'result="expired"') == 5

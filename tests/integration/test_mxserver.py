@@ -287,7 +287,7 @@ def test_reports_suppress_the_recipient_with_their_event(mx: Service, queues: Sy
     deliver(mx, "", [rp], dsn(rp, [(soft, "4.2.2", "452 4.2.2 Mailbox full")]))
     got = {e["rcpt"]: e for e in events(queues)}
     assert set(got) == {gone, sam, walt, soft}
-    wait_for(lambda: bool(queues.hgetall(suppression.SIZE_KEY)), what="suppression entries")
+    wait_for(lambda: bool(queues.hgetall(suppression.size_key())), what="suppression entries")
     entries = {}
     for address in (gone, sam, walt, soft):
         raw = queues.hget(suppression.bucket_key("example.com", address), address)
@@ -300,4 +300,4 @@ def test_reports_suppress_the_recipient_with_their_event(mx: Service, queues: Sy
         walt: ("unsubscribe", "s3", got[walt]["id"][:16]),
     }
     # Only the From domain of that return path, not the other configured one.
-    assert queues.hgetall(suppression.SIZE_KEY) == {b"example.com": b"3"}
+    assert queues.hgetall(suppression.size_key()) == {b"example.com": b"3"}

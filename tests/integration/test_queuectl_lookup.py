@@ -9,7 +9,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from manycore_common import item as item_format
-from manycore_common import queueinspect, trace
+from manycore_common import keyspace, queueinspect, trace
 from manycore_common.queue import ReliableQueue
 from tests.helpers import RedisServer, write_configs
 from tests.integration.test_queuectl import queues_cmd
@@ -125,7 +125,7 @@ async def test_unclassified_list_and_show(
                 "bytes": 30,
             },
         )
-        await redis.lpush(queueinspect.UNCLASSIFIED_KEY, raw)
+        await redis.lpush(keyspace.current().unclassified(), raw)
     listing = queues_cmd(g, c, "unclassified", "--count", "2")
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
@@ -136,9 +136,3 @@ async def test_unclassified_list_and_show(
     assert show.stdout == "Subject: odd 0\n\nhello"  # text mode reads CRLF as LF
     missing = queues_cmd(g, c, "unclassified", "--show", "9")
     assert missing.returncode == 1
-
-
-def test_unclassified_key_is_mxservers() -> None:
-    from manycore_mxserver.service import UNCLASSIFIED_KEY
-
-    assert queueinspect.UNCLASSIFIED_KEY == UNCLASSIFIED_KEY

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from manycore_common.idempotency import (
-    KEY_PREFIX,
     Earlier,
     claim_for,
     parse_idempotency_key,
@@ -66,7 +65,7 @@ def test_an_x_uuid_is_claimed_for_the_customer_whatever_the_login() -> None:
     assert first is not None
     assert first == claim_for("order-1", 0, 86400, login="other")
     assert first.value == b"0" and first.window == 86400
-    assert first.key.startswith(KEY_PREFIX)
+    assert first.key.startswith("idem:")
     assert first.key != claim_for("order-2", 0, 86400).key  # type: ignore[union-attr]
 
 
@@ -92,7 +91,7 @@ def test_keys_are_short_whatever_is_claimed() -> None:
         )
         if claim is not None
     }
-    assert lengths == {len(KEY_PREFIX) + 22}
+    assert lengths == {len("idem:") + 22}
 
 
 def test_read_claim_gives_back_what_was_claimed() -> None:
