@@ -56,6 +56,7 @@ from bench.feedbackplan import (
     score,
     sends,
 )
+from devstack.stack import redis_login, redis_password
 from manycore_common import feedbacktag, item
 from manycore_mxserver.service import UNCLASSIFIED_KEY
 from tests.corpus import Entry, load
@@ -190,8 +191,9 @@ def settle(stack: Stack, quiet: float = 8.0, timeout: float = 300.0) -> list[dic
 
 def unclassified(stack: Stack) -> list[item.Item]:
     """MxServer's unclassified list (each item's header has the uuid and the note)."""
-    password = (stack.workdir / "configs" / "redis-password").read_text().strip()
-    client = Redis(host=LOOPBACK, port=stack.base, username="manycore", password=password)
+    password = redis_password(stack.workdir, "exporter")  # reads only
+    username = redis_login("exporter")[0]
+    client = Redis(host=LOOPBACK, port=stack.base, username=username, password=password)
     try:
         raws: list[bytes] = client.lrange(UNCLASSIFIED_KEY, 0, -1)  # type: ignore[assignment]
         return [item.decode(raw) for raw in raws]
