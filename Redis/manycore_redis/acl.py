@@ -5,15 +5,23 @@ It lives next to ``server`` and ``roles`` (the admin, replication and sentinel u
 only the Redis pod renders ACL rules, and the services never need to know them.
 
 Each service's user may run only the commands its code sends, on only the keys it touches
-(``RIGHTS``, read from the code; tests/integration/test_redis_acl.py checks them with
-``ACL DRYRUN`` and against the Lua and redis-py calls of each service's modules):
+(``rights``, read from the code). Kept true by tests: tests/unit/test_redis_acl.py (every
+Lua script a service runs calls only commands its user has; every script is accounted for),
+tests/integration/test_redis_acl.py (``ACL DRYRUN`` of each service's commands and of what
+none may do), tests/integration/test_redis_acl_calls.py (the real queue, event,
+suppression, trace and exporter code run as each user) and tests/e2e/test_stack.py (the
+whole stack with these users).
 
-* Lua scripts run with the caller's rights (Redis checks every ``redis.call`` inside, and
-  the keys of each), so a script's commands are in its caller's list. redis-py's scripts
-  send ``EVALSHA``, then ``SCRIPT LOAD`` when Redis does not know the script (and a pipeline
-  ``SCRIPT EXISTS`` first): never ``EVAL``, ``FUNCTION`` or ``SCRIPT FLUSH``.
-* Keys are read-write (``~``) only where the service writes, read-only (``%R~``) where it
-  only reads. The exporter's user only reads.
+* One ACL selector (Redis 7) per family of keys, with the commands used on that family
+  only: a command passes when one selector allows it on every key it names. So DEL is
+  allowed on a consumer's own queue keys but not on the event queue it pushes to.
+* Lua scripts run with the caller's rights: Redis checks every ``redis.call`` inside
+  against the selectors too. EVALSHA counts its KEYS as written, so one more selector, the
+  script gate, allows the script commands on all the user's keys; what a script then does
+  is still checked command by command. redis-py's scripts send ``EVALSHA``, then ``SCRIPT
+  LOAD`` when Redis does not know the script (and a pipeline ``SCRIPT EXISTS`` first):
+  never ``EVAL``, ``FUNCTION`` or ``SCRIPT FLUSH``.
+* Keys only read are read-only (``%R~``). The exporter's user only reads, and runs no script.
 * No channels (nothing here uses pub/sub), no ``KEYS``, ``CONFIG``, ``FLUSH*``, ``DEBUG``.
 
 Key families are built by one function each (``queue_patterns``, ``family_pattern``,
