@@ -222,3 +222,36 @@ def test_user_password_from_a_file(tmp_path: Path) -> None:
     )
     assert settings.users is not None and settings.users.receiver is not None
     assert settings.users.receiver.password.get_secret_value() == "f" * 20
+
+
+PACKAGES = {
+    "receiver": "Receiver/manycore_receiver",
+    "httpreceiver": "HttpReceiver/manycore_httpreceiver",
+    "transformer": "Transformer/manycore_transformer",
+    "postfixlog": "PostfixLog/manycore_postfixlog",
+    "backdata": "BackData/manycore_backdata",
+    "mxserver": "MxServer/manycore_mxserver",
+    "exporter": "Redis/manycore_redis/exporter.py",
+}
+#: redis-py methods that send no command of that name.
+NOT_COMMANDS = {"register_script", "pipeline"}
+
+
+def client_calls(path: Path) -> set[str]:
+    """The Redis commands a service's own modules send through redis-py (``redis.get(``,
+    ``pipe.lpush(``, ...): method names that are redis-py command methods. The shared
+    modules' calls are run as each user by tests/integration/test_redis_acl_calls.py."""
+    from redis.commands.core import CoreCommands
+
+    commands = {n for n in dir(CoreCommands) if not n.startswith("_")} - NOT_COMMANDS
+    call = re.compile(r"\b(?:\w*redis|pipe|client)\.(\w+)\(")
+    files = [path] if path.is_file() else sorted(path.glob("*.py"))
+    return {m for f in files for m in call.findall(f.read_text()) if m in commands}
+
+
+@pytest.mark.parametrize("service", acl.SERVICES)
+def test_the_redis_py_calls_of_a_service_are_granted(service: str) -> None:
+    called = client_calls(ROOT / PACKAGES[service])
+    assert called - acl.rights(KS)[service].all_commands() == set()
+    if service in ("postfixlog", "mxserver", "exporter"):
+        assert called, "the search finds the calls"
