@@ -286,7 +286,9 @@ def acl_password(password: str) -> str:
 def _tokens(granted: Grant) -> str:
     keys = [f"~{p}" for p in granted.write]
     keys += [f"%R~{p}" for p in granted.read if p not in granted.write]
-    return " ".join([*(f"+{c}" for c in granted.commands), *keys])
+    # No channels in any selector, whatever acl-pubsub-default says (nothing here uses
+    # pub/sub).
+    return " ".join(["resetchannels", *(f"+{c}" for c in granted.commands), *keys])
 
 
 def user_line(username: str, password: str, granted: Rights) -> str:

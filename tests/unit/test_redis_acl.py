@@ -172,7 +172,7 @@ def test_rules_one_line_per_given_user() -> None:
     lines = acl.service_rules(settings, KS)
     assert [line.split()[1] for line in lines] == ["mc-receiver", "mc-exporter"]
     assert lines[0].startswith("user mc-receiver reset on #")
-    assert "(+set +get ~idem:*)" in lines[0]
+    assert "(resetchannels +set +get ~idem:*)" in lines[0]
     assert "~IB-MAIL-QUEUE-P0:doorbell ~{IB-MAIL-QUEUE-P0}:doorbell" in lines[0]
     assert "%R~trace:*" in lines[1] and "evalsha" not in lines[1]
     assert "r" * 16 not in " ".join(lines)
