@@ -56,6 +56,7 @@ from bench.feedbackplan import (
     score,
     sends,
 )
+from devstack.stack import redis_login, redis_password
 from manycore_common import feedbacktag, item, keyspace
 from tests.corpus import Entry, load
 from tests.e2e.stack import Stack, stack_dir, wait_until
@@ -189,8 +190,9 @@ def settle(stack: Stack, quiet: float = 8.0, timeout: float = 300.0) -> list[dic
 
 def unclassified(stack: Stack) -> list[item.Item]:
     """MxServer's unclassified list (each item's header has the uuid and the note)."""
-    password = (stack.workdir / "configs" / "redis-password").read_text().strip()
-    client = Redis(host=LOOPBACK, port=stack.base, username="manycore", password=password)
+    password = redis_password(stack.workdir, "exporter")  # reads only
+    username = redis_login("exporter")[0]
+    client = Redis(host=LOOPBACK, port=stack.base, username=username, password=password)
     try:
         raws: list[bytes] = client.lrange(keyspace.current().unclassified(), 0, -1)  # type: ignore[assignment]
         return [item.decode(raw) for raw in raws]

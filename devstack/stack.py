@@ -165,11 +165,13 @@ def local_config(data: dict[str, Any], workdir: Path, p: dict[str, int]) -> dict
 
     for name, section in data.items():
         if isinstance(section, dict) and "reliable-queue" in section:
+            # Each service as its own Redis user (the Redis pod's own: the exporter).
+            username, password_file = redis_login("exporter" if name == "redis" else name)
             section["reliable-queue"]["redis"] = {
                 "hostname": LOOPBACK,
                 "port": p["redis"],
-                "username": "manycore",
-                "password-file": "redis-password",
+                "username": username,
+                "password-file": password_file,
             }
         if isinstance(section, dict) and "prometheus" in section:
             section["prometheus"] = listen(p[f"{name}-metrics"])
@@ -178,6 +180,10 @@ def local_config(data: dict[str, Any], workdir: Path, p: dict[str, int]) -> dict
         "port": p["redis"],
         "data-dir": str(workdir / "redis"),
         "password-file": "redis-password",
+        "users": {
+            user: dict(zip(("username", "password-file"), redis_login(user), strict=True))
+            for user in REDIS_USERS
+        },
         "backup-interval-seconds": 0,
     }
     data["receiver"]["hostname"] = "localhost"
@@ -238,6 +244,28 @@ def local_config(data: dict[str, Any], workdir: Path, p: dict[str, int]) -> dict
     return data
 
 
+#: The Redis users of the local stack: one per service, and the Redis pod's read-only one.
+REDIS_USERS = (
+    "receiver",
+    "httpreceiver",
+    "transformer",
+    "postfixlog",
+    "backdata",
+    "mxserver",
+    "exporter",
+)
+
+
+def redis_login(user: str) -> tuple[str, str]:
+    """The Redis username of a service (or ``exporter``) and its password file in configs/."""
+    return f"manycore-{user}", f"redis-{user}-password"
+
+
+def redis_password(workdir: Path, user: str) -> str:
+    """A user's password, for tools reading the local stack's Redis (benchmarks, tests)."""
+    return (workdir / "configs" / redis_login(user)[1]).read_text().strip()
+
+
 def secret_file(path: Path, length: int) -> None:
     if not path.exists():
         path.touch(mode=0o600)
@@ -251,6 +279,8 @@ def write_config(workdir: Path, p: dict[str, int]) -> tuple[Path, Path]:
     global_file = conf / "inboxbooster-mailer-global.yaml"
     customer_file = conf / "inboxbooster-mailer-customer.yaml"
     secret_file(conf / "redis-password", 24)
+    for user in REDIS_USERS:
+        secret_file(conf / redis_login(user)[1], 24)
     secret_file(conf / "unsubscribe-secret", 32)
     secret_file(conf / "feedback-secret", 32)
     secret_file(conf / "webhook-secret", 32)
@@ -517,7 +547,8 @@ Manycore-Mail is running (logs in {workdir / "logs"}, config in {conf}).
   Postfix          {LOOPBACK}:{p["postfix"]} (loopback only), relaying to the sink MX
   Sink MX          {LOOPBACK}:{p["sink"]}   stores mail in {workdir / "sink"}, checks DKIM
   Webhook inbox    http://{LOOPBACK}:{p["webhook"]}/   (page; JSON at /events, /received)
-  Redis            {LOOPBACK}:{p["redis"]}   user manycore, password in {conf / "redis-password"}
+  Redis            {LOOPBACK}:{p["redis"]}   one user per service: manycore-<service>, password in
+                   {conf}/redis-<service>-password (read-only: manycore-exporter)
   Metrics          http://{LOOPBACK}:PORT/metrics, PORT = {p["redis-metrics"]} redis,
                    {p["receiver-metrics"]} receiver, {p["httpreceiver-metrics"]} httpreceiver,
                    {p["transformer-metrics"]} transformer, {p["backdata-metrics"]} backdata,

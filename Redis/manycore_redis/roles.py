@@ -22,11 +22,11 @@ from redis.exceptions import RedisError
 
 from manycore_common.config import NodeAddress, RedisConnection, RedisServer
 
-from .server import acl_password
+from .acl import acl_password
 
 log = logging.getLogger(__name__)
 
-#: The ACL user replicas authenticate as (its password is the application user's).
+#: The ACL user replicas authenticate as (its password is ``redis.server.password``).
 REPLICATION_USER = "replication"
 #: The ACL user sentinels use on data nodes: the commands the Redis documentation lists for
 #: Sentinel ("Redis Sentinel and ACL"), nothing else.

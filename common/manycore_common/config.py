@@ -732,6 +732,57 @@ class NodeAddress(Section):
     port: int = Field(default=6379, ge=1, le=65535)
 
 
+class RedisUser(Section):
+    """One service's ACL user on the Redis pod: the service connects with the same
+    username and password in its own ``reliable-queue.redis``."""
+
+    secret_keys = ("password",)
+
+    username: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.@-]+$")
+    password: SecretStr
+
+    @field_validator("password")
+    @classmethod
+    def _strong_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("use at least 16 characters")
+        return value
+
+
+#: ACL users ``manycore-redis`` itself writes (server.ADMIN_USER and roles'): no service's.
+RESERVED_REDIS_USERS = ("default", "replication", "sentinel")
+
+
+class RedisUsers(Section):
+    """``redis.server.users``: one ACL user per service, each allowed only the keys and
+    commands that service's code uses (``manycore_redis.acl``). A service left out has no
+    user (it cannot connect). ``exporter`` is the Redis pod's own read-only user
+    (``redis.reliable-queue.redis``: queue gauges, ``manycore-queues`` stats and trace)."""
+
+    receiver: RedisUser | None = None
+    httpreceiver: RedisUser | None = None
+    transformer: RedisUser | None = None
+    postfixlog: RedisUser | None = None
+    backdata: RedisUser | None = None
+    mxserver: RedisUser | None = None
+    exporter: RedisUser | None = None
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> RedisUsers:
+        names = [u.username for u in self.given().values()]
+        reserved = sorted(set(names) & set(RESERVED_REDIS_USERS))
+        if reserved:
+            raise ValueError(f"username {reserved[0]!r} is manycore-redis' own")
+        if len(set(names)) != len(names):
+            raise ValueError("every service needs a username of its own")
+        return self
+
+    def given(self) -> dict[str, RedisUser]:
+        """Service name → its user, for the services that have one."""
+        found = {name: getattr(self, name) for name in type(self).model_fields}
+        return {name: user for name, user in found.items() if user is not None}
+
+
 class RedisServer(Section):
     """The redis-server that ``manycore-redis`` runs (the Redis pod). Without this section
     ``manycore-redis`` only exports queue metrics of a Redis run elsewhere."""
@@ -742,9 +793,14 @@ class RedisServer(Section):
     port: int = Field(default=6379, ge=1, le=65535)
     data_dir: Path = Path("/data")
     redis_server_binary: str = "redis-server"
-    #: The ACL user every service connects as (their reliable-queue.redis username/password).
+    #: Without ``users``: the one ACL user every service connects as (their
+    #: reliable-queue.redis username/password); an older form, warned about at start.
     username: str = Field(default="manycore", min_length=1)
+    #: The shared user's password (without ``users``), and the replication and sentinel
+    #: users' (``roles``) in every form.
     password: SecretStr
+    #: One ACL user per service (``RedisUsers``); replaces the shared ``username``.
+    users: RedisUsers | None = None
     #: everysec: a crash of the machine loses at most ~1 s of acknowledged writes; always: none.
     appendfsync: Literal["everysec", "always"] = "everysec"
     #: Redis' memory ceiling (e.g. "3gb"): above it writes are refused (noeviction), so the

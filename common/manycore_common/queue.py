@@ -671,8 +671,14 @@ class ReliableQueue:
         except ResponseError as exc:
             # A Cluster node answers MOVED for an old name of another slot; an old name only
             # exists on the single Redis the previous release ran on, so there is nothing to
-            # move, and the reaping above must not be lost to it.
-            log.debug("previous release's keys not read", extra={"error": str(exc)})
+            # move, and the reaping above must not be lost to it. Anything else (a refused
+            # command) would leave the old names unread: say so.
+            moved = str(exc).startswith("MOVED")
+            log.log(
+                logging.DEBUG if moved else logging.WARNING,
+                "previous release's keys not read",
+                extra={"error": str(exc)},
+            )
         if result.consumers:
             log.warning(
                 "reaped dead consumers",
