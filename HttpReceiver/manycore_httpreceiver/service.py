@@ -49,7 +49,11 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     if secret is not None:
         event_queue = ReliableQueue(redis, config.global_.backdata.queue_name)
         max_age = section.unsubscribe_token_max_age_days * 24 * 3600
-        add_routes(app, Unsubscribe(secret.get_secret_value().encode(), event_queue, max_age))
+        suppression = config.customer.common_config.suppression
+        unsubscribe = Unsubscribe(
+            secret.get_secret_value().encode(), event_queue, max_age, suppression
+        )
+        add_routes(app, unsubscribe)
     else:
         log.info("common-config.unsubscribe-secret not set: no one-click unsubscribe route")
     # keepalive_timeout is armed when a connection opens or a response ends, and bytes that

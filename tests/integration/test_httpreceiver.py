@@ -351,7 +351,7 @@ def request(service: Service, method: str, path: str, accept: str = "*/*") -> tu
 def test_one_click_unsubscribe(
     tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
 ) -> None:
-    from manycore_common.unsubscribe import make_token
+    from manycore_common.unsubscribe import make_message_token as make_token
 
     service = http_service(
         tmp_path, redis_server.port, **{"common-config__unsubscribe-secret": UNSUB_SECRET}
@@ -384,7 +384,7 @@ def test_old_unsubscribe_links_get_410_and_point_to_the_mailto(
 ) -> None:
     import time
 
-    from manycore_common.unsubscribe import make_token
+    from manycore_common.unsubscribe import make_message_token as make_token
     from tests.unit.test_unsubscribe_token import untimed_token
 
     secret = UNSUB_SECRET.encode()
