@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from manycore_common import redisconn, workers
-from manycore_common.auth import Credentials, FailureThrottle
+from manycore_common.auth import Credentials
 from manycore_common.config import Config, HttpReceiverSection
 from manycore_common.health import HealthServer
 from manycore_common.intake import Intake
@@ -18,6 +18,7 @@ from manycore_common.queue import ReliableQueue
 
 from . import suppressions
 from .app import make_app
+from .login import LoginThrottle
 from .unsubscribe import Unsubscribe, add_routes
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     app = make_app(
         intake,
         Credentials(section.auth_logins),
-        FailureThrottle(section.auth_throttle),
+        LoginThrottle(section.auth_throttle),
         section.trusted_proxies,
         section.request_timeout_seconds,
     )
