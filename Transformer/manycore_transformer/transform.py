@@ -301,12 +301,10 @@ def _copy(message: _Message, body_hash: str, rcpt: str, settings: Settings, now:
     names["unsubscribe-address"] = feedbacktag.make_address(
         key, "unsub", uuid, rcpt, domain, stream_id
     )
-    if settings.unsubscribe_secret is not None:
-        # Per recipient, like the mailto: a one-click unsubscribe then names the person.
+    if secret := settings.unsubscribe_secret:  # per recipient, like the mailto
         names["unsubscribe-token"] = make_token(
-            settings.unsubscribe_secret, uuid, stream_id, int(now), rcpt=rcpt,
-            domain=message.from_domain,
-        )  # fmt: skip
+            secret, uuid, stream_id, int(now), rcpt=rcpt, domain=message.from_domain
+        )
     fields = [
         make_field("X-ReturnPathIb", return_path),
         # Unique per copy, and a tag of the "message" kind: replies copy it into References
