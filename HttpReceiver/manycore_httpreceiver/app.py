@@ -151,8 +151,11 @@ def _attempt(request: web.Request, client: str, auth: BasicAuth | None) -> tuple
     return attempt_key(client, login, known, is_proxy), is_proxy
 
 
-def _warn_proxy(request: web.Request, client: str) -> None:
-    PROXY_LOCKOUTS_REFUSED.inc()
+def _warn_proxy(request: web.Request, client: str, counted: bool) -> None:
+    """A failure whose client is a proxy's own address: a misconfiguration, logged at most
+    once a minute. ``counted``: it still counted against its (address, login) pair."""
+    if not counted:
+        PROXY_LOCKOUTS_REFUSED.inc()
     warned = request.app[PROXY_WARNED_KEY]
     now = time.monotonic()
     if now - warned[0] >= PROXY_WARNING_SECONDS:
@@ -210,8 +213,8 @@ async def authenticate(request: web.Request) -> web.Response | None:
     hidden = throttle.failure(key, client, is_proxy)
     AUTH_FAILURES.labels("bad-credentials").inc()
     log.warning("authentication failed", extra={"client": client})
-    if key is None:
-        _warn_proxy(request, client)
+    if is_proxy:
+        _warn_proxy(request, client, counted=key is not None)
     if hidden > 0:
         return _too_many(hidden)  # counted as bad-credentials above
     return unauthorized("Invalid credentials")

@@ -133,6 +133,14 @@ def test_behind_a_proxy_failures_never_lock_the_login_nor_the_proxy(
         assert post_as(service, basic("other", "guess"), "192.0.2.60") == 429
         assert post_as(service, other, "192.0.2.60") == 200
         assert post_as(service, basic("nobody", "guess"), "192.0.2.61") == 401
+        # Guesses at a configured login through the proxy's own address still count, per
+        # (address, login): bounded, and locking only that login through the proxy.
+        for _ in range(3):
+            assert post_as(service, basic("other", "guess")) == 401
+        assert post_as(service, other) == 429
+        assert post_as(service, GOOD_AUTH) == 200
+        assert post_as(service, other, "192.0.2.62") == 200
+        assert service.metric("httpreceiver_proxy_lockouts_refused_total") == 10
     log = service.log.read_text()
     assert log.count("failed login not counted against trusted proxy") == 1  # rate-limited
     assert "too wide" in log
