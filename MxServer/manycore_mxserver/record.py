@@ -19,6 +19,7 @@ from manycore_common.queue import ReliableQueue
 from manycore_common.suppressionmetrics import count_suppressions
 from manycore_common.suppressionpolicy import ops_for_event
 from manycore_common.suppressionstore import emit_once_suppressing
+from manycore_common.unsubscribe import once_marker
 
 from .authenticate import Analysis, Finding, bounce_type
 from .senders import Senders
@@ -71,11 +72,13 @@ def once_key(f: Finding) -> str:
     return keyspace.current().once(f.kind, f.tag.uuid, f.tag.fingerprint.hex())
 
 
-def one_click_marker(uuid: str) -> str:
-    """HttpReceiver's once-marker of a one-click unsubscribe: its token names the message,
-    not the recipient. A mailto unsubscribe sets it too, so the mailto and the POST a
-    provider sends for one person give one event; it never stops another recipient's."""
-    return keyspace.current().once("unsubscribe", uuid)
+def one_click_markers(found: Sequence[Finding]) -> set[str]:
+    """HttpReceiver's once-markers a mailto unsubscribe sets too, so the mailto and the POST a
+    provider sends for one person give one event: per (message, recipient) for the one-click
+    tokens that name the recipient, and per message for the older ones (which name none)."""
+    unsubscribes = [f for f in found if f.kind == "unsubscribe"]
+    markers = {once_marker(f.tag.uuid) for f in unsubscribes}
+    return markers | {once_marker(f.tag.uuid, f.rcpt) for f in unsubscribes if f.rcpt}
 
 
 def event_for(f: Finding, streamid: str | None, now: float) -> dict[str, Any]:
@@ -166,8 +169,8 @@ class Recorder:
             ops = [ops_for_event(event, domains, self.suppression) for _, event in pairs]
             await emit_once_suppressing(self.event_queue, pairs, ops, source=SOURCE, ttl=ttl)
             count_suppressions((op for group in ops for op in group), SOURCE)
-            for uuid in {f.tag.uuid for f in analysis.findings if f.kind == "unsubscribe"}:
-                await self.redis.set(one_click_marker(uuid), "1", ex=ONCE_SECONDS)
+            for marker in one_click_markers(analysis.findings):
+                await self.redis.set(marker, "1", ex=ONCE_SECONDS)
             _count(analysis)
             return analysis.findings[0].kind
         if c.kind in ("delayed", "own-dsn"):

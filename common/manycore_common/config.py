@@ -212,9 +212,13 @@ class Login(Section):
 
 class AuthThrottle(Section):
     """Per client address: after ``max-failures`` failed logins within ``window-seconds``
-    the address is refused for ``lockout-seconds``; every failure also delays the next try."""
+    the address is refused for ``lockout-seconds``; every failure also delays the next try.
+    HttpReceiver counts ``max-failures`` per (client address, login name) instead, and
+    failures with login names that are no login per address, up to
+    ``max-unknown-login-failures`` (manycore_httpreceiver.login)."""
 
     max_failures: int = Field(default=5, ge=1)
+    max_unknown_login_failures: int = Field(default=100, ge=1)
     window_seconds: float = Field(default=300.0, gt=0)
     lockout_seconds: float = Field(default=300.0, ge=0)
     delay_seconds: float = Field(default=0.5, ge=0)

@@ -110,6 +110,11 @@ def normalize(address: str) -> str:
     local, at, domain = norm.rpartition("@")
     if not at or not local or len(norm) > 320 or not _DOMAIN.fullmatch(domain):
         raise BadAddress(f"not an address: {address[:100]!r}")
+    if not norm.isascii():
+        try:
+            norm.encode("utf-8")  # a lone surrogate (JSON "\ud800") has no UTF-8 form
+        except UnicodeEncodeError:
+            raise BadAddress(f"not an address: {address[:100]!r}") from None
     return norm
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from . import events
+from . import events, replicas
 from . import suppression as s
 from .queue import ReliableQueue
 
@@ -369,4 +369,5 @@ async def emit_once_suppressing(
             keys += op_keys
             args += [number, *op_args]
     script = queue.redis.register_script(_EMIT_ONCE_SUPPRESSING)
-    return int(await script(keys=keys, args=args))
+    # Acknowledged once a replica has it, as ``events.emit_once_many`` is.
+    return int(await replicas.call(queue.redis, script, keys, args))

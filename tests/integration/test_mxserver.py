@@ -269,8 +269,14 @@ def test_each_recipient_of_a_message_can_unsubscribe_by_mail(
         ("unsubscribe", "m14", "ann@receiver.example"),
         ("unsubscribe", "m14", "ben@receiver.example"),
     ]
-    # HttpReceiver's one-click marker is set: the provider's POST for it gives no second event.
+    # HttpReceiver's one-click markers are set: the provider's POST for a person gives no
+    # second event (per recipient; per message for tokens that name none), and only theirs.
+    from manycore_common.unsubscribe import once_marker
+
     assert queues.exists("unsubscribed:m14")
+    assert queues.exists(once_marker("m14", "ann@receiver.example"))
+    assert queues.exists(once_marker("m14", "ben@receiver.example"))
+    assert not queues.exists(once_marker("m14", "cat@receiver.example"))
 
 
 def test_reports_suppress_the_recipient_with_their_event(mx: Service, queues: SyncRedis) -> None:
