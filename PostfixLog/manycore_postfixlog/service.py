@@ -12,7 +12,7 @@ Tasks while running:
 Graceful stop (README "Termination"): stop pulling and give back what is held, keep Postfix
 from retrying deferred mail, let it finish the deliveries in progress for at most
 ``stop-grace-seconds``, stop it, read the log to its end, and hand what is left in its queue
-back to Redis (``requeue``).
+back to Redis, or keep it for the next start (``queue-on-stop``, ``requeue``).
 """
 
 from __future__ import annotations
@@ -455,8 +455,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         if started:
             with contextlib.suppress(RedisError, OSError):
                 await app.processor.drain()
-                handed = await requeue.hand_back(instance, app.state)
-                log.info("postfix queue handed back", extra={"messages": handed})
+                await requeue.settle_on_stop(instance, app.state)
         app.follower.close()
         await health.stop()
         await redis.aclose()
