@@ -175,7 +175,7 @@ class Reloader:
             return "unchanged"
         try:
             await self._render_and_reload(new_settings)
-        except PostfixError as exc:
+        except (PostfixError, OSError) as exc:
             log.error(
                 "config change not taken by postfix; keeping the running config",
                 extra={"error": str(exc)},
