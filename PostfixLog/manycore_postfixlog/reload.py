@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from manycore_common.config import Config, ConfigError, load_config
 from manycore_common.lifecycle import parse_args
 
@@ -73,11 +75,14 @@ def is_live(key: str) -> bool:
     return any(key == live or key.startswith(live + ".") for live in LIVE_KEYS)
 
 
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", by_alias=True)
+
+
 def config_keys(config: Config) -> dict[str, Any]:
-    """The config as nested dicts with the files' key names; global keys prefixed."""
-    customer = config.customer.model_dump(mode="json", by_alias=True)
-    global_ = config.global_.model_dump(mode="json", by_alias=True)
-    return {**customer, GLOBAL_PREFIX.rstrip(":"): global_}
+    """The config as nested dicts with the files' key names; global keys prefixed. (Only
+    this service's scope was loaded: another service's section never shows up here.)"""
+    return {**_dump(config.customer), GLOBAL_PREFIX.rstrip(":"): _dump(config.global_)}
 
 
 @dataclass(frozen=True)
