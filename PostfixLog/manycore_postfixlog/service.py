@@ -12,7 +12,7 @@ Tasks while running:
 Graceful stop (README "Termination"): stop pulling and give back what is held, keep Postfix
 from retrying deferred mail, let it finish the deliveries in progress for at most
 ``stop-grace-seconds``, stop it, read the log to its end, and hand what is left in its queue
-back to Redis (``requeue``).
+back to Redis, or keep it for the next start (``queue-on-stop``, ``requeue``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -45,6 +46,7 @@ from .headers import take_return_path
 from .injector import Injected, Injector, NotSent, PermanentFailure, TemporaryFailure
 from .instance import PostfixError, PostfixInstance
 from .processor import SOURCE, LogProcessor
+from .reload import Reloader, config_files
 from .settings import Settings
 from .state import Claim, Held, Message, State
 
@@ -293,6 +295,12 @@ class PostfixLog:
         await self.consumer.dead_letter(item, reason, (self.event_queue, raw))
         log.warning("message dead-lettered", extra={"uuid": item.uuid, "reason": reason})
 
+    def apply_settings(self, settings: Settings) -> None:
+        """A live config change (``reload``): read from here on by feeders, log and stop."""
+        self.settings = settings
+        self.processor.deferred_events = settings.deferred_events
+        self.processor.echo = settings.echo_postfix_log
+
     async def start_postfix(self) -> None:
         """Stop what a previous run left, undo what its stop could not finish, start."""
         await self.instance.stop_leftovers()
@@ -436,8 +444,12 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         tasks.append(asyncio.create_task(app.follow_log()))
         tasks.append(asyncio.create_task(app.monitor(monitor_stop)))
         feeders = [asyncio.create_task(app.feed()) for _ in range(settings.smtp_connections)]
+        reloader = Reloader(config, config_files(), instance, app.apply_settings)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.requested.set)
+        tasks.append(asyncio.create_task(reloader.watch(stop)))
         log.info("feeding postfix", extra={"instance": settings.instance})
         await stop.wait()
+        reloader.requested.set()  # wakes the watcher, which sees the stop
         app.feed_stop.set()
         await asyncio.gather(*feeders, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
@@ -455,8 +467,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         if started:
             with contextlib.suppress(RedisError, OSError):
                 await app.processor.drain()
-                handed = await requeue.hand_back(instance, app.state)
-                log.info("postfix queue handed back", extra={"messages": handed})
+                await requeue.settle_on_stop(instance, app.state)
         app.follower.close()
         await health.stop()
         await redis.aclose()

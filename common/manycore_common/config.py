@@ -488,6 +488,11 @@ class PostfixLogSection(Section):
     #: On stop, how long Postfix may finish deliveries in progress before what is left in its
     #: queue goes back to the to-postfix queue.
     stop_grace_seconds: float = Field(default=20.0, ge=0)
+    #: On stop, what becomes of the messages left in Postfix's queue: ``hand-back`` (to the
+    #: to-postfix queue; the queue directory may die with the pod) or ``keep`` (left in the
+    #: queue directory, which must then be a persistent volume of this instance: the next
+    #: start of the same ``instance-name`` delivers them). docs/operations/postfix-queue.md.
+    queue_on_stop: Literal["hand-back", "keep"] = "hand-back"
     #: PostfixLog rotates the log file once it is this big (0: never).
     log_rotate_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
     #: What Redis keeps of a message once its last final event is out (queue id → message,

@@ -15,7 +15,7 @@ from manycore_common.config import ConfigError, PostfixLogSection, load_config
 from manycore_postfixlog import headers, outcomes, postconf, settings
 from manycore_postfixlog.injector import queued_as
 from manycore_postfixlog.logparse import Delivery, Expired
-from manycore_postfixlog.requeue import handback_item, parse_envelope
+from manycore_postfixlog.requeue import handback_item, hands_back, parse_envelope
 from manycore_postfixlog.state import Deferral, Message
 from tests.helpers import CUSTOMER_EXAMPLE, GLOBAL_EXAMPLE
 
@@ -343,3 +343,21 @@ def test_refusal_at_rcpt_is_a_final_bounce() -> None:
     )
     assert (event["type"], event["category"], event["timestamp"]) == ("unroutable", "dns", 5)
     assert event["reason"] == "550 5.1.2 <x@nowhere.test>: Host or domain name not found"
+
+
+def test_queue_on_stop_the_environment_overrides_the_file() -> None:
+    env = settings.QUEUE_ON_STOP_ENV
+    assert settings.queue_on_stop("keep", {}) == "keep"
+    assert settings.queue_on_stop("keep", {env: ""}) == "keep"
+    assert settings.queue_on_stop("keep", {env: "hand-back"}) == "hand-back"
+    with pytest.raises(ConfigError, match=env):
+        settings.queue_on_stop("keep", {env: "drop"})
+    assert section(**{"queue-on-stop": "keep"}).queue_on_stop == "keep"
+    with pytest.raises(ValueError, match="queue-on-stop"):
+        section(**{"queue-on-stop": "drop"})
+
+
+def test_a_stop_hands_back_unless_keep_without_the_marker() -> None:
+    assert hands_back("hand-back", False) and hands_back("hand-back", True)
+    assert hands_back("keep", True)
+    assert not hands_back("keep", False)
