@@ -183,6 +183,7 @@ def test_postmaster_is_accepted_and_unclassified_is_stored(mx: Service, queues: 
     assert events(queues) == []
     (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED-UNTAGGED", 0, -1)
     item = item_format.decode(stored)
+    assert queues.llen("MXSERVER-UNCLASSIFIED") == 0  # no tag: the untagged list only
     assert b"blue one" in item.payload
     assert mx.metric("mxserver_received_unclassified_total") == before + 1
 
