@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from manycore_common import events, keyspace
 from manycore_common import item as item_format
@@ -282,4 +283,9 @@ class Recorder:
         pipe = self.redis.pipeline(transaction=True)
         pipe.lpush(key, raw)
         pipe.ltrim(key, 0, keep - 1)
-        await pipe.execute()
+        try:
+            await pipe.execute()
+        except (RedisError, OSError):
+            # The sender gets 451 and retries: its retry must not use up another of its share.
+            (self.per_uuid if uuid else self.per_client).give_back(uuid or client)
+            raise

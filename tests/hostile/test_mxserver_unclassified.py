@@ -7,12 +7,13 @@ a few messages kept per window. Each client is its own loopback address (127.0.0
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis import Redis as SyncRedis
 
 from manycore_common import item as item_format
-from tests.helpers import RedisServer, Service
+from tests.helpers import LOOPBACK, RedisServer, Service, wait_for
 from tests.hostile.conftest import assert_alive, configured_service
 from tests.mxmail import ABUSE, RP, deliver, original_headers, tag
 
@@ -132,3 +133,25 @@ def test_a_copied_tag_fills_at_most_its_share_of_the_tagged_list(
     assert queues.llen(UNTAGGED) == 0
     after = mx.metric("mxserver_unclassified_not_kept_total", 'reason="per-tag"')
     assert after == before + 10 - PER_UUID
+
+
+def test_a_message_refused_for_redis_does_not_use_up_the_senders_share(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    settings = {"mxserver.unclassified.untagged-per-client": 1}
+    try:
+        with configured_service("mxserver", tmp_path / "cfg", redis.port, settings) as mx:
+            data = note("x@y.example", RP, "hello")
+            redis.stop()
+            wait_for(lambda: mx.readyz()[0] == 503, what="readyz to report redis down")
+            code, _ = deliver(port(mx), "x@y.example", [f"postmaster@{RP}"], data)
+            assert code == 451  # the sender retries later
+            redis = RedisServer(tmp_path / "redis", redis.port).start()
+            wait_for(lambda: mx.readyz()[0] == 200, what="readyz to see redis back")
+            assert deliver(port(mx), "x@y.example", [f"postmaster@{RP}"], data)[0] == 250
+            client = SyncRedis(host=LOOPBACK, port=redis.port)
+            try:
+                assert client.llen(UNTAGGED) == 1  # the retry is kept: its share was not used
+            finally:
+                client.close()
+    finally:
+        redis.stop()
