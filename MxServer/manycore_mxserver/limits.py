@@ -44,6 +44,13 @@ class RateLimiter:
             self._seen.popitem(last=False)
         return allowed
 
+    def give_back(self, client: str) -> None:
+        """Forget ``client``'s newest allowed message: it was not done after all (a write
+        that failed is retried by the sender and must not count twice)."""
+        stamps = self._seen.get(client)
+        if stamps:
+            stamps.pop()
+
 
 class ConnectionLimiter:
     """Connections open at once, per client address and in all. Only open connections are

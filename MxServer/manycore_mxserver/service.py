@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from manycore_common import keyspace, redisconn, tls
+from manycore_common import redisconn, tls
 from manycore_common.config import Config, ConfigError, MxServerSection
 from manycore_common.lifecycle import run_service
 from manycore_common.queue import ReliableQueue
@@ -92,15 +92,10 @@ def classifier_settings(settings: Settings, section: MxServerSection) -> Setting
 
 
 def _recorder(config: Config, prepared: Prepared, redis: Redis) -> Recorder:
-    unclassified = prepared.section.unclassified
     return Recorder(
         redis,
         ReliableQueue(redis, config.global_.backdata.queue_name),
-        keyspace.current().unclassified(),
-        unclassified.max_count,
-        unclassified.max_bytes,
-        unclassified.max_total_bytes,
-        unclassified.max_rcpts,
+        prepared.section.unclassified,
         prepared.senders,
         config.customer.common_config.suppression,
     )

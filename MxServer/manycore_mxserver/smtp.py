@@ -324,11 +324,14 @@ class Handler:
         result = await self.pool.analyse(Job(mail_from, rcpts, tags, data))
         if isinstance(result, str):  # timed out or crashed: kept for an operator
             result = Analysis(Classification("unclassified", note=f"classification {result}"), ())
-        uuid = tags[0].uuid if tags else None
+        # A tag verified at RCPT, else one the message quotes (a reply to postmaster@ about
+        # one of our messages): either proves the message concerns mail we sent.
+        uuid = tags[0].uuid if tags else result.tag_uuid
         try:
             size = envelope.data_size if isinstance(envelope, TaggedEnvelope) else len(data)
+            envelope_fields = {"mail_from": mail_from, "rcpts": list(rcpts), "bytes": size}
             kind = await self.recorder.record(
-                result, data, {"mail_from": mail_from, "rcpts": list(rcpts), "bytes": size}, uuid
+                result, data, envelope_fields, uuid, client_key(client)
             )
         except (RedisError, OSError) as exc:
             REFUSED.labels("redis-unavailable").inc()

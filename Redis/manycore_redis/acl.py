@@ -248,13 +248,14 @@ def _grants(ks: Keyspace) -> dict[str, list[Grant]]:
         ],
         "backdata": [_consumer(ks, ks.events), traces],
         # Events with once-markers (and their suppressions), stream ids read, the
-        # unclassified list (LPUSH + LTRIM in MULTI).
+        # unclassified lists, tagged and untagged (LPUSH + LTRIM in MULTI).
         "mxserver": [
             events,
             Grant(ONCE, ks.family("once")),
             suppress,
             Grant(("hmget",), read=streams),
             Grant(("lpush", "ltrim"), ks.family("unclassified")),
+            Grant(("lpush", "ltrim"), ks.family("unclassified-untagged")),
         ],
     }
 
@@ -266,7 +267,8 @@ def rights(ks: Keyspace) -> dict[str, Rights]:
     for name in ("transformer", "mxserver"):
         table[name] = Rights(CONNECTION + TRANSACTIONS, table[name].grants)
     read = ks.queues(*ks.all_queues) + ks.family("trace")
-    exporter = Grant(READ_ONLY, read=read + ks.family("unclassified"))
+    unclassified = ks.family("unclassified") + ks.family("unclassified-untagged")
+    exporter = Grant(READ_ONLY, read=read + unclassified)
     table["exporter"] = Rights(CONNECTION, (exporter,), scripts=False)
     return table
 

@@ -555,14 +555,35 @@ class RateLimit(Section):
 
 
 class Unclassified(Section):
-    """Messages no rule understood are kept in Redis for an operator, bounded: the newest
-    ``max-count`` of at most ``max-bytes`` each, and at most ``max-total-bytes`` in all."""
+    """Messages no rule understood are kept in Redis for an operator, in two lists, each
+    bounded to its newest messages: those a verified feedback tag ties to mail we sent
+    (``MXSERVER-UNCLASSIFIED``) and the rest (``MXSERVER-UNCLASSIFIED-UNTAGGED``: postmaster@
+    and abuse mail, which anyone may send). The untagged list has its own share of the
+    budget, so strangers cannot push the tagged messages out."""
 
+    #: Messages kept in both lists together; the oldest of a full list are dropped.
     max_count: int = Field(default=1000, ge=0)
+    #: Octets kept of one message; the rest is cut (the item says so).
     max_bytes: int = Field(default=256 * 1024, ge=1024)
+    #: Octets kept in both lists together (each list keeps fewer messages to stay within).
     max_total_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     #: Envelope recipients kept with a stored message (the rest are counted, not stored).
     max_rcpts: int = Field(default=10, ge=1)
+    #: Part of max-count and max-total-bytes given to the untagged list; the tagged list
+    #: has the rest, and untagged messages never take from it.
+    untagged_share: float = Field(default=0.25, ge=0, le=1)
+    #: Untagged messages kept per client address (an IPv4 address, an IPv6 /64) within
+    #: window-seconds; more are accepted (250) but not kept, and counted in
+    #: ``mxserver_unclassified_not_kept_total{reason="per-client"}``: one sender cannot fill
+    #: the untagged list.
+    untagged_per_client: int = Field(default=10, ge=1)
+    #: Tagged messages kept per message uuid within window-seconds; more are accepted but not
+    #: kept (``reason="per-tag"``): a tag copied from one message we sent (anyone on a mailing
+    #: list has one) cannot fill the tagged list.
+    tagged_per_uuid: int = Field(default=5, ge=1)
+    #: The window of untagged-per-client and tagged-per-uuid. Counted in memory by each
+    #: MxServer replica, so with N replicas a sender may get N times as many kept.
+    window_seconds: float = Field(default=3600.0, gt=0)
 
 
 class MxServerLimits(Section):

@@ -38,6 +38,7 @@ QUEUE_SUFFIXES = ("consumers", "holders", "dead", "doorbell", "processing")
 
 _FEEDBACK_STREAMS = "MANYCORE-FEEDBACK-STREAMS"
 _UNCLASSIFIED = "MXSERVER-UNCLASSIFIED"
+_UNCLASSIFIED_UNTAGGED = "MXSERVER-UNCLASSIFIED-UNTAGGED"
 #: Once-keys of events, by what they say happened (events.emit_once).
 _ONCE = {
     "bounce": "bounced",
@@ -155,8 +156,14 @@ class Keyspace:
         return self.prefix + _FEEDBACK_STREAMS
 
     def unclassified(self) -> str:
-        """MxServer's list of mail no rule understood."""
+        """MxServer's list of mail no rule understood that carries a verified feedback tag
+        (it concerns mail we sent)."""
         return self.prefix + _UNCLASSIFIED
+
+    def unclassified_untagged(self) -> str:
+        """MxServer's list of mail no rule understood and no tag proves (postmaster@ and
+        abuse mail anyone may send): kept apart so it cannot push out the tagged list."""
+        return self.prefix + _UNCLASSIFIED_UNTAGGED
 
     def postfixlog(self, instance: str, what: str) -> str:
         """One PostfixLog instance's keys: ``msg:<queue id>``, ``requeued:<queue id>``,
@@ -194,6 +201,7 @@ class Keyspace:
         out["untimed-since"] = [_glob(self.untimed_since())]
         out["feedback-streams"] = [_glob(self.feedback_streams())]
         out["unclassified"] = [_glob(self.unclassified())]
+        out["unclassified-untagged"] = [_glob(self.unclassified_untagged())]
         out["postfixlog"] = [p + "postfixlog:*"]
         out["legacy"] = legacy
         return out

@@ -7,7 +7,9 @@
     manycore-queues drop ID                    delete one dead letter
     manycore-queues requeue ID                 move one dead letter back (attempts reset)
     manycore-queues trace UUID                 what happened to a message, and where it is now
-    manycore-queues unclassified [--count N] [--show N]   MxServer's unclassified mail
+    manycore-queues unclassified [--untagged] [--count N] [--show N]
+                                               MxServer's unclassified mail: the tagged
+                                               list, or the untagged one (postmaster@, abuse)
     manycore-queues adopt                      register processing lists an older version left
 
 Look-ups by id or uuid read each list in pages and stop after ``--scan-cap`` items per list
@@ -82,6 +84,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cmd.add_argument("--count", type=int, default=20, help="how many to list")
     cmd.add_argument("--show", type=int, default=None, help="print message N (0 = newest)")
     cmd.add_argument("--raw", action="store_true", help="with --show: the message bytes only")
+    cmd.add_argument(
+        "--untagged",
+        action="store_true",
+        help="the untagged list (postmaster@ and abuse mail no verified tag ties to our mail)",
+    )
     for cmd in sub.choices.values():
         cmd.add_argument(
             "--scan-cap",
@@ -210,11 +217,16 @@ async def trace_uuid(args: argparse.Namespace, redis: Redis, queues: list[Reliab
 
 
 async def unclassified(args: argparse.Namespace, redis: Redis) -> int:
-    key = keyspace.current().unclassified()
+    ks = keyspace.current()
+    key, other = (ks.unclassified(), ks.unclassified_untagged())
+    if args.untagged:
+        key, other = other, key
     if args.show is not None:
         raw = await redis.lindex(key, args.show)
         if raw is None:
-            print(f"manycore-queues: no unclassified message #{args.show}", file=sys.stderr)
+            print(
+                f"manycore-queues: no unclassified message #{args.show} in {key}", file=sys.stderr
+            )
             return 1
         item = queueinspect.decode(raw)
         if args.raw:
@@ -222,13 +234,15 @@ async def unclassified(args: argparse.Namespace, redis: Redis) -> int:
         else:
             print("\n".join(queueview.item_lines(item, f"{key} #{args.show}")))
         return 0
-    total = int(await redis.llen(key))
+    total, other_total = int(await redis.llen(key)), int(await redis.llen(other))
     raws = await redis.lrange(key, 0, max(args.count, 1) - 1)
     rows = [queueview.unclassified_row(i, queueinspect.decode(r)) for i, r in enumerate(raws)]
     if args.json:
-        print(json.dumps({"total": total, "messages": rows}))
+        which = "untagged" if args.untagged else "tagged"
+        counts = {"list": which, "key": key, "total": total, "other_total": other_total}
+        print(json.dumps(counts | {"messages": rows}))
         return 0
-    print(f"{key}: {total} message(s), newest first")
+    print(queueview.unclassified_heading(key, total, args.untagged, other, other_total))
     for row in rows:
         print(queueview.unclassified_line(row))
     return 0

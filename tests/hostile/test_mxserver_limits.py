@@ -127,7 +127,7 @@ def test_ten_megabyte_message_is_answered_within_the_budget(mx: Service, queues:
     assert code == 250, reply
     assert took < BUDGET + 5.0, took  # 10 MB to send and parse, plus the classifier's limit
     assert slowest < 1.0, slowest
-    (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED", 0, -1)
+    (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED-UNTAGGED", 0, -1)
     assert len(stored) < 300 * 1024  # unclassified.max-bytes, not 10 MB
 
 
@@ -177,7 +177,7 @@ def test_unclassified_keeps_only_the_first_rcpts(mx: Service, queues: SyncRedis)
     rcpts = [f"postmaster@{RP}"] * 100
     body = b"Subject: x\r\n\r\n30 bytes of body text\r\n"
     assert deliver(port(mx), "x@y.example", rcpts, body)[0] == 250
-    (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED", 0, -1)
+    (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED-UNTAGGED", 0, -1)
     item = item_format.decode(stored)
     assert len(item.header["rcpts"]) == 10 and item.header["rcpt_count"] == 100
     assert len(stored) < 4096

@@ -181,8 +181,9 @@ def test_postmaster_is_accepted_and_unclassified_is_stored(mx: Service, queues: 
     code, _ = deliver(mx, xena, [f"PostMaster@{RP}"], plain(xena, f"postmaster@{RP}", "blue one"))
     assert code == 250
     assert events(queues) == []
-    (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED", 0, -1)
+    (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED-UNTAGGED", 0, -1)
     item = item_format.decode(stored)
+    assert queues.llen("MXSERVER-UNCLASSIFIED") == 0  # no tag: the untagged list only
     assert b"blue one" in item.payload
     assert mx.metric("mxserver_received_unclassified_total") == before + 1
 

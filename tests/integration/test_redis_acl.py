@@ -156,6 +156,8 @@ def allowed(side: str) -> dict[str, list[str]]:
             "multi",
             "lpush MXSERVER-UNCLASSIFIED x",
             "ltrim MXSERVER-UNCLASSIFIED 0 99",
+            "lpush MXSERVER-UNCLASSIFIED-UNTAGGED x",
+            "ltrim MXSERVER-UNCLASSIFIED-UNTAGGED 0 99",
             "exec",
         ],
         "exporter": [
@@ -171,6 +173,9 @@ def allowed(side: str) -> dict[str, list[str]]:
             "lrange MXSERVER-UNCLASSIFIED 0 19",
             "lindex MXSERVER-UNCLASSIFIED 0",
             "llen MXSERVER-UNCLASSIFIED",
+            "lrange MXSERVER-UNCLASSIFIED-UNTAGGED 0 19",
+            "lindex MXSERVER-UNCLASSIFIED-UNTAGGED 0",
+            "llen MXSERVER-UNCLASSIFIED-UNTAGGED",
         ],
     }
 
@@ -198,6 +203,8 @@ FORBIDDEN = [
     "get other-key",
 ]
 
+UNCLASSIFIED = ("MXSERVER-UNCLASSIFIED", "MXSERVER-UNCLASSIFIED-UNTAGGED")
+
 #: Keys each service may not delete: the queues it does not consume, and everyone else's state.
 OTHERS = {
     "receiver": [P0, f"{P0}:dead", "idem:abc", "trace:u1", EV, "supp:size"],
@@ -205,8 +212,15 @@ OTHERS = {
     "transformer": [IN, f"{IN}:dead", EV, f"{EV}:dead", "trace:u1", "supp:size", "idem:abc"],
     "postfixlog": [P0, f"{P0}:dead", EV, f"{EV}:processing:c1", "trace:u1", "idem:abc"],
     "backdata": [P0, IN, f"{IN}:dead", "postfixlog:claim:1", "supp:size", "trace:u1"],
-    "mxserver": [P0, EV, f"{EV}:dead", "postfixlog:claim:1", "MXSERVER-UNCLASSIFIED"],
-    "exporter": [P0, f"{P0}:dead", f"{{{P0}}}:dead", "trace:u1", "MXSERVER-UNCLASSIFIED"],
+    "mxserver": [P0, EV, f"{EV}:dead", "postfixlog:claim:1", *UNCLASSIFIED],
+    "exporter": [
+        P0,
+        f"{P0}:dead",
+        f"{{{P0}}}:dead",
+        "trace:u1",
+        "MXSERVER-UNCLASSIFIED",
+        "MXSERVER-UNCLASSIFIED-UNTAGGED",
+    ],
 }
 
 

@@ -21,6 +21,7 @@ from manycore_common.idempotency import Claim
 from manycore_common.queue import ReliableQueue, wait_for_doorbells
 from manycore_common.suppressionpolicy import ops_for_event
 from manycore_common.suppressionstore import SuppressionStore, emit_once_suppressing
+from manycore_mxserver.record import Recorder
 from manycore_redis import acl, exporter
 from tests.helpers import LOOPBACK, RedisServer
 from tests.integration.test_redis_acl import EV, IN, KS, P0, P1, PASSWORD, settings
@@ -138,10 +139,10 @@ async def test_mxserver_and_httpreceiver_emit_once_and_suppress(login: Any) -> N
     mx = login("mxserver")
     assert await mx.hmget("MANYCORE-FEEDBACK-STREAMS", ["f"]) == [None]
     await mx.set("unsubscribed:u9", "1", ex=60)
-    pipe = mx.pipeline(transaction=True)
-    pipe.lpush("MXSERVER-UNCLASSIFIED", new("x"))
-    pipe.ltrim("MXSERVER-UNCLASSIFIED", 0, 99)
-    await pipe.execute()
+    # Both unclassified lists, as MxServer's Recorder writes them (LPUSH + LTRIM in MULTI).
+    recorder = Recorder(mx, ReliableQueue(mx, EV))
+    await recorder.store_unclassified(b"odd", {"mail_from": "a@x.net"}, "no rule", "u1", "c")
+    await recorder.store_unclassified(b"junk", {"mail_from": "b@x.net"}, "no rule", None, "c")
     http = login("httpreceiver")
     store = SuppressionStore(http)
     ops = ops_for_event(bounce("u4", "d@example.net"), ["example.com"], settings)
@@ -177,3 +178,4 @@ async def test_exporter_reads_queues_traces_and_unclassified(login: Any) -> None
     assert await queue.dead_size() == 0 and await queue.dead_letters() == []
     assert await trace.read(redis, "u1") == []
     assert await redis.lrange("MXSERVER-UNCLASSIFIED", 0, 19) == []
+    assert await redis.llen("MXSERVER-UNCLASSIFIED-UNTAGGED") == 0

@@ -51,6 +51,7 @@ def test_a_prefix_goes_in_front_of_every_key_once() -> None:
         ks.once("unsubscribe", "u1"),
         ks.feedback_streams(),
         ks.unclassified(),
+        ks.unclassified_untagged(),
         ks.untimed_since(),
         ks.postfixlog("pod-0", "log-position"),
         ks.postfixlog_item("i1"),

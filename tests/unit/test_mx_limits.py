@@ -49,3 +49,11 @@ def test_rate_limit_window() -> None:
     limiter = RateLimiter(2, 10.0)
     assert limiter.allow("a", 0.0) and limiter.allow("a", 1.0) and not limiter.allow("a", 2.0)
     assert limiter.allow("a", 10.5)
+
+
+def test_a_message_given_back_does_not_count() -> None:
+    limiter = RateLimiter(1, 10.0)
+    assert limiter.allow("a", 0.0) and not limiter.allow("a", 1.0)
+    limiter.give_back("a")
+    limiter.give_back("nobody")  # harmless
+    assert limiter.allow("a", 2.0) and not limiter.allow("a", 3.0)

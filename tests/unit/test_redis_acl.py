@@ -166,6 +166,7 @@ def test_key_families_are_the_codes(prefix: str) -> None:
         (ks.untimed_since(), "untimed-since"),
         (ks.feedback_streams(), "feedback-streams"),
         (ks.unclassified(), "unclassified"),
+        (ks.unclassified_untagged(), "unclassified-untagged"),
         (ks.postfixlog("host-1", "msg:ABC"), "postfixlog"),
         (ks.postfixlog_claim("item"), "postfixlog"),
     ]
