@@ -23,6 +23,8 @@ from tests.integration.test_redis_module import NO_RETRY, RedisPod
 
 P0, P1, IN, EV = "IB-MAIL-QUEUE-P0", "IB-MAIL-QUEUE-P1", "INCOMING-TO-POSTFIX", "EVENT_QUEUE"
 KS = acl.Keyspace(P0, P1, IN, EV)
+#: The services' users and the optional ones (the operator tools').
+USERS = (*acl.SERVICES, *acl.OPTIONAL_USERS)
 SHA = "a" * 40
 PASSWORD = "s3cret-s3cret-s3cret"
 
@@ -172,6 +174,30 @@ def allowed(side: str) -> dict[str, list[str]]:
             "lindex MXSERVER-UNCLASSIFIED 0",
             "llen MXSERVER-UNCLASSIFIED",
         ],
+        # manycore-queues (stats, dead, peek, trace, unclassified; drop and requeue ID:
+        # queueinspect._TAKE_DEAD; requeue QUEUE: queue._REQUEUE_DEAD) and
+        # manycore-suppressions (its scripts and the size counter).
+        "operator": [
+            *BASE,
+            *(
+                f"zrange {s(q)}:{r} 0 -1"
+                for q in (P0, P1, IN, EV)
+                for r in ("holders", "consumers")
+            ),
+            *(f"llen {s(q)}:processing:c1" for q in (P0, P1, IN, EV)),
+            *(f"lrange {s(q)}:processing:c1 0 499" for q in (P0, P1, IN, EV)),
+            *(f"lrange {q} 0 499" for q in (P0, P1, IN, EV)),
+            *(f"evalsha {SHA} 2 {s(q)}:dead {q} x y" for q in (P0, P1, IN, EV)),
+            *(f"lrem {s(q)}:dead 1 x" for q in (P0, P1, IN, EV)),
+            *(f"rpop {s(q)}:dead" for q in (P0, P1, IN, EV)),
+            *(f"llen {s(q)}:dead" for q in (P0, P1, IN, EV)),
+            *(f"lpush {q} x" for q in (P0, P1, IN, EV)),
+            "lrange trace:u1 -1000 -1",
+            "lrange MXSERVER-UNCLASSIFIED 0 19",
+            "lindex MXSERVER-UNCLASSIFIED 0",
+            *SUPPRESS[1:],
+            f"evalsha {SHA} 2 supp:size supp:domain:ab12 a@b v",
+        ],
     }
 
 
@@ -207,11 +233,12 @@ OTHERS = {
     "backdata": [P0, IN, f"{IN}:dead", "postfixlog:claim:1", "supp:size", "trace:u1"],
     "mxserver": [P0, EV, f"{EV}:dead", "postfixlog:claim:1", "MXSERVER-UNCLASSIFIED"],
     "exporter": [P0, f"{P0}:dead", f"{{{P0}}}:dead", "trace:u1", "MXSERVER-UNCLASSIFIED"],
+    "operator": [P0, f"{{{P0}}}:dead", EV, "trace:u1", "MXSERVER-UNCLASSIFIED", "idem:abc"],
 }
 
 
 def settings() -> RedisServerSettings:
-    users = {s: {"username": f"mc-{s}", "password": PASSWORD} for s in acl.SERVICES}
+    users = {s: {"username": f"mc-{s}", "password": PASSWORD} for s in USERS}
     return RedisServerSettings.model_validate({"password": PASSWORD, "users": users})
 
 
@@ -234,13 +261,13 @@ def dryrun(admin: SyncRedis, service: str, command: str) -> str:
 
 
 @pytest.mark.parametrize("side", ["", "tagged"])
-@pytest.mark.parametrize("service", acl.SERVICES)
+@pytest.mark.parametrize("service", USERS)
 def test_every_command_of_a_service_is_allowed(admin: SyncRedis, service: str, side: str) -> None:
     refused = {c: r for c in allowed(side)[service] if (r := dryrun(admin, service, c)) != "OK"}
     assert refused == {}
 
 
-@pytest.mark.parametrize("service", acl.SERVICES)
+@pytest.mark.parametrize("service", USERS)
 def test_what_no_service_may_do_is_refused(admin: SyncRedis, service: str) -> None:
     passed = [c for c in FORBIDDEN if dryrun(admin, service, c) == "OK"]
     passed += [k for k in OTHERS[service] if dryrun(admin, service, f"del {k}") == "OK"]
@@ -254,6 +281,33 @@ def test_the_exporter_writes_nothing(admin: SyncRedis) -> None:
         if command.split()[0] in ("zrange", "lrange", "lindex", "hgetall", "hget", "hmget"):
             continue
         assert dryrun(admin, "exporter", command) != "OK", command
+
+
+@pytest.mark.parametrize("side", ["", "tagged"])
+def test_the_operator_writes_only_dead_letters_requeues_and_the_list(
+    admin: SyncRedis, side: str
+) -> None:
+    """Its LREM / RPOP are on dead lists only, its LPUSH on the queues themselves."""
+    q = "{" + P0 + "}" if side else P0
+    refused = [
+        f"lrem {P0} 1 x",
+        f"rpop {P0}",
+        f"lrem {q}:processing:c1 1 x",
+        f"lpush {q}:dead x",
+        f"lpush {q}:processing:c1 x",
+        f"lpush {q}:doorbell 1",
+        f"ltrim {q}:dead 0 0",
+        f"zadd {q}:holders 0 c1",
+        f"blmove {P0} {q}:processing:c1 RIGHT LEFT 1",
+        "rpush trace:u1 x",
+        "lpush MXSERVER-UNCLASSIFIED x",
+        "hset MANYCORE-FEEDBACK-STREAMS f v",
+        "set idem:abc v",
+        "set unsubscribed:u1 1",
+        "info",
+        "multi",
+    ]
+    assert [c for c in refused if dryrun(admin, "operator", c) == "OK"] == []
 
 
 def test_a_user_with_the_wrong_password_is_refused(admin: SyncRedis) -> None:
