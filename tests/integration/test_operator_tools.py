@@ -1,7 +1,7 @@
 """The operator tools as the operator's ACL user (``redis.server.users.operator``), against a
 real redis-server started with the generated rules: ``manycore-queues`` drop / requeue by id
 (dead letters of two different queues), requeue QUEUE, stats, dead, peek, trace;
-``manycore-suppressions`` add, get, list, size, delete, purge. Every command passing with
+``manycore-suppressions`` add, import, get, list, size, delete, purge. Every command passing with
 ``ACL LOG`` empty afterwards is the proof. Run with the Redis pod's read-only login instead,
 a write is refused with a message naming the config keys to set, not a traceback."""
 
@@ -102,14 +102,17 @@ def test_queues_dead_letters_as_the_operator(admin: SyncRedis, run: Run) -> None
     assert acl_log(admin) == []
 
 
-def test_suppressions_as_the_operator(admin: SyncRedis, run: Run) -> None:
+def test_suppressions_as_the_operator(admin: SyncRedis, run: Run, tmp_path: Path) -> None:
     cli = suppressioncli.main
     add = ("add", "a@example.net", "--domain", "example.com")
     assert run(cli, *add)[:2] == (0, '{"added": 1}\n')
+    (tmp_path / "list.csv").write_text("address,domain\nb@example.net,example.org\n")
+    code, out, _ = run(cli, "import", str(tmp_path / "list.csv"))
+    assert code == 0 and json.loads(out)["added"] == 1
     assert json.loads(run(cli, "get", "a@example.net")[1])["reason"] == "manual"
     assert "a@example.net" in run(cli, "list", "--domain", "example.com")[1]
-    assert json.loads(run(cli, "size")[1]) == {"example.com": 1}
-    assert run(cli, "purge")[:2] == (0, '{"example.com": 0}\n')
+    assert json.loads(run(cli, "size")[1]) == {"example.com": 1, "example.org": 1}
+    assert run(cli, "purge", "--domain", "example.com")[:2] == (0, '{"example.com": 0}\n')
     assert run(cli, "delete", "a@example.net")[:2] == (0, '{"deleted": 1}\n')
     assert acl_log(admin) == []
 

@@ -330,6 +330,7 @@ def pod_users(directory: Path) -> dict[str, object]:
         "redis__server__users": {
             "exporter": {"username": "mc-exporter", "password-file": "exporter-redis"},
             "receiver": {"username": "mc-receiver", "password": PASSWORD},
+            "operator": {"username": "mc-operator", "password": PASSWORD},
         },
         "redis__reliable-queue__redis__username": "mc-exporter",
         "redis__reliable-queue__redis__password-file": "exporter-redis",
@@ -352,6 +353,11 @@ def test_pod_with_per_service_users(tmp_path: Path) -> None:
         with pytest.raises(NoPermissionError):
             exporter.lpush(P0, b"x")
         exporter.close()
+        operator = SyncRedis(host=LOOPBACK, port=port, username="mc-operator", password=PASSWORD)
+        assert operator.lrange(P0, 0, 0) and operator.rpop(f"{{{P0}}}:dead") is None
+        with pytest.raises(NoPermissionError):
+            operator.rpop(P0)
+        operator.close()
         with pytest.raises(AuthenticationError):
             SyncRedis(host=LOOPBACK, port=port, username="manycore", password="p" * 20).ping()
     finally:
@@ -359,6 +365,7 @@ def test_pod_with_per_service_users(tmp_path: Path) -> None:
     log = pod.log.read_text()
     assert "services without a Redis user cannot connect" in log
     assert "redis.server.users.transformer" in log
+    assert "redis.server.users.operator" not in log  # optional: never reported missing
     assert "every service shares one Redis user" not in log
 
 
