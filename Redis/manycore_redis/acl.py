@@ -49,6 +49,8 @@ SERVICES = (
     "mxserver",
     "exporter",
 )
+#: Optional users of no service: not reported missing (``missing_users``) when absent.
+OPTIONAL_USERS = ("operator",)
 
 # --------------------------------------------------------------------------- key families
 # Every family's patterns come from ``keyspace.Keyspace.acl_patterns`` (the one place that
@@ -120,6 +122,11 @@ POSTFIXLOG_STATE = (
 #: The exporter (queue gauges, INFO memory) and ``manycore-queues``' reading commands
 #: (stats, dead, peek, trace, unclassified): reads only.
 READ_ONLY = ("llen", "lindex", "lrange", "zrange", "info")
+#: The operator tools' reads: ``manycore-queues`` stats, dead, peek, trace, unclassified.
+OPERATOR_READ = ("llen", "lindex", "lrange", "zrange")
+#: Taking from a dead list: ``queueinspect._TAKE_DEAD`` (drop / requeue ID: LREM) and
+#: ``queue._REQUEUE_DEAD`` (requeue QUEUE: LLEN, RPOP). Both LPUSH onto the queue itself.
+DEAD_TAKE = ("lrem", "rpop", "llen")
 
 
 # --------------------------------------------------------------------------- the rules
@@ -270,7 +277,26 @@ def rights(ks: Keyspace) -> dict[str, Rights]:
     unclassified = ks.family("unclassified") + ks.family("unclassified-untagged")
     exporter = Grant(READ_ONLY, read=read + unclassified)
     table["exporter"] = Rights(CONNECTION, (exporter,), scripts=False)
+    table["operator"] = _operator(ks)
     return table
+
+
+def _operator(ks: Keyspace) -> Rights:
+    """The operator tools' user (``redis.server.users.operator``): every queue's dead letters
+    (peek, drop, requeue by id or all), the suppression list's scripts and reads, traces and
+    the queue readings. No DEL of a queue, no write to a waiting list but the requeue's LPUSH."""
+    dead = tuple(p for p in ks.queues(*ks.all_queues, parts=("dead",)) if p.endswith(":dead"))
+    reads = ks.queues(*ks.all_queues) + ks.family("trace") + ks.family("unclassified")
+    reads += ks.family("unclassified-untagged")
+    return Rights(
+        CONNECTION,
+        (
+            Grant(OPERATOR_READ, read=reads),
+            Grant(DEAD_TAKE, dead),
+            Grant(("lpush",), ks.keys(*ks.all_queues)),
+            Grant(SUPPRESSION_WRITE, ks.family("suppression")),
+        ),
+    )
 
 
 def acl_password(password: str) -> str:

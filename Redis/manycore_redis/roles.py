@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from manycore_common.config import NodeAddress, RedisConnection, RedisServer
+from manycore_common.redisconn import NO_CLIENT_SETINFO
 
 from .acl import acl_password
 
@@ -81,6 +82,7 @@ async def ask_sentinels(connection: RedisConnection, master_name: str) -> NodeAd
             password=password.get_secret_value() if password else None,
             socket_connect_timeout=connection.connect_timeout_seconds,
             socket_timeout=connection.connect_timeout_seconds,
+            **NO_CLIENT_SETINFO,  # the sentinel user may not run it: redisconn says why
         )
         try:
             answer = await client.execute_command(  # type: ignore[no-untyped-call]

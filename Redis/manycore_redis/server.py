@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from manycore_common.config import RedisServer
+from manycore_common.redisconn import NO_CLIENT_SETINFO
 
 from .acl import acl_password
 
@@ -169,6 +170,7 @@ async def launch(
         socket_timeout=30,
         # SHUTDOWN closes the connection on success: a retry would only wait for nothing.
         retry=Retry(NoBackoff(), retries=0),
+        **NO_CLIENT_SETINFO,  # why: redisconn.NO_CLIENT_SETINFO
     )
     await _wait_ready(process, admin, timeout)
     log.info(

@@ -18,6 +18,7 @@ Queues and events:
     ``queuectl``      ``manycore-queues``: stats, dead letters, requeue, trace, adopt
     ``queueinspect``  bounded look-ups: where a uuid is, one dead letter by id, unclassified
     ``queueview``     what ``manycore-queues`` prints (pure)
+    ``operatorlogin`` the operator tools' Redis login (``operator``) and refusal messages
     ``trace``         per-message trace records ``trace:<uuid>``
     ``events``        the event schema, and pushing events (once, with once-markers)
 

@@ -787,7 +787,9 @@ class RedisUsers(Section):
     """``redis.server.users``: one ACL user per service, each allowed only the keys and
     commands that service's code uses (``manycore_redis.acl``). A service left out has no
     user (it cannot connect). ``exporter`` is the Redis pod's own read-only user
-    (``redis.reliable-queue.redis``: queue gauges, ``manycore-queues`` stats and trace)."""
+    (``redis.reliable-queue.redis``: queue gauges, ``manycore-queues`` stats and trace).
+    ``operator`` (optional, no service's): the operator tools' user (``manycore-queues``
+    drop/requeue, ``manycore-suppressions``), which logs in from the ``operator`` section."""
 
     receiver: RedisUser | None = None
     httpreceiver: RedisUser | None = None
@@ -796,6 +798,7 @@ class RedisUsers(Section):
     backdata: RedisUser | None = None
     mxserver: RedisUser | None = None
     exporter: RedisUser | None = None
+    operator: RedisUser | None = None
 
     @model_validator(mode="after")
     def _distinct_names(self) -> RedisUsers:
@@ -886,6 +889,15 @@ class RedisSection(Section):
     poll_seconds: float = Field(default=5.0, gt=0)
 
 
+class OperatorSection(Section):
+    """``operator``: how the operator tools (``manycore-queues``, ``manycore-suppressions``)
+    log in, as ``redis.server.users.operator`` (``manycore_redis.acl``). A section of its
+    own (``configscope``): a tool run with it reads this password file only, not the Redis
+    pod's admin and S3 secrets. Without it the tools use the ``redis`` section's login."""
+
+    reliable_queue: ReliableQueueClient = ReliableQueueClient()
+
+
 class ObjectStorage(Section):
     secret_keys = ("access-key-id", "secret-access-key")
 
@@ -974,7 +986,14 @@ class CommonConfig(Section):
 
 
 SectionName = Literal[
-    "receiver", "httpreceiver", "transformer", "postfixlog", "mxserver", "backdata", "redis"
+    "receiver",
+    "httpreceiver",
+    "transformer",
+    "postfixlog",
+    "mxserver",
+    "backdata",
+    "redis",
+    "operator",
 ]
 
 
@@ -986,6 +1005,7 @@ class CustomerConfig(Section):
     mxserver: MxServerSection | None = None
     backdata: BackDataSection | None = None
     redis: RedisSection | None = None
+    operator: OperatorSection | None = None
     common_config: CommonConfig = CommonConfig()
 
 

@@ -15,8 +15,12 @@
 Look-ups by id or uuid read each list in pages and stop after ``--scan-cap`` items per list
 (and say so); see docs/operations/tracing.md.
 
-It connects with the ``redis`` section's ``reliable-queue.redis`` settings (the Redis pod's),
-or another section's with ``--section``.
+It connects with the ``operator`` section's ``reliable-queue.redis`` login (the user
+``redis.server.users.operator``) when the customer config has one, else with the ``redis``
+section's (the Redis pod's: with per-service users the read-only exporter, enough for stats,
+dead, peek, trace, unclassified); another section's with ``--section``. drop and requeue
+need the operator user (or, for requeue QUEUE, the consuming service's section); a refusal
+says which config keys to set (``operatorlogin``).
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from . import configscope, keyspace, queueinspect, queueview, redisconn, trace
+from . import configscope, keyspace, operatorlogin, queueinspect, queueview, redisconn, trace
 from .config import (
     DEFAULT_CUSTOMER_CONFIG,
     DEFAULT_GLOBAL_CONFIG,
@@ -58,12 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="manycore-queues", description=__doc__.split("\n")[0])
     parser.add_argument("--global-config-file", default=str(DEFAULT_GLOBAL_CONFIG))
     parser.add_argument("--customer-config-file", default=str(DEFAULT_CUSTOMER_CONFIG))
-    parser.add_argument(
-        "--section",
-        default="redis",
-        choices=configscope.SECTIONS,
-        help="whose Redis settings to use",
-    )
+    parser.add_argument("--section", choices=configscope.SECTIONS, help=operatorlogin.SECTION_HELP)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("stats", help="queue sizes")
@@ -114,6 +114,12 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     redis = redisconn.connect(section.reliable_queue.redis)
     try:
         return await dispatch(args, redis, queue_names(config))
+    except RedisError as exc:
+        if not operatorlogin.is_refusal(exc):
+            raise
+        for line in operatorlogin.refusal_lines("manycore-queues", args.section, exc):
+            print(line, file=sys.stderr)
+        return 1
     finally:
         await redis.aclose()
 
@@ -250,6 +256,8 @@ async def unclassified(args: argparse.Namespace, redis: Redis) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.section is None:
+        args.section = operatorlogin.default_section(Path(args.customer_config_file))
     try:
         # Only the chosen section's secrets: the tool runs in that service's pod.
         config = load_config(

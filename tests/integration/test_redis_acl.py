@@ -23,6 +23,8 @@ from tests.integration.test_redis_module import NO_RETRY, RedisPod
 
 P0, P1, IN, EV = "IB-MAIL-QUEUE-P0", "IB-MAIL-QUEUE-P1", "INCOMING-TO-POSTFIX", "EVENT_QUEUE"
 KS = acl.Keyspace(P0, P1, IN, EV)
+#: The services' users and the optional ones (the operator tools').
+USERS = (*acl.SERVICES, *acl.OPTIONAL_USERS)
 SHA = "a" * 40
 PASSWORD = "s3cret-s3cret-s3cret"
 
@@ -177,6 +179,31 @@ def allowed(side: str) -> dict[str, list[str]]:
             "lindex MXSERVER-UNCLASSIFIED-UNTAGGED 0",
             "llen MXSERVER-UNCLASSIFIED-UNTAGGED",
         ],
+        # manycore-queues (stats, dead, peek, trace, unclassified; drop and requeue ID:
+        # queueinspect._TAKE_DEAD; requeue QUEUE: queue._REQUEUE_DEAD) and
+        # manycore-suppressions (its scripts and the size counter).
+        "operator": [
+            *BASE,
+            *(
+                f"zrange {s(q)}:{r} 0 -1"
+                for q in (P0, P1, IN, EV)
+                for r in ("holders", "consumers")
+            ),
+            *(f"llen {s(q)}:processing:c1" for q in (P0, P1, IN, EV)),
+            *(f"lrange {s(q)}:processing:c1 0 499" for q in (P0, P1, IN, EV)),
+            *(f"lrange {q} 0 499" for q in (P0, P1, IN, EV)),
+            *(f"evalsha {SHA} 2 {s(q)}:dead {q} x y" for q in (P0, P1, IN, EV)),
+            *(f"lrem {s(q)}:dead 1 x" for q in (P0, P1, IN, EV)),
+            *(f"rpop {s(q)}:dead" for q in (P0, P1, IN, EV)),
+            *(f"llen {s(q)}:dead" for q in (P0, P1, IN, EV)),
+            *(f"lpush {q} x" for q in (P0, P1, IN, EV)),
+            "lrange trace:u1 -1000 -1",
+            "lrange MXSERVER-UNCLASSIFIED 0 19",
+            "lindex MXSERVER-UNCLASSIFIED 0",
+            "lrange MXSERVER-UNCLASSIFIED-UNTAGGED 0 19",
+            *SUPPRESS[1:],
+            f"evalsha {SHA} 2 supp:size supp:domain:ab12 a@b v",
+        ],
     }
 
 
@@ -221,11 +248,12 @@ OTHERS = {
         "MXSERVER-UNCLASSIFIED",
         "MXSERVER-UNCLASSIFIED-UNTAGGED",
     ],
+    "operator": [P0, f"{{{P0}}}:dead", EV, "trace:u1", *UNCLASSIFIED, "idem:abc"],
 }
 
 
 def settings() -> RedisServerSettings:
-    users = {s: {"username": f"mc-{s}", "password": PASSWORD} for s in acl.SERVICES}
+    users = {s: {"username": f"mc-{s}", "password": PASSWORD} for s in USERS}
     return RedisServerSettings.model_validate({"password": PASSWORD, "users": users})
 
 
@@ -248,13 +276,13 @@ def dryrun(admin: SyncRedis, service: str, command: str) -> str:
 
 
 @pytest.mark.parametrize("side", ["", "tagged"])
-@pytest.mark.parametrize("service", acl.SERVICES)
+@pytest.mark.parametrize("service", USERS)
 def test_every_command_of_a_service_is_allowed(admin: SyncRedis, service: str, side: str) -> None:
     refused = {c: r for c in allowed(side)[service] if (r := dryrun(admin, service, c)) != "OK"}
     assert refused == {}
 
 
-@pytest.mark.parametrize("service", acl.SERVICES)
+@pytest.mark.parametrize("service", USERS)
 def test_what_no_service_may_do_is_refused(admin: SyncRedis, service: str) -> None:
     passed = [c for c in FORBIDDEN if dryrun(admin, service, c) == "OK"]
     passed += [k for k in OTHERS[service] if dryrun(admin, service, f"del {k}") == "OK"]
@@ -268,6 +296,33 @@ def test_the_exporter_writes_nothing(admin: SyncRedis) -> None:
         if command.split()[0] in ("zrange", "lrange", "lindex", "hgetall", "hget", "hmget"):
             continue
         assert dryrun(admin, "exporter", command) != "OK", command
+
+
+@pytest.mark.parametrize("side", ["", "tagged"])
+def test_the_operator_writes_only_dead_letters_requeues_and_the_list(
+    admin: SyncRedis, side: str
+) -> None:
+    """Its LREM / RPOP are on dead lists only, its LPUSH on the queues themselves."""
+    q = "{" + P0 + "}" if side else P0
+    refused = [
+        f"lrem {P0} 1 x",
+        f"rpop {P0}",
+        f"lrem {q}:processing:c1 1 x",
+        f"lpush {q}:dead x",
+        f"lpush {q}:processing:c1 x",
+        f"lpush {q}:doorbell 1",
+        f"ltrim {q}:dead 0 0",
+        f"zadd {q}:holders 0 c1",
+        f"blmove {P0} {q}:processing:c1 RIGHT LEFT 1",
+        "rpush trace:u1 x",
+        "lpush MXSERVER-UNCLASSIFIED x",
+        "hset MANYCORE-FEEDBACK-STREAMS f v",
+        "set idem:abc v",
+        "set unsubscribed:u1 1",
+        "info",
+        "multi",
+    ]
+    assert [c for c in refused if dryrun(admin, "operator", c) == "OK"] == []
 
 
 def test_a_user_with_the_wrong_password_is_refused(admin: SyncRedis) -> None:
@@ -290,6 +345,7 @@ def pod_users(directory: Path) -> dict[str, object]:
         "redis__server__users": {
             "exporter": {"username": "mc-exporter", "password-file": "exporter-redis"},
             "receiver": {"username": "mc-receiver", "password": PASSWORD},
+            "operator": {"username": "mc-operator", "password": PASSWORD},
         },
         "redis__reliable-queue__redis__username": "mc-exporter",
         "redis__reliable-queue__redis__password-file": "exporter-redis",
@@ -312,6 +368,11 @@ def test_pod_with_per_service_users(tmp_path: Path) -> None:
         with pytest.raises(NoPermissionError):
             exporter.lpush(P0, b"x")
         exporter.close()
+        operator = SyncRedis(host=LOOPBACK, port=port, username="mc-operator", password=PASSWORD)
+        assert operator.lrange(P0, 0, 0) and operator.rpop(f"{{{P0}}}:dead") is None
+        with pytest.raises(NoPermissionError):
+            operator.rpop(P0)
+        operator.close()
         with pytest.raises(AuthenticationError):
             SyncRedis(host=LOOPBACK, port=port, username="manycore", password="p" * 20).ping()
     finally:
@@ -319,6 +380,7 @@ def test_pod_with_per_service_users(tmp_path: Path) -> None:
     log = pod.log.read_text()
     assert "services without a Redis user cannot connect" in log
     assert "redis.server.users.transformer" in log
+    assert "redis.server.users.operator" not in log  # optional: never reported missing
     assert "every service shares one Redis user" not in log
 
 

@@ -69,6 +69,12 @@ SCRIPTS = {
 }
 #: Scripts only an operator's tool runs (``manycore-queues peek/drop/requeue ID``).
 OPERATOR_SCRIPTS = {("manycore_common.queueinspect", "_TAKE_DEAD")}
+#: What the operator's user runs: drop / requeue by id, requeue QUEUE, the suppression CLI.
+OPERATOR_RUNS = [
+    *OPERATOR_SCRIPTS,
+    (_QUEUE, "_REQUEUE_DEAD"),
+    *((_STORE, n) for n in ("_ADD", "_IMPORT", "_LOOKUP", "_DELETE", "_SCAN", "_PURGE")),
+]
 
 CALL = re.compile(r"redis\.p?call\('([A-Z]+)'")
 
@@ -108,6 +114,29 @@ def test_every_script_in_the_code_is_accounted_for() -> None:
                 found.add((module, name))
     assert len(found) == 30  # the search itself works (update when adding a script)
     assert found - declared == set()
+
+
+def test_the_operators_scripts_and_calls_are_granted() -> None:
+    """Every script the operator tools run, and their own modules' redis-py calls."""
+    granted = acl.rights(KS)["operator"].all_commands()
+    for module, name in OPERATOR_RUNS:
+        missing = script_commands(module, name) - granted
+        assert not missing, f"the operator runs {module}.{name}, which calls {missing}"
+    tools = ("queuectl.py", "queueinspect.py", "suppressioncli.py")
+    called = set().union(*(client_calls(ROOT / "common/manycore_common" / t) for t in tools))
+    assert {"lrange", "llen", "lindex"} <= called  # the search finds the calls
+    assert called - granted == set()
+    assert not {"info", "multi", "exec", "discard", "blmove", "ltrim"} & granted
+
+
+def test_the_operator_user_is_optional() -> None:
+    settings = server(operator={"username": "mc-operator", "password": "o" * 16})
+    (line,) = acl.service_rules(settings, KS)
+    assert line.startswith("user mc-operator reset on #")
+    assert (
+        "(resetchannels +lrem +rpop +llen ~IB-MAIL-QUEUE-P0:dead ~{IB-MAIL-QUEUE-P0}:dead" in line
+    )
+    assert "redis.server.users.operator" not in acl.missing_users(settings)
 
 
 def test_no_user_gets_a_dangerous_command() -> None:
