@@ -71,7 +71,7 @@ def test_every_outcome_comes_back_as_its_event(stack: Stack) -> None:
     events = wait_events(stack, 14)
     time.sleep(3)  # anything that should not come (duplicates) would come now
     events = stack.events()
-    by = {}
+    by: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
     for e in events:
         by.setdefault((e["event"], e["uuid"], e.get("type")), []).append(e)
 

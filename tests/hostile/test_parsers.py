@@ -456,7 +456,6 @@ def test_config_one_value_replaced(tmp_path: Path, path: tuple[Any, ...], value:
         text = yaml.safe_dump(_replace(CUSTOMER, path, value), allow_unicode=True)
     except (ValueError, yaml.YAMLError):
         assume(False)
-        return
     _load(tmp_path, GLOBAL_EXAMPLE.read_text(), text)
 
 

@@ -50,7 +50,7 @@ def role(pod: RedisPod) -> str:
 def named_primary(sentinel_port: int) -> int | None:
     client = SyncRedis(host=LOOPBACK, port=sentinel_port, retry=NO_RETRY)
     try:
-        answer = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", NAME)
+        answer = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", NAME)  # type: ignore[no-untyped-call]
     finally:
         client.close()
     return int(answer[1]) if answer else None
@@ -115,7 +115,9 @@ def test_primary_replica_sentinel_and_a_returning_primary(tmp_path: Path) -> Non
 def _replicas_seen(sentinel_port: int) -> int:
     client = SyncRedis(host=LOOPBACK, port=sentinel_port, retry=NO_RETRY)
     try:
-        return int(client.sentinel_master(NAME)["num-slaves"])
+        state = client.sentinel_master(NAME)
+        assert isinstance(state, dict), state
+        return int(state["num-slaves"])
     finally:
         client.close()
 

@@ -466,11 +466,13 @@ def alternative_message(uuid: str = "u1") -> bytes:
 
 def parts(data: bytes) -> list[tuple[str, bytes]]:
     msg = email.message_from_bytes(data, policy=email.policy.default)
-    return [
-        (p.get_content_type(), p.get_payload(decode=True))
-        for p in msg.walk()
-        if not p.is_multipart()
-    ]
+    found = []
+    for part in msg.walk():
+        if not part.is_multipart():
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes), payload
+            found.append((part.get_content_type(), payload))
+    return found
 
 
 def with_beacon(url: str = "https://t.example.com/o/{{uuid}}/{{stream-id}}.gif") -> Settings:
