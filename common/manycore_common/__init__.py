@@ -22,6 +22,8 @@ Queues and events:
 
 Front doors (Receiver, HttpReceiver) and the SMTP services:
     ``message``       validation of a customer's message (pure)
+    ``rawheaders``    where a header section ends and its fields, on raw bytes: the one
+                      line-ending rule (pure; also the Transformer's and PostfixLog's edits)
     ``intake``        validate, wrap and push to P0 or P1, with the README's metrics
     ``grouppush``     group commit: concurrent messages share one Redis round trip
     ``idempotency``   one message per X-Uuid or Idempotency-Key within a window
