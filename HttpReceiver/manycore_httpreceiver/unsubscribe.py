@@ -23,22 +23,16 @@ import time
 from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from manycore_common import events
 from manycore_common.queue import ReliableQueue
 from manycore_common.unsubscribe import Token, read_token
 
+from .metrics import RESULTS
+
 log = logging.getLogger(__name__)
 
-RESULTS = Counter(
-    "httpreceiver_unsubscribe",
-    "One-click unsubscribe requests, by result (ok, repeated, invalid, expired, unavailable)",
-    ["result"],
-)
-for _result in ("ok", "repeated", "invalid", "expired", "unavailable"):
-    RESULTS.labels(_result)
 
 #: A repeated POST of the same token within this time gives no second event (at least).
 ONCE_SECONDS = 90 * 24 * 3600

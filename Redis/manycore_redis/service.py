@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -31,16 +31,13 @@ from manycore_common.queuectl import queue_names
 from . import backup as backups
 from . import roles
 from . import server as redis_server
-from .exporter import QueueCollector, poll, readme_gauges
+from .exporter import poll
+from .metrics import BACKUPS, QueueCollector, readme_gauges
 
 log = logging.getLogger(__name__)
 
 SERVICE = "redis"
 ADOPT_RETRY_SECONDS = 5.0
-
-BACKUPS = Counter("redis_backups", "Backups uploaded to object storage, by outcome", ["outcome"])
-for _outcome in ("ok", "failed"):
-    BACKUPS.labels(_outcome)
 
 
 @dataclass(frozen=True)

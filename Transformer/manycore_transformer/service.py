@@ -17,7 +17,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
 from manycore_common import events, redisconn, trace
@@ -35,6 +34,7 @@ from manycore_common.queue import (
 from manycore_common.suppressionstore import SuppressionStore
 
 from . import settings as settings_module
+from .metrics import COPIES, ERRORS, POLLED_DEFAULT, POLLED_PRIMARY, PUSHED, SIGN_SECONDS, WARNINGS
 from .streams import StreamRegistry
 from .suppress import Checker, refresh_size
 from .transform import Settings, Transformed, TransformError, transform
@@ -51,48 +51,6 @@ BACKOFF_SECONDS = 0.5
 #: How often the suppression list's size gauge is read from Redis.
 SIZE_REFRESH_SECONDS = 15.0
 
-POLLED_PRIMARY = Counter(
-    "transformer_polled_primary", "Number of emails received from Receiver on priority queue"
-)
-POLLED_DEFAULT = Counter(
-    "transformer_polled_default", "Number of emails received from Receiver on default queue"
-)
-PUSHED = Counter("transformer_pushed", "Number of emails pushed to postfix queue")
-COPIES = Counter(
-    "transformer_pushed_copies",
-    "Items pushed to the postfix queue: one per recipient, each with its own return path",
-)
-ERRORS = Counter(
-    "transformer_errors",
-    "Messages that could not be transformed and went to the dead-letter list, by reason",
-    ["reason"],
-)
-WARNINGS = Counter(
-    "transformer_warnings", "Conditions worth a look that did not stop a message", ["reason"]
-)
-SIGN_SECONDS = Histogram(
-    "transformer_sign_seconds",
-    "Time to DKIM-sign one message: its body hash and every recipient's copy",
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
-)
-for _reason in (
-    "unknown-domain",
-    "bad-uuid",
-    "bad-from",
-    "unparseable",
-    "bad-recipients",
-    "too-many-copies",
-):
-    ERRORS.labels(_reason)
-for _reason in (
-    "weak-key",
-    "legacy-unsubscribe-address",
-    "untagged-unsubscribe-address",
-    "recipients-from-headers",
-    "stream-registry",
-    "stream-hash-collision",
-):
-    WARNINGS.labels(_reason)
 
 # ----------------------------------------------------------------- worker side (pure)
 

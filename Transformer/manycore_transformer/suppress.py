@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-
 from manycore_common import events, feedbacktag
 from manycore_common import suppression as s
 from manycore_common.config import SuppressionSettings
@@ -28,24 +26,8 @@ from manycore_common.message import STREAM_ID_RE, UUID_RE
 from manycore_common.suppressionstore import SuppressionStore
 
 from .headers import normalize_line_endings, split_message
+from .metrics import LIST_SIZE, SUPPRESSED, SUPPRESSED_MESSAGES
 from .transform import TransformError, _from_domain, _ids, distinct_recipients
-
-SUPPRESSED = Counter(
-    "transformer_suppressed_recipients",
-    "Recipients dropped because they are on the suppression list, by the entry's reason",
-    ["reason"],
-)
-SUPPRESSED_MESSAGES = Counter(
-    "transformer_suppressed_messages",
-    "Messages not sent at all: every recipient was on the suppression list",
-)
-LIST_SIZE = Gauge(
-    "suppression_list_entries",
-    "Entries on the suppression list (all sending domains), from the counter kept in Redis",
-    multiprocess_mode="max",
-)
-for _reason in s.REASONS:
-    SUPPRESSED.labels(_reason)
 
 
 @dataclass(frozen=True, slots=True)
