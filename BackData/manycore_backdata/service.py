@@ -82,6 +82,33 @@ async def _register(consumer: Consumer, stop: asyncio.Event) -> bool:
     return False
 
 
+def _posters(
+    config: Config, section: BackDataSection, consumer: Consumer, hook: Webhook
+) -> list[Poster]:
+    """``concurrency`` posters sharing the consumer (one takes at a time), the order gate
+    and the retry policy."""
+    retrying = Retrying(
+        section.retry_initial_seconds,
+        section.retry_max_seconds,
+        section.max_event_age_seconds,
+    )
+    take_lock, gate = asyncio.Lock(), OrderGate()
+    return [
+        Poster(
+            f"p{n}",
+            consumer,
+            take_lock,
+            gate,
+            hook,
+            section.batch_size,
+            retrying,
+            batch_wait=section.batch_wait_seconds,
+            trace_settings=TraceSettings.of(config.global_.trace),
+        )
+        for n in range(section.concurrency)
+    ]
+
+
 async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     assert isinstance(prepared, Prepared)
     section = prepared.section
@@ -110,27 +137,8 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             return
         background.append(asyncio.create_task(consumer.keep_alive(background_stop)))
         background.append(asyncio.create_task(monitor(queue, consumer, background_stop)))
-        retrying = Retrying(
-            section.retry_initial_seconds,
-            section.retry_max_seconds,
-            section.max_event_age_seconds,
-        )
         async with Webhook(prepared.webhook) as hook:
-            take_lock, gate = asyncio.Lock(), OrderGate()
-            posters = [
-                Poster(
-                    f"p{n}",
-                    consumer,
-                    take_lock,
-                    gate,
-                    hook,
-                    section.batch_size,
-                    retrying,
-                    batch_wait=section.batch_wait_seconds,
-                    trace_settings=TraceSettings.of(config.global_.trace),
-                )
-                for n in range(section.concurrency)
-            ]
+            posters = _posters(config, section, consumer, hook)
             loops = [asyncio.create_task(p.run(stop)) for p in posters]
             log.info(
                 "posting events",

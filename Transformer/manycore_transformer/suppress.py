@@ -25,9 +25,10 @@ from manycore_common.config import SuppressionSettings
 from manycore_common.message import STREAM_ID_RE, UUID_RE
 from manycore_common.suppressionstore import SuppressionStore
 
+from . import identity
 from .headers import normalize_line_endings, split_message
+from .identity import TransformError
 from .metrics import LIST_SIZE, SUPPRESSED, SUPPRESSED_MESSAGES
-from .transform import TransformError, _from_domain, _ids, distinct_recipients
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,7 @@ def envelope(data: bytes, rcpts: Sequence[str] | None) -> Envelope | None:
         return None
     if streams and not STREAM_ID_RE.fullmatch(streams[0]):
         return None
-    domain = _from_domain(found.get(b"from", []))
+    domain = identity.from_domain(found.get(b"from", []))
     if domain is None:
         return None
     stream = streams[0] if streams else None
@@ -108,9 +109,9 @@ def _parsed(head: bytes) -> Envelope | None:
         index: dict[str, list[Any]] = {}
         for f in fields:
             index.setdefault(f.key, []).append(f)
-        uuid, stream_id = _ids(index)
-        domain = _from_domain([f.value for f in index.get("from", ())])
-        found, _ = distinct_recipients(None, index, uuid)
+        uuid, stream_id = identity.ids(index)
+        domain = identity.from_domain([f.value for f in index.get("from", ())])
+        found, _ = identity.distinct_recipients(None, index, uuid)
     except (ValueError, TransformError):
         return None
     if domain is None:

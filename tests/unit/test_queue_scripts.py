@@ -8,13 +8,13 @@ import re
 import pytest
 
 from manycore_common import queue
-from manycore_postfixlog import state
+from manycore_postfixlog import statescripts
 
 SCRIPTS = {
     f"{module.__name__}.{name}": value
-    for module in (queue, state)
+    for module in (queue, statescripts)
     for name, value in vars(module).items()
-    if name.startswith("_") and name.isupper() and isinstance(value, str) and "redis.call" in value
+    if name.isupper() and isinstance(value, str) and "redis.call" in value
 }
 #: A key name made by concatenation with a KEYS entry (what the SCAN-era reaper did).
 _KEY_CONCAT = re.compile(r"KEYS\[\d+\]\s*\.\.|\.\.\s*KEYS\[\d+\]")
@@ -22,7 +22,10 @@ _KEY_CONCAT = re.compile(r"KEYS\[\d+\]\s*\.\.|\.\.\s*KEYS\[\d+\]")
 
 def test_the_scripts_are_found() -> None:
     assert {"manycore_common.queue._REAP", "manycore_common.queue._TAKE_MANY"} <= set(SCRIPTS)
-    assert "manycore_postfixlog.state._CLAIM" in SCRIPTS
+    assert {
+        "manycore_postfixlog.statescripts.CLAIM",
+        "manycore_postfixlog.statescripts.RECORD",
+    } <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

@@ -19,13 +19,13 @@ from manycore_common import feedbacktag
 from manycore_transformer import dkim
 from manycore_transformer import transform as transform_module
 from manycore_transformer.headers import split_message, values
+from manycore_transformer.identity import TransformError
 from manycore_transformer.settings import check_templates, upgrade_inject
 from manycore_transformer.templates import upgrade_legacy
 from manycore_transformer.transform import (
     Copy,
     DomainSigner,
     Settings,
-    TransformError,
     transform,
 )
 from tests.dkimcheck import dkimpy_results, opendkim_results
