@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from manycore_common import redisconn
+from manycore_common import redisconn, redisready
 from manycore_common.config import BackDataSection, Config
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
@@ -69,19 +69,6 @@ async def monitor(queue: ReliableQueue, consumer: Consumer, stop: asyncio.Event)
         await pause(stop, MONITOR_SECONDS)
 
 
-async def _register(consumer: Consumer, stop: asyncio.Event) -> bool:
-    """Register, retrying while Redis is not there yet (readiness shows it meanwhile).
-    False if told to stop first."""
-    while not stop.is_set():
-        try:
-            await consumer.register()
-            return True
-        except (RedisError, OSError) as exc:
-            log.warning("waiting for redis", extra={"error": str(exc)})
-            await pause(stop, 1.0)
-    return False
-
-
 def _posters(
     config: Config, section: BackDataSection, consumer: Consumer, hook: Webhook
 ) -> list[Poster]:
@@ -109,8 +96,7 @@ def _posters(
     ]
 
 
-async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
-    assert isinstance(prepared, Prepared)
+async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None:
     section = prepared.section
     rq = config.global_.reliable_queue
     redis = redisconn.connect(section.reliable_queue.redis, blocking_timeout=IDLE_WAIT_SECONDS)
@@ -122,10 +108,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     )
     consumer = queue.consumer(default_consumer_id(SERVICE))
 
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
-
-    health = HealthServer(section.prometheus, {"redis": redis_ok})
+    health = HealthServer(section.prometheus, {"redis": redisready.answers(redis)})
     await health.start()
     # The heartbeat and monitor outlive the posters: they keep our processing list ours
     # until the last in-flight POST is settled and the rest released.
@@ -133,7 +116,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     background: list[asyncio.Task[None]] = []
     loops: list[asyncio.Task[None]] = []
     try:
-        if not await _register(consumer, stop):
+        if not await redisready.register_when_up(consumer, stop):
             return
         background.append(asyncio.create_task(consumer.keep_alive(background_stop)))
         background.append(asyncio.create_task(monitor(queue, consumer, background_stop)))

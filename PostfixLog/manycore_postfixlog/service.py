@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from manycore_common import redisconn
+from manycore_common import redisconn, redisready
 from manycore_common.config import Config, PostfixLogSection
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
-from manycore_common.queue import Consumer, ReliableQueue
+from manycore_common.queue import ReliableQueue
 
 from . import requeue
 from . import settings as settings_module
@@ -44,18 +44,6 @@ def prepare(config: Config) -> Prepared:
     return Prepared(section, settings_module.from_config(config))
 
 
-async def _until_redis(consumer: Consumer, stop: asyncio.Event) -> None:
-    while True:
-        try:
-            await consumer.register()
-            return
-        except (RedisError, OSError) as exc:
-            if stop.is_set():
-                raise
-            log.warning("waiting for redis", extra={"error": str(exc)})
-            await asyncio.sleep(1)
-
-
 def _app(config: Config, prepared: Prepared, redis: Redis) -> PostfixLog:
     rq = config.global_.reliable_queue
     incoming = ReliableQueue(
@@ -69,16 +57,19 @@ def _app(config: Config, prepared: Prepared, redis: Redis) -> PostfixLog:
     return PostfixLog(prepared.settings, redis, incoming, event_queue, instance)
 
 
-async def _start_postfix(app: PostfixLog, stop: asyncio.Event) -> None:
-    """Write its config, check it, wait for Redis, then start Postfix (exit 1 if it fails)."""
+async def _start_postfix(app: PostfixLog, stop: asyncio.Event) -> bool:
+    """Write its config, check it, wait for Redis, then start Postfix (exit 1 if it fails).
+    False when told to stop while waiting for Redis."""
     try:
         app.instance.write_config()
         await app.instance.check()
-        await _until_redis(app.consumer, stop)
+        if not await redisready.register_when_up(app.consumer, stop):
+            return False
         await app.start_postfix()
     except PostfixError as exc:
         log.error("cannot start postfix", extra={"error": str(exc)})
         raise SystemExit(1) from None
+    return True
 
 
 async def _shut_down(
@@ -99,26 +90,25 @@ async def _shut_down(
     app.follower.close()
 
 
-async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
-    assert isinstance(prepared, Prepared)
+async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None:
     section, settings = prepared.section, prepared.settings
     redis = redisconn.connect(section.reliable_queue.redis, blocking_timeout=TAKE_TIMEOUT)
     app = _app(config, prepared, redis)
-
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
 
     async def postfix_ok() -> bool:
         # Not a TCP probe of smtpd: each would add "lost connection after CONNECT" to the log.
         return app.instance.ready
 
-    health = HealthServer(section.prometheus, {"redis": redis_ok, "postfix": postfix_ok})
+    health = HealthServer(
+        section.prometheus, {"redis": redisready.answers(redis), "postfix": postfix_ok}
+    )
     await health.start()
     monitor_stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []  # the log loop, the monitor and the heartbeat
     started = False
     try:
-        await _start_postfix(app, stop)
+        if not await _start_postfix(app, stop):
+            return
         await app.processor.start()
         started = True
         tasks.append(asyncio.create_task(app.follow_log()))

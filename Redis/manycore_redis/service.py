@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from manycore_common import redisconn
+from manycore_common import redisconn, redisready
 from manycore_common.config import Config, ConfigError, RedisSection, RedisServer
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
@@ -73,8 +73,7 @@ def prepare(config: Config) -> Prepared:
     return Prepared(section, store)
 
 
-async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
-    assert isinstance(prepared, Prepared)
+async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None:
     section = prepared.section
     settings = section.server
     if settings is not None and settings.role == "sentinel":
@@ -88,10 +87,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     collector = QueueCollector(readme_gauges(config))
     REGISTRY.register(collector)
 
-    async def redis_ok() -> bool:
-        return bool(await client.ping())
-
-    health = HealthServer(section.prometheus, {"redis": redis_ok})
+    health = HealthServer(section.prometheus, {"redis": redisready.answers(client)})
     await health.start()
     inner_stop = asyncio.Event()
     tasks = _background(config, prepared, client, collector, running, inner_stop)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from manycore_common import events, redisconn, trace
+from manycore_common import events, redisconn, redisready, trace
 from manycore_common.config import Config, TransformerSection
 from manycore_common.health import HealthServer
 from manycore_common.item import Item
@@ -255,8 +255,7 @@ def _queues(config: Config, redis: Redis) -> Queues:
     )
 
 
-async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
-    assert isinstance(prepared, Prepared)
+async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None:
     section = prepared.section
     redis = redisconn.connect(section.reliable_queue.redis, blocking_timeout=IDLE_WAIT_SECONDS)
     queues = _queues(config, redis)
@@ -266,17 +265,15 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     streams = StreamRegistry(redis)
     checker = Checker(SuppressionStore(redis), config.customer.common_config.suppression)
 
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
-
-    health = HealthServer(section.prometheus, {"redis": redis_ok})
+    health = HealthServer(section.prometheus, {"redis": redisready.answers(redis)})
     await health.start()
     inner_stop = asyncio.Event()
     keepers: list[asyncio.Task[None]] = []
     loops: list[asyncio.Task[None]] = []
     try:
         for consumer in consumers:
-            await _register(consumer, stop)
+            if not await redisready.register_when_up(consumer, stop):
+                return
             keepers.append(asyncio.create_task(consumer.keep_alive(inner_stop)))
         tracing = trace.TraceSettings.of(config.global_.trace)
         args = (*consumers, queues.target, queues.events, section, executor, settings, streams)
@@ -319,19 +316,6 @@ def _executor(workers: int, spec: settings_module.SettingsSpec) -> ProcessPoolEx
         initializer=init_worker,
         initargs=(spec,),
     )
-
-
-async def _register(consumer: Consumer, stop: asyncio.Event) -> None:
-    """Register, retrying while Redis is not there yet (readiness shows it meanwhile)."""
-    while True:
-        try:
-            await consumer.register()
-            return
-        except (RedisError, OSError) as exc:
-            if stop.is_set():
-                raise
-            log.warning("waiting for redis", extra={"error": str(exc)})
-            await asyncio.sleep(1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

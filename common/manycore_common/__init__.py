@@ -10,6 +10,7 @@ Configuration and process:
     ``tls``           server TLS contexts (self-signed when no certificate is given)
     ``redisconn``     Redis clients from a ``reliable-queue.redis`` section (one node or Sentinel)
     ``replicas``      writes acknowledged only once a replica has them (``WAIT``)
+    ``redisready``    the one Redis readiness check and start-up wait (one stop rule)
 
 Queues and events:
     ``item``          the queue item format (JSON header line, then the payload)

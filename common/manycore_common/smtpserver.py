@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from . import tls, workers
+from . import redisready, tls, workers
 from .config import Listen, Prometheus
 from .health import HealthServer
 
@@ -134,13 +134,10 @@ async def serve_smtp(
         extra={"address": bind.inet_interface, "port": bind.inet_port, **(log_extra or {})},
     )
 
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
-
     async def listening() -> bool:
         return server.is_serving()
 
-    health = HealthServer(prometheus, {"redis": redis_ok, "smtp": listening})
+    health = HealthServer(prometheus, {"redis": redisready.answers(redis), "smtp": listening})
     if handoff is None:
         await health.start()
     # A renewed STARTTLS certificate is served from the next connection on (tls.py).

@@ -57,7 +57,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from . import redisconn
+from . import redisconn, redisready
 from .config import Listen, Prometheus, ReliableQueueClient
 from .health import HealthServer
 
@@ -490,15 +490,12 @@ async def run_parent(
     on_forced_exit(supervisor.kill)
     redis = redisconn.connect(section.reliable_queue.redis)
 
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
-
     async def workers_running() -> bool:
         return supervisor.ready()
 
     health = HealthServer(
         section.prometheus,
-        {"redis": redis_ok, "workers": workers_running},
+        {"redis": redisready.answers(redis), "workers": workers_running},
         registry=supervisor.registry,
     )
     try:
