@@ -4,7 +4,8 @@ Configuration and process:
     ``config``        the two YAML files, validated into frozen typed objects
     ``configscope``   which parts of the customer file each service loads (least privilege)
     ``lifecycle``     ``run_service``: arguments, config, logging, the two-phase stop
-    ``workers``       several processes serving one port for the front doors
+    ``workers``       several processes serving one port for the front doors (a worker's side)
+    ``supervisor``    the parent of those workers: start, hand connections out, restart, stop
     ``health``        ``/metrics``, ``/livez`` and ``/readyz``
     ``logs``          JSON log lines
     ``tls``           server TLS contexts (self-signed when no certificate is given)

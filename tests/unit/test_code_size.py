@@ -19,9 +19,8 @@ LONG_MODULES = {
     # bottom as the reference it is (issue 21 allows it).
     "common/manycore_common/config.py",
     # Not split yet (issue 21 item 6 names only functions): the reliable queue's Lua scripts
-    # and their Python side, and the front doors' worker processes. Split next.
+    # and their Python side. Split next.
     "common/manycore_common/queue.py",
-    "common/manycore_common/workers.py",
 }
 
 
