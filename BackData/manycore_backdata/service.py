@@ -21,7 +21,7 @@ from manycore_common import redisconn, redisready
 from manycore_common.config import BackDataSection, Config
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
-from manycore_common.queue import Consumer, ReliableQueue, default_consumer_id
+from manycore_common.queue import Consumer, ReliableQueue, configured, default_consumer_id
 from manycore_common.trace import TraceSettings
 
 from . import batch
@@ -100,12 +100,7 @@ async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None
     section = prepared.section
     rq = config.global_.reliable_queue
     redis = redisconn.connect(section.reliable_queue.redis, blocking_timeout=IDLE_WAIT_SECONDS)
-    queue = ReliableQueue(
-        redis,
-        config.global_.backdata.queue_name,
-        max_attempts=rq.max_attempts,
-        heartbeat_timeout=rq.heartbeat_timeout_seconds,
-    )
+    queue = configured(redis, config.global_.backdata.queue_name, rq)
     consumer = queue.consumer(default_consumer_id(SERVICE))
 
     health = HealthServer(section.prometheus, {"redis": redisready.answers(redis)})

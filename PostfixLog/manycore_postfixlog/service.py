@@ -22,7 +22,7 @@ from manycore_common import redisconn, redisready
 from manycore_common.config import Config, PostfixLogSection
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
-from manycore_common.queue import ReliableQueue
+from manycore_common.queue import ReliableQueue, configured
 
 from . import requeue
 from . import settings as settings_module
@@ -46,12 +46,7 @@ def prepare(config: Config) -> Prepared:
 
 def _app(config: Config, prepared: Prepared, redis: Redis) -> PostfixLog:
     rq = config.global_.reliable_queue
-    incoming = ReliableQueue(
-        redis,
-        config.global_.postfix.incoming_queue_name,
-        max_attempts=rq.max_attempts,
-        heartbeat_timeout=rq.heartbeat_timeout_seconds,
-    )
+    incoming = configured(redis, config.global_.postfix.incoming_queue_name, rq)
     event_queue = ReliableQueue(redis, config.global_.backdata.queue_name)
     instance = PostfixInstance(prepared.settings)
     return PostfixLog(prepared.settings, redis, incoming, event_queue, instance)

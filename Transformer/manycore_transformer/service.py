@@ -27,6 +27,7 @@ from manycore_common.lifecycle import run_service
 from manycore_common.queue import (
     Consumer,
     ReliableQueue,
+    configured,
     default_consumer_id,
     wait_for_doorbells,
 )
@@ -234,24 +235,13 @@ class Queues:
 
 def _queues(config: Config, redis: Redis) -> Queues:
     rq = config.global_.reliable_queue
-
-    def queue(name: str, hwm: int = 0, doorbell: bool = False) -> ReliableQueue:
-        return ReliableQueue(
-            redis,
-            name,
-            max_attempts=rq.max_attempts,
-            heartbeat_timeout=rq.heartbeat_timeout_seconds,
-            high_water_mark=hwm,
-            doorbell=doorbell,
-        )
-
-    primary = queue(rq.queue_names.primary_queue, doorbell=True)
-    default = queue(rq.queue_names.default_queue, doorbell=True)
+    primary = configured(redis, rq.queue_names.primary_queue, rq, doorbell=True)
+    default = configured(redis, rq.queue_names.default_queue, rq, doorbell=True)
     consumer_id = default_consumer_id(SERVICE)
     return Queues(
         (primary.consumer(consumer_id), default.consumer(consumer_id)),
-        queue(config.global_.postfix.incoming_queue_name, rq.high_water_mark),
-        queue(config.global_.backdata.queue_name),
+        configured(redis, config.global_.postfix.incoming_queue_name, rq, bounded=True),
+        configured(redis, config.global_.backdata.queue_name, rq),
     )
 
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 #: Exit code when a second signal cuts the graceful stop short.
 FORCED_EXIT_CODE = 1
-#: What a parent of workers does before a forced exit: kill them (workers.Supervisor.kill).
+#: What a parent of workers does before a forced exit: kill them (supervisor.Supervisor.kill).
 _forced_exit_hooks: list[Callable[[], None]] = []
 
 #: What ``prepare`` made of the config, handed to ``serve`` with its type.

@@ -84,6 +84,7 @@ from . import replicas
 from .item import Item
 
 if TYPE_CHECKING:
+    from .config import GlobalReliableQueue
     from .idempotency import Claim
 
 log = logging.getLogger(__name__)
@@ -470,6 +471,26 @@ class ReapResult:
 def default_consumer_id(service: str) -> str:
     """Unique per process and start: a restarted process never reuses a dead one's id."""
     return f"{service}:{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def configured(
+    redis: Redis,
+    name: str,
+    settings: GlobalReliableQueue,
+    *,
+    bounded: bool = False,
+    doorbell: bool = False,
+) -> ReliableQueue:
+    """A queue with the global ``reliable-queue`` settings: its attempts and heartbeat timeout,
+    and (``bounded``: a queue whose pushes are refused when full) its high-water mark."""
+    return ReliableQueue(
+        redis,
+        name,
+        max_attempts=settings.max_attempts,
+        heartbeat_timeout=settings.heartbeat_timeout_seconds,
+        high_water_mark=settings.high_water_mark if bounded else 0,
+        doorbell=doorbell,
+    )
 
 
 class ReliableQueue:
