@@ -19,9 +19,10 @@ from redis.exceptions import RedisError
 
 from manycore_common import redisconn, redisready
 from manycore_common.config import BackDataSection, Config
+from manycore_common.consumer import Consumer
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
-from manycore_common.queue import Consumer, ReliableQueue, configured, default_consumer_id
+from manycore_common.queue import ReliableQueue, configured, default_consumer_id
 from manycore_common.trace import TraceSettings
 
 from . import batch

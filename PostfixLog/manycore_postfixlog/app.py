@@ -24,8 +24,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from manycore_common import events, trace
+from manycore_common.consumer import Consumer
 from manycore_common.item import Item
-from manycore_common.queue import Consumer, ReliableQueue, default_consumer_id
+from manycore_common.queue import ReliableQueue, default_consumer_id
 from manycore_common.suppressionmetrics import count_suppressions
 from manycore_common.suppressionpolicy import ops_for_event
 

@@ -21,16 +21,11 @@ from redis.exceptions import RedisError
 
 from manycore_common import events, redisconn, redisready, trace
 from manycore_common.config import Config, TransformerSection
+from manycore_common.consumer import Consumer
 from manycore_common.health import HealthServer
 from manycore_common.item import Item
 from manycore_common.lifecycle import run_service
-from manycore_common.queue import (
-    Consumer,
-    ReliableQueue,
-    configured,
-    default_consumer_id,
-    wait_for_doorbells,
-)
+from manycore_common.queue import ReliableQueue, configured, default_consumer_id, wait_for_doorbells
 from manycore_common.suppressionstore import SuppressionStore
 
 from . import settings as settings_module

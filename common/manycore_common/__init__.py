@@ -16,6 +16,8 @@ Configuration and process:
 Queues and events:
     ``item``          the queue item format (JSON header line, then the payload)
     ``queue``         the reliable Redis queue: take, ack, hand-over, retry, dead letters, reaper
+    ``consumer``      one consumer of it: processing list, heartbeat, take, ack, hand-over
+    ``queuescripts``  the queue's Lua (every key in KEYS)
     ``queuectl``      ``manycore-queues``: stats, dead letters, requeue, trace, adopt
     ``queueinspect``  bounded look-ups: where a uuid is, one dead letter by id, unclassified
     ``queueview``     what ``manycore-queues`` prints (pure)

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from .health import ReadinessCheck
 
 if TYPE_CHECKING:  # queue imports much; this module is imported by the front doors' workers
-    from .queue import Consumer
+    from .consumer import Consumer
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from manycore_common import item as item_format
-from manycore_common.queue import Consumer, ReliableQueue
+from manycore_common.consumer import Consumer
+from manycore_common.queue import ReliableQueue
 from tests.helpers import stored_item
 
 

@@ -7,12 +7,12 @@ import re
 
 import pytest
 
-from manycore_common import queue
+from manycore_common import queuescripts
 from manycore_postfixlog import statescripts
 
 SCRIPTS = {
     f"{module.__name__}.{name}": value
-    for module in (queue, statescripts)
+    for module in (queuescripts, statescripts)
     for name, value in vars(module).items()
     if name.isupper() and isinstance(value, str) and "redis.call" in value
 }
@@ -21,7 +21,9 @@ _KEY_CONCAT = re.compile(r"KEYS\[\d+\]\s*\.\.|\.\.\s*KEYS\[\d+\]")
 
 
 def test_the_scripts_are_found() -> None:
-    assert {"manycore_common.queue._REAP", "manycore_common.queue._TAKE_MANY"} <= set(SCRIPTS)
+    assert {"manycore_common.queuescripts.REAP", "manycore_common.queuescripts.TAKE_MANY"} <= set(
+        SCRIPTS
+    )
     assert {
         "manycore_postfixlog.statescripts.CLAIM",
         "manycore_postfixlog.statescripts.RECORD",
