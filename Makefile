@@ -47,6 +47,7 @@ bench: deps
 	$(PY) -m bench.retention
 	$(PY) -m bench.feedback
 	$(PY) -m bench.suppression
+	$(PY) -m bench.rediscost
 
 # Everything `make test` needs (and bench, chaos); `make run` needs less.
 deps: sysdeps $(STAMP)

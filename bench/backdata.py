@@ -174,7 +174,7 @@ def subject_round(redis: Redis, sink: str, items: list[bytes]) -> float:
 
 
 def backlog(redis: Redis) -> int:
-    return sum(int(redis.llen(k)) for k in redis.keys("EVENT_QUEUE:processing:*"))
+    return sum(int(redis.llen(k)) for k in redis.keys("{EVENT_QUEUE}:processing:*"))
 
 
 async def baseline_round(url: str, sink: str, bodies: list[bytes], concurrency: int) -> float:

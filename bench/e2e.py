@@ -56,7 +56,7 @@ from redis import Redis
 from bench.common import LOOPBACK, ROOT, Row, binary, table, write
 from bench.postfix import PostfixAlone
 from bench.smtpclient import Refused, reply, session
-from devstack.stack import free_port_base
+from devstack.stack import free_port_base, redis_login, redis_password
 
 DOMAIN = "example.net"  # the sink delivers every local part that names no scenario
 KB = 1024
@@ -276,8 +276,10 @@ class Stack:
             self.process.communicate()
 
     def redis(self) -> Redis:
-        password = (self.workdir / "configs" / "redis-password").read_text().strip()
-        return Redis(host=LOOPBACK, port=self.base, username="manycore", password=password)
+        # Queue depths only: the read-only user of the Redis pod.
+        password = redis_password(self.workdir, "exporter")
+        username = redis_login("exporter")[0]
+        return Redis(host=LOOPBACK, port=self.base, username=username, password=password)
 
     def pids(self) -> dict[str, int]:
         """pid of each service, and of the redis-server that manycore-redis runs."""

@@ -56,8 +56,8 @@ from bench.feedbackplan import (
     score,
     sends,
 )
-from manycore_common import feedbacktag, item
-from manycore_mxserver.service import UNCLASSIFIED_KEY
+from devstack.stack import redis_login, redis_password
+from manycore_common import feedbacktag, item, keyspace
 from tests.corpus import Entry, load
 from tests.e2e.stack import Stack, stack_dir, wait_until
 from tests.helpers import LOOPBACK
@@ -189,11 +189,16 @@ def settle(stack: Stack, quiet: float = 8.0, timeout: float = 300.0) -> list[dic
 
 
 def unclassified(stack: Stack) -> list[item.Item]:
-    """MxServer's unclassified list (each item's header has the uuid and the note)."""
-    password = (stack.workdir / "configs" / "redis-password").read_text().strip()
-    client = Redis(host=LOOPBACK, port=stack.base, username="manycore", password=password)
+    """MxServer's unclassified lists, tagged then untagged (each item's header has the uuid
+    and the note)."""
+    password = redis_password(stack.workdir, "exporter")  # reads only
+    username = redis_login("exporter")[0]
+    client = Redis(host=LOOPBACK, port=stack.base, username=username, password=password)
     try:
-        raws: list[bytes] = client.lrange(UNCLASSIFIED_KEY, 0, -1)  # type: ignore[assignment]
+        ks = keyspace.current()
+        raws: list[bytes] = []
+        for key in (ks.unclassified(), ks.unclassified_untagged()):
+            raws += client.lrange(key, 0, -1)  # type: ignore[arg-type]
         return [item.decode(raw) for raw in raws]
     finally:
         client.close()

@@ -114,7 +114,7 @@ async def op_push(redis: Redis) -> object:
 async def op_scan_before(redis: Redis) -> object:
     """The processing_size of before the registry: SCAN the keyspace for the lists."""
     total = 0
-    async for key in redis.scan_iter(match=f"{QUEUES[1]}:processing:*", count=500):
+    async for key in redis.scan_iter(match=f"{{{QUEUES[1]}}}:processing:*", count=500):
         total += int(await redis.llen(key))
     return total
 

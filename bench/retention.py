@@ -37,7 +37,7 @@ from manycore_postfixlog.state import REPLAY_WINDOW, Held, Message, State
 STATE_TTL = 6 * 86400  # maximal_queue_lifetime 5d + the 1 day margin (the defaults)
 OLD_DONE_TTL = 3600  # how long the hash was kept after the last final event, before
 RATE = 100  # msg/s, the figure
-PROCESSING = "INCOMING-TO-POSTFIX:processing:bench"
+PROCESSING = "{INCOMING-TO-POSTFIX}:processing:bench"
 
 
 @contextlib.contextmanager

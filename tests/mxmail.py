@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from redis import Redis as SyncRedis
 
-from manycore_common import feedbacktag
+from manycore_common import feedbacktag, keyspace
 from tests.helpers import CUSTOMER_EXAMPLE, FEEDBACK_SECRET, LOOPBACK, stored_item
 
 KEY = FEEDBACK_SECRET.encode()
@@ -30,7 +30,9 @@ def tag(
 
 def register_stream(client: SyncRedis, stream_id: str) -> None:
     """What the Transformer records once per stream id."""
-    client.hset(feedbacktag.STREAMS_KEY, feedbacktag.stream_field(stream_id), stream_id)
+    client.hset(
+        keyspace.current().feedback_streams(), feedbacktag.stream_field(stream_id), stream_id
+    )
 
 
 def original_headers(return_path: str, rcpt: str, subject: str = "Deals") -> str:
@@ -89,9 +91,16 @@ def plain(sender: str, to: str, body: str = "Unsubscribe me.") -> bytes:
     return f"From: <{sender}>\r\nTo: <{to}>\r\nSubject: unsubscribe\r\n\r\n{body}\r\n".encode()
 
 
-def deliver(port: int, mail_from: str, rcpts: list[str], data: bytes) -> tuple[int, bytes]:
-    """One message over SMTP; the first refused RCPT's reply, else DATA's."""
-    with smtplib.SMTP(LOOPBACK, port, local_hostname="sender.test", timeout=30) as smtp:
+def deliver(
+    port: int, mail_from: str, rcpts: list[str], data: bytes, source: str | None = None
+) -> tuple[int, bytes]:
+    """One message over SMTP; the first refused RCPT's reply, else DATA's. ``source``: the
+    local address to send from (another loopback address, such as 127.0.0.7, is another
+    client to MxServer's per-client limits)."""
+    bind = (source, 0) if source else None
+    with smtplib.SMTP(
+        LOOPBACK, port, local_hostname="sender.test", timeout=30, source_address=bind
+    ) as smtp:
         smtp.ehlo()
         code, reply = smtp.mail(mail_from)
         assert code == 250, reply

@@ -12,12 +12,13 @@ precedence), was claimed within the window gets the first answer again with
 ``"duplicate": true`` and is not queued again. A malformed key gets 400, a key that comes
 back with another X-Uuid 422 (the draft's answers).
 
-Failed logins are throttled per client address. Behind ``trusted-proxies`` they are also
-counted per login name (a guesser spread over many addresses still locks only the name it
-attacks), and never against a proxy's own address: when a request's X-Forwarded-For names
-no client outside the trusted ranges, locking that address out would lock out every client
-behind the proxy, so it is refused with a warning (the ranges are too wide, or the proxy
-sets no header) and ``httpreceiver_proxy_lockouts_refused_total``.
+Failed logins are throttled per (client address, login name), and per address for names
+that are no login (``login``: the rules and the threat model they answer). Behind
+``trusted-proxies`` the client is the nearest X-Forwarded-For hop outside them; failures are
+never counted against a proxy's own address (when X-Forwarded-For names no other client):
+that would lock out every client behind the proxy, so it is refused with a warning (the
+ranges are too wide, or the proxy sets no header) and
+``httpreceiver_proxy_lockouts_refused_total``.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from ipaddress import IPv4Network, IPv6Network, ip_address
 
 from aiohttp import BasicAuth, web
 
-from manycore_common.auth import Credentials, FailureThrottle, username_key
+from manycore_common.auth import Credentials
 from manycore_common.idempotency import parse_idempotency_key
 from manycore_common.intake import DROPPED, Intake, Submitted, TemporarilyUnavailable
 from manycore_common.message import MessageRejected, too_large
 
+from .login import LoginThrottle, attempt_key
 from .metrics import AUTH_FAILURES, DUPLICATES, PROXY_LOCKOUTS_REFUSED
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ PROXY_WARNING_SECONDS = 60.0
 
 INTAKE_KEY = web.AppKey("intake", Intake)
 CREDENTIALS_KEY = web.AppKey("credentials", Credentials)
-THROTTLE_KEY = web.AppKey("throttle", FailureThrottle)
+THROTTLE_KEY = web.AppKey("throttle", LoginThrottle)
 TRUSTED_KEY: web.AppKey[tuple[IPv4Network | IPv6Network, ...]] = web.AppKey("trusted_proxies")
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
 #: When the last proxy misconfiguration warning was logged (monotonic seconds).
@@ -107,6 +109,10 @@ def _is_trusted(address: str, trusted: tuple[IPv4Network | IPv6Network, ...]) ->
 
 def _locked(seconds: float) -> web.Response:
     AUTH_FAILURES.labels("locked-out").inc()
+    return _too_many(seconds)
+
+
+def _too_many(seconds: float) -> web.Response:
     return error(
         429,
         "too-many-auth-failures",
@@ -115,40 +121,21 @@ def _locked(seconds: float) -> web.Response:
     )
 
 
-def throttle_keys(
-    client: str,
-    trusted: tuple[IPv4Network | IPv6Network, ...],
-    login: str | None,
-    known_login: bool,
-) -> list[str]:
-    """What a failed login counts against: the client's address unless it is one of our
-    proxies, and behind proxies also a configured login name (unknown names lock nothing
-    worth protecting). Pure."""
-    keys = [] if trusted and _is_trusted(client, trusted) else [client]
-    if trusted and login is not None and known_login:
-        keys.append(username_key(login))
-    return keys
-
-
-def _keys_for(request: web.Request, client: str, auth: BasicAuth | None) -> list[str]:
+def _attempt(request: web.Request, client: str, auth: BasicAuth | None) -> tuple[str | None, bool]:
+    """(the key a failure of this attempt counts against, whether the client is one of our
+    proxies' own addresses)."""
+    trusted = request.app[TRUSTED_KEY]
+    is_proxy = bool(trusted) and _is_trusted(client, trusted)
     login = auth.login if auth is not None else None
     known = login is not None and request.app[CREDENTIALS_KEY].knows(login.encode("utf-8"))
-    return throttle_keys(client, request.app[TRUSTED_KEY], login, known)
+    return attempt_key(client, login, known, is_proxy), is_proxy
 
 
-def _locked_for(throttle: FailureThrottle, keys: list[str]) -> float:
-    return max((throttle.locked_for(key) for key in keys), default=0.0)
-
-
-def _record_failure(request: web.Request, keys: list[str], client: str) -> None:
-    throttle = request.app[THROTTLE_KEY]
-    for key in keys:
-        throttle.failure(key)
-    AUTH_FAILURES.labels("bad-credentials").inc()
-    log.warning("authentication failed", extra={"client": client})
-    if client in keys:
-        return
-    PROXY_LOCKOUTS_REFUSED.inc()
+def _warn_proxy(request: web.Request, client: str, counted: bool) -> None:
+    """A failure whose client is a proxy's own address: a misconfiguration, logged at most
+    once a minute. ``counted``: it still counted against its (address, login) pair."""
+    if not counted:
+        PROXY_LOCKOUTS_REFUSED.inc()
     warned = request.app[PROXY_WARNED_KEY]
     now = time.monotonic()
     if now - warned[0] >= PROXY_WARNING_SECONDS:
@@ -158,7 +145,8 @@ def _record_failure(request: web.Request, keys: list[str], client: str) -> None:
             "client outside httpreceiver.trusted-proxies, and locking the proxy's address out "
             "would lock out every client behind it. Either trusted-proxies is too wide (it "
             "includes the clients' addresses, e.g. an ingress that SNATs clients into the pod "
-            "network) or the proxy sets no X-Forwarded-For; failures still count per login",
+            "network) or the proxy sets no X-Forwarded-For; failures still count per "
+            "(address, login name) pair",
             extra={"client": client, "x_forwarded_for": request.headers.get("X-Forwarded-For")},
         )
 
@@ -172,33 +160,44 @@ def _basic(header: str | None) -> BasicAuth | None:
         return None
 
 
+def _check(request: web.Request, auth: BasicAuth | None) -> bool:
+    credentials = request.app[CREDENTIALS_KEY]
+    return auth is not None and credentials.check(
+        auth.login.encode("utf-8"), auth.password.encode("utf-8")
+    )
+
+
 async def authenticate(request: web.Request) -> web.Response | None:
     """None when the request carries valid credentials, else the response to send."""
-    throttle = request.app[THROTTLE_KEY]
-    client = client_address(request)
     header = request.headers.get("Authorization")
-    auth = _basic(header)
-    keys = _keys_for(request, client, auth)
-    locked = _locked_for(throttle, keys)
-    if locked > 0:
-        return _locked(locked)
     if not header:
         AUTH_FAILURES.labels("missing").inc()
         return unauthorized("Authentication required (HTTP Basic)")
-    delay = max((throttle.delay_for(key) for key in keys), default=0.0)
+    throttle = request.app[THROTTLE_KEY]
+    client = client_address(request)
+    auth = _basic(header)
+    key, is_proxy = _attempt(request, client, auth)
+    locked = throttle.locked_for(key)
+    if locked > 0:
+        return _locked(locked)
+    delay = throttle.delay_for(key)
     if delay > 0:
         await asyncio.sleep(delay)
         # Others may have failed while we waited: look again, then check and record the
         # result without awaiting, so at most max-failures passwords are ever tried.
-        locked = _locked_for(throttle, keys)
+        locked = throttle.locked_for(key)
         if locked > 0:
             return _locked(locked)
-    if auth is None or not request.app[CREDENTIALS_KEY].check(
-        auth.login.encode("utf-8"), auth.password.encode("utf-8")
-    ):
-        _record_failure(request, keys, client)
-        return unauthorized("Invalid credentials")
-    return None
+    if _check(request, auth):
+        return None
+    hidden = throttle.failure(key, client, is_proxy)
+    AUTH_FAILURES.labels("bad-credentials").inc()
+    log.warning("authentication failed", extra={"client": client})
+    if is_proxy:
+        _warn_proxy(request, client, counted=key is not None)
+    if hidden > 0:
+        return _too_many(hidden)  # counted as bad-credentials above
+    return unauthorized("Invalid credentials")
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -288,7 +287,7 @@ def answer(submitted: Submitted, by_idempotency_key: bool) -> dict[str, object]:
 def make_app(
     intake: Intake,
     credentials: Credentials,
-    throttle: FailureThrottle,
+    throttle: LoginThrottle,
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
     body_timeout: float = 60.0,
 ) -> web.Application:

@@ -47,5 +47,12 @@ API_ERRORS = Counter(
     ["reason"],
 )
 
-for _reason in ("bad-request", "not-found", "too-many-entries", "unavailable", "too-large"):
+for _reason in (
+    "bad-request",
+    "not-found",
+    "too-many-entries",
+    "unavailable",
+    "too-large",
+    "request-timeout",
+):
     API_ERRORS.labels(_reason)

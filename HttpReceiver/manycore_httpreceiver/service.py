@@ -7,9 +7,10 @@ import logging
 from collections.abc import Sequence
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from manycore_common import redisconn, redisready, workers
-from manycore_common.auth import Credentials, FailureThrottle
+from manycore_common.auth import Credentials
 from manycore_common.config import Config, HttpReceiverSection
 from manycore_common.health import HealthServer
 from manycore_common.intake import Intake
@@ -18,6 +19,7 @@ from manycore_common.queue import ReliableQueue
 
 from . import suppressions
 from .app import make_app
+from .login import LoginThrottle
 from .unsubscribe import Unsubscribe, add_routes
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,22 @@ def prepare(config: Config) -> HttpReceiverSection:
     return section
 
 
+def _unsubscribe_routes(
+    app: web.Application, config: Config, section: HttpReceiverSection, redis: Redis
+) -> None:
+    """The one-click unsubscribe routes, when common-config.unsubscribe-secret is set."""
+    secret = config.customer.common_config.unsubscribe_secret
+    if secret is None:
+        log.info("common-config.unsubscribe-secret not set: no one-click unsubscribe route")
+        return
+    event_queue = ReliableQueue(redis, config.global_.backdata.queue_name)
+    max_age = section.unsubscribe_token_max_age_days * 24 * 3600
+    suppression = config.customer.common_config.suppression
+    add_routes(
+        app, Unsubscribe(secret.get_secret_value().encode(), event_queue, max_age, suppression)
+    )
+
+
 async def serve(config: Config, prepared: HttpReceiverSection, stop: asyncio.Event) -> None:
     section = prepared
     redis = redisconn.connect(section.reliable_queue.redis)
@@ -39,18 +57,12 @@ async def serve(config: Config, prepared: HttpReceiverSection, stop: asyncio.Eve
     app = make_app(
         intake,
         Credentials(section.auth_logins),
-        FailureThrottle(section.auth_throttle),
+        LoginThrottle(section.auth_throttle),
         section.trusted_proxies,
         section.request_timeout_seconds,
     )
     suppressions.install(app, redis, config.customer.common_config.suppression)
-    secret = config.customer.common_config.unsubscribe_secret
-    if secret is not None:
-        event_queue = ReliableQueue(redis, config.global_.backdata.queue_name)
-        max_age = section.unsubscribe_token_max_age_days * 24 * 3600
-        add_routes(app, Unsubscribe(secret.get_secret_value().encode(), event_queue, max_age))
-    else:
-        log.info("common-config.unsubscribe-secret not set: no one-click unsubscribe route")
+    _unsubscribe_routes(app, config, section, redis)
     # keepalive_timeout is armed when a connection opens or a response ends, and bytes that
     # do not complete a header section do not re-arm it: it bounds dribbled headers as well
     # as idle keep-alive connections. The body has its own bound (app.py).

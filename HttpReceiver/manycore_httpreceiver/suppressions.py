@@ -11,11 +11,17 @@
     Removes the address's entries (every domain, or one); 404 when it had none.
 
 Errors are JSON ``{"error", "reason"}`` like the rest of the API (app.py), each counted in
-``httpreceiver_suppression_api_errors_total`` by reason.
+``httpreceiver_suppression_api_errors_total`` by reason. An import body is read within
+``httpreceiver.request-timeout-seconds`` (408 ``request-timeout`` after it, and the
+connection closed) and up to ``MAX_BODY`` bytes (413 ``too-large`` as soon as it passes, from
+Content-Length or while reading). Whatever JSON arrives gets a 400 naming what is wrong,
+never a 500: not JSON (or not UTF-8, or a number too long to read), nested deeper than
+Python's parser goes, or a value of the wrong type where a string is expected.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -26,11 +32,18 @@ from redis.exceptions import RedisError
 
 from manycore_common import suppression as s
 from manycore_common.config import SuppressionSettings
-from manycore_common.message import MessageRejected
+from manycore_common.message import STREAM_ID_RE, MessageRejected
 from manycore_common.suppressionmetrics import IMPORTED
 from manycore_common.suppressionstore import Op, SuppressionStore
 
-from .app import RETRY_AFTER_SECONDS, authenticate, error, read_body
+from .app import (
+    BODY_TIMEOUT_KEY,
+    RETRY_AFTER_SECONDS,
+    answer_and_close,
+    authenticate,
+    error,
+    read_body,
+)
 from .metrics import API_ERRORS
 
 MAX_IMPORT = 10_000
@@ -66,7 +79,14 @@ class SuppressionApi:
             return error(exc.status, exc.reason, exc.text)
         except MessageRejected:
             API_ERRORS.labels("too-large").inc()
-            return error(413, "too-large", f"the body must be at most {MAX_BODY} bytes")
+            text = f"the body must be at most {MAX_BODY} bytes"
+            return await answer_and_close(request, error(413, "too-large", text))
+        except TimeoutError:
+            API_ERRORS.labels("request-timeout").inc()
+            seconds = request.app[BODY_TIMEOUT_KEY]
+            text = f"the body took longer than {seconds:g} seconds"
+            headers = {"Connection": "close"}
+            return await answer_and_close(request, error(408, "request-timeout", text, headers))
         except (RedisError, OSError):
             API_ERRORS.labels("unavailable").inc()
             text = "the suppression list is not reachable now"
@@ -94,6 +114,8 @@ class SuppressionApi:
             raise _bad("domain is required (the sending domain whose list to read)")
         scope = _domain(query["domain"])
         stream = query.get("streamid")
+        if stream is not None and not STREAM_ID_RE.fullmatch(stream):
+            raise _bad("streamid must be an X-Stream-Id (letters, digits, '.', '_', '-')")
         reason = query.get("reason")
         if reason is not None and reason not in s.REASONS:
             raise _bad(f"reason must be one of {', '.join(s.REASONS)}")
@@ -114,11 +136,10 @@ class SuppressionApi:
         return {"entries": entries, "cursor": None if following is None else f"{following:04x}"}
 
     async def bulk_import(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = json.loads(await read_body(request, MAX_BODY))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise _bad("the body must be JSON") from None
-        ops = import_ops(body, self.settings, time.time())
+        # aiohttp bounds the header section, not the body (see app.send).
+        async with asyncio.timeout(request.app[BODY_TIMEOUT_KEY]):
+            raw = await read_body(request, MAX_BODY)
+        ops = import_ops(parse_json(raw), self.settings, time.time())
         added = await self.store.add_entries(ops)
         IMPORTED.labels("import").inc(len(ops))
         return {"received": len(ops), "added": added, "updated": len(ops) - added}
@@ -134,6 +155,32 @@ class SuppressionApi:
         return {"address": address, "deleted": deleted}
 
 
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON (pure); ApiError 400 saying why it is not."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        # json's C parser stops at the interpreter's recursion limit (about 1,000 levels).
+        raise _bad("the body is nested too deeply (an import has at most 3 levels)") from None
+    except UnicodeDecodeError:
+        raise _bad("the body must be UTF-8 JSON") from None
+    except ValueError as exc:
+        # JSONDecodeError, or an integer of more than 4,300 digits (int_max_str_digits).
+        raise _bad(f"the body must be JSON: {str(exc)[:200]}") from None
+
+
+def _string(item: dict[str, Any], key: str, where: str, default: Any = None) -> Any:
+    """``item[key]`` (or ``default``), which must be a string when there is one."""
+    value = item.get(key, default)
+    if value is not None and not isinstance(value, str):
+        kind = _JSON_TYPES.get(type(value), "number")
+        raise _bad(f"{where}{key} must be a string, not {kind}")
+    return value
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", bool: "true or false"}
+
+
 def import_ops(body: Any, settings: SuppressionSettings, now: float) -> list[Op]:
     """The entries of an import body (pure); ApiError naming the first bad one."""
     if isinstance(body, list):
@@ -143,14 +190,18 @@ def import_ops(body: Any, settings: SuppressionSettings, now: float) -> list[Op]
     entries = body["entries"]
     if len(entries) > MAX_IMPORT:
         raise ApiError(413, "too-many-entries", f"at most {MAX_IMPORT} entries per request")
+    default_domain = _string(body, "domain", "")
+    default_reason = _string(body, "reason", "", "manual")
     ops = []
     for n, raw in enumerate(entries):
         item = {"address": raw} if isinstance(raw, str) else raw
-        if not isinstance(item, dict) or not isinstance(item.get("address"), str):
+        if not isinstance(item, dict):
             raise _bad(f"entries[{n}]: an address (string) or an object with one")
-        domain = item.get("domain", body.get("domain"))
-        reason = item.get("reason", body.get("reason", "manual"))
-        if not isinstance(domain, str):
+        if _string(item, "address", f"entries[{n}].") is None:
+            raise _bad(f"entries[{n}]: address is required")
+        domain = _string(item, "domain", f"entries[{n}].", default_domain)
+        reason = _string(item, "reason", f"entries[{n}].", default_reason)
+        if domain is None:
             raise _bad(f"entries[{n}]: domain is required (here or for the whole body)")
         if reason not in s.REASONS:
             raise _bad(f"entries[{n}]: reason must be one of {', '.join(s.REASONS)}")

@@ -1,6 +1,14 @@
 """One-click unsubscribe (RFC 8058): ``POST /v1/unsubscribe/<token>`` emits an ``unsubscribe``
 event; ``GET`` shows a confirmation page whose button makes that POST.
 
+A token names the recipient (manycore_common.unsubscribe): the event carries ``rcpt``, and the
+same script that pushes it writes the suppression entry under the token's From domain (and
+stream, with ``suppression.unsubscribe-scope: stream``), exactly as MxServer does for a mailto
+unsubscribe (``suppressionpolicy.ops_for_event``). The once-marker is per (message,
+recipient), so each recipient of one message can unsubscribe. Tokens minted before they named
+the recipient still give a per-message event without ``rcpt`` (no suppression entry) and a
+per-message marker, until they expire.
+
 No Basic auth: these URLs are in the List-Unsubscribe header of every message, and the token
 is the authorization (see manycore_common.unsubscribe). GET never unsubscribes by itself:
 link scanners and previews fetch URLs they find (RFC 8058 §3.3 is about exactly this).
@@ -10,7 +18,7 @@ that sends the person to the message's mail unsubscribe (List-Unsubscribe's mail
 MxServer turns into the same event whatever the message's age): a link leaked or forwarded
 long ago should not work for ever, but nobody should be left without a way out. Tokens from
 before issue times (no time inside) are honoured for the same age counted from the first one
-this version saw (``UNTIMED_SINCE_KEY`` in Redis): all of them were minted before the
+this version saw (``unsubscribe:untimed-since`` in Redis): all of them were minted before the
 upgrade, and refusing a real unsubscribe is worse than honouring an old link a while longer.
 ``expired`` is pure; the handlers do the IO.
 """
@@ -20,24 +28,27 @@ from __future__ import annotations
 import html
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from manycore_common import events
+from manycore_common import events, keyspace
+from manycore_common.config import SuppressionSettings
 from manycore_common.queue import ReliableQueue
-from manycore_common.unsubscribe import Token, read_token
+from manycore_common.suppressionmetrics import count_suppressions
+from manycore_common.suppressionpolicy import ops_for_event
+from manycore_common.suppressionstore import emit_once_suppressing
+from manycore_common.unsubscribe import Token, once_marker, read_token
 
 from .metrics import RESULTS
 
 log = logging.getLogger(__name__)
 
 
+SOURCE = "httpreceiver"
 #: A repeated POST of the same token within this time gives no second event (at least).
 ONCE_SECONDS = 90 * 24 * 3600
-#: Unix time HttpReceiver first saw a token without an issue time (set once, never changed).
-UNTIMED_SINCE_KEY = "unsubscribe:untimed-since"
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,8 @@ class Unsubscribe:
     event_queue: ReliableQueue
     #: Older tokens get 410 (httpreceiver.unsubscribe-token-max-age-days).
     max_age_seconds: float = 90 * 24 * 3600
+    #: common-config.suppression: whether, and how scoped, an unsubscribe suppresses.
+    suppression: SuppressionSettings = field(default_factory=SuppressionSettings)
 
 
 def expired(token: Token, now: float, max_age: float, untimed_since: float | None) -> bool:
@@ -58,7 +71,8 @@ def expired(token: Token, now: float, max_age: float, untimed_since: float | Non
 async def _untimed_since(settings: Unsubscribe, now: float) -> float:
     """When the first untimed token was seen, recording ``now`` if this is the first."""
     # SET NX GET (Redis 7.0): one round trip, and concurrent workers agree on one value.
-    previous = await settings.event_queue.redis.set(UNTIMED_SINCE_KEY, int(now), nx=True, get=True)
+    key = keyspace.current().untimed_since()
+    previous = await settings.event_queue.redis.set(key, int(now), nx=True, get=True)
     return now if previous is None else float(previous)
 
 
@@ -129,6 +143,24 @@ async def confirm_page(request: web.Request) -> web.Response:
     )
 
 
+async def _record(settings: Unsubscribe, token: Token) -> bool:
+    """Push the event (with its suppression entry when the token names the recipient) unless
+    its once-marker is set; True if pushed. Raises RedisError."""
+    event = events.new_event(
+        "unsubscribe", uuid=token.uuid, streamid=token.stream_id, rcpt=token.rcpt
+    )
+    ttl = max(ONCE_SECONDS, int(settings.max_age_seconds))
+    marker = once_marker(token.uuid, token.rcpt)
+    domains = [token.domain] if token.domain else []
+    ops = ops_for_event(event, domains, settings.suppression)
+    pushed = await emit_once_suppressing(
+        settings.event_queue, [(marker, event)], [ops], source=SOURCE, ttl=ttl
+    )
+    if pushed:
+        count_suppressions(ops, SOURCE)
+    return pushed == 1
+
+
 async def one_click(request: web.Request) -> web.Response:
     settings, parsed = _token(request)
     if parsed is None:
@@ -136,18 +168,11 @@ async def one_click(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": "unknown unsubscribe link", "reason": "invalid"}, status=404
         )
-    uuid, stream_id, _ = parsed
-    event = events.new_event("unsubscribe", uuid=uuid, streamid=stream_id)
+    uuid = parsed.uuid
     try:
         if await _is_expired(settings, parsed):
             return _gone(request, uuid)
-        pushed = await events.emit_once(
-            settings.event_queue,
-            event,
-            source="httpreceiver",
-            once_key=f"unsubscribed:{uuid}",
-            ttl=max(ONCE_SECONDS, int(settings.max_age_seconds)),
-        )
+        pushed = await _record(settings, parsed)
     except (RedisError, OSError) as exc:
         RESULTS.labels("unavailable").inc()
         log.warning("unsubscribe not recorded", extra={"uuid": uuid, "error": str(exc)})
@@ -157,7 +182,10 @@ async def one_click(request: web.Request) -> web.Response:
             headers={"Retry-After": "30"},
         )
     RESULTS.labels("ok" if pushed else "repeated").inc()
-    log.info("unsubscribed", extra={"uuid": uuid, "repeated": not pushed})
+    log.info(
+        "unsubscribed",
+        extra={"uuid": uuid, "repeated": not pushed, "per_recipient": parsed.rcpt is not None},
+    )
     # A person who pressed the button on our page gets a page; a mailbox provider's one-click
     # POST (RFC 8058 §3.2) gets a short machine answer.
     if "text/html" in request.headers.get("Accept", ""):

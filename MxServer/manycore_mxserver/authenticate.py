@@ -215,6 +215,9 @@ class Analysis:
     findings: tuple[Finding, ...]
     #: Failures past ``max_failures``, not read.
     ignored_failures: int = 0
+    #: The uuid of the first verified tag (the envelope's, else one in the prefix), with or
+    #: without findings: what ties an unclassified message to mail we sent.
+    tag_uuid: str | None = None
 
 
 def analyse(
@@ -227,4 +230,5 @@ def analyse(
         c = replace(c, failures=tuple(c.failures[: scope.max_failures]))
     text = prefix_text(data, scope.scan_bytes)
     evidence = gather(c, mail_from, envelope_tags, text, scope.keys, scope.domains)
-    return Analysis(c, tuple(findings(c, evidence)), ignored)
+    proof = next((t.uuid for t in (*evidence.envelope_tags, *evidence.found_tags)), None)
+    return Analysis(c, tuple(findings(c, evidence)), ignored, proof)

@@ -1,5 +1,6 @@
-"""Per-client bounds of MxServer: messages per client address in a window, and connections
-open at once per client address. Plain in-memory bookkeeping, bounded in size itself."""
+"""Bounds of MxServer: messages per client address in a window, connections open at once
+per client address and in all, messages in flight. Plain in-memory bookkeeping, bounded in
+size itself."""
 
 from __future__ import annotations
 
@@ -43,25 +44,60 @@ class RateLimiter:
             self._seen.popitem(last=False)
         return allowed
 
+    def give_back(self, client: str) -> None:
+        """Forget ``client``'s newest allowed message: it was not done after all (a write
+        that failed is retried by the sender and must not count twice)."""
+        stamps = self._seen.get(client)
+        if stamps:
+            stamps.pop()
+
 
 class ConnectionLimiter:
-    """Connections open at once per client address. Only open connections are kept, so the
-    table is never larger than the number of connections."""
+    """Connections open at once, per client address and in all. Only open connections are
+    kept, so the table is never larger than the number of connections. The total cap is what
+    bounds the listener against many addresses at once (a botnet stays under any per-address
+    limit): each open connection may buffer a command line of ``max-line-length`` octets."""
 
-    def __init__(self, per_client: int) -> None:
+    def __init__(self, per_client: int, total: int | None = None) -> None:
         self.per_client = per_client
+        self.total = total
+        self.open = 0
         self._open: dict[str, int] = {}
 
-    def acquire(self, client: str) -> bool:
+    def acquire(self, client: str) -> str | None:
+        """None when the connection may proceed, else why not ("total" or "client")."""
+        if self.total is not None and self.open >= self.total:
+            return "total"
         count = self._open.get(client, 0)
         if count >= self.per_client:
-            return False
+            return "client"
         self._open[client] = count + 1
-        return True
+        self.open += 1
+        return None
 
     def release(self, client: str) -> None:
+        if client not in self._open:
+            return
+        self.open -= 1
         count = self._open.get(client, 0) - 1
         if count > 0:
             self._open[client] = count
         else:
             self._open.pop(client, None)
+
+
+class Slots:
+    """At most ``size`` of something at once: take() is False when all are taken."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.taken = 0
+
+    def take(self) -> bool:
+        if self.taken >= self.size:
+            return False
+        self.taken += 1
+        return True
+
+    def release(self) -> None:
+        self.taken = max(0, self.taken - 1)

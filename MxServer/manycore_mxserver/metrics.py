@@ -51,6 +51,16 @@ for _type in ("hard", "soft", "unroutable"):
 for _kind in ("bounce", "autoreply", "spam-report"):
     UNPROVEN.labels(_kind)
 
+NOT_KEPT = Counter(
+    "mxserver_unclassified_not_kept",
+    "Unclassified messages accepted but not stored: over unclassified.untagged-per-client "
+    "(per-client) or unclassified.tagged-per-uuid (per-tag)",
+    ["reason"],
+)
+
+for _reason in ("per-client", "per-tag"):
+    NOT_KEPT.labels(_reason)
+
 CLASSIFY_FAILED = Counter(
     "mxserver_classify_failed",
     "Messages kept as unclassified because classification took longer than "
@@ -65,7 +75,7 @@ REFUSED = Counter(
     "mxserver_refused",
     "SMTP commands or messages refused, by reason (relay, bad-tag, too-many-recipients, "
     "too-many-commands, too-many-connections, rate-limit, too-large, line-too-long, "
-    "redis-unavailable)",
+    "redis-unavailable, busy)",
     ["reason"],
 )
 
@@ -79,5 +89,6 @@ for _reason in (
     "too-large",
     "line-too-long",
     "redis-unavailable",
+    "busy",
 ):
     REFUSED.labels(_reason)

@@ -1,6 +1,13 @@
 """Turning an analysis into what goes to Redis: events (each at most once), or the stored
 unclassified message. ``events_for`` is pure; ``Recorder`` does the IO (the stream ids of the
-tags, the once-markers, the unclassified list)."""
+tags, the once-markers, the unclassified lists).
+
+Unclassified mail goes to one of two lists: the tagged one (a verified feedback tag proves
+the message concerns mail we sent: what an operator reads to improve the rules) and the
+untagged one (postmaster@ and abuse mail, which anyone on the Internet may send). Each list
+is trimmed to its own share of ``mxserver.unclassified``, so a flood of untagged junk drops
+only older untagged messages; per-client and per-uuid caps keep one sender, or one tag copied
+from a message we sent, from filling even its own list."""
 
 from __future__ import annotations
 
@@ -10,17 +17,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from manycore_common import events, feedbacktag
+from manycore_common import events, keyspace
 from manycore_common import item as item_format
-from manycore_common.config import SuppressionSettings
+from manycore_common.config import SuppressionSettings, Unclassified
 from manycore_common.queue import ReliableQueue
 from manycore_common.suppressionmetrics import count_suppressions
 from manycore_common.suppressionpolicy import ops_for_event
 from manycore_common.suppressionstore import emit_once_suppressing
+from manycore_common.unsubscribe import once_marker
 
 from .authenticate import Analysis, Finding, bounce_type
+from .limits import RateLimiter
 from .metrics import (
+    NOT_KEPT,
     RECEIVED_AUTOREPLY,
     RECEIVED_BOUNCE,
     RECEIVED_DELAY,
@@ -41,25 +52,19 @@ AUTOREPLY_ONCE_SECONDS = 24 * 3600
 ITEM_OVERHEAD = 8 * 1024
 
 
-_ONCE_PREFIX = {
-    "bounce": "bounced",
-    "autoreply": "autoreplied",
-    "spam-report": "complained",
-    "unsubscribe": "unsubscribed",
-}
-
-
 def once_key(f: Finding) -> str:
     """The marker that makes an event happen once: per message and recipient (the tag's
     fingerprint, so address spellings do not matter)."""
-    return f"{_ONCE_PREFIX[f.kind]}:{f.tag.uuid}:{f.tag.fingerprint.hex()}"
+    return keyspace.current().once(f.kind, f.tag.uuid, f.tag.fingerprint.hex())
 
 
-def one_click_marker(uuid: str) -> str:
-    """HttpReceiver's once-marker of a one-click unsubscribe: its token names the message,
-    not the recipient. A mailto unsubscribe sets it too, so the mailto and the POST a
-    provider sends for one person give one event; it never stops another recipient's."""
-    return f"unsubscribed:{uuid}"
+def one_click_markers(found: Sequence[Finding]) -> set[str]:
+    """HttpReceiver's once-markers a mailto unsubscribe sets too, so the mailto and the POST a
+    provider sends for one person give one event: per (message, recipient) for the one-click
+    tokens that name the recipient, and per message for the older ones (which name none)."""
+    unsubscribes = [f for f in found if f.kind == "unsubscribe"]
+    markers = {once_marker(f.tag.uuid) for f in unsubscribes}
+    return markers | {once_marker(f.tag.uuid, f.rcpt) for f in unsubscribes if f.rcpt}
 
 
 def event_for(f: Finding, streamid: str | None, now: float) -> dict[str, Any]:
@@ -117,28 +122,48 @@ def _count(analysis: Analysis) -> None:
 
 
 def unclassified_keep(max_count: int, max_bytes: int, max_total_bytes: int) -> int:
-    """How many unclassified items the list keeps: ``max-count``, fewer when that many of the
-    largest items would pass ``max-total-bytes``."""
+    """How many unclassified items a list keeps: ``max_count``, fewer when that many of the
+    largest items would pass ``max_total_bytes``."""
     return min(max_count, max_total_bytes // (max_bytes + ITEM_OVERHEAD))
+
+
+def unclassified_keeps(bounds: Unclassified) -> tuple[int, int]:
+    """(tagged, untagged): how many items each list keeps. The untagged list gets
+    ``untagged-share`` of the count and of the octets, the tagged list the rest, so the two
+    together stay within ``max-count`` and ``max-total-bytes``."""
+    untagged_count = int(bounds.max_count * bounds.untagged_share)
+    untagged_total = int(bounds.max_total_bytes * bounds.untagged_share)
+    tagged = unclassified_keep(
+        bounds.max_count - untagged_count, bounds.max_bytes, bounds.max_total_bytes - untagged_total
+    )
+    return tagged, unclassified_keep(untagged_count, bounds.max_bytes, untagged_total)
 
 
 @dataclass
 class Recorder:
     redis: Redis
     event_queue: ReliableQueue
-    unclassified_key: str
-    max_count: int
-    max_bytes: int
-    max_total_bytes: int = 64 * 1024 * 1024
-    max_rcpts: int = 10
+    unclassified: Unclassified = field(default_factory=Unclassified)
     senders: Senders = field(default_factory=Senders)
     suppression: SuppressionSettings = field(default_factory=SuppressionSettings)
 
+    def __post_init__(self) -> None:
+        bounds = self.unclassified
+        self.keeps = unclassified_keeps(bounds)
+        self.per_client = RateLimiter(bounds.untagged_per_client, bounds.window_seconds)
+        self.per_uuid = RateLimiter(bounds.tagged_per_uuid, bounds.window_seconds)
+
     async def record(
-        self, analysis: Analysis, data: bytes, envelope: dict[str, Any], uuid: str | None = None
+        self,
+        analysis: Analysis,
+        data: bytes,
+        envelope: dict[str, Any],
+        uuid: str | None = None,
+        client: str = "",
     ) -> str:
         """Write what the analysis calls for; returns a word for the SMTP reply. ``uuid`` (of
-        a verified envelope tag) goes with a stored unclassified message."""
+        a verified tag) goes with a stored unclassified message and picks its list;
+        ``client`` (``limits.client_key``) is what the untagged cap counts by."""
         c = analysis.classification
         if analysis.ignored_failures:
             REPORTS_TRUNCATED.inc()
@@ -150,8 +175,8 @@ class Recorder:
             ops = [ops_for_event(event, domains, self.suppression) for _, event in pairs]
             await emit_once_suppressing(self.event_queue, pairs, ops, source=SOURCE, ttl=ttl)
             count_suppressions((op for group in ops for op in group), SOURCE)
-            for uuid in {f.tag.uuid for f in analysis.findings if f.kind == "unsubscribe"}:
-                await self.redis.set(one_click_marker(uuid), "1", ex=ONCE_SECONDS)
+            for marker in one_click_markers(analysis.findings):
+                await self.redis.set(marker, "1", ex=ONCE_SECONDS)
             _count(analysis)
             return analysis.findings[0].kind
         if c.kind in ("delayed", "own-dsn"):
@@ -161,7 +186,7 @@ class Recorder:
         if c.kind in ("bounce", "autoreply", "spam-report"):
             UNPROVEN.labels(c.kind).inc()
             note = f"{c.kind} not tied to a recipient of ours by a verified tag"
-        await self.store_unclassified(data, envelope, note, uuid)
+        await self.store_unclassified(data, envelope, note, uuid, client)
         RECEIVED_UNCLASSIFIED.inc()
         return "unclassified"
 
@@ -170,35 +195,66 @@ class Recorder:
         fields = sorted({f.tag.stream_field for f in found if f.tag.stream_field})
         if not fields:
             return {}
-        values = await self.redis.hmget(feedbacktag.STREAMS_KEY, fields)
+        values = await self.redis.hmget(keyspace.current().feedback_streams(), fields)
         return {
             k: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             for k, v in zip(fields, values, strict=True)
             if v is not None
         }
 
-    async def store_unclassified(
-        self, data: bytes, envelope: dict[str, Any], note: str, uuid: str | None = None
-    ) -> None:
-        """Newest first, bounded in count, in octets per item and in total octets."""
-        keep = unclassified_keep(self.max_count, self.max_bytes, self.max_total_bytes)
+    def _admit(self, uuid: str | None, client: str) -> tuple[str, int] | None:
+        """(key, items kept) of the list a message goes to, or None when it is not kept:
+        its list keeps nothing, or its sender (its tag) had its share of this window."""
+        ks = keyspace.current()
+        tagged, untagged = self.keeps
+        key, keep = (ks.unclassified(), tagged) if uuid else (ks.unclassified_untagged(), untagged)
         if keep == 0:
+            return None
+        if uuid and not self.per_uuid.allow(uuid):
+            NOT_KEPT.labels("per-tag").inc()
+            return None
+        if not uuid and not self.per_client.allow(client):
+            NOT_KEPT.labels("per-client").inc()
+            return None
+        return key, keep
+
+    async def store_unclassified(
+        self,
+        data: bytes,
+        envelope: dict[str, Any],
+        note: str,
+        uuid: str | None = None,
+        client: str = "",
+    ) -> None:
+        """Newest first, bounded in count, in octets per item and in total octets, in the
+        tagged list when ``uuid`` is given, else in the untagged one."""
+        admitted = self._admit(uuid, client)
+        if admitted is None:
             return
+        key, keep = admitted
+        limit = self.unclassified.max_bytes
         rcpts = list(envelope.get("rcpts", []))
+        max_rcpts = self.unclassified.max_rcpts
         raw = item_format.new_item(
-            data[: self.max_bytes],
+            data[:limit],
             source=SOURCE,
             uuid=uuid,
             extra={
                 "mail_from": str(envelope.get("mail_from", ""))[:512],
-                "rcpts": [r[:320] for r in rcpts[: self.max_rcpts]] or None,
-                "rcpt_count": len(rcpts) if len(rcpts) > self.max_rcpts else None,
+                "rcpts": [r[:320] for r in rcpts[:max_rcpts]] or None,
+                "rcpt_count": len(rcpts) if len(rcpts) > max_rcpts else None,
                 "note": note[:1024] or None,
-                "truncated": int(envelope.get("bytes", len(data))) > self.max_bytes or None,
+                "truncated": int(envelope.get("bytes", len(data))) > limit or None,
                 "bytes": int(envelope.get("bytes", len(data))),
             },
         )
+        # One key per MULTI: no script, so nothing to keep in one slot but the key itself.
         pipe = self.redis.pipeline(transaction=True)
-        pipe.lpush(self.unclassified_key, raw)
-        pipe.ltrim(self.unclassified_key, 0, keep - 1)
-        await pipe.execute()
+        pipe.lpush(key, raw)
+        pipe.ltrim(key, 0, keep - 1)
+        try:
+            await pipe.execute()
+        except (RedisError, OSError):
+            # The sender gets 451 and retries: its retry must not use up another of its share.
+            (self.per_uuid if uuid else self.per_client).give_back(uuid or client)
+            raise

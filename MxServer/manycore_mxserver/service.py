@@ -30,7 +30,6 @@ from .smtp import Handler, MxSMTP, Recipients
 log = logging.getLogger(__name__)
 
 SERVICE = "mxserver"
-UNCLASSIFIED_KEY = "MXSERVER-UNCLASSIFIED"
 DRAIN_SECONDS = 20.0
 
 
@@ -93,15 +92,10 @@ def classifier_settings(settings: Settings, section: MxServerSection) -> Setting
 
 
 def _recorder(config: Config, prepared: Prepared, redis: Redis) -> Recorder:
-    unclassified = prepared.section.unclassified
     return Recorder(
         redis,
         ReliableQueue(redis, config.global_.backdata.queue_name),
-        UNCLASSIFIED_KEY,
-        unclassified.max_count,
-        unclassified.max_bytes,
-        unclassified.max_total_bytes,
-        unclassified.max_rcpts,
+        prepared.section.unclassified,
         prepared.senders,
         config.customer.common_config.suppression,
     )

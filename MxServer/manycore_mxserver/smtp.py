@@ -28,7 +28,7 @@ from manycore_common.smtpserver import (
 from .authenticate import Analysis
 from .classify import Classification
 from .dataread import read_data
-from .limits import ConnectionLimiter, RateLimiter, client_key
+from .limits import ConnectionLimiter, RateLimiter, Slots, client_key
 from .metrics import REFUSED
 from .pool import ClassifierPool, Job
 from .record import Recorder
@@ -42,6 +42,10 @@ __all__ = ["Handler", "MxSMTP", "RateLimiter", "TaggedEnvelope"]
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_MANY_COMMANDS = "421 4.7.0 Too many commands in one session, closing connection"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try again later"
+#: RFC 3463 4.3.2 "system not accepting network messages": a temporary refusal for load.
+BUSY_CONNECTIONS = "421 4.3.2 Too many connections, try again later"
+BUSY_MESSAGES = "451 4.3.2 Too many messages at once, try again later"
+RATE_LIMITED = "450 4.7.1 Too many messages from your address, slow down"
 #: Said to every address at our domains that we did not hand out, so a forger learns nothing
 #: from a 250 (RFC 3463 5.1.1: bad destination mailbox address).
 BAD_TAG = "550 5.1.1 No such user: this address does not accept mail"
@@ -110,6 +114,7 @@ class MxSMTP(SMTP):
         super().__init__(handler, **kwargs)
         self._size_limit = int(kwargs.get("data_size_limit") or 0)
         self._keep_bytes = keep_bytes
+        self._handler = handler
         self._connections = handler.connections
         self._commands_left = limits.max_commands_per_session
         self._smtp_methods = {
@@ -148,6 +153,19 @@ class MxSMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        assert self.session is not None
+        refusal = self._handler.admit(self.session)
+        if refusal is not None:
+            # Before 354: a refused message costs us no octet of its content.
+            await self.push(refusal)
+            return
+        try:
+            await self._data_admitted()
+        finally:
+            self._handler.messages.release()
+
+    async def _data_admitted(self) -> None:
+        assert self.envelope is not None
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             result = await read_data(
@@ -177,9 +195,10 @@ class MxSMTP(SMTP):
     async def _handle_client(self) -> None:
         assert self.session is not None
         client = client_key(_peer_ip(self.session))
-        if not self._connections.acquire(client):
-            REFUSED.labels("too-many-connections").inc()
-            await self.push(TOO_MANY_CONNECTIONS)
+        refused = self._connections.acquire(client)
+        if refused is not None:
+            REFUSED.labels("busy" if refused == "total" else "too-many-connections").inc()
+            await self.push(BUSY_CONNECTIONS if refused == "total" else TOO_MANY_CONNECTIONS)
             if self.transport is not None:
                 self.transport.close()
             return
@@ -218,8 +237,23 @@ class Handler:
         self.recorder = recorder
         self.limiter = limiter
         self.pool = pool
-        self.connections = ConnectionLimiter(limits.max_connections_per_ip)
+        self.connections = ConnectionLimiter(limits.max_connections_per_ip, limits.max_connections)
+        self.messages = Slots(limits.max_messages_in_flight)
         self.in_flight = InFlight()
+
+    def admit(self, session: Session) -> str | None:
+        """At the DATA command, before 354: None and a message slot taken (the caller
+        releases it), or the reply that refuses the message. Checked before anything is read,
+        so neither a client over its rate nor a crowd of clients costs us their octets."""
+        if self.in_flight.stopping:
+            return SHUTTING_DOWN
+        if not self.limiter.allow(client_key(_peer_ip(session))):
+            REFUSED.labels("rate-limit").inc()
+            return RATE_LIMITED
+        if not self.messages.take():
+            REFUSED.labels("busy").inc()
+            return BUSY_MESSAGES
+        return None
 
     async def handle_EHLO(
         self,
@@ -259,12 +293,8 @@ class Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.in_flight.stopping:
             return SHUTTING_DOWN
-        client = _peer_ip(session)
-        if not self.limiter.allow(client_key(client)):
-            REFUSED.labels("rate-limit").inc()
-            return "450 4.7.1 Too many messages from your address, slow down"
         async with self.in_flight.track():
-            return await self._record(envelope, client)
+            return await self._record(envelope, _peer_ip(session))
 
     async def _record(self, envelope: Envelope, client: str) -> str:
         data = envelope.original_content or b""
@@ -274,11 +304,14 @@ class Handler:
         result = await self.pool.analyse(Job(mail_from, rcpts, tags, data))
         if isinstance(result, str):  # timed out or crashed: kept for an operator
             result = Analysis(Classification("unclassified", note=f"classification {result}"), ())
-        uuid = tags[0].uuid if tags else None
+        # A tag verified at RCPT, else one the message quotes (a reply to postmaster@ about
+        # one of our messages): either proves the message concerns mail we sent.
+        uuid = tags[0].uuid if tags else result.tag_uuid
         try:
             size = envelope.data_size if isinstance(envelope, TaggedEnvelope) else len(data)
+            envelope_fields = {"mail_from": mail_from, "rcpts": list(rcpts), "bytes": size}
             kind = await self.recorder.record(
-                result, data, {"mail_from": mail_from, "rcpts": list(rcpts), "bytes": size}, uuid
+                result, data, envelope_fields, uuid, client_key(client)
             )
         except (RedisError, OSError) as exc:
             REFUSED.labels("redis-unavailable").inc()

@@ -273,6 +273,12 @@ class PostfixLog:
         await self.consumer.dead_letter(item, reason, (self.event_queue, raw))
         log.warning("message dead-lettered", extra={"uuid": item.uuid, "reason": reason})
 
+    def apply_settings(self, settings: Settings) -> None:
+        """A live config change (``reload``): read from here on by feeders, log and stop."""
+        self.settings = settings
+        self.processor.deferred_events = settings.deferred_events
+        self.processor.echo = settings.echo_postfix_log
+
     async def start_postfix(self) -> None:
         """Stop what a previous run left, undo what its stop could not finish, start."""
         await self.instance.stop_leftovers()

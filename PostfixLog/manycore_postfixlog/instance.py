@@ -186,17 +186,20 @@ class PostfixInstance:
                     f"postfix needs to reach {path}"
                 )
         os.chown(paths.data_dir, owner.pw_uid, owner.pw_gid)
-        master_cf = postconf.render_master_cf(self.settings)
-        files = {
+        for path, text in self.rendered().items():
+            path.write_text(text, encoding="utf-8")
+            path.chmod(0o644)
+
+    def rendered(self) -> dict[Path, str]:
+        """Postfix's config files as the settings make them (pure: nothing is written)."""
+        paths, master_cf = self.paths, postconf.render_master_cf(self.settings)
+        return {
             paths.config_dir / "main.cf": postconf.render_main_cf(self.settings),
             paths.config_dir / "master.cf": master_cf,
             paths.config_dir / postconf.TRANSPORT_MAP_FILE: postconf.transport_map(self.settings),
             paths.tools_config_dir / "main.cf": postconf.render_tools_main_cf(self.settings),
             paths.tools_config_dir / "master.cf": master_cf,
         }
-        for path, text in files.items():
-            path.write_text(text, encoding="utf-8")
-            path.chmod(0o644)
 
     async def check(self) -> None:
         """``postfix check``: creates missing queue directories, reports bad permissions."""

@@ -37,6 +37,12 @@ CLAIMED_ELSEWHERE = Counter(
     "Items taken while another PostfixLog held their claim (put back, not injected twice)",
 )
 LOG_ROTATIONS = Counter("postfix_log_rotations", "Rotations of Postfix's log file")
+CONFIG_RELOADS = Counter(
+    "postfix_config_reloads",
+    "Config file changes: applied live, unchanged, refused (a key needs a restart), invalid, "
+    "failed (Postfix did not take it)",
+    ["result"],
+)
 BACKPRESSURE = Gauge(
     "postfix_backpressure", "1 while pulling pauses because Postfix's queue is full"
 )
@@ -51,6 +57,8 @@ for _event, _type in (
     EVENTS.labels(_event, _type)
 for _kind in ("temporary", "permanent"):
     INJECT_FAILURES.labels(_kind)
+for _result in ("applied", "unchanged", "refused", "invalid", "failed"):
+    CONFIG_RELOADS.labels(_result)
 
 
 def count_event(event: dict[str, Any]) -> None:

@@ -1,6 +1,11 @@
 """Handing Postfix's queue back to Redis on stop, and cleaning up after a stop that died.
 
-In a pod the queue directory does not outlive the pod, so whatever Postfix still holds when
+``queue-on-stop: keep`` (the queue directory is a persistent volume of this instance) leaves
+the queue where it is: the next start of the same instance delivers it, and its state in
+Redis (queue ids, log position: ``state``) is still there for the log lines it writes.
+
+With ``hand-back`` (the default: in a pod with an emptyDir the queue directory does not
+outlive the pod), whatever Postfix still holds when
 PostfixLog stops (deferred mail, mostly) goes back on the to-postfix queue: the stored message
 with its envelope sender and only the recipients Postfix has not finished with (postcat(1)
 lists finished ones as ``done_recipient``), then it is deleted from Postfix's queue. Pushing
@@ -22,7 +27,7 @@ from manycore_common import item as item_format
 
 from . import metrics
 from .headers import add_return_path, drop_own_received, to_crlf
-from .instance import PostfixError, PostfixInstance
+from .instance import LIVE_QUEUES, PostfixError, PostfixInstance
 from .state import Message, State
 
 log = logging.getLogger(__name__)
@@ -102,6 +107,32 @@ async def hand_back(instance: PostfixInstance, state: State) -> int:
             extra={"queue_id": queue_id, "queue": queue, "recipients": len(rcpts)},
         )
     return handed
+
+
+def hands_back(mode: str, marker_present: bool) -> bool:
+    """Whether a stop empties Postfix's queue into Redis: always with ``hand-back``; with
+    ``keep`` only when an operator left the marker file (this instance is going away)."""
+    return mode == "hand-back" or marker_present
+
+
+async def settle_on_stop(instance: PostfixInstance, state: State) -> None:
+    """After Postfix stopped and its log was read to the end: hand the queue back, or keep
+    it for the next start (``queue-on-stop``)."""
+    settings = instance.settings
+    marker = settings.paths.hand_back_marker
+    if not hands_back(settings.queue_on_stop, marker.exists()):
+        counts = instance.queue_counts()
+        log.info(
+            "postfix queue kept for the next start",
+            extra={
+                "messages": sum(counts[q] for q in LIVE_QUEUES),
+                "queue_directory": str(settings.paths.queue_dir),
+            },
+        )
+        return
+    handed = await hand_back(instance, state)
+    marker.unlink(missing_ok=True)
+    log.info("postfix queue handed back", extra={"messages": handed})
 
 
 async def clean_up_after_stop(instance: PostfixInstance, state: State) -> None:

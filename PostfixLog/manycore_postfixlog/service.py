@@ -4,7 +4,7 @@ its log into events. What runs meanwhile (feeders, the log loop, the monitor) is
 Graceful stop (README "Termination"): stop pulling and give back what is held, keep Postfix
 from retrying deferred mail, let it finish the deliveries in progress for at most
 ``stop-grace-seconds``, stop it, read the log to its end, and hand what is left in its queue
-back to Redis (``requeue``).
+back to Redis, or keep it for the next start (``queue-on-stop``, ``requeue``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from . import requeue
 from . import settings as settings_module
 from .app import SERVICE, TAKE_TIMEOUT, PostfixLog
 from .instance import PostfixError, PostfixInstance
+from .reload import Reloader, config_files
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,8 @@ async def _start_postfix(app: PostfixLog, stop: asyncio.Event) -> bool:
 async def _shut_down(
     app: PostfixLog, tasks: list[asyncio.Task[None]], monitor_stop: asyncio.Event, started: bool
 ) -> None:
-    """Stop Postfix and the loops, read the log to its end, hand Postfix's queue back."""
+    """Stop Postfix and the loops, read the log to its end, hand Postfix's queue back (or
+    keep it: ``queue-on-stop``)."""
     app.feed_stop.set()
     app.expected_stop = True
     monitor_stop.set()
@@ -80,8 +83,7 @@ async def _shut_down(
     if started:
         with contextlib.suppress(RedisError, OSError):
             await app.processor.drain()
-            handed = await requeue.hand_back(app.instance, app.state)
-            log.info("postfix queue handed back", extra={"messages": handed})
+            await requeue.settle_on_stop(app.instance, app.state)
     app.follower.close()
 
 
@@ -110,8 +112,12 @@ async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None
         tasks.append(asyncio.create_task(app.monitor(monitor_stop)))
         tasks.append(asyncio.create_task(app.consumer.keep_alive(app.feed_stop)))
         feeders = [asyncio.create_task(app.feed()) for _ in range(settings.smtp_connections)]
+        reloader = Reloader(config, config_files(), app.instance, app.apply_settings)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.requested.set)
+        tasks.append(asyncio.create_task(reloader.watch(stop)))
         log.info("feeding postfix", extra={"instance": settings.instance})
         await stop.wait()
+        reloader.requested.set()  # wakes the watcher, which sees the stop
         app.feed_stop.set()
         await asyncio.gather(*feeders, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):

@@ -8,8 +8,10 @@ long PostfixLog's state in Redis must live (longer than any message can stay que
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +31,9 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 STATE_TTL_MARGIN_SECONDS = 86400
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 MAIN_CF = "postfixlog.string-replacer.main-cf"
+#: Overrides ``postfixlog.queue-on-stop`` for one workload (the KEDA component sets it).
+QUEUE_ON_STOP_ENV = "MANYCORE_POSTFIXLOG_QUEUE_ON_STOP"
+QUEUE_ON_STOP_MODES = ("hand-back", "keep")
 
 
 def postfix_time_seconds(value: str) -> int:
@@ -72,6 +77,12 @@ class Paths:
     def data_dir(self) -> Path:
         return self.base / "data"
 
+    @property
+    def hand_back_marker(self) -> Path:
+        """Present at stop: hand the queue back even with ``queue-on-stop: keep`` (before
+        scaling this instance away for good, docs/operations/postfix-queue.md)."""
+        return self.base / "hand-back-on-stop"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -92,6 +103,8 @@ class Settings:
     deferred_events: bool
     stop_grace_seconds: float
     log_rotate_bytes: int
+    #: ``queue-on-stop``: ``hand-back`` or ``keep`` (the queue directory is a volume).
+    queue_on_stop: str = "hand-back"
     #: How long a finished message's state stays in Redis (log replays after a restart).
     replay_window_seconds: int = 600
     #: Echo each line of Postfix's log to stdout (``echo-postfix-log``).
@@ -159,16 +172,33 @@ def build(section: PostfixLogSection, config_dir: Path, hostname: str | None = N
         deferred_events=section.deferred_events,
         stop_grace_seconds=section.stop_grace_seconds,
         log_rotate_bytes=section.log_rotate_bytes,
+        queue_on_stop=section.queue_on_stop,
         replay_window_seconds=section.replay_window_seconds,
         echo_postfix_log=section.echo_postfix_log,
     )
 
 
-def from_config(config: Config) -> Settings:
+def queue_on_stop(configured: str, environ: Mapping[str, str]) -> str:
+    """``queue-on-stop``, unless the pod says otherwise in ``QUEUE_ON_STOP_ENV``: one config
+    file serves several overlays, and only the workload knows whether an autoscaler may remove
+    its pod for good (then the queue must be handed back, docs/operations/postfix-queue.md)."""
+    value = environ.get(QUEUE_ON_STOP_ENV)
+    if value is None or value == "":
+        return configured
+    if value not in QUEUE_ON_STOP_MODES:
+        raise ConfigError(
+            [f"environment {QUEUE_ON_STOP_ENV}: {value!r} is not one of {QUEUE_ON_STOP_MODES}"]
+        )
+    return value
+
+
+def from_config(config: Config, environ: Mapping[str, str] | None = None) -> Settings:
     section: PostfixLogSection = config.require("postfixlog")
     built = build(section, config.config_dir)
+    env = os.environ if environ is None else environ
     return replace(
         built,
         trace=TraceSettings.of(config.global_.trace),
         suppression=config.customer.common_config.suppression,
+        queue_on_stop=queue_on_stop(built.queue_on_stop, env),
     )

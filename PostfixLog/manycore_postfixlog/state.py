@@ -2,7 +2,8 @@
 recipients already have their final event, and where the log follower is.
 
 Key layout (``I`` is the instance name, by default the pod's host name, since queue ids and
-log files belong to one Postfix):
+log files belong to one Postfix; names built by ``manycore_common.keyspace``, with
+``reliable-queue.key-prefix`` in front when one is set):
 
 ``postfixlog:I:msg:<queue id>`` (HASH), written when Postfix answered ``queued as <id>``
     ``uuid``, ``stream_id``, ``from_domain``, ``return_path``, ``rcpts`` (JSON list),
@@ -45,8 +46,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from manycore_common import replicas
-from manycore_common.suppression import SIZE_KEY
+from manycore_common import keyspace, replicas
 from manycore_common.suppressionstore import Op, encode_ops
 
 from . import statescripts
@@ -188,12 +188,12 @@ class State:
         replay_window: int = REPLAY_WINDOW,
     ) -> None:
         self.redis = redis
+        self.keys = keys = keyspace.current()
         self.instance = instance
-        self.event_queue = event_queue
-        self.incoming_queue = incoming_queue
+        self.event_queue = keys.queue(event_queue)
+        self.incoming_queue = keys.queue(incoming_queue)
         self.ttl = ttl
         self.replay_window = replay_window
-        self.prefix = f"postfixlog:{instance}:"
         self._record = redis.register_script(statescripts.RECORD)
         self._final = redis.register_script(statescripts.FINAL)
         self._deferral = redis.register_script(statescripts.DEFERRAL)
@@ -202,15 +202,21 @@ class State:
         self._unclaim = redis.register_script(statescripts.UNCLAIM)
 
     def msg_key(self, queue_id: str) -> str:
-        return f"{self.prefix}msg:{queue_id}"
+        return self.keys.postfixlog(self.instance, f"msg:{queue_id}")
 
     @staticmethod
     def item_key(item_id: str) -> str:
-        return f"postfixlog:item:{item_id}"
+        return keyspace.current().postfixlog_item(item_id)
 
     @staticmethod
     def claim_key(item_id: str) -> str:
-        return f"postfixlog:claim:{item_id}"
+        return keyspace.current().postfixlog_claim(item_id)
+
+    def requeued_key(self, queue_id: str) -> str:
+        return self.keys.postfixlog(self.instance, f"requeued:{queue_id}")
+
+    def position_key(self) -> str:
+        return self.keys.postfixlog(self.instance, "log-position")
 
     # ------------------------------------------------------------------ injection
 
@@ -247,9 +253,11 @@ class State:
         call for, and, with ``held``, the item acked from its processing list and its claim
         dropped. False: already recorded."""
         marker = f"{self.instance}:{queue_id or '-'}"
-        msg_key = self.msg_key(queue_id) if queue_id else f"{self.prefix}msg:-"
+        msg_key = self.msg_key(queue_id or "-")
         fields = json.dumps(message.fields()) if message is not None and queue_id else ""
-        held = held or Held("", f"{self.prefix}none", b"")
+        # Without a held item, the script's LREM reads a key of this instance that is never
+        # written (in every key's slot, with a key prefix).
+        held = held or Held("", self.keys.postfixlog(self.instance, "none"), b"")
         op_keys, op_args = encode_ops(suppress, 7)
         done = await replicas.call(
             self.redis,
@@ -260,7 +268,7 @@ class State:
                 self.event_queue,
                 self.claim_key(item_id),
                 held.processing_key,
-                SIZE_KEY,
+                self.keys.suppression_size(),
                 *op_keys,
             ],
             [
@@ -293,7 +301,7 @@ class State:
             await replicas.call(
                 self.redis,
                 self._final,
-                [self.msg_key(queue_id), self.event_queue, SIZE_KEY, *op_keys],
+                [self.msg_key(queue_id), self.event_queue, self.keys.suppression_size(), *op_keys],
                 [rcpt_key(rcpt), event, self.replay_window, *op_args],
             )
         )
@@ -321,17 +329,17 @@ class State:
             [
                 self.incoming_queue,
                 self.msg_key(queue_id),
-                f"{self.prefix}requeued:{queue_id}",
+                self.requeued_key(queue_id),
             ],
             [item, self.ttl],
         )
 
     async def was_requeued(self, queue_id: str) -> bool:
-        return bool(await self.redis.exists(f"{self.prefix}requeued:{queue_id}"))
+        return bool(await self.redis.exists(self.requeued_key(queue_id)))
 
     async def load_position(self) -> Position | None:
-        raw = await self.redis.get(f"{self.prefix}log-position")
+        raw = await self.redis.get(self.position_key())
         return Position.decode(raw) if raw else None
 
     async def save_position(self, position: Position) -> None:
-        await self.redis.set(f"{self.prefix}log-position", position.encode())
+        await self.redis.set(self.position_key(), position.encode())

@@ -39,9 +39,9 @@ async def read(redis: Redis, queues: Mapping[str, str]) -> Snapshot:
     for name in queues.values():
         queue = ReliableQueue(redis, name)
         pipe = redis.pipeline(transaction=False)
-        pipe.llen(name)
+        pipe.llen(queue.name)
         pipe.llen(queue.dead_key)
-        pipe.lindex(name, -1)  # the right end is the oldest (taken next)
+        pipe.lindex(queue.name, -1)  # the right end is the oldest (taken next)
         waiting, dead, oldest = await pipe.execute()
         readings[name] = QueueReading(
             waiting=int(waiting),

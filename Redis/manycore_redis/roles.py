@@ -21,12 +21,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from manycore_common.config import NodeAddress, RedisConnection, RedisServer
+from manycore_common.redisconn import NO_CLIENT_SETINFO
 
-from .server import acl_password
+from .acl import acl_password
 
 log = logging.getLogger(__name__)
 
-#: The ACL user replicas authenticate as (its password is the application user's).
+#: The ACL user replicas authenticate as (its password is ``redis.server.password``).
 REPLICATION_USER = "replication"
 #: The ACL user sentinels use on data nodes: the commands the Redis documentation lists for
 #: Sentinel ("Redis Sentinel and ACL"), nothing else.
@@ -81,6 +82,7 @@ async def ask_sentinels(connection: RedisConnection, master_name: str) -> NodeAd
             password=password.get_secret_value() if password else None,
             socket_connect_timeout=connection.connect_timeout_seconds,
             socket_timeout=connection.connect_timeout_seconds,
+            **NO_CLIENT_SETINFO,  # the sentinel user may not run it: redisconn says why
         )
         try:
             answer = await client.execute_command(  # type: ignore[no-untyped-call]

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
-import hashlib
 import logging
 import os
 import secrets
@@ -26,6 +25,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from manycore_common.config import RedisServer
+from manycore_common.redisconn import NO_CLIENT_SETINFO
+
+from .acl import acl_password
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +38,24 @@ def base_config_path() -> Path:
     return Path(str(resources.files("manycore_redis") / "redis.conf"))
 
 
-def acl_password(password: str) -> str:
-    """ACL rules take a SHA-256 of the password (``#<hex>``): no clear text in the file, and no
-    quoting problems with spaces or '#' in passwords."""
-    return "#" + hashlib.sha256(password.encode()).hexdigest()
-
-
 def render_config(
-    settings: RedisServer, admin_password: str, base: Path, extra: Sequence[str] = ()
+    settings: RedisServer,
+    admin_password: str,
+    base: Path,
+    users: Sequence[str],
+    extra: Sequence[str] = (),
 ) -> str:
     """The runtime configuration: the shipped base file plus what depends on this deployment.
 
-    Users: the application user may run everything but Redis' dangerous commands (FLUSHALL,
-    CONFIG, DEBUG, SHUTDOWN, KEYS, ...) except INFO, which the exporter reads. ``default`` is
-    the administrator this supervisor uses to save and stop, with a password that is random
-    per start and never leaves this process.
+    Users: ``users`` are the services' (``acl.service_rules``: one per service, or the older
+    shared user). ``default`` is the administrator this supervisor uses to save and stop,
+    with a password that is random per start and never leaves this process.
 
     Why ``default`` and not "off": Redis 7.0 replays MULTI/EXEC blocks of the AOF (which is
     how every Lua script's writes are logged) as the default user, and checks that user's
     permissions at EXEC. With ``default`` switched off every such block fails on load
     ("NOPERM ACLs rules changed ...") and the writes of all our scripts are lost at a restart.
     tests/integration/test_redis_module.py kills Redis after script writes to keep this true."""
-    assert settings.password is not None
-    app = settings.username
     return "\n".join(
         [
             f"include {base}",
@@ -69,8 +66,7 @@ def render_config(
             f"maxmemory {settings.maxmemory}",
             "daemonize no",
             f"user default on resetpass {acl_password(admin_password)} ~* &* +@all",
-            f"user {app} on {acl_password(settings.password.get_secret_value())} "
-            "~* &* +@all -@dangerous +info",
+            *users,
             *extra,
             "",
         ]
@@ -118,11 +114,16 @@ class RunningServer:
 
 
 async def start(
-    settings: RedisServer, *, extra: Sequence[str] = (), timeout: float = 30.0
+    settings: RedisServer,
+    users: Sequence[str],
+    *,
+    extra: Sequence[str] = (),
+    timeout: float = 30.0,
 ) -> RunningServer:
-    """redis-server with the rendered config plus ``extra`` lines (``roles``)."""
+    """redis-server with the rendered config: the services' ``users`` (``acl``) and
+    ``extra`` lines (``roles``)."""
     admin_password = secrets.token_urlsafe(32)
-    text = render_config(settings, admin_password, base_config_path(), extra)
+    text = render_config(settings, admin_password, base_config_path(), users, extra)
     return await launch(
         settings,
         settings.redis_server_binary,
@@ -169,6 +170,7 @@ async def launch(
         socket_timeout=30,
         # SHUTDOWN closes the connection on success: a retry would only wait for nothing.
         retry=Retry(NoBackoff(), retries=0),
+        **NO_CLIENT_SETINFO,  # why: redisconn.NO_CLIENT_SETINFO
     )
     await _wait_ready(process, admin, timeout)
     log.info(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from manycore_common import redisconn, redisready
 from manycore_common.config import Config, ConfigError, RedisSection, RedisServer
@@ -28,8 +28,8 @@ from manycore_common.lifecycle import run_service
 from manycore_common.queue import ReliableQueue
 from manycore_common.queuectl import queue_names
 
+from . import acl, roles
 from . import backup as backups
-from . import roles
 from . import server as redis_server
 from .exporter import poll
 from .metrics import BACKUPS, QueueCollector, readme_gauges
@@ -81,7 +81,8 @@ async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None
         return
     running = None
     if settings is not None:
-        running = await _start_data_node(section, settings, prepared.store)
+        users = redis_users(config, settings)
+        running = await _start_data_node(section, settings, prepared.store, users)
 
     client = redisconn.connect(section.reliable_queue.redis)
     collector = QueueCollector(readme_gauges(config))
@@ -134,7 +135,10 @@ def _background(
         reporting = functools.partial(_is_primary, running)
     tasks = [
         asyncio.create_task(poll(client, collector, section.poll_seconds, stop, reporting)),
-        asyncio.create_task(_adopt(client, queue_names(config), stop)),
+        # The exporter's user only reads: adopting writes, as this process' administrator.
+        asyncio.create_task(
+            _adopt(running.admin if running else client, queue_names(config), stop)
+        ),
     ]
     store = prepared.store
     backing_up = settings is not None and settings.backup_interval_seconds > 0
@@ -143,8 +147,30 @@ def _background(
     return tasks
 
 
+def redis_users(config: Config, settings: RedisServer) -> list[str]:
+    """The services' ACL users (``acl``), with a warning while the config lacks some."""
+    missing = acl.missing_users(settings)
+    if settings.users is None:
+        log.warning(
+            "every service shares one Redis user that may change every queue; give each "
+            "its own (then set each service's reliable-queue.redis username/password): "
+            + ", ".join(missing),
+            extra={"missing": missing},
+        )
+    elif missing:
+        log.warning(
+            "services without a Redis user cannot connect: " + ", ".join(missing),
+            extra={"missing": missing},
+        )
+    prefix = config.global_.reliable_queue.key_prefix
+    return acl.service_rules(settings, acl.Keyspace.from_config(config, prefix))
+
+
 async def _start_data_node(
-    section: RedisSection, settings: RedisServer, store: backups.ObjectStore | None
+    section: RedisSection,
+    settings: RedisServer,
+    store: backups.ObjectStore | None,
+    users: Sequence[str],
 ) -> redis_server.RunningServer:
     """Primary or replica (``roles``); a backup is restored only by a primary the sentinels
     name no rival for, into an empty data directory."""
@@ -173,7 +199,7 @@ async def _start_data_node(
         "starting",
         extra={"replicaof": f"{replicaof.hostname}:{replicaof.port}" if replicaof else None},
     )
-    return await redis_server.start(settings, extra=roles.data_node_lines(settings, start))
+    return await redis_server.start(settings, users, extra=roles.data_node_lines(settings, start))
 
 
 async def _is_primary(running: redis_server.RunningServer) -> bool:
@@ -231,6 +257,9 @@ async def _adopt(client: Redis, names: list[str], stop: asyncio.Event) -> None:
         try:
             await ReliableQueue(client, pending[0]).adopt_unregistered()
             pending.pop(0)
+        except NoPermissionError:
+            log.warning("not adopting: this Redis user may not write the queues' registry")
+            return
         except (RedisError, OSError) as exc:
             log.warning("cannot adopt processing lists yet", extra={"error": str(exc)})
             with contextlib.suppress(TimeoutError):

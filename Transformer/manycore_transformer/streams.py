@@ -2,10 +2,11 @@
 
 A tagged return path has room for four octets of SHA-256(X-Stream-Id), not the stream id
 itself (``manycore_common.feedbacktag``), so MxServer finds the id of an event's stream in the
-Redis hash ``feedbacktag.STREAMS_KEY`` (stream hash → stream id). The Transformer writes a
-stream's field before it hands over the first message it minted for that stream, and
-remembers the streams it wrote (a bounded LRU), so a message of a known stream costs no Redis
-command at all. The hash grows by one field per stream id ever used, not per message.
+Redis hash ``MANYCORE-FEEDBACK-STREAMS`` (``keyspace.Keyspace.feedback_streams``; stream hash →
+stream id). The Transformer writes a stream's field before it hands over the first message it
+minted for that stream, and remembers the streams it wrote (a bounded LRU), so a message of a
+known stream costs no Redis command at all. The hash grows by one field per stream id ever
+used, not per message.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
-from manycore_common import feedbacktag
+from manycore_common import feedbacktag, keyspace
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ class StreamRegistry:
             return []
         fields = list(new)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hmget(feedbacktag.STREAMS_KEY, fields)
-        pipe.hset(feedbacktag.STREAMS_KEY, items=[x for pair in new.items() for x in pair])
+        key = keyspace.current().feedback_streams()
+        pipe.hmget(key, fields)
+        pipe.hset(key, items=[x for pair in new.items() for x in pair])
         before, _ = await pipe.execute()
         self.remember(new.values())
         clashes = [

@@ -225,6 +225,10 @@ def _copy(message: _Message, body_hash: str, rcpt: str, settings: Settings, now:
     names["unsubscribe-address"] = feedbacktag.make_address(
         key, "unsub", uuid, rcpt, domain, stream_id
     )
+    if secret := settings.unsubscribe_secret:  # per recipient, like the mailto
+        names["unsubscribe-token"] = make_token(
+            secret, uuid, stream_id, int(now), rcpt=rcpt, domain=message.from_domain
+        )
     fields = [
         make_field("X-ReturnPathIb", return_path),
         # Unique per copy, and a tag of the "message" kind: replies copy it into References
@@ -277,10 +281,6 @@ def _prepare(
         "from-domain": from_domain,
         "return-path-domain": signer.return_path_domain,
     }
-    if settings.unsubscribe_secret is not None:
-        names["unsubscribe-token"] = make_token(
-            settings.unsubscribe_secret, uuid, stream_id, int(now)
-        )
     if signer.beacon_url:
         body = add_beacon(fields, body, render(signer.beacon_url, names))
     if body and not body.endswith(b"\r\n"):

@@ -14,13 +14,16 @@ Configuration and process:
     ``redisready``    the one Redis readiness check and start-up wait (one stop rule)
 
 Queues and events:
+    ``keyspace``      every Redis key name, hash tags and ``reliable-queue.key-prefix``
     ``item``          the queue item format (JSON header line, then the payload)
     ``queue``         the reliable Redis queue: take, ack, hand-over, retry, dead letters, reaper
     ``consumer``      one consumer of it: processing list, heartbeat, take, ack, hand-over
     ``queuescripts``  the queue's Lua (every key in KEYS)
+    ``queuelegacy``   the queue's upgrade: the previous release's keys, unregistered lists
     ``queuectl``      ``manycore-queues``: stats, dead letters, requeue, trace, adopt
     ``queueinspect``  bounded look-ups: where a uuid is, one dead letter by id, unclassified
     ``queueview``     what ``manycore-queues`` prints (pure)
+    ``operatorlogin`` the operator tools' Redis login (``operator``) and refusal messages
     ``trace``         per-message trace records ``trace:<uuid>``
     ``events``        the event schema, and pushing events (once, with once-markers)
 

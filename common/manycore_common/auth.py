@@ -43,11 +43,6 @@ def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
-def username_key(username: str) -> str:
-    """The throttle's key for failures of one login name; no client address looks like it."""
-    return f"user:{username}"
-
-
 @dataclass
 class _Record:
     failures: list[float]

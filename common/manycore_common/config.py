@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from . import configscope
+from . import configscope, keyspace
 
 DEFAULT_GLOBAL_CONFIG = Path("/configs/inboxbooster-mailer-global.yaml")
 DEFAULT_CUSTOMER_CONFIG = Path("/configs/inboxbooster-mailer-customer.yaml")
@@ -212,9 +212,13 @@ class Login(Section):
 
 class AuthThrottle(Section):
     """Per client address: after ``max-failures`` failed logins within ``window-seconds``
-    the address is refused for ``lockout-seconds``; every failure also delays the next try."""
+    the address is refused for ``lockout-seconds``; every failure also delays the next try.
+    HttpReceiver counts ``max-failures`` per (client address, login name) instead, and
+    failures with login names that are no login per address, up to
+    ``max-unknown-login-failures`` (manycore_httpreceiver.login)."""
 
     max_failures: int = Field(default=5, ge=1)
+    max_unknown_login_failures: int = Field(default=100, ge=1)
     window_seconds: float = Field(default=300.0, gt=0)
     lockout_seconds: float = Field(default=300.0, ge=0)
     delay_seconds: float = Field(default=0.5, ge=0)
@@ -484,6 +488,11 @@ class PostfixLogSection(Section):
     #: On stop, how long Postfix may finish deliveries in progress before what is left in its
     #: queue goes back to the to-postfix queue.
     stop_grace_seconds: float = Field(default=20.0, ge=0)
+    #: On stop, what becomes of the messages left in Postfix's queue: ``hand-back`` (to the
+    #: to-postfix queue; the queue directory may die with the pod) or ``keep`` (left in the
+    #: queue directory, which must then be a persistent volume of this instance: the next
+    #: start of the same ``instance-name`` delivers them). docs/operations/postfix-queue.md.
+    queue_on_stop: Literal["hand-back", "keep"] = "hand-back"
     #: PostfixLog rotates the log file once it is this big (0: never).
     log_rotate_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
     #: What Redis keeps of a message once its last final event is out (queue id → message,
@@ -546,14 +555,35 @@ class RateLimit(Section):
 
 
 class Unclassified(Section):
-    """Messages no rule understood are kept in Redis for an operator, bounded: the newest
-    ``max-count`` of at most ``max-bytes`` each, and at most ``max-total-bytes`` in all."""
+    """Messages no rule understood are kept in Redis for an operator, in two lists, each
+    bounded to its newest messages: those a verified feedback tag ties to mail we sent
+    (``MXSERVER-UNCLASSIFIED``) and the rest (``MXSERVER-UNCLASSIFIED-UNTAGGED``: postmaster@
+    and abuse mail, which anyone may send). The untagged list has its own share of the
+    budget, so strangers cannot push the tagged messages out."""
 
+    #: Messages kept in both lists together; the oldest of a full list are dropped.
     max_count: int = Field(default=1000, ge=0)
+    #: Octets kept of one message; the rest is cut (the item says so).
     max_bytes: int = Field(default=256 * 1024, ge=1024)
+    #: Octets kept in both lists together (each list keeps fewer messages to stay within).
     max_total_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     #: Envelope recipients kept with a stored message (the rest are counted, not stored).
     max_rcpts: int = Field(default=10, ge=1)
+    #: Part of max-count and max-total-bytes given to the untagged list; the tagged list
+    #: has the rest, and untagged messages never take from it.
+    untagged_share: float = Field(default=0.25, ge=0, le=1)
+    #: Untagged messages kept per client address (an IPv4 address, an IPv6 /64) within
+    #: window-seconds; more are accepted (250) but not kept, and counted in
+    #: ``mxserver_unclassified_not_kept_total{reason="per-client"}``: one sender cannot fill
+    #: the untagged list.
+    untagged_per_client: int = Field(default=10, ge=1)
+    #: Tagged messages kept per message uuid within window-seconds; more are accepted but not
+    #: kept (``reason="per-tag"``): a tag copied from one message we sent (anyone on a mailing
+    #: list has one) cannot fill the tagged list.
+    tagged_per_uuid: int = Field(default=5, ge=1)
+    #: The window of untagged-per-client and tagged-per-uuid. Counted in memory by each
+    #: MxServer replica, so with N replicas a sender may get N times as many kept.
+    window_seconds: float = Field(default=3600.0, gt=0)
 
 
 class MxServerLimits(Section):
@@ -568,6 +598,14 @@ class MxServerLimits(Section):
     #: Open connections from one client (an IPv4 address, an IPv6 /64); one more gets 421 4.7.0
     #: at once. 50 is Postfix's smtpd_client_connection_count_limit.
     max_connections_per_ip: int = Field(default=50, ge=1)
+    #: Open connections in all; one more gets 421 4.3.2 at once. What bounds the listener
+    #: against many addresses at once, each under its own limit.
+    max_connections: int = Field(default=1000, ge=1)
+    #: Messages being read, classified or recorded at once (from DATA to its reply); one more
+    #: gets 451 4.3.2 before anything is read (RFC 3463 4.3.2: system not accepting network
+    #: messages), and the sending MTA retries. Each holds up to scan-bytes in memory and waits
+    #: for a classifier worker, so this bounds both.
+    max_messages_in_flight: int = Field(default=64, ge=1)
     #: Longest line (octets, CRLF included) in DATA or a command line buffered before it is
     #: refused with 500 5.5.2. Postfix accepts and folds lines past 2048; real bounces from
     #: Amazon SES and GMX carry 1,030 to 1,250 octets (RFC 5321 §4.5.3.1.6 says 1000).
@@ -724,6 +762,60 @@ class NodeAddress(Section):
     port: int = Field(default=6379, ge=1, le=65535)
 
 
+class RedisUser(Section):
+    """One service's ACL user on the Redis pod: the service connects with the same
+    username and password in its own ``reliable-queue.redis``."""
+
+    secret_keys = ("password",)
+
+    username: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.@-]+$")
+    password: SecretStr
+
+    @field_validator("password")
+    @classmethod
+    def _strong_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("use at least 16 characters")
+        return value
+
+
+#: ACL users ``manycore-redis`` itself writes (server.ADMIN_USER and roles'): no service's.
+RESERVED_REDIS_USERS = ("default", "replication", "sentinel")
+
+
+class RedisUsers(Section):
+    """``redis.server.users``: one ACL user per service, each allowed only the keys and
+    commands that service's code uses (``manycore_redis.acl``). A service left out has no
+    user (it cannot connect). ``exporter`` is the Redis pod's own read-only user
+    (``redis.reliable-queue.redis``: queue gauges, ``manycore-queues`` stats and trace).
+    ``operator`` (optional, no service's): the operator tools' user (``manycore-queues``
+    drop/requeue, ``manycore-suppressions``), which logs in from the ``operator`` section."""
+
+    receiver: RedisUser | None = None
+    httpreceiver: RedisUser | None = None
+    transformer: RedisUser | None = None
+    postfixlog: RedisUser | None = None
+    backdata: RedisUser | None = None
+    mxserver: RedisUser | None = None
+    exporter: RedisUser | None = None
+    operator: RedisUser | None = None
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> RedisUsers:
+        names = [u.username for u in self.given().values()]
+        reserved = sorted(set(names) & set(RESERVED_REDIS_USERS))
+        if reserved:
+            raise ValueError(f"username {reserved[0]!r} is manycore-redis' own")
+        if len(set(names)) != len(names):
+            raise ValueError("every service needs a username of its own")
+        return self
+
+    def given(self) -> dict[str, RedisUser]:
+        """Service name → its user, for the services that have one."""
+        found = {name: getattr(self, name) for name in type(self).model_fields}
+        return {name: user for name, user in found.items() if user is not None}
+
+
 class RedisServer(Section):
     """The redis-server that ``manycore-redis`` runs (the Redis pod). Without this section
     ``manycore-redis`` only exports queue metrics of a Redis run elsewhere."""
@@ -734,9 +826,14 @@ class RedisServer(Section):
     port: int = Field(default=6379, ge=1, le=65535)
     data_dir: Path = Path("/data")
     redis_server_binary: str = "redis-server"
-    #: The ACL user every service connects as (their reliable-queue.redis username/password).
+    #: Without ``users``: the one ACL user every service connects as (their
+    #: reliable-queue.redis username/password); an older form, warned about at start.
     username: str = Field(default="manycore", min_length=1)
+    #: The shared user's password (without ``users``), and the replication and sentinel
+    #: users' (``roles``) in every form.
     password: SecretStr
+    #: One ACL user per service (``RedisUsers``); replaces the shared ``username``.
+    users: RedisUsers | None = None
     #: everysec: a crash of the machine loses at most ~1 s of acknowledged writes; always: none.
     appendfsync: Literal["everysec", "always"] = "everysec"
     #: Redis' memory ceiling (e.g. "3gb"): above it writes are refused (noeviction), so the
@@ -790,6 +887,15 @@ class RedisSection(Section):
     prometheus: Prometheus = Prometheus()
     #: How often the exporter reads the queue sizes.
     poll_seconds: float = Field(default=5.0, gt=0)
+
+
+class OperatorSection(Section):
+    """``operator``: how the operator tools (``manycore-queues``, ``manycore-suppressions``)
+    log in, as ``redis.server.users.operator`` (``manycore_redis.acl``). A section of its
+    own (``configscope``): a tool run with it reads this password file only, not the Redis
+    pod's admin and S3 secrets. Without it the tools use the ``redis`` section's login."""
+
+    reliable_queue: ReliableQueueClient = ReliableQueueClient()
 
 
 class ObjectStorage(Section):
@@ -880,7 +986,14 @@ class CommonConfig(Section):
 
 
 SectionName = Literal[
-    "receiver", "httpreceiver", "transformer", "postfixlog", "mxserver", "backdata", "redis"
+    "receiver",
+    "httpreceiver",
+    "transformer",
+    "postfixlog",
+    "mxserver",
+    "backdata",
+    "redis",
+    "operator",
 ]
 
 
@@ -892,15 +1005,25 @@ class CustomerConfig(Section):
     mxserver: MxServerSection | None = None
     backdata: BackDataSection | None = None
     redis: RedisSection | None = None
+    operator: OperatorSection | None = None
     common_config: CommonConfig = CommonConfig()
 
 
 # --------------------------------------------------------------------------- global file
 
 
+def _queue_name(name: str) -> str:
+    problem = keyspace.queue_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
 class QueueNames(Section):
     primary_queue: str = "IB-MAIL-QUEUE-P0"
     default_queue: str = "IB-MAIL-QUEUE-P1"
+
+    _check_names = field_validator("primary_queue", "default_queue")(_queue_name)
 
 
 class GlobalReliableQueue(Section):
@@ -912,14 +1035,31 @@ class GlobalReliableQueue(Section):
     heartbeat_timeout_seconds: float = Field(default=30.0, gt=0)
     #: Receivers refuse new mail (451 / 503) while a queue holds this many items. 0 = no limit.
     high_water_mark: int = Field(default=100_000, ge=0)
+    #: Put in front of every Redis key (queue names included): empty (the default), or a hash
+    #: tag such as ``{mc}``, which puts all keys in one Redis Cluster slot so that every
+    #: script works on a Cluster; one prefix per independent pipeline (README, "Scaling").
+    #: Changing it renames every key: set it on a new Redis (docs/operations.md).
+    key_prefix: str = ""
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        problem = keyspace.prefix_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class GlobalPostfix(Section):
     incoming_queue_name: str = "INCOMING-TO-POSTFIX"
 
+    _check_name = field_validator("incoming_queue_name")(_queue_name)
+
 
 class GlobalBackData(Section):
     queue_name: str = "EVENT_QUEUE"
+
+    _check_name = field_validator("queue_name")(_queue_name)
 
 
 class GlobalTransformer(Section):

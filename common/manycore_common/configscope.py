@@ -26,6 +26,7 @@ SECTIONS = (
     "mxserver",
     "backdata",
     "redis",
+    "operator",
 )
 
 #: common-config keys that are, or hold, secrets. Every other common-config key (none
@@ -72,6 +73,9 @@ SCOPES: Mapping[str, Scope] = {
     "backdata": Scope("backdata"),
     # Backs its data up to object storage.
     "redis": Scope("redis", common=("object-storage",)),
+    # The operator tools' own login (``manycore-queues``, ``manycore-suppressions`` with
+    # ``--section operator``): its password file only; ``suppression`` is plain.
+    "operator": Scope("operator", common=("suppression",)),
     # The operator's tool that prints DNS records: plain values only (the DKIM keys it
     # reads are paths the Transformer's section names, not loader secrets).
     "dns": Scope(None, borrowed=("transformer", "mxserver", "postfixlog")),

@@ -20,7 +20,8 @@ to their address too.
 1 + 36 + 1 + 26 = 64. Base32 and lower case because mail systems fold the case of local
 parts they hand back (RFC 5321 says they should not; some do). The stream id itself does not
 fit, so the Transformer records ``stream hash → stream id`` once per stream id (not per
-message) under :data:`STREAMS_KEY`.
+message) in the Redis hash ``keyspace.Keyspace.feedback_streams`` (``MANYCORE-FEEDBACK-STREAMS``:
+stream hash, 8 hex digits → X-Stream-Id; one field per stream id ever used).
 
 The Message-ID is a tag of its own kind because replies copy it into In-Reply-To and
 References (RFC 5322 §3.6.4), where every other recipient of a reply-all can read it: were it
@@ -54,8 +55,6 @@ PROOF_KINDS: frozenset[Kind] = frozenset({"bounce", "unsub"})
 MAX_UUID_LENGTH = 36
 #: Lower-case letters, digits and inner hyphens: RFC 4122 UUIDs and the older plain ids.
 UUID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,34}[a-z0-9])?")
-#: Redis hash: stream hash (8 hex digits) → X-Stream-Id. One field per stream id ever used.
-STREAMS_KEY = "MANYCORE-FEEDBACK-STREAMS"
 
 _PREFIX: dict[Kind, str] = {"bounce": "b", "unsub": "u", "message": "m"}
 _KIND: dict[str, Kind] = {v: k for k, v in _PREFIX.items()}
@@ -118,7 +117,7 @@ def stream_hash(stream_id: str | None) -> bytes:
 
 
 def stream_field(stream_id: str) -> str:
-    """The field name of a stream id in :data:`STREAMS_KEY`."""
+    """The field name of a stream id in the streams hash."""
     return stream_hash(stream_id).hex()
 
 
@@ -149,7 +148,7 @@ class Tag:
 
     @property
     def stream_field(self) -> str | None:
-        """The field of this message's stream id in :data:`STREAMS_KEY`, if it had one."""
+        """The field of this message's stream id in the streams hash, if it had one."""
         return self.stream.hex() if self.has_stream else None
 
     def names(self, address: str) -> bool:

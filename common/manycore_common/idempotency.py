@@ -16,9 +16,21 @@ What is claimed:
   instead, when a request carries one, for the login that sent it: the draft has the client
   make up the key, so two clients may well pick the same one.
 
-The Redis key is ``idem:`` and 128 bits of SHA-256 of what is claimed, in base64url: 27
-bytes whatever the uuid or key is, and about 72 bytes per claim as ``MEMORY USAGE``
-counts (README, "Idempotent submission"). It lives for the window (``SET NX EX``).
+The Redis key (``manycore_common.keyspace``) is ``idem:`` and 128 bits of SHA-256 of what is
+claimed, in base64url: 27 bytes whatever the uuid or key is, and about 72 bytes per claim as
+``MEMORY USAGE`` counts (README, "Idempotent submission"). It lives for the window (``SET NX EX``).
+
+An X-Uuid claim's value is the priority digit. An Idempotency-Key claim's value also holds
+what the key was used for, so that the key coming back with another request is refused
+(422, as the draft §2.7 and Stripe's API do) rather than answered as a duplicate:
+
+    priority digit | "#" | 48 bits of SHA-256 of the request body | X-Uuid
+
+48 bits because the value then stays within 44 bytes with a 36-character X-Uuid, which
+Redis stores in the key's own allocation (embstr), so the digest costs no memory beyond the
+7 bytes (README figures). It stops mistakes of the customer's own client (only its login can
+use its keys), for which 2**-48 is no risk. Values written before the digest existed
+(``digit uuid``) are read without one: only their X-Uuid is compared.
 """
 
 from __future__ import annotations
@@ -28,10 +40,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from . import keyspace
 from .message import PRIORITY_DEFAULT, PRIORITY_HIGH, MessageRejected
 
-#: Prefix of every claim's key.
-KEY_PREFIX = "idem:"
 #: How long a claim is kept, unless ``common-config.idempotency-window-seconds`` says else.
 DEFAULT_WINDOW_SECONDS = 24 * 3600
 #: Longest Idempotency-Key accepted, after its quotes are taken off.
@@ -42,6 +53,9 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
 _HASH_BYTES = 16  # 128 bits: no two claims collide by chance in any window
+#: Octets of the request body's SHA-256 kept in an Idempotency-Key claim (see above).
+BODY_DIGEST_BYTES = 6
+_DIGEST_MARK = b"#"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,8 @@ class Earlier:
 
     priority: int
     uuid: str | None
+    #: The request body's digest (an Idempotency-Key claim made since digests exist).
+    digest: bytes | None = None
 
 
 def bad_idempotency_key(text: str) -> MessageRejected:
@@ -69,15 +85,29 @@ def bad_idempotency_key(text: str) -> MessageRejected:
 
 
 def key_reused(key_uuid: str, uuid: str) -> MessageRejected:
-    # The draft (§2.7): a key reused for another request payload gets 422. The X-Uuid stands
-    # for the payload: a retry of the same message carries the same one.
-    return MessageRejected(
-        "idempotency-key-reused",
-        550,
-        "5.6.0",
-        f"Idempotency-Key was already used for the message with X-Uuid {key_uuid}, not for {uuid}",
-        422,
-    )
+    # The draft (§2.7): a key reused for another request payload gets 422.
+    if key_uuid == uuid:
+        text = (
+            f"Idempotency-Key was already used for another request body (X-Uuid {uuid}): "
+            "a retry must send the same bytes"
+        )
+    else:
+        text = (
+            f"Idempotency-Key was already used for the message with X-Uuid {key_uuid}, not {uuid}"
+        )
+    return MessageRejected("idempotency-key-reused", 550, "5.6.0", text, 422)
+
+
+def body_digest(body: bytes) -> bytes:
+    return hashlib.sha256(body).digest()[:BODY_DIGEST_BYTES]
+
+
+def reused_for_another(earlier: Earlier, uuid: str, body: bytes) -> bool:
+    """Whether a held claim was made by another request than this one (pure): another X-Uuid,
+    or (when the claim kept one) another body."""
+    if earlier.uuid is not None and earlier.uuid != uuid:
+        return True
+    return earlier.digest is not None and earlier.digest != body_digest(body)
 
 
 def parse_idempotency_key(values: list[str]) -> str | None:
@@ -101,7 +131,7 @@ def parse_idempotency_key(values: list[str]) -> str | None:
 
 def redis_key(material: bytes) -> str:
     digest = hashlib.sha256(material).digest()[:_HASH_BYTES]
-    return KEY_PREFIX + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return keyspace.current().idempotency(base64.urlsafe_b64encode(digest).rstrip(b"=").decode())
 
 
 def claim_for(
@@ -111,9 +141,11 @@ def claim_for(
     *,
     idempotency_key: str | None = None,
     login: str | None = None,
+    body: bytes = b"",
 ) -> Claim | None:
     """The claim of a message with ``uuid`` and ``priority``; None when the window is 0
-    (idempotency off). With ``idempotency_key`` the key is claimed, for ``login``."""
+    (idempotency off). With ``idempotency_key`` the key is claimed, for ``login``, and the
+    claim keeps the digest of the request ``body``."""
     if window <= 0:
         return None
     digit = b"%d" % priority
@@ -122,12 +154,16 @@ def claim_for(
     # The NUL cannot occur in a login of the config nor in a key (printable ASCII), so no
     # two (login, key) pairs give the same bytes.
     material = b"k\0" + (login or "").encode() + b"\0" + idempotency_key.encode()
-    return Claim(redis_key(material), digit + uuid.encode(), window)
+    value = digit + _DIGEST_MARK + body_digest(body) + uuid.encode()
+    return Claim(redis_key(material), value, window)
 
 
 def read_claim(value: bytes) -> Earlier:
     """What ``claim_for`` left, read back. A value it cannot have left (someone else wrote
     the key) reads as the default priority with no uuid."""
-    text = value.decode("ascii", "replace")
-    priority = PRIORITY_HIGH if text[:1] == str(PRIORITY_HIGH) else PRIORITY_DEFAULT
-    return Earlier(priority, text[1:] or None)
+    priority = PRIORITY_HIGH if value[:1] == str(PRIORITY_HIGH).encode() else PRIORITY_DEFAULT
+    digest: bytes | None = None
+    rest = value[1:]
+    if rest[:1] == _DIGEST_MARK and len(rest) > BODY_DIGEST_BYTES + 1:
+        digest, rest = rest[1 : 1 + BODY_DIGEST_BYTES], rest[1 + BODY_DIGEST_BYTES :]
+    return Earlier(priority, rest.decode("ascii", "replace") or None, digest)

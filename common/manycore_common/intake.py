@@ -19,7 +19,13 @@ from redis.exceptions import RedisError
 from . import item as item_format
 from .config import Config
 from .grouppush import GroupPusher
-from .idempotency import DEFAULT_WINDOW_SECONDS, claim_for, key_reused, read_claim
+from .idempotency import (
+    DEFAULT_WINDOW_SECONDS,
+    claim_for,
+    key_reused,
+    read_claim,
+    reused_for_another,
+)
 from .message import PRIORITY_HIGH, REJECT_REASONS, Accepted, MessageRejected, validate
 from .queue import QueueFull, ReliableQueue, configured
 
@@ -130,6 +136,7 @@ class Intake:
             self.idempotency_window,
             idempotency_key=idempotency_key,
             login=login,
+            body=data,
         )
         try:
             held = await self._pushers[queue.name].push(raw, claim)
@@ -143,7 +150,7 @@ class Intake:
                 "redis-unavailable", "Queue storage unavailable, try again later"
             ) from None
         if held is not None:
-            return self._duplicate(accepted, held, source)
+            return self._duplicate(accepted, held, source, data)
         ENQUEUED.inc()
         RECIPIENTS.inc(len(accepted.recipients))
         log.info(
@@ -158,13 +165,13 @@ class Intake:
         )
         return Submitted(accepted, queue)
 
-    def _duplicate(self, accepted: Accepted, held: bytes, source: str) -> Submitted:
+    def _duplicate(self, accepted: Accepted, held: bytes, source: str, data: bytes) -> Submitted:
         """The answer for a message whose claim was held: the first submission's queue, or
-        a refusal when an Idempotency-Key comes back with another X-Uuid."""
+        a refusal when an Idempotency-Key comes back with another X-Uuid or body."""
         earlier = read_claim(held)
-        if earlier.uuid is not None and earlier.uuid != accepted.uuid:
+        if reused_for_another(earlier, accepted.uuid, data):
             DROPPED.labels("idempotency-key-reused").inc()
-            raise key_reused(earlier.uuid, accepted.uuid)
+            raise key_reused(earlier.uuid or accepted.uuid, accepted.uuid)
         queue = self.queue_for(earlier.priority)
         log.info(
             "duplicate not queued again",

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from . import workers
+from . import keyspace, workers
 from .config import (
     DEFAULT_CUSTOMER_CONFIG,
     DEFAULT_GLOBAL_CONFIG,
@@ -75,6 +75,7 @@ def run_service(
     handoff = workers.handoff()
     setup_logging(service, worker=handoff.index if handoff else None)
     config = load_or_exit(args, service)
+    keyspace.use(config.global_.reliable_queue.key_prefix)
     try:
         settings = prepare(config)
     except ConfigError as exc:

@@ -2,21 +2,24 @@
 atomic, poison is quarantined. Built on Redis lists with the "reliable queue" pattern (BLMOVE into a
 list owned by the consumer) plus heartbeats, a reaper and a delivery counter.
 
-Key layout, for a queue named ``Q`` (the name from the global config, e.g. ``IB-MAIL-QUEUE-P0``):
+Key layout, for a queue named ``Q`` (the name from the global config, e.g. ``IB-MAIL-QUEUE-P0``,
+with ``reliable-queue.key-prefix`` in front when one is set). The names are built by
+``manycore_common.keyspace``: every key of one queue carries the hash tag ``{Q}`` (or ``Q``'s own
+tag), so it lives in one Redis Cluster slot with the list ``Q``:
 
 ``Q`` (LIST)
     Waiting items. Producers LPUSH; consumers take from the right, so the oldest item goes
     first (FIFO). Its length is what the README's queue gauges report.
-``Q:processing:<consumer>`` (LIST)
+``{Q}:processing:<consumer>`` (LIST)
     Items one consumer holds. ``BLMOVE Q … RIGHT LEFT`` moves an item here atomically; it
     leaves only by ack (LREM), hand-over (LREM + LPUSH to the next queue, one script), retry,
     dead-letter, release, or the reaper.
-``Q:consumers`` (ZSET)
+``{Q}:consumers`` (ZSET)
     Consumer id → last heartbeat, in Redis server time (ms), so client clocks do not matter.
-``Q:holders`` (ZSET)
-    The registry of processing lists: every consumer whose ``Q:processing:<id>`` may hold
+``{Q}:holders`` (ZSET)
+    The registry of processing lists: every consumer whose ``{Q}:processing:<id>`` may hold
     items is here, so the reaper, ``processing_size`` and the exporter read this set (and
-    ``Q:consumers``) instead of scanning the keyspace; their cost grows with the consumers,
+    ``{Q}:consumers``) instead of scanning the keyspace; their cost grows with the consumers,
     not with the keys in Redis. Score 0: the consumer is taking (every take sets it before
     or with the move: in the same pipelined round trip as BLMOVE, in the same script as the
     batch take). Score T > 0: the consumer has had no heartbeat entry since T (server ms;
@@ -24,19 +27,18 @@ Key layout, for a queue named ``Q`` (the name from the global config, e.g. ``IB-
     items for one heartbeat timeout after T (it may be alive and about to register again);
     then the reaper returns them and forgets the consumer. The heartbeat does not touch it:
     only taking can fill a processing list.
-``Q:dead`` (LIST)
+``{Q}:dead`` (LIST)
     Dead letters: the item with ``dead`` = {reason, at, queue} added to its header; newest at
     the left.
-``Q:doorbell`` (LIST, at most one token)
+``{Q}:doorbell`` (LIST, at most one token)
     Only for queues made with ``doorbell=True`` (P0 and P1): set by every push, in the push
     script, so that a consumer of both blocks on both at once (``wait_for_doorbells``).
 ``idem:<hash>`` (STRING, with a TTL)
     Not one queue's: the claim of a submitted message (``manycore_common.idempotency``),
     set by ``push_claimed`` in the same script as the push, so two concurrent submissions
     of one message queue exactly one, and a refused push (queue full, Redis error) leaves
-    no claim. A group-commit batch passes all its claims in KEYS: on Redis Cluster they
-    would need the queues' hash tag (every claim then on the queues' slot, which is where
-    the front doors' writes all go today anyway).
+    no claim. A group-commit batch passes all its claims in KEYS: on a Redis Cluster, the
+    key prefix puts them in the queue's slot.
 
 Items are ``manycore_common.item`` bytes (a JSON header line, then the payload). The scripts
 rewrite only the header, with Redis' built-in cjson, to count attempts and record why an item
@@ -50,19 +52,17 @@ Guarantees and the reasons for them:
 * A consumer that was presumed dead but comes back (a long pause) cannot duplicate: ack and
   hand-over first LREM the item from its own processing list and do nothing else if it is no
   longer there (the reaper already gave it to someone else).
-* An item whose attempts reach ``max_attempts`` goes to ``Q:dead`` with its reason instead of
+* An item whose attempts reach ``max_attempts`` goes to ``{Q}:dead`` with its reason instead of
   back to ``Q``; an operator lists and requeues dead letters (``manycore-queues``).
 * Producers are refused (``QueueFull``) above the high-water mark, so backpressure reaches the
   client as an SMTP 451 / HTTP 503 instead of Redis running out of memory.
 
 No script builds a key name: every key a script touches is in its KEYS (the reaper first
-reads which consumers need attention, then passes their processing lists). The keys do not
-carry a hash tag yet, so one queue's keys are not in one Redis Cluster slot; a later change can
-name the side keys ``{Q}:…`` (same slot as ``Q``) without renaming the queue itself.
+reads which consumers need attention, then passes their processing lists).
 
-Processing lists made by a version without the registry are adopted once by
-``ReliableQueue.adopt_unregistered`` (``manycore-redis`` runs it at start; ``manycore-queues
-adopt`` on demand): the only SCAN left, never on a consumer's path.
+The previous release's key names (``Q:dead`` ...) and processing lists made before the
+registry are read by ``queuelegacy`` (``ReliableQueue.reap_legacy``, ``adopt_unregistered``),
+so a rolling upgrade loses nothing.
 """
 
 from __future__ import annotations
@@ -70,15 +70,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from . import item as item_format
+from . import keyspace, queuelegacy, replicas
 from . import queuescripts as lua
-from . import replicas
 from .consumer import Consumer
 from .item import Item
 
@@ -117,6 +118,11 @@ class ReapResult:
     returned: int
     dead: int
     consumers: int
+
+    def __add__(self, other: ReapResult) -> ReapResult:
+        return ReapResult(
+            self.returned + other.returned, self.dead + other.dead, self.consumers + other.consumers
+        )
 
 
 def default_consumer_id(service: str) -> str:
@@ -159,21 +165,27 @@ class ReliableQueue:
         heartbeat_timeout: float = 30.0,
         high_water_mark: int = 0,
         doorbell: bool = False,
+        keys: keyspace.Keyspace | None = None,
     ) -> None:
+        """``name`` is the configured queue name; ``keys`` the keyspace (by default the
+        process's, ``keyspace.current()``), which makes it the list's key ``self.name``."""
         self.redis = redis
-        self.name = name
+        self.keys = keys or keyspace.current()
+        self.name = name = self.keys.queue(name)
         self.max_attempts = max_attempts
         self.heartbeat_timeout = heartbeat_timeout
         self.high_water_mark = high_water_mark
-        self.consumers_key = f"{name}:consumers"
-        self.holders_key = f"{name}:holders"
-        self.dead_key = f"{name}:dead"
+        self.consumers_key = self.keys.consumers(name)
+        self.holders_key = self.keys.holders(name)
+        self.dead_key = self.keys.dead(name)
+        #: The names of the previous release, which ``reap`` still moves items from.
+        self.legacy = keyspace.legacy_queue_keys(name[len(self.keys.prefix) :])
         #: With ``doorbell``, every push also leaves one token in this list, in the same
         #: script: a consumer of several queues blocks on all their doorbells at once
         #: (BLPOP takes many keys, BLMOVE only one) instead of polling them in turn. Only a
         #: wake-up: items that come back another way (reaper, requeue) wait for the
         #: consumer's next look, bounded by its wait timeout.
-        self.doorbell_key = f"{name}:doorbell"
+        self.doorbell_key = self.keys.doorbell(name)
         self._push_keys = [name, self.doorbell_key] if doorbell else [name]
         self._push = redis.register_script(lua.PUSH)
         self._push_claimed = redis.register_script(lua.PUSH_CLAIMED)
@@ -188,9 +200,11 @@ class ReliableQueue:
         self._return_strays = redis.register_script(lua.RETURN_STRAYS)
         self._release = redis.register_script(lua.RELEASE)
         self._requeue_dead = redis.register_script(lua.REQUEUE_DEAD)
+        #: The previous release's keys' move (``queuelegacy``).
+        self.move_legacy = redis.register_script(lua.MOVE_LEGACY)
 
     def processing_key(self, consumer_id: str) -> str:
-        return f"{self.name}:processing:{consumer_id}"
+        return self.keys.processing(self.name, consumer_id)
 
     # ------------------------------------------------------------------ producers
 
@@ -261,20 +275,32 @@ class ReliableQueue:
     async def holders(self) -> list[str]:
         """Every consumer whose processing list may hold items: the registry, plus the
         registered consumers (a consumer of an older version is only there)."""
+        return [consumer for consumer, _ in await self.processing_lists() if consumer]
+
+    async def processing_lists(self) -> list[tuple[str, str]]:
+        """(consumer id, key) of every processing list that may hold items: those of the
+        registries, and (consumer id '') those of the previous release's names, which the
+        reaper is still to move (``reap_legacy``). One round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zrange(self.holders_key, 0, -1)
-        pipe.zrange(self.consumers_key, 0, -1)
-        holders, consumers = await pipe.execute()
-        return sorted({_text(m) for m in [*holders, *consumers]})
+        for key in (self.holders_key, self.consumers_key):
+            pipe.zrange(key, 0, -1)
+        for key in (self.legacy["holders"], self.legacy["consumers"]):
+            pipe.zrange(key, 0, -1)
+        holders, consumers, old_holders, old_consumers = await pipe.execute()
+        current = sorted({_text(m) for m in [*holders, *consumers]})
+        old = sorted({_text(m) for m in [*old_holders, *old_consumers]})
+        return [(c, self.processing_key(c)) for c in current] + [
+            ("", self.legacy["processing"] + c) for c in old
+        ]
 
     async def processing_size(self) -> int:
         """Items held by consumers: two round trips, whatever else is stored in Redis."""
-        holders = await self.holders()
-        if not holders:
+        lists = await self.processing_lists()
+        if not lists:
             return 0
         pipe = self.redis.pipeline(transaction=False)
-        for consumer in holders:
-            pipe.llen(self.processing_key(consumer))
+        for _, key in lists:
+            pipe.llen(key)
         return sum(int(n) for n in await pipe.execute())
 
     async def dead_letters(self, start: int = 0, count: int = 100) -> list[Item]:
@@ -291,25 +317,22 @@ class ReliableQueue:
     async def reap(self) -> ReapResult:
         """Return the items of consumers whose heartbeat expired, and of unregistered holders
         one timeout after they were found so. Safe to run anywhere, often: when nobody needs
-        reaping (the usual case) it is one read-only script call of O(consumers)."""
-        timeout_ms = int(self.heartbeat_timeout * 1000)
-        raw_ids = await self._reap_candidates(
-            keys=[self.consumers_key, self.holders_key], args=[timeout_ms]
-        )
-        ids = [_text(i) for i in raw_ids]
-        if not ids:
-            return ReapResult(0, 0, 0)
-        returned, dead, consumers = await self._reap(
-            keys=[
-                self.name,
-                self.consumers_key,
-                self.dead_key,
-                self.holders_key,
-                *(self.processing_key(i) for i in ids),
-            ],
-            args=[timeout_ms, self.max_attempts, self.name, *ids],
-        )
-        result = ReapResult(int(returned), int(dead), int(consumers))
+        reaping (the usual case) it is one read-only script call of O(consumers), plus one
+        round trip of EXISTS for keys of the previous release (``reap_legacy``)."""
+        result = await self.reap_registry(self.consumers_key, self.holders_key, self.processing_key)
+        try:
+            result = result + await self.reap_legacy()
+        except ResponseError as exc:
+            # A Cluster node answers MOVED for an old name of another slot; an old name only
+            # exists on the single Redis the previous release ran on, so there is nothing to
+            # move, and the reaping above must not be lost to it. Anything else (a refused
+            # command) would leave the old names unread: say so.
+            moved = str(exc).startswith("MOVED")
+            log.log(
+                logging.DEBUG if moved else logging.WARNING,
+                "previous release's keys not read",
+                extra={"error": str(exc)},
+            )
         if result.consumers:
             log.warning(
                 "reaped dead consumers",
@@ -322,18 +345,30 @@ class ReliableQueue:
             )
         return result
 
-    async def adopt_unregistered(self, scan_count: int = 1000) -> int:
-        """Register processing lists the registry does not know (made by a version without
-        it): one SCAN of the whole keyspace, so for a migration, never a consumer's loop.
-        Safe at any time: an entry only makes the reaper look (it re-checks the heartbeat
-        atomically), and NX never touches an entry that exists. Returns how many were new."""
-        prefix = f"{self.name}:processing:"
-        ids: list[str] = []
-        async for key in self.redis.scan_iter(match=_glob_escape(prefix) + "*", count=scan_count):
-            ids.append(_text(key)[len(prefix) :])
+    async def reap_registry(
+        self, consumers: str, holders: str, processing: Callable[[str], str]
+    ) -> ReapResult:
+        """One reaping pass over a registry: this release's, or the previous release's
+        (``queuelegacy``), whose processing lists ``processing`` names."""
+        timeout_ms = int(self.heartbeat_timeout * 1000)
+        raw_ids = await self._reap_candidates(keys=[consumers, holders], args=[timeout_ms])
+        ids = [_text(i) for i in raw_ids]
         if not ids:
-            return 0
-        added = int(await self.redis.zadd(self.holders_key, dict.fromkeys(ids, 0), nx=True) or 0)
+            return ReapResult(0, 0, 0)
+        returned, dead, reaped = await self._reap(
+            keys=[self.name, consumers, self.dead_key, holders, *(processing(i) for i in ids)],
+            args=[timeout_ms, self.max_attempts, self.name, *ids],
+        )
+        return ReapResult(int(returned), int(dead), int(reaped))
+
+    async def reap_legacy(self) -> ReapResult:
+        """Move what the previous release's names still hold to this release's keys
+        (``queuelegacy.reap_legacy``)."""
+        return await queuelegacy.reap_legacy(self)
+
+    async def adopt_unregistered(self, scan_count: int = 1000) -> int:
+        """Register processing lists the registry does not know (``queuelegacy``)."""
+        added = await queuelegacy.adopt_unregistered(self, scan_count)
         if added:
             log.warning(
                 "adopted unregistered processing lists", extra={"queue": self.name, "lists": added}
@@ -346,11 +381,6 @@ class ReliableQueue:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` matched literally by a SCAN MATCH pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 async def wait_for_doorbells(redis: Redis, queues: Sequence[ReliableQueue], timeout: float) -> bool:

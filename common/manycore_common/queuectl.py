@@ -7,14 +7,20 @@
     manycore-queues drop ID                    delete one dead letter
     manycore-queues requeue ID                 move one dead letter back (attempts reset)
     manycore-queues trace UUID                 what happened to a message, and where it is now
-    manycore-queues unclassified [--count N] [--show N]   MxServer's unclassified mail
+    manycore-queues unclassified [--untagged] [--count N] [--show N]
+                                               MxServer's unclassified mail: the tagged
+                                               list, or the untagged one (postmaster@, abuse)
     manycore-queues adopt                      register processing lists an older version left
 
 Look-ups by id or uuid read each list in pages and stop after ``--scan-cap`` items per list
 (and say so); see docs/operations/tracing.md.
 
-It connects with the ``redis`` section's ``reliable-queue.redis`` settings (the Redis pod's),
-or another section's with ``--section``.
+It connects with the ``operator`` section's ``reliable-queue.redis`` login (the user
+``redis.server.users.operator``) when the customer config has one, else with the ``redis``
+section's (the Redis pod's: with per-service users the read-only exporter, enough for stats,
+dead, peek, trace, unclassified); another section's with ``--section``. drop and requeue
+need the operator user (or, for requeue QUEUE, the consuming service's section); a refusal
+says which config keys to set (``operatorlogin``).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from . import configscope, queueinspect, queueview, redisconn, trace
+from . import configscope, keyspace, operatorlogin, queueinspect, queueview, redisconn, trace
 from .config import (
     DEFAULT_CUSTOMER_CONFIG,
     DEFAULT_GLOBAL_CONFIG,
@@ -56,12 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="manycore-queues", description=__doc__.split("\n")[0])
     parser.add_argument("--global-config-file", default=str(DEFAULT_GLOBAL_CONFIG))
     parser.add_argument("--customer-config-file", default=str(DEFAULT_CUSTOMER_CONFIG))
-    parser.add_argument(
-        "--section",
-        default="redis",
-        choices=configscope.SECTIONS,
-        help="whose Redis settings to use",
-    )
+    parser.add_argument("--section", choices=configscope.SECTIONS, help=operatorlogin.SECTION_HELP)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("stats", help="queue sizes")
@@ -82,6 +84,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cmd.add_argument("--count", type=int, default=20, help="how many to list")
     cmd.add_argument("--show", type=int, default=None, help="print message N (0 = newest)")
     cmd.add_argument("--raw", action="store_true", help="with --show: the message bytes only")
+    cmd.add_argument(
+        "--untagged",
+        action="store_true",
+        help="the untagged list (postmaster@ and abuse mail no verified tag ties to our mail)",
+    )
     for cmd in sub.choices.values():
         cmd.add_argument(
             "--scan-cap",
@@ -107,6 +114,12 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     redis = redisconn.connect(section.reliable_queue.redis)
     try:
         return await dispatch(args, redis, queue_names(config))
+    except RedisError as exc:
+        if not operatorlogin.is_refusal(exc):
+            raise
+        for line in operatorlogin.refusal_lines("manycore-queues", args.section, exc):
+            print(line, file=sys.stderr)
+        return 1
     finally:
         await redis.aclose()
 
@@ -210,11 +223,16 @@ async def trace_uuid(args: argparse.Namespace, redis: Redis, queues: list[Reliab
 
 
 async def unclassified(args: argparse.Namespace, redis: Redis) -> int:
-    key = queueinspect.UNCLASSIFIED_KEY
+    ks = keyspace.current()
+    key, other = (ks.unclassified(), ks.unclassified_untagged())
+    if args.untagged:
+        key, other = other, key
     if args.show is not None:
         raw = await redis.lindex(key, args.show)
         if raw is None:
-            print(f"manycore-queues: no unclassified message #{args.show}", file=sys.stderr)
+            print(
+                f"manycore-queues: no unclassified message #{args.show} in {key}", file=sys.stderr
+            )
             return 1
         item = queueinspect.decode(raw)
         if args.raw:
@@ -222,13 +240,15 @@ async def unclassified(args: argparse.Namespace, redis: Redis) -> int:
         else:
             print("\n".join(queueview.item_lines(item, f"{key} #{args.show}")))
         return 0
-    total = int(await redis.llen(key))
+    total, other_total = int(await redis.llen(key)), int(await redis.llen(other))
     raws = await redis.lrange(key, 0, max(args.count, 1) - 1)
     rows = [queueview.unclassified_row(i, queueinspect.decode(r)) for i, r in enumerate(raws)]
     if args.json:
-        print(json.dumps({"total": total, "messages": rows}))
+        which = "untagged" if args.untagged else "tagged"
+        counts = {"list": which, "key": key, "total": total, "other_total": other_total}
+        print(json.dumps(counts | {"messages": rows}))
         return 0
-    print(f"{key}: {total} message(s), newest first")
+    print(queueview.unclassified_heading(key, total, args.untagged, other, other_total))
     for row in rows:
         print(queueview.unclassified_line(row))
     return 0
@@ -236,6 +256,8 @@ async def unclassified(args: argparse.Namespace, redis: Redis) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.section is None:
+        args.section = operatorlogin.default_section(Path(args.customer_config_file))
     try:
         # Only the chosen section's secrets: the tool runs in that service's pod.
         config = load_config(
@@ -243,4 +265,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except ConfigError as exc:
         exit_on_config_error(exc)
+    keyspace.use(config.global_.reliable_queue.key_prefix)
     sys.exit(asyncio.run(run(args, config)))

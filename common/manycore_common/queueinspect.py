@@ -20,8 +20,6 @@ from . import item as item_format
 from .item import Item
 from .queue import ReliableQueue
 
-#: MxServer's list of mail no rule understood (MxServer/manycore_mxserver/service.py).
-UNCLASSIFIED_KEY = "MXSERVER-UNCLASSIFIED"
 #: Items read per LRANGE page.
 PAGE = 500
 #: Default most items read per list by one command (``--scan-cap``).
@@ -126,10 +124,13 @@ def by_id(wanted: str) -> Callable[[bytes], bool]:
 async def lists_of(queue: ReliableQueue) -> list[tuple[str, str]]:
     """(where, key) for every list of ``queue`` that can hold an item: waiting, each
     processing list in the holders registry, dead letters."""
-    holders = await queue.holders()
+    lists = await queue.processing_lists()
     return [
         ("waiting", queue.name),
-        *((f"processing:{h}", queue.processing_key(h)) for h in holders),
+        *(
+            (f"processing:{h}" if h else f"processing (previous release) {key}", key)
+            for h, key in lists
+        ),
         ("dead", queue.dead_key),
     ]
 

@@ -350,3 +350,15 @@ end
 return moved
 """
 )
+
+# KEYS: legacy list, new list. ARGV: most items → items moved. Newest first from the left
+# of the old list to the right of the new one: the old items (older than anything in the
+# new list) end up where they are served, or listed, first, in their order.
+MOVE_LEGACY = """
+local n = 0
+for _ = 1, tonumber(ARGV[1]) do
+  if not redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') then break end
+  n = n + 1
+end
+return n
+"""

@@ -106,7 +106,20 @@ def unclassified_line(row: dict[str, Any]) -> str:
     if row.get("rcpt_count"):
         rcpts += f" (+{int(row['rcpt_count']) - len(row.get('rcpts', []))} more)"
     cut = " truncated" if row.get("truncated") else ""
+    uuid = f" uuid={row['uuid']}" if row.get("uuid") else ""
     return (
-        f"#{row['index']} {row['received']} from=<{row['sender']}> to={rcpts or '-'} "
+        f"#{row['index']} {row['received']} from=<{row['sender']}> to={rcpts or '-'}{uuid} "
         f"size={row['bytes']}{cut} note={row.get('note', '')!r}"
+    )
+
+
+def unclassified_heading(key: str, total: int, untagged: bool, other: str, other_total: int) -> str:
+    """The first line of ``unclassified``: which list is shown, and what the other holds.
+    The tagged list (a verified tag ties each message to mail we sent) is the default; the
+    untagged one (postmaster@ and abuse mail anyone may send) takes ``--untagged``."""
+    which = "untagged" if untagged else "tagged"
+    switch = "without --untagged" if untagged else "--untagged"
+    return (
+        f"{key}: {total} {which} message(s), newest first "
+        f"({other}: {other_total}, {switch} to list them)"
     )

@@ -18,9 +18,23 @@ from typing import Any
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from .config import RedisConnection
 from .replicas import Client, ReplicaAck
+
+#: Nothing but AUTH (HELLO) and our own commands at connect. redis-py sends ``CLIENT
+#: SETINFO`` (LIB-NAME, LIB-VER) and, over RESP3, ``CLIENT MAINT_NOTIFICATIONS`` by default:
+#: with one ACL user per service (manycore_redis.acl) Redis refuses them (>= 7.2 logs every
+#: connect in ``ACL LOG``; 7.0, Debian 12's, does not know them and refuses a rule naming
+#: them, so they cannot be granted). ``driver_info=None`` is redis-py's way to send no
+#: SETINFO (it replaces the deprecated ``lib_name``/``lib_version``); maintenance
+#: notifications are for Redis Cloud / Enterprise endpoints, which we do not use. Every
+#: client we build passes these (tests/integration/test_redis_setinfo.py).
+NO_CLIENT_SETINFO: dict[str, Any] = {
+    "driver_info": None,
+    "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+}
 
 
 def connect(settings: RedisConnection, *, blocking_timeout: float = 0.0) -> Client:
@@ -70,6 +84,7 @@ def _connection_kwargs(settings: RedisConnection, blocking_timeout: float) -> di
         "retry": Retry(NoBackoff(), retries=0),
         "health_check_interval": 30,
         "client_name": None,
+        **NO_CLIENT_SETINFO,
         **_tls_kwargs(settings),
     }
 
@@ -84,5 +99,6 @@ def _sentinel_kwargs(settings: RedisConnection) -> dict[str, Any]:
         "socket_connect_timeout": settings.connect_timeout_seconds,
         "socket_timeout": settings.connect_timeout_seconds,
         "retry": Retry(NoBackoff(), retries=0),
+        **NO_CLIENT_SETINFO,
         **_tls_kwargs(settings),
     }

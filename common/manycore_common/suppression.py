@@ -4,7 +4,8 @@ Why: mailbox providers judge a sender by its mail to dead addresses and by mail 
 want; an address that hard-bounced, complained or unsubscribed is not mailed again from the
 same sending domain (the From domain) until its entry expires or is deleted.
 
-Layout (compact: one field per entry in a small hash, so Redis keeps it as a listpack):
+Layout (compact: one field per entry in a small hash, so Redis keeps it as a listpack; names
+built by ``manycore_common.keyspace``, behind ``reliable-queue.key-prefix`` when one is set):
 
 ``supp:<scope>:<bucket>`` (HASH)  address → packed entry
     ``scope`` is the sending domain, or ``<domain>#<stream id>`` for an unsubscribe scoped to
@@ -29,6 +30,7 @@ import uuid as uuid_module
 from dataclasses import dataclass
 from typing import Literal
 
+from . import keyspace
 from .feedbacktag import normalize_address
 
 Reason = Literal[
@@ -47,8 +49,6 @@ _REASON: dict[bytes, Reason] = {v: k for k, v in _CODE.items()}
 
 #: Expiry of an entry that never expires (u32 max, so "later expiry wins" is one compare).
 NEVER = 0xFFFFFFFF
-PREFIX = "supp:"
-SIZE_KEY = "supp:size"
 BUCKETS = 1 << 16
 #: Bounce categories that say the address (or its domain) does not exist: only those
 #: suppress. A policy or spam block is about the message or the sender, not the address.
@@ -110,6 +110,11 @@ def normalize(address: str) -> str:
     local, at, domain = norm.rpartition("@")
     if not at or not local or len(norm) > 320 or not _DOMAIN.fullmatch(domain):
         raise BadAddress(f"not an address: {address[:100]!r}")
+    if not norm.isascii():
+        try:
+            norm.encode("utf-8")  # a lone surrogate (JSON "\ud800") has no UTF-8 form
+        except UnicodeEncodeError:
+            raise BadAddress(f"not an address: {address[:100]!r}") from None
     return norm
 
 
@@ -117,18 +122,27 @@ def scope_of(domain: str, stream_id: str | None = None) -> str:
     return f"{domain}#{stream_id}" if stream_id else domain
 
 
+def size_key() -> str:
+    return keyspace.current().suppression_size()
+
+
+def bucket_of(address: str) -> int:
+    """Which of a scope's ``BUCKETS`` hashes holds ``address`` (already normalised)."""
+    digest = hashlib.sha1(address.encode("utf-8"), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:2], "big")
+
+
 def bucket_key(scope: str, address: str) -> str:
     """The hash that holds ``address`` (already normalised) under ``scope``."""
-    digest = hashlib.sha1(address.encode("utf-8"), usedforsecurity=False).hexdigest()
-    return f"{PREFIX}{scope}:{digest[:4]}"
+    return bucket_name(scope, bucket_of(address))
 
 
 def bucket_name(scope: str, index: int) -> str:
-    return f"{PREFIX}{scope}:{index:04x}"
+    return keyspace.current().suppression_bucket(scope, index)
 
 
 def soft_key(scope: str, address: str) -> str:
-    return f"{PREFIX}soft:{bucket_key(scope, address)[len(PREFIX) :]}:{address}"
+    return keyspace.current().suppression_soft(scope, bucket_of(address), address)
 
 
 def _uuid_bytes(value: str) -> bytes:

@@ -10,8 +10,12 @@
         one address per line, optionally ``address,domain[,reason]``; a header line starting
         with ``address`` is skipped; ``-`` reads standard input
 
-It connects with the ``redis`` section's ``reliable-queue.redis`` settings, or another
-section's with ``--section``; expiries come from ``common-config.suppression``.
+It connects with the ``operator`` section's ``reliable-queue.redis`` login (the user
+``redis.server.users.operator``) when the customer config has one, else with the ``redis``
+section's (with per-service users a read-only user that cannot run the list's scripts), or
+another section's with ``--section`` (``httpreceiver`` and ``postfixlog`` manage the list
+too); a refusal says which config keys to set (``operatorlogin``). Expiries come from
+``common-config.suppression``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from . import configscope, redisconn
+from redis.exceptions import RedisError
+
+from . import configscope, keyspace, operatorlogin, redisconn
 from . import suppression as s
 from .config import (
     DEFAULT_CUSTOMER_CONFIG,
@@ -50,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--global-config-file", default=str(DEFAULT_GLOBAL_CONFIG))
     parser.add_argument("--customer-config-file", default=str(DEFAULT_CUSTOMER_CONFIG))
-    parser.add_argument("--section", default="redis", choices=configscope.SECTIONS)
+    parser.add_argument("--section", choices=configscope.SECTIONS, help=operatorlogin.SECTION_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("size", help="entries per sending domain (the counter, not a scan)")
     for name in ("get", "delete", "add"):
@@ -152,6 +158,12 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     except (s.BadAddress, ValueError) as exc:
         print(f"manycore-suppressions: {exc}", file=sys.stderr)
         return 2
+    except RedisError as exc:
+        if not operatorlogin.is_refusal(exc):
+            raise
+        for line in operatorlogin.refusal_lines("manycore-suppressions", args.section, exc):
+            print(line, file=sys.stderr)
+        return 1
     finally:
         await redis.aclose()
 
@@ -204,12 +216,15 @@ async def _command(
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.section is None:
+        args.section = operatorlogin.default_section(Path(args.customer_config_file))
     try:
         config = load_config(
             Path(args.global_config_file), Path(args.customer_config_file), args.section
         )
     except ConfigError as exc:
         exit_on_config_error(exc)
+    keyspace.use(config.global_.reliable_queue.key_prefix)
     if args.command != "import":
         sys.exit(asyncio.run(run(args, config)))
     if args.file == "-":

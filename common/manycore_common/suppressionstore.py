@@ -19,11 +19,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from . import events
+from . import events, replicas
 from . import suppression as s
 from .queue import ReliableQueue
 
 OP_WIDTH = 7
+#: Most entries of one ``import_entries`` call: a record names its bucket by its index in
+#: KEYS in two octets.
+MAX_IMPORT = 65_000
 
 OPS_LUA = """
 local function supp_put(bucket, field, value)
@@ -60,25 +63,25 @@ local function supp_op(size_key, i)
 end
 """
 
-# KEYS: size. ARGV: the scope's key prefix, the scope, records → entries added. A bulk import
-# in three arguments however many entries: redis-py spends microseconds on every argument, and
+# KEYS: size, the records' buckets. ARGV: the scope, records → entries added. A bulk import
+# in two arguments however many entries: redis-py spends microseconds on every argument, and
 # a million imported entries would otherwise cost more in packing than in Redis. A record is
-# bucket (4 hex) | address length (2 octets BE) | address | value length (1 octet) | value.
-# The bucket keys are built here from the prefix (a listing must do so anyway: _SCAN).
+# bucket (its index in KEYS, 2 octets BE) | address length (2 octets BE) | address | value
+# length (1 octet) | value.
 _IMPORT = (
     OPS_LUA
     + """
-local prefix, blob, pos, added = ARGV[1], ARGV[3], 1, 0
+local blob, pos, added = ARGV[2], 1, 0
 while pos <= #blob do
-  local bucket = string.sub(blob, pos, pos + 3)
-  local alen = struct.unpack('>I2', blob, pos + 4)
-  local address = string.sub(blob, pos + 6, pos + 5 + alen)
-  pos = pos + 6 + alen
+  local bucket = KEYS[struct.unpack('>I2', blob, pos)]
+  local alen = struct.unpack('>I2', blob, pos + 2)
+  local address = string.sub(blob, pos + 4, pos + 3 + alen)
+  pos = pos + 4 + alen
   local vlen = string.byte(blob, pos)
-  added = added + supp_put(prefix .. bucket, address, string.sub(blob, pos + 1, pos + vlen))
+  added = added + supp_put(bucket, address, string.sub(blob, pos + 1, pos + vlen))
   pos = pos + 1 + vlen
 end
-if added > 0 then redis.call('HINCRBY', KEYS[1], ARGV[2], added) end
+if added > 0 then redis.call('HINCRBY', KEYS[1], ARGV[1], added) end
 return added
 """
 )
@@ -114,45 +117,48 @@ end
 return removed
 """
 
-# KEYS: none (the buckets are named from ARGV: a listing reads a range of one scope's
-# buckets, which a caller cannot list ahead without reading them). ARGV: key prefix, first
-# bucket, most entries, most buckets → {next bucket (-1: done), field, value, field, ...}.
+# KEYS: a range of one scope's buckets, in order. ARGV: the number of the first, most
+# entries → {next bucket (-1: done), field, value, field, ...}. Stops after the bucket that
+# reaches the most entries.
 _SCAN = """
-local out, n, b = {}, 0, tonumber(ARGV[2])
-local last = math.min(65535, b + tonumber(ARGV[4]) - 1)
-while b <= last and n < tonumber(ARGV[3]) do
-  local all = redis.call('HGETALL', ARGV[1] .. string.format('%04x', b))
+local out, n, i = {}, 0, 1
+while i <= #KEYS and n < tonumber(ARGV[2]) do
+  local all = redis.call('HGETALL', KEYS[i])
   for j = 1, #all do out[#out + 1] = all[j] end
   n = n + #all / 2
-  b = b + 1
+  i = i + 1
 end
+local b = tonumber(ARGV[1]) + i - 1
 if b > 65535 then b = -1 end
 table.insert(out, 1, b)
 return out
 """
 
 
-# KEYS: size. ARGV: key prefix, scope, first bucket, most buckets, now → {next bucket (-1:
-# done), entries removed}. Drops the expired entries of a range of one scope's buckets.
+# KEYS: size, a range of one scope's buckets. ARGV: scope, now → entries removed. Drops the
+# expired entries of those buckets.
 _PURGE = """
-local b, removed = tonumber(ARGV[3]), 0
-local last, now = math.min(65535, b + tonumber(ARGV[4]) - 1), tonumber(ARGV[5])
-while b <= last do
-  local key = ARGV[1] .. string.format('%04x', b)
-  local all = redis.call('HGETALL', key)
+local removed, now = 0, tonumber(ARGV[2])
+for i = 2, #KEYS do
+  local all = redis.call('HGETALL', KEYS[i])
   for j = 1, #all, 2 do
     if struct.unpack('>I4', all[j + 1], 10) <= now then
-      removed = removed + redis.call('HDEL', key, all[j])
+      removed = removed + redis.call('HDEL', KEYS[i], all[j])
     end
   end
-  b = b + 1
 end
-if removed > 0 and redis.call('HINCRBY', KEYS[1], ARGV[2], -removed) <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[2])
+if removed > 0 and redis.call('HINCRBY', KEYS[1], ARGV[1], -removed) <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
 end
-if b > 65535 then b = -1 end
-return {b, removed}
+return removed
 """
+
+
+def bucket_range(scope: str, first: int, most: int) -> list[bytes]:
+    """The keys of ``scope``'s buckets ``first`` .. (at most ``most`` of them), as bytes:
+    a listing passes thousands, and redis-py encodes a str argument on every call."""
+    head = s.bucket_name(scope, 0)[:-4].encode()  # the names differ only in their last four
+    return [head + b"%04x" % b for b in range(first, min(s.BUCKETS, first + most))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +236,7 @@ class SuppressionStore:
         added = 0
         for start in range(0, len(ops), chunk):
             keys, args = encode_ops(ops[start : start + chunk], 2)
-            added += int(await self._add(keys=[s.SIZE_KEY, *keys], args=args))
+            added += int(await self._add(keys=[s.size_key(), *keys], args=args))
         return added
 
     async def import_entries(self, scope: str, entries: Sequence[tuple[str, bytes]]) -> int:
@@ -238,14 +244,17 @@ class SuppressionStore:
         returns how many were new."""
         if not entries:
             return 0
+        if len(entries) > MAX_IMPORT:
+            raise ValueError(f"import_entries takes at most {MAX_IMPORT} entries per call")
+        buckets: dict[int, int] = {}
         records = []
         for address, value in entries:
             raw = address.encode("utf-8")
-            bucket = s.bucket_key(scope, address)[-4:].encode("ascii")
-            records += [bucket, len(raw).to_bytes(2, "big"), raw, bytes((len(value),)), value]
-        blob = b"".join(records)
-        args: list[str | bytes] = [f"{s.PREFIX}{scope}:", scope, blob]
-        return int(await self._import(keys=[s.SIZE_KEY], args=args))
+            index = buckets.setdefault(s.bucket_of(address), len(buckets) + 2)
+            records += [index.to_bytes(2, "big"), len(raw).to_bytes(2, "big"), raw]
+            records += [bytes((len(value),)), value]
+        keys = [s.size_key(), *(s.bucket_name(scope, b) for b in buckets)]
+        return int(await self._import(keys=keys, args=[scope, b"".join(records)]))
 
     async def add_entries(self, ops: Sequence[Op], chunk: int = 2000) -> int:
         """``add`` for ops without a threshold (imports), through ``import_entries``."""
@@ -258,12 +267,10 @@ class SuppressionStore:
     async def purge(self, scope: str, now: float, max_buckets: int = 2048) -> int:
         """Remove the expired entries of ``scope`` (they no longer suppress, but hold memory
         until then); several short script calls. Returns how many were removed."""
-        following, removed = 0, 0
-        while following >= 0:
-            args: list[str | int] = [f"{s.PREFIX}{scope}:", scope, following, max_buckets]
-            args.append(int(now))
-            raw = await self._purge(keys=[s.SIZE_KEY], args=args)
-            following, removed = int(raw[0]), removed + int(raw[1])
+        removed = 0
+        for first in range(0, s.BUCKETS, max_buckets):
+            keys: list[str | bytes] = [s.size_key(), *bucket_range(scope, first, max_buckets)]
+            removed += int(await self._purge(keys=keys, args=[scope, int(now)]))
         return removed
 
     async def delete(self, pairs: Sequence[tuple[str, str]]) -> int:
@@ -272,14 +279,14 @@ class SuppressionStore:
             return 0
         keys = [s.bucket_key(scope, address) for scope, address in pairs]
         args = [x for scope, address in pairs for x in (address, scope)]
-        return int(await self._delete(keys=[s.SIZE_KEY, *keys], args=args))
+        return int(await self._delete(keys=[s.size_key(), *keys], args=args))
 
     async def get(self, scopes: Sequence[str], address: str, now: float) -> list[dict[str, object]]:
         found = await self.lookup([(scope, address) for scope in scopes], now)
         return [entry.as_json(address, scope) for scope, entry in filter(None, found)]
 
     async def scopes(self) -> dict[str, int]:
-        raw = await self.redis.hgetall(s.SIZE_KEY)
+        raw = await self.redis.hgetall(s.size_key())
         return {_bytes(k).decode(): int(v) for k, v in raw.items()}
 
     async def size(self) -> int:
@@ -304,7 +311,8 @@ class SuppressionStore:
         # it has and the cursor.
         while following >= 0 and len(entries) < limit and scanned < 10 * limit:
             raw = await self._scan(
-                args=[f"{s.PREFIX}{scope}:", following, limit - len(entries), max_buckets]
+                keys=bucket_range(scope, following, max_buckets),
+                args=[following, limit - len(entries)],
             )
             following = int(raw[0])
             scanned += len(raw) // 2
@@ -352,7 +360,7 @@ async def emit_once_suppressing(
     if not keyed_events:
         return 0
     n = len(keyed_events)
-    keys = [queue.name, s.SIZE_KEY, *(key for key, _ in keyed_events)]
+    keys = [queue.name, s.size_key(), *(key for key, _ in keyed_events)]
     args: list[bytes | str | int] = [ttl, n]
     args += [events.encode_event(e, source=source) for _, e in keyed_events]
     for number, event_ops in enumerate(ops, start=1):
@@ -361,4 +369,5 @@ async def emit_once_suppressing(
             keys += op_keys
             args += [number, *op_args]
     script = queue.redis.register_script(_EMIT_ONCE_SUPPRESSING)
-    return int(await script(keys=keys, args=args))
+    # Acknowledged once a replica has it, as ``events.emit_once_many`` is.
+    return int(await replicas.call(queue.redis, script, keys, args))

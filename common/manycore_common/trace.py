@@ -1,7 +1,8 @@
 """Per-message trace records (docs/ARCHITECTURE.md#redis-keys): "what happened to X-Uuid abc?"
 
-``trace:<uuid>`` (LIST) holds one short JSON object per stage a service saw, oldest first:
-``{"at": <unix seconds>, "stage": ..., "by": <service>, ...}``. The list is capped at
+``trace:<uuid>`` (LIST; ``manycore_common.keyspace`` names it) holds one short JSON object per
+stage a service saw, oldest first: ``{"at": <unix seconds>, "stage": ..., "by": <service>,
+...}``. The list is capped at
 ``max-entries`` (LTRIM keeps the newest) and expires ``retention-seconds`` after its last
 write (the ``trace`` section of the global config), so a trace costs a few hundred bytes per
 message for a bounded time. Trace writes are diagnostic: a failure to write one is counted
@@ -27,12 +28,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from . import keyspace
 from .config import GlobalTrace
 from .item import Item
 
 log = logging.getLogger(__name__)
-
-PREFIX = "trace:"
 
 WRITE_FAILURES = Counter(
     "trace_write_failures", "Trace records not written because Redis failed (diagnostic only)"
@@ -53,7 +53,7 @@ class TraceSettings:
 
 
 def key(uuid: str) -> str:
-    return f"{PREFIX}{uuid}"
+    return keyspace.current().trace(uuid)
 
 
 def entry(stage: str, by: str, at: float | None = None, **fields: Any) -> bytes:

@@ -58,6 +58,10 @@ BY_NAME = {m.name: m for m in MODULES}
 #: Workloads the overlays add to a module's own: the production Redis set's sentinels
 #: (manycore-redis in the sentinel role, from the Redis image).
 EXTRA_WORKLOADS = {"redis-sentinel": "redis"}
+#: Scheduled jobs (CronJobs) of the base, each with the service whose config section and
+#: Secret it uses. They run to their end and exit: no probes, no disruption budget, nothing
+#: to drain.
+JOBS = {"suppression-purge": "postfixlog"}
 MODULE_FILES = ("pod.yaml", "service.yaml", "serviceMonitor.yml")
 METRICS_PORT = 9090
 #: Only these may be reached from outside the cluster through a LoadBalancer.

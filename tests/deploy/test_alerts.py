@@ -5,6 +5,7 @@ the others (``promtool test rules`` on synthetic series)."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.support import REPO
+from tests.deploy.support import DEPLOY, REPO, kind_of, kubectl, overlay_names, render
 from tests.deploy.test_monitoring import rule_docs, rules
 from tests.helpers import require_binary
 
-#: Where runbook_url points: the repository's default branch on its forge.
+#: Where runbook_url points in the base: the repository's default branch on its forge. The
+#: production overlay sets its own (the ConfigMap manycore-mail-runbooks and a replacement).
 RUNBOOK_BASE = "https://github.com/manycore-mail/manycore-mail/blob/main/"
+RUNBOOK_PATH = "docs/operations/runbooks.md#"
 RUNBOOKS = REPO / "docs" / "operations" / "runbooks.md"
 
 
@@ -57,6 +60,54 @@ def test_every_alert_has_a_runbook_url_to_its_own_section() -> None:
             problems.append(f"{name}: links #{anchor}, not its own section")
     assert not problems, "\n".join(problems)
     assert len(alerts()) >= 19
+
+
+def rendered_runbooks(docs: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """(the overlay's runbook base, every rendered alert's runbook_url)."""
+    (source,) = [d for d in kind_of(docs, "ConfigMap") if d["metadata"]["name"] == RUNBOOK_MAP]
+    (rule_doc,) = kind_of(docs, "PrometheusRule")
+    urls = [
+        r["annotations"]["runbook_url"]
+        for group in rule_doc["spec"]["groups"]
+        for r in group["rules"]
+        if "alert" in r
+    ]
+    return source["data"]["base"], urls
+
+
+RUNBOOK_MAP = "manycore-mail-runbooks"
+
+
+@pytest.mark.parametrize("overlay", overlay_names())
+def test_overlays_point_every_runbook_url_at_their_base(overlay: str) -> None:
+    base, urls = rendered_runbooks(list(render(overlay)))
+    assert base == RUNBOOK_BASE  # what the repository ships; operators change it
+    assert sorted(urls) == sorted(r["annotations"]["runbook_url"] for r in alerts().values())
+
+
+def test_a_changed_runbook_base_reaches_every_alert(tmp_path: Path) -> None:
+    """The documented edit: another base in the production overlay, and every runbook_url
+    follows (kustomize's replacement, rendered from a copy of deploy/)."""
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    kustomization = copy / "overlays" / "production" / "kustomization.yaml"
+    text = kustomization.read_text(encoding="utf-8")
+    fork = "https://git.example.com/ops/manycore-mail/-/blob/v9.1.0/"
+    assert text.count(f"base={RUNBOOK_BASE}") == 1
+    kustomization.write_text(text.replace(f"base={RUNBOOK_BASE}", f"base={fork}"))
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(kustomization.parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    base, urls = rendered_runbooks([d for d in yaml.safe_load_all(result.stdout) if d])
+    assert base == fork
+    assert len(urls) == len(alerts())
+    for url in urls:
+        assert url.startswith(fork + RUNBOOK_PATH), url
+        assert url.removeprefix(fork + RUNBOOK_PATH) in {n.lower() for n in alerts()}
 
 
 def test_every_runbook_section_belongs_to_an_alert() -> None:

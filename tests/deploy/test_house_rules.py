@@ -18,6 +18,7 @@ from tests.deploy.support import (
     BASELINE_CAPABILITIES,
     BY_NAME,
     EXTRA_WORKLOADS,
+    JOBS,
     METRICS_PORT,
     MODULES,
     POSTFIX_CAPABILITIES,
@@ -52,7 +53,7 @@ def containers(docs: list[Doc]) -> Iterator[tuple[Workload, Doc]]:
 
 @pytest.mark.parametrize("docs", ALL, indirect=True)
 def test_every_module_is_deployed_once(docs: list[Doc]) -> None:
-    names = sorted(w.name for w in workloads(docs) if w.name not in EXTRA_WORKLOADS)
+    names = sorted(w.name for w in workloads(docs) if w.name not in {*EXTRA_WORKLOADS, *JOBS})
     assert names == sorted(m.name for m in MODULES)
 
 
@@ -78,7 +79,10 @@ def http_probe(container: Doc, kind: str) -> tuple[str, Any]:
 
 @pytest.mark.parametrize("docs", ALL, indirect=True)
 def test_probes_on_livez_and_readyz_of_the_metrics_port(docs: list[Doc]) -> None:
-    for _, container in containers(docs):
+    for workload, container in containers(docs):
+        if workload.name in JOBS:
+            assert not container.get("livenessProbe"), workload.name  # it ends by itself
+            continue
         ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
         for kind, path in (
             ("startupProbe", "/livez"),
@@ -244,8 +248,8 @@ def test_nothing_public_but_the_smtp_doors(docs: list[Doc]) -> None:
 @pytest.mark.parametrize("docs", ALL, indirect=True)
 def test_grace_period_covers_prestop_and_drain(docs: list[Doc]) -> None:
     for workload in workloads(docs):
-        if workload.name in EXTRA_WORKLOADS:
-            continue  # a sentinel holds no data and stops at SIGTERM: nothing to drain
+        if workload.name in {*EXTRA_WORKLOADS, *JOBS}:
+            continue  # a sentinel or a job holds no data and stops at SIGTERM: nothing to drain
         module = BY_NAME[workload.name]
         grace = workload.spec.get("terminationGracePeriodSeconds", 30)
         prestop = max(prestop_sleep(c) for c in workload.containers)
@@ -372,6 +376,8 @@ def test_network_paths_the_suite_needs(docs: list[Doc]) -> None:
 def test_every_workload_has_a_disruption_budget(docs: list[Doc]) -> None:
     budgets = kind_of(docs, "PodDisruptionBudget")
     for workload in workloads(docs):
+        if workload.name in JOBS:
+            continue  # a Job evicted mid-run is retried (backoffLimit)
         assert any(selector_matches(b["spec"]["selector"], dict(workload.labels)) for b in budgets)
 
 
@@ -382,9 +388,10 @@ def test_redis_is_a_statefulset_with_a_volume(docs: list[Doc]) -> None:
     (container,) = redis["spec"]["template"]["spec"]["containers"]
     data = [m for m in container["volumeMounts"] if m["mountPath"] == "/data"]
     assert data and data[0]["name"] in claims
-    # Everything else is a Deployment: stateless apart from a pod's own emptyDirs.
+    # Everything else but Postfix (its queue, tests/deploy/test_postfix_queue.py) is a
+    # Deployment: stateless apart from a pod's own emptyDirs.
     assert {d["metadata"]["name"] for d in kind_of(docs, "Deployment")} == {
-        m.name for m in MODULES if m.name != "redis"
+        m.name for m in MODULES if m.name not in ("redis", ROOT_POD)
     }
 
 
@@ -396,7 +403,9 @@ def test_autoscaled_workloads_have_no_replica_count(docs: list[Doc]) -> None:
         (describe(h), h["spec"]["scaleTargetRef"]) for h in kind_of(docs, "HorizontalPodAutoscaler")
     ]
     workloads_by_name = {
-        (d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("Deployment",)
+        (d["kind"], d["metadata"]["name"]): d
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet")
     }
     for owner, ref in targets:
         target = workloads_by_name.get((ref.get("kind", "Deployment"), ref["name"]))

@@ -17,10 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from redis import Redis
+from redis.exceptions import NoPermissionError
 
+from devstack.stack import redis_password
 from manycore_common import feedbacktag
 from tests.e2e.stack import Stack, stack_dir, wait_until
-from tests.helpers import ROOT, require_binary
+from tests.helpers import LOOPBACK, ROOT, require_binary
 from tests.integration.conftest import build_message
 
 
@@ -179,3 +183,35 @@ def test_send_helper_and_the_inbox_page_in_a_real_browser(stack: Stack) -> None:
     assert "Webhook inbox" in page.stdout, page.stderr[-2000:]
     assert uuid in page.stdout and "browser@example.test" in page.stdout
     assert 'http-equiv="refresh"' in page.stdout
+
+
+def test_every_service_ran_as_its_own_redis_user_and_none_was_refused(stack: Stack) -> None:
+    """Issue 18: the stack runs with one ACL user per service (devstack's config), so the
+    flows above passed with only the rights ``manycore_redis.acl`` grants; a command Redis
+    refused would show in a service's log as "no permissions" (redis-py's NOPERM)."""
+    customer = yaml.safe_load(Path(stack.config_files()[3]).read_text())
+    users = customer["redis"]["server"]["users"]
+    for service in ("receiver", "httpreceiver", "transformer", "postfixlog", "backdata"):
+        login = customer[service]["reliable-queue"]["redis"]
+        assert login["username"] == users[service]["username"] == f"manycore-{service}"
+    assert customer["mxserver"]["reliable-queue"]["redis"]["username"] == "manycore-mxserver"
+    refused = [
+        f"{log.name}: {line[:300]}"
+        for log in sorted((stack.workdir / "logs").glob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if "no permissions" in line or "NOPERM" in line or "WRONGPASS" in line
+    ]
+    assert refused == []
+    receiver = Redis(
+        host=LOOPBACK,
+        port=stack.base,
+        username="manycore-receiver",
+        password=redis_password(stack.workdir, "receiver"),
+    )
+    try:
+        assert receiver.ping()  # logged in as manycore-receiver, with its own password
+        for command in (("FLUSHALL",), ("KEYS", "*"), ("DEL", "EVENT_QUEUE")):
+            with pytest.raises(NoPermissionError):
+                receiver.execute_command(*command)  # type: ignore[no-untyped-call]
+    finally:
+        receiver.close()

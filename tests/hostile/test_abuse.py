@@ -680,7 +680,9 @@ def test_no_secret_in_logs_metrics_redis_or_config_errors(
             for n in range(3):
                 event = events.new_event("delivered", uuid=f"sec{n}", seq=n, rcpt="a@b.example")
                 client.lpush("EVENT_QUEUE", events.encode_event(event, source="test"))
-            wait_for(lambda: client.llen("EVENT_QUEUE:dead") == 3, timeout=15, what="dead letters")
+            wait_for(
+                lambda: client.llen("{EVENT_QUEUE}:dead") == 3, timeout=15, what="dead letters"
+            )
             assert [r.status for r in hook.requests][:1] == [500]
             assert_no_secret("Redis", _all_values(client))
             # Redis down: every service fails its checks and its requests, and logs why.

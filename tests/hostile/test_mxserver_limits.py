@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -125,7 +126,7 @@ def test_ten_megabyte_message_is_answered_within_the_budget(mx: Service, queues:
     assert code == 250, reply
     assert took < BUDGET + 5.0, took  # 10 MB to send and parse, plus the classifier's limit
     assert slowest < 1.0, slowest
-    (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED", 0, -1)
+    (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED-UNTAGGED", 0, -1)
     assert len(stored) < 300 * 1024  # unclassified.max-bytes, not 10 MB
 
 
@@ -175,7 +176,7 @@ def test_unclassified_keeps_only_the_first_rcpts(mx: Service, queues: SyncRedis)
     rcpts = [f"postmaster@{RP}"] * 100
     body = b"Subject: x\r\n\r\n30 bytes of body text\r\n"
     assert deliver(port(mx), "x@y.example", rcpts, body)[0] == 250
-    (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED", 0, -1)
+    (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED-UNTAGGED", 0, -1)
     item = stored_item(stored)
     assert len(item.header["rcpts"]) == 10 and item.header["rcpt_count"] == 100
     assert len(stored) < 4096
@@ -205,3 +206,61 @@ def test_connections_per_address_are_limited(mx: Service) -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+def _session_to_data(mx_port: int, rp: str) -> tuple[socket.socket, bytes]:
+    """A connection through EHLO, MAIL and RCPT that has just sent DATA: (it, DATA's reply)."""
+    sock = socket.create_connection((LOOPBACK, mx_port), IO_TIMEOUT)
+    sock.settimeout(IO_TIMEOUT)
+    reader = sock.makefile("rb")
+    assert reader.readline().startswith(b"220")
+    sock.sendall(b"EHLO client.test\r\n")
+    while not (line := reader.readline()).startswith(b"250 "):
+        assert line.startswith(b"250-"), line
+    for command in (b"MAIL FROM:<>", f"RCPT TO:<{rp}>".encode()):
+        sock.sendall(command + b"\r\n")
+        assert reader.readline().startswith(b"250"), command
+    sock.sendall(b"DATA\r\n")
+    return sock, reader.readline()
+
+
+def test_connections_and_messages_in_all_are_bounded(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+) -> None:
+    """Many addresses each under their own limits (loopback stands in for them): the
+    connections in all and the messages being read at once are capped, and the message over
+    the cap is refused at DATA, before any of it is read; the sender's retry then succeeds."""
+    settings = {
+        "mxserver.hostname": "mx.test",
+        "mxserver.rate-limit": {"messages": 100000, "window-seconds": 60},
+        "mxserver.limits": {
+            "max-connections-per-ip": 10,
+            "max-connections": 3,
+            "max-messages-in-flight": 1,
+        },
+    }
+    with configured_service("mxserver", tmp_path, redis_server.port, settings) as mx:
+        busy = mx.metric("mxserver_refused_total", 'reason="busy"')
+        held = [socket.create_connection((LOOPBACK, port(mx)), IO_TIMEOUT) for _ in range(3)]
+        for sock in held:
+            assert sock.recv(1024).startswith(b"220")
+        with socket.create_connection((LOOPBACK, port(mx)), IO_TIMEOUT) as extra:
+            extra.settimeout(IO_TIMEOUT)
+            assert extra.recv(1024).startswith(b"421 4.3.2")
+            assert extra.recv(1024) == b""
+        for sock in held:
+            sock.close()
+        time.sleep(0.3)
+
+        rp = tag("l6", ALICE)
+        first, said = _session_to_data(port(mx), rp)
+        assert said.startswith(b"354"), said
+        second, said = _session_to_data(port(mx), rp)
+        assert said.startswith(b"451 4.3.2"), said  # nothing of it was read
+        assert mx.metric("mxserver_refused_total", 'reason="busy"') == busy + 2
+        with first, second:
+            first.sendall(dsn(rp, [(ALICE, "5.1.1", "gone")]) + b"\r\n.\r\n")
+            assert first.makefile("rb").readline().startswith(b"250")
+            second.sendall(b"DATA\r\n")  # the retry: a slot is free again
+            assert second.makefile("rb").readline().startswith(b"354")
+        assert_alive(mx)

@@ -256,7 +256,7 @@ class PostfixLogEnv:
         return [stored_item(raw) for raw in reversed(self.redis.lrange(INCOMING, 0, -1))]
 
     def held(self) -> int:
-        keys = self.redis.keys(f"{INCOMING}:processing:*")
+        keys = self.redis.keys(f"{{{INCOMING}}}:processing:*")
         return sum(int(self.redis.llen(k)) for k in keys)
 
     # ------------------------------------------------------------------ Postfix's log

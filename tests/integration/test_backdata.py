@@ -32,7 +32,7 @@ from tests.helpers import (
 from tests.integration.conftest import set_path
 from tests.integration.webhook import Answer, Webhook
 
-QUEUE, DEAD = "EVENT_QUEUE", "EVENT_QUEUE:dead"
+QUEUE, DEAD = "EVENT_QUEUE", "{EVENT_QUEUE}:dead"
 SECRET = "test-signing-secret"
 TOKEN = "Bearer test-token"
 KINDS: list[tuple[events.EventType, dict[str, Any]]] = [
@@ -105,13 +105,13 @@ def dead_letters(client: SyncRedis) -> list[tuple[dict[str, Any] | None, str]]:
 
 
 def held(client: SyncRedis) -> int:
-    return sum(client.llen(k) for k in client.keys(f"{QUEUE}:processing:*"))
+    return sum(client.llen(k) for k in client.keys(f"{{{QUEUE}}}:processing:*"))
 
 
 # Waiting plus held, read in one step (a take between two reads would move items across).
 _IN_REDIS = """
 local n = redis.call('LLEN', KEYS[1])
-for _, key in ipairs(redis.call('KEYS', KEYS[1] .. ':processing:*')) do
+for _, key in ipairs(redis.call('KEYS', '{' .. KEYS[1] .. '}:processing:*')) do
   n = n + redis.call('LLEN', key)
 end
 return n
@@ -325,7 +325,7 @@ def test_sigterm_returns_the_unsent_batch_to_the_front_of_the_queue(
     wait_for(lambda: len(hook.requests) >= 3, what="failing attempts")
     assert service.stop(signal.SIGTERM) == 0
     assert queues.llen(QUEUE) == 30 and held(queues) == 0
-    assert queues.zcard(f"{QUEUE}:consumers") == 0
+    assert queues.zcard(f"{{{QUEUE}}}:consumers") == 0
     # Still in queue order: the oldest (first pushed) is served next.
     waiting = [json.loads(stored_item(r).payload)["id"] for r in queues.lrange(QUEUE, 0, -1)]
     assert waiting[::-1] == ids

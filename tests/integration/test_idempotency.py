@@ -167,11 +167,17 @@ def test_idempotency_key_takes_precedence_per_login(
     status, body = post(api, build_message("ik2"), key)
     assert (status, body["reason"]) == (422, "idempotency-key-reused")
     assert "ik1" in body["error"]
+    # The same key and X-Uuid with another body: 422 too, not a silent duplicate (Stripe's
+    # API answers a reused key with other parameters the same way).
+    changed = build_message("ik1", body="Another text\r\n")
+    status, body = post(api, changed, key)
+    assert (status, body["reason"]) == (422, "idempotency-key-reused")
+    assert "another request body" in body["error"]
     # Keys are the client's own: another login's "order-7" is another message.
     assert post(api, build_message("ik3"), key, auth=OTHER_AUTH)[1] == {"uuid": "ik3", "queue": P1}
     assert queued(queues) == ["ik1", "ik1", "ik3"]
     assert api.metric("httpreceiver_duplicates_total", 'key="idempotency-key"') == before + 1
-    assert api.metric("nbr_dropped_emails_total", 'reason="idempotency-key-reused"') == reused + 1
+    assert api.metric("nbr_dropped_emails_total", 'reason="idempotency-key-reused"') == reused + 2
 
 
 @pytest.mark.parametrize(

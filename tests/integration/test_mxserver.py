@@ -189,8 +189,9 @@ def test_postmaster_is_accepted_and_unclassified_is_stored(mx: Service, queues: 
     code, _ = deliver(mx, xena, [f"PostMaster@{RP}"], plain(xena, f"postmaster@{RP}", "blue one"))
     assert code == 250
     assert events(queues) == []
-    (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED", 0, -1)
+    (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED-UNTAGGED", 0, -1)
     item = stored_item(stored)
+    assert queues.llen("MXSERVER-UNCLASSIFIED") == 0  # no tag: the untagged list only
     assert b"blue one" in item.payload
     assert mx.metric("mxserver_received_unclassified_total") == before + 1
 
@@ -233,8 +234,12 @@ def test_rate_limit(tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
         data = plain("a@b.example", unsub)
         assert deliver(service, "a@b.example", [unsub], data)[0] == 250
         assert deliver(service, "a@b.example", [unsub], data)[0] == 250
-        code, reply = deliver(service, "a@b.example", [unsub], data)
-        assert code == 450 and reply.startswith(b"4.7.1")
+        # Refused at the DATA command, before 354: none of the message is read.
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            deliver(service, "a@b.example", [unsub], data)
+        assert refused.value.smtp_code == 450
+        error = refused.value.smtp_error
+        assert isinstance(error, bytes) and error.startswith(b"4.7.1")
 
 
 def test_redis_down_means_451(tmp_path: Path) -> None:
@@ -274,8 +279,14 @@ def test_each_recipient_of_a_message_can_unsubscribe_by_mail(
         ("unsubscribe", "m14", "ann@receiver.example"),
         ("unsubscribe", "m14", "ben@receiver.example"),
     ]
-    # HttpReceiver's one-click marker is set: the provider's POST for it gives no second event.
+    # HttpReceiver's one-click markers are set: the provider's POST for a person gives no
+    # second event (per recipient; per message for tokens that name none), and only theirs.
+    from manycore_common.unsubscribe import once_marker
+
     assert queues.exists("unsubscribed:m14")
+    assert queues.exists(once_marker("m14", "ann@receiver.example"))
+    assert queues.exists(once_marker("m14", "ben@receiver.example"))
+    assert not queues.exists(once_marker("m14", "cat@receiver.example"))
 
 
 def test_reports_suppress_the_recipient_with_their_event(mx: Service, queues: SyncRedis) -> None:
@@ -292,7 +303,7 @@ def test_reports_suppress_the_recipient_with_their_event(mx: Service, queues: Sy
     deliver(mx, "", [rp], dsn(rp, [(soft, "4.2.2", "452 4.2.2 Mailbox full")]))
     got = {e["rcpt"]: e for e in events(queues)}
     assert set(got) == {gone, sam, walt, soft}
-    wait_for(lambda: bool(queues.hgetall(suppression.SIZE_KEY)), what="suppression entries")
+    wait_for(lambda: bool(queues.hgetall(suppression.size_key())), what="suppression entries")
     entries = {}
     for address in (gone, sam, walt, soft):
         raw = queues.hget(suppression.bucket_key("example.com", address), address)
@@ -305,4 +316,4 @@ def test_reports_suppress_the_recipient_with_their_event(mx: Service, queues: Sy
         walt: ("unsubscribe", "s3", got[walt]["id"][:16]),
     }
     # Only the From domain of that return path, not the other configured one.
-    assert queues.hgetall(suppression.SIZE_KEY) == {b"example.com": b"3"}
+    assert queues.hgetall(suppression.size_key()) == {b"example.com": b"3"}

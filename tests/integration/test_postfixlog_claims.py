@@ -149,7 +149,7 @@ def test_an_item_whose_check_fails_goes_back_to_the_queue(
         # returns than max-attempts (5), and no dead letter: no attempt was counted.
         wait_for(lambda: returned() >= 6, timeout=40, what="the item returned 6 times")
         assert sink.deliveries("ok-broken@sink.test") == 0
-        assert not env.redis.llen(f"{INCOMING}:dead")
+        assert not env.redis.llen(f"{{{INCOMING}}}:dead")
         env.redis.delete(claim_key)
         wait_for(lambda: sink.deliveries("ok-broken@sink.test") >= 1, timeout=30, what="delivery")
         wait_for(
@@ -211,4 +211,4 @@ def test_a_redis_stall_under_two_instances_delivers_each_message_once(
         wait_quiet(3)
         twice = {i: sink.deliveries(f"ok-rs{i}@sink.test") for i in range(n)}
         assert all(count == 1 for count in twice.values()), twice
-        assert not env_a.redis.llen(f"{INCOMING}:dead")
+        assert not env_a.redis.llen(f"{{{INCOMING}}}:dead")

@@ -458,7 +458,7 @@ async def test_doorbell_wakes_a_consumer_of_several_queues(redis: Redis) -> None
     assert await asyncio.wait_for(waiter, 10)
     # A push before the wait is not slept through, and many pushes leave one token.
     await p0.push_many(make_items(5))
-    assert await redis.llen("P0:doorbell") == 1
+    assert await redis.llen("{P0}:doorbell") == 1
     assert await wait_for_doorbells(redis, [p0, p1], timeout=30)
     assert not await wait_for_doorbells(redis, [p0, p1], timeout=0.1)
 
@@ -466,13 +466,13 @@ async def test_doorbell_wakes_a_consumer_of_several_queues(redis: Redis) -> None
 async def test_no_doorbell_without_a_push(redis: Redis) -> None:
     plain = ReliableQueue(redis, "Q")
     await plain.push(make_items(1)[0])
-    assert not await redis.exists("Q:doorbell")  # only queues that ask for one
+    assert not await redis.exists("{Q}:doorbell")  # only queues that ask for one
     full = ReliableQueue(redis, "F", high_water_mark=1, doorbell=True)
     await full.push(make_items(1)[0])
-    await redis.delete("F:doorbell")
+    await redis.delete("{F}:doorbell")
     with pytest.raises(QueueFull):
         await full.push(make_items(1)[0])
-    assert not await redis.exists("F:doorbell")  # a refused push rings nothing
+    assert not await redis.exists("{F}:doorbell")  # a refused push rings nothing
 
 
 async def test_a_full_batch_rings_for_a_sibling(redis: Redis) -> None:
@@ -483,7 +483,7 @@ async def test_a_full_batch_rings_for_a_sibling(redis: Redis) -> None:
     assert not await wait_for_doorbells(redis, [p0, p1], timeout=0.1)
     await p0.ring_doorbell()
     await p0.ring_doorbell()
-    assert await redis.llen("P0:doorbell") == 1  # never more than one token
+    assert await redis.llen("{P0}:doorbell") == 1  # never more than one token
     assert await wait_for_doorbells(redis, [p0, p1], timeout=1)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from manycore_common import item as item_format
-from manycore_common import queueinspect, trace
+from manycore_common import keyspace, queueinspect, trace
 from manycore_common.queue import ReliableQueue
 from tests.helpers import RedisServer, stored_item, write_configs
 from tests.integration.test_queuectl import queues_cmd
@@ -125,20 +125,23 @@ async def test_unclassified_list_and_show(
                 "bytes": 30,
             },
         )
-        await redis.lpush(queueinspect.UNCLASSIFIED_KEY, raw)
+        await redis.lpush(keyspace.current().unclassified(), raw)
+    junk = item_format.new_item(b"junk", source="mxserver", extra={"mail_from": "j@x.example"})
+    await redis.lpush(keyspace.current().unclassified_untagged(), junk)
     listing = queues_cmd(g, c, "unclassified", "--count", "2")
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
-    assert lines[0].startswith("MXSERVER-UNCLASSIFIED: 3 message(s)")
+    assert lines[0].startswith("MXSERVER-UNCLASSIFIED: 3 tagged message(s)")
+    assert "(MXSERVER-UNCLASSIFIED-UNTAGGED: 1, --untagged to list them)" in lines[0]
     assert "from=<s2@example.net>" in lines[1] and "from=<s1@example.net>" in lines[2]
     assert len(lines) == 3
     show = queues_cmd(g, c, "unclassified", "--show", "2", "--raw")
     assert show.stdout == "Subject: odd 0\n\nhello"  # text mode reads CRLF as LF
     missing = queues_cmd(g, c, "unclassified", "--show", "9")
     assert missing.returncode == 1
-
-
-def test_unclassified_key_is_mxservers() -> None:
-    from manycore_mxserver.service import UNCLASSIFIED_KEY
-
-    assert queueinspect.UNCLASSIFIED_KEY == UNCLASSIFIED_KEY
+    untagged = queues_cmd(g, c, "--json", "unclassified", "--untagged")
+    listed = json.loads(untagged.stdout)
+    assert (listed["list"], listed["total"], listed["other_total"]) == ("untagged", 1, 3)
+    assert [m["sender"] for m in listed["messages"]] == ["j@x.example"]
+    shown = queues_cmd(g, c, "unclassified", "--untagged", "--show", "0", "--raw")
+    assert shown.stdout == "junk"

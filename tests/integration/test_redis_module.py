@@ -179,7 +179,8 @@ async def test_start_adopts_processing_lists_an_older_version_left(redis: AsyncR
     assert await queue.processing_size() == 0
     await redis_service._adopt(redis, ["INCOMING-TO-POSTFIX", "EVENT_QUEUE"], asyncio.Event())
     assert await queue.processing_size() == 2
-    assert await redis.zrange(queue.holders_key, 0, -1) == [b"old"]
+    # Under the previous release's names: its registry, which the reaper still reads.
+    assert await redis.zrange(queue.legacy["holders"], 0, -1) == [b"old"]
 
 
 def test_password_required_and_dangerous_commands_denied(tmp_path: Path) -> None:
@@ -215,10 +216,10 @@ def test_exporter_reports_readme_gauges_and_pod_exits_when_redis_dies(tmp_path: 
         push(app, "IB-MAIL-QUEUE-P1", 5)
         push(app, "EVENT_QUEUE", 2)
         push(app, "INCOMING-TO-POSTFIX", 1)
-        app.lpush("IB-MAIL-QUEUE-P1:dead", b'{"v":1}\nx')
+        app.lpush("{IB-MAIL-QUEUE-P1}:dead", b'{"v":1}\nx')
         # Two items a consumer holds: found through the registry of holders, not a SCAN.
-        app.zadd("EVENT_QUEUE:holders", {"c1": 0})
-        app.lpush("EVENT_QUEUE:processing:c1", b"held 1", b"held 2")
+        app.zadd("{EVENT_QUEUE}:holders", {"c1": 0})
+        app.lpush("{EVENT_QUEUE}:processing:c1", b"held 1", b"held 2")
         # One reading taken after every push: the exporter reads the queues one by one, so a
         # reading that began between two pushes may show some and not others.
         expected = {

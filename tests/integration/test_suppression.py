@@ -168,7 +168,7 @@ def test_transformer_drops_suppressed_recipients_before_signing(
     assert all(e["domain"] == "example.com" and e["source"] == "cd" * 8 for e in got)
     assert all(e["source-uuid"] == "old-msg" for e in got)
     assert_valid(got)
-    assert all(queues.llen(k) == 0 for k in queues.keys(f"{P1}:processing:*"))
+    assert all(queues.llen(k) == 0 for k in queues.keys(f"{{{P1}}}:processing:*"))
 
 
 def api_call(
@@ -246,7 +246,7 @@ def test_the_http_api(tmp_path: Path, redis_server: RedisServer, queues: SyncRed
         assert api_call(api, "DELETE", "/v1/suppressions/a@shop.test")[0] == 404
         assert api.metric("suppression_imported_total", 'operation="import"') == 6
         assert api.metric("httpreceiver_suppression_api_errors_total", 'reason="bad-request"') == 6
-    assert queues.hgetall(s.SIZE_KEY) == {b"example.com": b"1", b"other.example": b"1"}
+    assert queues.hgetall(s.size_key()) == {b"example.com": b"1", b"other.example": b"1"}
 
 
 async def test_postfixlog_suppresses_a_recipient_its_own_postfix_refused(redis: Redis) -> None:
@@ -301,7 +301,7 @@ def test_the_cli_imports_a_csv_and_reads_and_deletes(
     (tmp_path / "bad.csv").write_text("ok@x.org\nnot-an-address\n")
     failed = cli("import", str(tmp_path / "bad.csv"), "--domain", "example.com")
     assert failed.returncode == 2 and "line 2" in failed.stderr
-    assert queues.hget(s.SIZE_KEY, "example.com") == b"5000"
+    assert queues.hget(s.size_key(), "example.com") == b"5000"
 
 
 async def test_purge_drops_only_expired_entries_and_keeps_the_size_right(redis: Redis) -> None:

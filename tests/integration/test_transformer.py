@@ -15,7 +15,7 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis as AsyncRedis
 
-from manycore_common import feedbacktag
+from manycore_common import feedbacktag, keyspace
 from manycore_common import item as item_format
 from manycore_transformer import dkim
 from manycore_transformer.streams import StreamRegistry
@@ -120,8 +120,8 @@ def test_p0_before_p1_and_signed_hand_over(
         assert b"\r\nX-Uuid:" not in item.payload
     for queue in (P0, P1):
         assert queues.llen(queue) == 0
-        assert not queues.keys(f"{queue}:processing:*") or all(
-            queues.llen(k) == 0 for k in queues.keys(f"{queue}:processing:*")
+        assert not queues.keys(f"{{{queue}}}:processing:*") or all(
+            queues.llen(k) == 0 for k in queues.keys(f"{{{queue}}}:processing:*")
         )
 
 
@@ -147,11 +147,11 @@ def test_unknown_domain_goes_to_dead_letters_with_an_error_event(
     enqueue(queues, P1, build_message("fine1"), "fine1")
     with running(transformer_service(tmp_path, redis_server.port)) as service:
         wait_for(
-            lambda: queues.llen(OUT) == 1 and queues.llen(f"{P1}:dead") == 1,
+            lambda: queues.llen(OUT) == 1 and queues.llen(f"{{{P1}}}:dead") == 1,
             what="one handed over, one dead-lettered",
         )
         assert service.metric("transformer_errors_total", 'reason="unknown-domain"') == 1
-    dead = stored_item(queues.lrange(f"{P1}:dead", 0, -1)[0])
+    dead = stored_item(queues.lrange(f"{{{P1}}}:dead", 0, -1)[0])
     assert dead.uuid == "lost1"
     assert "unknown.example" in (dead.dead_reason or "")
     (raw_event,) = queues.lrange(EVENTS, 0, -1)
@@ -190,7 +190,7 @@ def test_sigterm_releases_nothing_held_and_exits_0(
     enqueue(queues, P1, build_message("m1"), "m1")
     wait_for(lambda: queues.llen(OUT) == 1, what="handed over")
     assert service.stop(signal.SIGTERM) == 0
-    assert queues.zcard(f"{P1}:consumers") == 0
+    assert queues.zcard(f"{{{P1}}}:consumers") == 0
 
 
 def test_one_item_per_recipient_in_one_step(
@@ -222,7 +222,7 @@ def test_one_item_per_recipient_in_one_step(
         assert unsub_tag is not None and unsub_tag.kind == "unsub" and unsub_tag.names(rcpt)
     # The stream registry names the stream for MxServer: one field, however many messages.
     field = feedbacktag.stream_field("spring-sale")
-    assert queues.hgetall(feedbacktag.STREAMS_KEY) == {field.encode(): b"spring-sale"}
+    assert queues.hgetall(keyspace.current().feedback_streams()) == {field.encode(): b"spring-sale"}
     assert tag_of(copies[0]).stream_field == field
     assert queues.llen(P1) == 0 and all(queues.llen(k) == 0 for k in queues.keys(f"{P1}:proc*"))
 
@@ -262,16 +262,16 @@ async def test_stream_registry_writes_each_stream_once_and_reports_clashes(
 ) -> None:
     registry = StreamRegistry(redis, capacity=2)
     field = feedbacktag.stream_field
-    await redis.hset(feedbacktag.STREAMS_KEY, field("s2"), "another-stream-same-hash")
+    await redis.hset(keyspace.current().feedback_streams(), field("s2"), "another-stream-same-hash")
     assert await registry.ensure(["s1", None, "s2", "s1"]) == ["s2"]
-    assert await redis.hgetall(feedbacktag.STREAMS_KEY) == {
+    assert await redis.hgetall(keyspace.current().feedback_streams()) == {
         field("s1").encode(): b"s1",
         field("s2").encode(): b"s2",
     }
     # Known streams cost no command: a field deleted behind its back stays deleted...
-    await redis.hdel(feedbacktag.STREAMS_KEY, field("s1"))
+    await redis.hdel(keyspace.current().feedback_streams(), field("s1"))
     assert await registry.ensure(["s1"]) == []
-    assert not await redis.hexists(feedbacktag.STREAMS_KEY, field("s1"))
+    assert not await redis.hexists(keyspace.current().feedback_streams(), field("s1"))
     # ...until the LRU has forgotten it (s1 was used last, so s2 goes first).
     await registry.ensure(["s3"])
     assert registry.unknown(["s1", "s2", "s3"]) == {field("s2"): "s2"}

@@ -60,21 +60,32 @@ def test_memory_is_bounded() -> None:
     assert len(t._records) == 100
 
 
-def test_throttle_keys_behind_proxies() -> None:
-    from ipaddress import ip_network
+def test_failures_count_per_pair_and_per_address_for_unknown_names() -> None:
+    from manycore_httpreceiver.login import LoginThrottle, address_key, attempt_key
 
-    from manycore_common.auth import username_key
-    from manycore_httpreceiver.app import throttle_keys
-
-    proxies = (ip_network("10.0.0.0/8"),)
-    # No proxies: the address only, whatever the name.
-    assert throttle_keys("192.0.2.1", (), "apa", True) == ["192.0.2.1"]
-    # Behind proxies: the client and a configured login name; an unknown name is not kept.
-    assert throttle_keys("192.0.2.1", proxies, "apa", True) == ["192.0.2.1", username_key("apa")]
-    assert throttle_keys("192.0.2.1", proxies, "zz", False) == ["192.0.2.1"]
-    # The client resolved to a proxy: never its address.
-    assert throttle_keys("10.1.2.3", proxies, "apa", True) == [username_key("apa")]
-    assert throttle_keys("10.1.2.3", proxies, None, False) == []
+    # A configured name: the (address, login) pair, even at a proxy's own address.
+    assert attempt_key("192.0.2.1", "apa", True, False) == "pair:192.0.2.1\0apa"
+    assert attempt_key("10.1.2.3", "apa", True, True) == "pair:10.1.2.3\0apa"
+    # Any other name, or none readable: the address, never a proxy's.
+    assert attempt_key("192.0.2.1", "zz", False, False) == address_key("192.0.2.1")
+    assert attempt_key("192.0.2.1", None, False, False) == address_key("192.0.2.1")
+    assert attempt_key("10.1.2.3", "zz", False, True) is None
+    settings = AuthThrottle.model_validate(
+        {"max-failures": 2, "max-unknown-login-failures": 4, "delay-seconds": 0}
+    )
+    t = LoginThrottle(settings)
+    a, b = attempt_key("x", "apa", True, False), attempt_key("x", "citron", True, False)
+    unknown = attempt_key("x", "zz", False, False)
+    assert t.failure(a, "x", False) == 0 and t.locked_for(a) == 0
+    assert t.failure(a, "x", False) == 0 and t.locked_for(a) > 0
+    assert t.locked_for(b) == 0  # another login from the same address
+    for _ in range(3):
+        t.failure(unknown, "x", False)
+    assert t.locked_for(unknown) == 0
+    t.failure(unknown, "x", False)
+    assert t.locked_for(unknown) > 0 and t.locked_for(b) == 0
+    # Now a wrong password for a configured name is answered as locked (no name oracle).
+    assert t.failure(b, "x", False) > 0
 
 
 def test_credentials_know_their_names() -> None:

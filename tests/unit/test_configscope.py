@@ -37,6 +37,7 @@ def every_secret_as_a_file(directory: Path) -> tuple[Path, Path]:
     data: dict[str, Any] = yaml.safe_load(CUSTOMER_EXAMPLE.read_text())
     for name in ("receiver", "httpreceiver"):
         data[name]["auth-logins"] = [{"username": "u", "password-file": f"secrets/{name}-pw"}]
+    data.setdefault("operator", {"reliable-queue": {"redis": {"username": "mc-operator"}}})
     for name in SECTIONS:
         data[name]["reliable-queue"]["redis"]["password-file"] = "secrets/redis-password"
     data["backdata"]["signing-secret-file"] = "secrets/signing"
@@ -86,6 +87,8 @@ def test_mxserver_starts_without_other_services_secrets(tmp_path: Path) -> None:
         ("mxserver", {"redis-password", "feedback"}),
         ("backdata", {"redis-password", "signing"}),
         ("redis", {"redis-password", "s3"}),
+        # The operator tools' own login: its password file only, no S3 key, no admin's.
+        ("operator", {"redis-password"}),
         ("dns", set()),
     ],
 )

@@ -1,10 +1,11 @@
-"""A stop's hand-back: the queue-file envelope Postfix prints, and the queue item made of it."""
+"""A stop's hand-back: the queue-file envelope Postfix prints, the queue item made of it, and
+when a stop hands back at all (``queue-on-stop``)."""
 
 from __future__ import annotations
 
 from manycore_common import feedbacktag
 from manycore_common import item as item_format
-from manycore_postfixlog.requeue import handback_item, parse_envelope
+from manycore_postfixlog.requeue import handback_item, hands_back, parse_envelope
 from manycore_postfixlog.state import Message
 
 ENVELOPE = """\
@@ -53,3 +54,9 @@ def test_handback_item_looks_like_the_transformers() -> None:
     tagged = feedbacktag.make_address(b"k" * 32, "bounce", uuid, "b@y", "rp.example", "s1")
     item = item_format.decode(handback_item("Q", stored, tagged, ["b@y"], None))
     assert item.uuid == uuid and item.header["return_path"] == tagged
+
+
+def test_a_stop_hands_back_unless_keep_without_the_marker() -> None:
+    assert hands_back("hand-back", False) and hands_back("hand-back", True)
+    assert hands_back("keep", True)
+    assert not hands_back("keep", False)

@@ -173,3 +173,15 @@ def problems(tmp_path: Path, change: Any) -> list[str]:
 )
 def test_config_problems_name_the_key(tmp_path: Path, change: Any, problem: str) -> None:
     assert problems(tmp_path, change) == [f"customer.yaml: {problem}"]
+
+
+def test_queue_on_stop_the_environment_overrides_the_file() -> None:
+    env = settings.QUEUE_ON_STOP_ENV
+    assert settings.queue_on_stop("keep", {}) == "keep"
+    assert settings.queue_on_stop("keep", {env: ""}) == "keep"
+    assert settings.queue_on_stop("keep", {env: "hand-back"}) == "hand-back"
+    with pytest.raises(ConfigError, match=env):
+        settings.queue_on_stop("keep", {env: "drop"})
+    assert section(**{"queue-on-stop": "keep"}).queue_on_stop == "keep"
+    with pytest.raises(ValueError, match="queue-on-stop"):
+        section(**{"queue-on-stop": "drop"})

@@ -86,7 +86,17 @@ def test_unclassified_rows() -> None:
     row = queueview.unclassified_row(3, item_format.decode(raw))
     line = queueview.unclassified_line(row)
     assert line.startswith("#3 ") and "from=<a@b.c> to=p@r.example (+11 more)" in line
-    assert "size=999 truncated note='no rule matched'" in line
+    assert "size=999 truncated note='no rule matched'" in line and "uuid=" not in line
+    tagged = item_format.new_item(b"x", source="mxserver", uuid="u7", extra={"bytes": 1})
+    assert " uuid=u7 " in queueview.unclassified_line(
+        queueview.unclassified_row(0, item_format.decode(tagged))
+    )
+
+
+def test_unclassified_heading_names_both_lists() -> None:
+    heading = queueview.unclassified_heading("T", 3, False, "U", 7)
+    assert heading == "T: 3 tagged message(s), newest first (U: 7, --untagged to list them)"
+    assert "1 untagged message(s)" in queueview.unclassified_heading("U", 1, True, "T", 0)
 
 
 def test_requeued_dead_letter_loses_dead_and_attempts() -> None:

@@ -532,7 +532,7 @@ def test_malformed_multipart_is_left_alone() -> None:
 
 
 def test_unsubscribe_token_placeholder() -> None:
-    from manycore_common.unsubscribe import parse_token
+    from manycore_common.unsubscribe import parse_token, read_token
 
     secret = b"test-only-secret-0123456789abcdef"
     inject = (
@@ -544,6 +544,21 @@ def test_unsubscribe_token_placeholder() -> None:
     (value,) = values(split_message(result.data)[0], "List-Unsubscribe")
     token = value.removeprefix("<https://mail.example.com/v1/unsubscribe/").removesuffix(">")
     assert parse_token(secret, token) == ("u42", "s9")
+    # One token per recipient, each naming its own recipient and the From domain.
+    transformed = transform(
+        build_message("u43", stream_id="s9"),
+        settings(inject=inject, unsubscribe_secret=secret),
+        NOW,
+        ["ann@example.org", "Bob@Example.org"],
+    )
+    tokens = [
+        read_token(secret, values(split_message(c.data)[0], "List-Unsubscribe")[0][41:-1])
+        for c in transformed.copies
+    ]
+    assert [(t.rcpt, t.domain) for t in tokens if t] == [
+        ("ann@example.org", "example.com"),
+        ("bob@example.org", "example.com"),
+    ]
     assert check_templates(settings(inject=inject)) == [
         "transformer.email-headers.inject.List-Unsubscribe: {{unsubscribe-token}} needs "
         "common-config.unsubscribe-secret"
