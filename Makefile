@@ -13,6 +13,7 @@ STAMP := $(VENV)/.installed
 
 test: deps
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	@# pytest exits 5 when it collected nothing: for us that is a broken suite, not a pass.
 	$(PY) -m pytest || { rc=$$?; [ $$rc -ne 5 ] || echo "make test: pytest collected no tests" >&2; exit $$rc; }
@@ -22,6 +23,7 @@ unit: deps
 
 lint: deps
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
 run: run-deps

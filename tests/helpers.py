@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from devstack.stack import free_port
+from devstack.stack import free_port as free_port  # re-exported: the tests' one port picker
+from manycore_common import item as item_format
 
 ROOT = Path(__file__).resolve().parent.parent
 GLOBAL_EXAMPLE = ROOT / "inboxbooster-mailer-global.yaml.example"
@@ -268,3 +269,9 @@ def write_dkim_keys(config_dir: Path) -> None:
     (config_dir / "dkim").mkdir(parents=True, exist_ok=True)
     (config_dir / "dkim" / "dkim-private-key-example.com.pem").write_bytes(rsa_pem(label="ex"))
     (config_dir / "dkim" / "dkim-private-key-bexample.com.pem").write_bytes(rsa_pem(label="bex"))
+
+
+def stored_item(raw: bytes | str | None) -> item_format.Item:
+    """A queue item read back with a plain client (redis-py types its replies bytes | str)."""
+    assert isinstance(raw, bytes), raw
+    return item_format.decode(raw)

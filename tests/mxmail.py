@@ -12,8 +12,7 @@ import yaml
 from redis import Redis as SyncRedis
 
 from manycore_common import feedbacktag, keyspace
-from manycore_common import item as item_format
-from tests.helpers import CUSTOMER_EXAMPLE, FEEDBACK_SECRET, LOOPBACK
+from tests.helpers import CUSTOMER_EXAMPLE, FEEDBACK_SECRET, LOOPBACK, stored_item
 
 KEY = FEEDBACK_SECRET.encode()
 _EXAMPLE = yaml.safe_load(CUSTOMER_EXAMPLE.read_text())
@@ -115,6 +114,6 @@ def deliver(
 def events(client: SyncRedis) -> list[dict[str, Any]]:
     """The events on the event queue, oldest first."""
     return [
-        json.loads(item_format.decode(raw).payload)
+        json.loads(stored_item(raw).payload)
         for raw in reversed(client.lrange("EVENT_QUEUE", 0, -1))
     ]

@@ -96,6 +96,7 @@ class SentinelSet:
     def _sentinels_agree(self) -> bool:
         for port in self.sentinel_ports:
             state = SyncRedis(host=LOOPBACK, port=port).sentinel_master(MASTER_NAME)
+            assert isinstance(state, dict), state
             if int(state.get("num-other-sentinels", 0)) < 2 or int(state["num-slaves"]) < 1:
                 return False
         return True
@@ -108,7 +109,9 @@ class SentinelSet:
     def master_port(self) -> int:
         """The primary's port as the sentinels see it now."""
         client = SyncRedis(host=LOOPBACK, port=self.sentinel_ports[0])
-        _, port = client.sentinel_get_master_addr_by_name(MASTER_NAME)
+        address = client.sentinel_get_master_addr_by_name(MASTER_NAME)
+        assert isinstance(address, tuple), address
+        _, port = address
         return int(port)
 
     def connection_config(self) -> dict[str, object]:

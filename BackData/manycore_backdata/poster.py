@@ -26,8 +26,8 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from manycore_common import trace
+from manycore_common.consumer import Consumer
 from manycore_common.item import Item
-from manycore_common.queue import Consumer
 
 from . import batch, policy, tracing
 from .metrics import DEAD_LETTERED, DELIVERED_BY_TYPE, FAILED, MALFORMED, PUSHED, RETRIES

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from manycore_common import redisconn
+from manycore_common import redisconn, redisready
 from manycore_common.config import BackDataSection, Config
+from manycore_common.consumer import Consumer
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
-from manycore_common.queue import Consumer, ReliableQueue, default_consumer_id
+from manycore_common.queue import ReliableQueue, configured, default_consumer_id
 from manycore_common.trace import TraceSettings
 
 from . import batch
@@ -69,36 +70,41 @@ async def monitor(queue: ReliableQueue, consumer: Consumer, stop: asyncio.Event)
         await pause(stop, MONITOR_SECONDS)
 
 
-async def _register(consumer: Consumer, stop: asyncio.Event) -> bool:
-    """Register, retrying while Redis is not there yet (readiness shows it meanwhile).
-    False if told to stop first."""
-    while not stop.is_set():
-        try:
-            await consumer.register()
-            return True
-        except (RedisError, OSError) as exc:
-            log.warning("waiting for redis", extra={"error": str(exc)})
-            await pause(stop, 1.0)
-    return False
+def _posters(
+    config: Config, section: BackDataSection, consumer: Consumer, hook: Webhook
+) -> list[Poster]:
+    """``concurrency`` posters sharing the consumer (one takes at a time), the order gate
+    and the retry policy."""
+    retrying = Retrying(
+        section.retry_initial_seconds,
+        section.retry_max_seconds,
+        section.max_event_age_seconds,
+    )
+    take_lock, gate = asyncio.Lock(), OrderGate()
+    return [
+        Poster(
+            f"p{n}",
+            consumer,
+            take_lock,
+            gate,
+            hook,
+            section.batch_size,
+            retrying,
+            batch_wait=section.batch_wait_seconds,
+            trace_settings=TraceSettings.of(config.global_.trace),
+        )
+        for n in range(section.concurrency)
+    ]
 
 
-async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
-    assert isinstance(prepared, Prepared)
+async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None:
     section = prepared.section
     rq = config.global_.reliable_queue
     redis = redisconn.connect(section.reliable_queue.redis, blocking_timeout=IDLE_WAIT_SECONDS)
-    queue = ReliableQueue(
-        redis,
-        config.global_.backdata.queue_name,
-        max_attempts=rq.max_attempts,
-        heartbeat_timeout=rq.heartbeat_timeout_seconds,
-    )
+    queue = configured(redis, config.global_.backdata.queue_name, rq)
     consumer = queue.consumer(default_consumer_id(SERVICE))
 
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
-
-    health = HealthServer(section.prometheus, {"redis": redis_ok})
+    health = HealthServer(section.prometheus, {"redis": redisready.answers(redis)})
     await health.start()
     # The heartbeat and monitor outlive the posters: they keep our processing list ours
     # until the last in-flight POST is settled and the rest released.
@@ -106,31 +112,12 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     background: list[asyncio.Task[None]] = []
     loops: list[asyncio.Task[None]] = []
     try:
-        if not await _register(consumer, stop):
+        if not await redisready.register_when_up(consumer, stop):
             return
         background.append(asyncio.create_task(consumer.keep_alive(background_stop)))
         background.append(asyncio.create_task(monitor(queue, consumer, background_stop)))
-        retrying = Retrying(
-            section.retry_initial_seconds,
-            section.retry_max_seconds,
-            section.max_event_age_seconds,
-        )
         async with Webhook(prepared.webhook) as hook:
-            take_lock, gate = asyncio.Lock(), OrderGate()
-            posters = [
-                Poster(
-                    f"p{n}",
-                    consumer,
-                    take_lock,
-                    gate,
-                    hook,
-                    section.batch_size,
-                    retrying,
-                    batch_wait=section.batch_wait_seconds,
-                    trace_settings=TraceSettings.of(config.global_.trace),
-                )
-                for n in range(section.concurrency)
-            ]
+            posters = _posters(config, section, consumer, hook)
             loops = [asyncio.create_task(p.run(stop)) for p in posters]
             log.info(
                 "posting events",

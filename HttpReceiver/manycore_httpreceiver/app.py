@@ -30,7 +30,6 @@ from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
 from aiohttp import BasicAuth, web
-from prometheus_client import Counter
 
 from manycore_common.auth import Credentials
 from manycore_common.idempotency import parse_idempotency_key
@@ -38,6 +37,7 @@ from manycore_common.intake import DROPPED, Intake, Submitted, TemporarilyUnavai
 from manycore_common.message import MessageRejected, too_large
 
 from .login import LoginThrottle, attempt_key
+from .metrics import AUTH_FAILURES, DUPLICATES, PROXY_LOCKOUTS_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +45,6 @@ ACCEPTED_TYPES = ("application/octet-stream", "message/rfc822")
 RETRY_AFTER_SECONDS = 30
 READ_CHUNK = 64 * 1024
 
-AUTH_FAILURES = Counter(
-    "httpreceiver_auth_failures",
-    "Failed HTTP Basic auth attempts, by reason (missing, bad-credentials, locked-out)",
-    ["reason"],
-)
-for _reason in ("missing", "bad-credentials", "locked-out"):
-    AUTH_FAILURES.labels(_reason)
-DUPLICATES = Counter(
-    "httpreceiver_duplicates",
-    "Messages whose X-Uuid or Idempotency-Key was claimed within the idempotency window: "
-    "answered 200 as the first one was, not queued again. By key: x-uuid, idempotency-key",
-    ["key"],
-)
-for _key in ("x-uuid", "idempotency-key"):
-    DUPLICATES.labels(_key)
-PROXY_LOCKOUTS_REFUSED = Counter(
-    "httpreceiver_proxy_lockouts_refused",
-    "Failed logins not counted against a trusted proxy's own address (X-Forwarded-For named "
-    "no client outside trusted-proxies): locking it out would lock out every client behind it",
-)
 #: At most one misconfiguration warning about a proxy per this many seconds.
 PROXY_WARNING_SECONDS = 60.0
 

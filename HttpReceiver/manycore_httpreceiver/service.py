@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from redis.asyncio import Redis
 
-from manycore_common import redisconn, workers
+from manycore_common import redisconn, redisready, workers
 from manycore_common.auth import Credentials
 from manycore_common.config import Config, HttpReceiverSection
 from manycore_common.health import HealthServer
@@ -50,8 +50,7 @@ def _unsubscribe_routes(
     )
 
 
-async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
-    assert isinstance(prepared, HttpReceiverSection)
+async def serve(config: Config, prepared: HttpReceiverSection, stop: asyncio.Event) -> None:
     section = prepared
     redis = redisconn.connect(section.reliable_queue.redis)
     intake = Intake.from_config(config, redis, section.max_message_size)
@@ -89,10 +88,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         extra={"address": section.bind.inet_interface, "port": section.bind.inet_port},
     )
 
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
-
-    health = HealthServer(section.prometheus, {"redis": redis_ok})
+    health = HealthServer(section.prometheus, {"redis": redisready.answers(redis)})
     if handoff is None:
         await health.start()
     try:
@@ -106,8 +102,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
         await redis.aclose()
 
 
-def _section(prepared: object) -> HttpReceiverSection:
-    assert isinstance(prepared, HttpReceiverSection)
+def _section(prepared: HttpReceiverSection) -> HttpReceiverSection:
     return prepared
 
 

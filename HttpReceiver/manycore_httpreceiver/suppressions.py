@@ -27,7 +27,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -45,27 +44,13 @@ from .app import (
     error,
     read_body,
 )
+from .metrics import API_ERRORS
 
 MAX_IMPORT = 10_000
 #: 10,000 entries of a long address each, with room to spare.
 MAX_BODY = 4 * 1024 * 1024
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
-
-API_ERRORS = Counter(
-    "httpreceiver_suppression_api_errors",
-    "Suppression API requests refused, by reason",
-    ["reason"],
-)
-for _reason in (
-    "bad-request",
-    "not-found",
-    "too-many-entries",
-    "unavailable",
-    "too-large",
-    "request-timeout",
-):
-    API_ERRORS.labels(_reason)
 
 
 class ApiError(Exception):

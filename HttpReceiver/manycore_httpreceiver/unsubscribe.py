@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from manycore_common import events, keyspace
@@ -42,15 +41,10 @@ from manycore_common.suppressionpolicy import ops_for_event
 from manycore_common.suppressionstore import emit_once_suppressing
 from manycore_common.unsubscribe import Token, once_marker, read_token
 
+from .metrics import RESULTS
+
 log = logging.getLogger(__name__)
 
-RESULTS = Counter(
-    "httpreceiver_unsubscribe",
-    "One-click unsubscribe requests, by result (ok, repeated, invalid, expired, unavailable)",
-    ["result"],
-)
-for _result in ("ok", "repeated", "invalid", "expired", "unavailable"):
-    RESULTS.labels(_result)
 
 SOURCE = "httpreceiver"
 #: A repeated POST of the same token within this time gives no second event (at least).

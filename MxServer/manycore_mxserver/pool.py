@@ -22,23 +22,14 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from prometheus_client import Counter
-
 from manycore_common.feedbacktag import Tag
 
 from .authenticate import Analysis, Scope, analyse
 from .classify import Classification, Envelope, Settings, classify
+from .metrics import CLASSIFY_FAILED
 
 log = logging.getLogger(__name__)
 
-CLASSIFY_FAILED = Counter(
-    "mxserver_classify_failed",
-    "Messages kept as unclassified because classification took longer than "
-    "classifier.timeout-seconds (timeout) or its worker process died (crash)",
-    ["reason"],
-)
-for _reason in ("timeout", "crash"):
-    CLASSIFY_FAILED.labels(_reason)
 
 #: Longest a new worker process may take to start (import the classifier) before it counts
 #: as broken.

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -31,6 +30,18 @@ from manycore_common.unsubscribe import once_marker
 
 from .authenticate import Analysis, Finding, bounce_type
 from .limits import RateLimiter
+from .metrics import (
+    NOT_KEPT,
+    RECEIVED_AUTOREPLY,
+    RECEIVED_BOUNCE,
+    RECEIVED_DELAY,
+    RECEIVED_OWN_DSN,
+    RECEIVED_SPAM_REPORT,
+    RECEIVED_UNCLASSIFIED,
+    RECEIVED_UNSUBSCRIBE,
+    REPORTS_TRUNCATED,
+    UNPROVEN,
+)
 from .senders import Senders
 
 SOURCE = "mxserver"
@@ -39,48 +50,6 @@ ONCE_SECONDS = 30 * 24 * 3600
 AUTOREPLY_ONCE_SECONDS = 24 * 3600
 #: What a stored unclassified item may add to the message itself (envelope, note), at most.
 ITEM_OVERHEAD = 8 * 1024
-
-RECEIVED_UNSUBSCRIBE = Counter(
-    "mxserver_received_unsubscribe", "Total number of unsubscribe emails received"
-)
-RECEIVED_UNCLASSIFIED = Counter(
-    "mxserver_received_unclassified", "Total number of unclassified emails received"
-)
-RECEIVED_BOUNCE = Counter(
-    "mxserver_received_bounce",
-    "Bounce reports received (asynchronous DSNs and text bounces), by type of the first failure",
-    ["type"],
-)
-RECEIVED_AUTOREPLY = Counter("mxserver_received_autoreply", "Auto-replies received")
-RECEIVED_SPAM_REPORT = Counter("mxserver_received_spam_report", "Spam reports (ARF) received")
-RECEIVED_DELAY = Counter(
-    "mxserver_received_delay_notice", "Delay notices received (temporary, no event)"
-)
-RECEIVED_OWN_DSN = Counter(
-    "mxserver_received_own_dsn", "DSNs written by our own Postfix (already reported, no event)"
-)
-UNPROVEN = Counter(
-    "mxserver_unproven_reports",
-    "Bounces, auto-replies and spam reports no verified tag ties to a recipient we mailed "
-    "(no event; kept as unclassified), by kind",
-    ["kind"],
-)
-REPORTS_TRUNCATED = Counter(
-    "mxserver_reports_truncated",
-    "Reports with more failed recipients than limits.max-failures-per-report (the rest not read)",
-)
-NOT_KEPT = Counter(
-    "mxserver_unclassified_not_kept",
-    "Unclassified messages accepted but not stored: over unclassified.untagged-per-client "
-    "(per-client) or unclassified.tagged-per-uuid (per-tag)",
-    ["reason"],
-)
-for _type in ("hard", "soft", "unroutable"):
-    RECEIVED_BOUNCE.labels(_type)
-for _kind in ("bounce", "autoreply", "spam-report"):
-    UNPROVEN.labels(_kind)
-for _reason in ("per-client", "per-tag"):
-    NOT_KEPT.labels(_reason)
 
 
 def once_key(f: Finding) -> str:

@@ -101,8 +101,7 @@ def _recorder(config: Config, prepared: Prepared, redis: Redis) -> Recorder:
     )
 
 
-async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
-    assert isinstance(prepared, Prepared)
+async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None:
     section = prepared.section
     redis = redisconn.connect(section.reliable_queue.redis)
     recorder = _recorder(config, prepared, redis)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
-from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from manycore_common import feedbacktag
@@ -30,31 +29,12 @@ from .authenticate import Analysis
 from .classify import Classification
 from .dataread import read_data
 from .limits import ConnectionLimiter, RateLimiter, Slots, client_key
+from .metrics import REFUSED
 from .pool import ClassifierPool, Job
 from .record import Recorder
 
 log = logging.getLogger(__name__)
 
-REFUSED = Counter(
-    "mxserver_refused",
-    "SMTP commands or messages refused, by reason (relay, bad-tag, too-many-recipients, "
-    "too-many-commands, too-many-connections, rate-limit, too-large, line-too-long, "
-    "redis-unavailable, busy)",
-    ["reason"],
-)
-for _reason in (
-    "relay",
-    "bad-tag",
-    "too-many-recipients",
-    "too-many-commands",
-    "too-many-connections",
-    "rate-limit",
-    "too-large",
-    "line-too-long",
-    "redis-unavailable",
-    "busy",
-):
-    REFUSED.labels(_reason)
 
 __all__ = ["Handler", "MxSMTP", "RateLimiter", "TaggedEnvelope"]
 

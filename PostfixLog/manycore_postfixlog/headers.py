@@ -3,37 +3,20 @@
 Nothing else in the message may change: it is DKIM-signed. ``X-ReturnPathIb`` is not covered
 by the signature (the Transformer adds it for us), so removing and re-adding it is safe, and
 so is removing the ``Received`` line our own Postfix prepended (RFC 5321 §4.4: each relay
-adds one at the top; it is never signed).
+adds one at the top; it is never signed). Where the header section ends and how it is cut
+into fields is ``manycore_common.rawheaders``' one rule (CRLF from our queues and LF from
+``postcat`` read alike).
 """
 
 from __future__ import annotations
 
 import re
 
+from manycore_common import rawheaders
+
 RETURN_PATH_HEADER = b"x-returnpathib"
 #: RFC 5322 §2.2: a field name is printable ASCII except colon, followed by a colon.
 _FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
-
-
-def split_header(data: bytes) -> tuple[bytes, bytes, bytes]:
-    """(header section, the empty line that ends it, body). Works with CRLF or LF lines."""
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        end = data.find(sep)
-        if end >= 0:
-            half = len(sep) // 2
-            return data[: end + half], data[end + half : end + len(sep)], data[end + len(sep) :]
-    return data, b"", b""
-
-
-def fields(header: bytes) -> list[bytes]:
-    """The header section as whole fields, each with its continuation lines and line end."""
-    out: list[bytes] = []
-    for line in header.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t") and out:
-            out[-1] += line  # folded continuation (RFC 5322 §2.2.3)
-        else:
-            out.append(line)
-    return out
 
 
 def field_name(field: bytes) -> bytes:
@@ -48,10 +31,10 @@ def field_value(field: bytes) -> str:
 
 def take_return_path(data: bytes) -> tuple[str | None, bytes]:
     """The first ``X-ReturnPathIb`` value and the message without any such field."""
-    header, blank, body = split_header(data)
+    header, blank, body = rawheaders.split(data)
     found: str | None = None
     kept = []
-    for f in fields(header):
+    for f in rawheaders.fields(header):
         if field_name(f) == RETURN_PATH_HEADER:
             if found is None:
                 found = field_value(f) or None
@@ -62,8 +45,8 @@ def take_return_path(data: bytes) -> tuple[str | None, bytes]:
 
 def add_return_path(data: bytes, return_path: str) -> bytes:
     """``X-ReturnPathIb`` as the Transformer places it: right after the DKIM signatures."""
-    header, blank, body = split_header(data)
-    all_fields = fields(header)
+    header, blank, body = rawheaders.split(data)
+    all_fields = rawheaders.fields(header)
     eol = b"\r\n" if header.endswith(b"\r\n") or not header else b"\n"
     at = 0
     while at < len(all_fields) and field_name(all_fields[at]) == b"dkim-signature":
@@ -75,8 +58,8 @@ def add_return_path(data: bytes, return_path: str) -> bytes:
 def drop_own_received(data: bytes, queue_id: str) -> bytes:
     """Remove the topmost ``Received`` field when our Postfix wrote it (``id <queue id>``),
     so a message handed back and injected again does not collect one per round trip."""
-    header, blank, body = split_header(data)
-    all_fields = fields(header)
+    header, blank, body = rawheaders.split(data)
+    all_fields = rawheaders.fields(header)
     ours = rb"\bid " + re.escape(queue_id.encode()) + rb"\b"
     if all_fields and field_name(all_fields[0]) == b"received" and re.search(ours, all_fields[0]):
         all_fields = all_fields[1:]
@@ -94,7 +77,7 @@ def mail_options(sender: str, rcpts: list[str], data: bytes) -> list[str]:
     options = []
     if not data.isascii():
         options.append("BODY=8BITMIME")
-    header, _, _ = split_header(data)
+    header, _, _ = rawheaders.split(data)
     texts = [sender, *rcpts]
     if any(not t.isascii() for t in texts) or not header.isascii():
         options.append("SMTPUTF8")

@@ -1,13 +1,5 @@
 """``manycore-postfixlog``: run a private Postfix, feed it from the to-postfix queue, and turn
-its log into events.
-
-Tasks while running:
-
-* feeders (``smtp-connections`` of them): take an item, hand it to Postfix in one SMTP
-  transaction, record queue id → message in Redis, then ack (pull → call → record → ack);
-  they pull only while Postfix's active + incoming queues are below ``max-active-incoming``;
-* the log loop: follower → parser → events (``processor``);
-* the monitor: queue sizes for metrics and backpressure, and Postfix's health.
+its log into events. What runs meanwhile (feeders, the log loop, the monitor) is ``app``.
 
 Graceful stop (README "Termination"): stop pulling and give back what is held, keep Postfix
 from retrying deferred mail, let it finish the deliveries in progress for at most
@@ -19,47 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
 import signal
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from manycore_common import events, redisconn, trace
+from manycore_common import redisconn, redisready
 from manycore_common.config import Config, PostfixLogSection
 from manycore_common.health import HealthServer
-from manycore_common.item import Item
 from manycore_common.lifecycle import run_service
-from manycore_common.queue import Consumer, ReliableQueue, default_consumer_id
-from manycore_common.suppressionmetrics import count_suppressions
-from manycore_common.suppressionpolicy import ops_for_event
+from manycore_common.queue import ReliableQueue, configured
 
-from . import metrics, outcomes, requeue, tracing
+from . import requeue
 from . import settings as settings_module
-from .follower import LogFollower
-from .headers import take_return_path
-from .injector import Injected, Injector, NotSent, PermanentFailure, TemporaryFailure
+from .app import SERVICE, TAKE_TIMEOUT, PostfixLog
 from .instance import PostfixError, PostfixInstance
-from .processor import SOURCE, LogProcessor
 from .reload import Reloader, config_files
 from .settings import Settings
-from .state import Claim, Held, Message, State
 
 log = logging.getLogger(__name__)
-
-SERVICE = "postfixlog"
-#: Longest BLMOVE of a feeder (also bounds how fast a feeder notices a stop).
-TAKE_TIMEOUT = 0.5
-#: Pause after a Redis error, a temporary injection failure, or while Postfix's queue is full.
-BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 10.0
-MONITOR_SECONDS = 0.5
-LOG_IDLE_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -73,378 +46,73 @@ def prepare(config: Config) -> Prepared:
     return Prepared(section, settings_module.from_config(config))
 
 
-def item_key(item: Item) -> str:
-    """The item's id (the Transformer keeps the receiver's); an item without one is named by
-    its content, which stays the same when the reaper hands it back."""
-    return item.id or hashlib.sha256(item.raw).hexdigest()[:32]
-
-
-class PostfixLog:
-    def __init__(
-        self,
-        settings: Settings,
-        redis: Redis,
-        incoming: ReliableQueue,
-        event_queue: ReliableQueue,
-        instance: PostfixInstance,
-    ) -> None:
-        self.settings = settings
-        self.redis = redis
-        self.incoming = incoming
-        self.event_queue = event_queue
-        self.instance = instance
-        self.state = State(
-            redis,
-            settings.instance,
-            event_queue.name,
-            incoming.name,
-            settings.state_ttl_seconds,
-            replay_window=settings.replay_window_seconds,
-        )
-        self.consumer: Consumer = incoming.consumer(default_consumer_id(SERVICE))
-        self.follower = LogFollower(settings.paths.logfile)
-        self.processor = LogProcessor(
-            self.state,
-            self.follower,
-            deferred_events=settings.deferred_events,
-            echo=settings.echo_postfix_log,
-            trace_settings=settings.trace,
-            suppression=settings.suppression,
-        )
-        self.active_incoming = 0
-        self.feed_stop = asyncio.Event()
-        self.log_stop = asyncio.Event()
-        self.expected_stop = False
-
-    # ------------------------------------------------------------------ feeders
-
-    async def feed(self) -> None:
-        injector = Injector("127.0.0.1", self.settings.smtpd_port, self.settings.myhostname)
-        try:
-            while not self.feed_stop.is_set():
-                if self.active_incoming >= self.settings.max_active_incoming:
-                    # Backpressure: mail waits in Redis, not in an overfull active queue.
-                    metrics.BACKPRESSURE.set(1)
-                    await asyncio.sleep(BACKOFF_SECONDS)
-                    continue
-                metrics.BACKPRESSURE.set(0)
-                try:
-                    item = await self.consumer.take(TAKE_TIMEOUT)
-                    if item is not None:
-                        metrics.POLLED.inc()
-                        await self.handle(item, injector)
-                except (RedisError, OSError) as exc:
-                    log.warning("redis error, backing off", extra={"error": str(exc)})
-                    await asyncio.sleep(BACKOFF_SECONDS)
-        finally:
-            await injector.close()
-
-    async def ask_claim(self, item: Item, claimer: str) -> Claim:
-        try:
-            return await self.state.claim(item_key(item), claimer, time.monotonic())
-        except (RedisError, OSError):
-            # It cannot be returned now (Redis fails): forgotten, it is a stray that
-            # keep_alive returns once Redis answers, instead of staying held for good.
-            self.consumer.forget(item)
-            raise
-
-    async def claim(self, item: Item) -> Claim | None:
-        """Claim the item before injecting it (issue 17 item 4). None: not ours to inject
-        (already injected: acked; claimed by another feeder: put back at the end of the
-        queue, and this feeder pauses). The claimer is this one attempt (consumer id plus a
-        random part), not the process: two feeders of one process must not share a claim."""
-        claim = await self.ask_claim(item, f"{self.consumer.id}/{os.urandom(4).hex()}")
-        if claim.status == "done":
-            # Already in a Postfix (our ack was lost, or the reaper gave it back): not twice.
-            await self.consumer.ack(item)
-            return None
-        if claim.status == "held":
-            # Another consumer is injecting it, or stalled while doing so (its items were
-            # reclaimed meanwhile): it injects and records it, or its claim runs out.
-            metrics.CLAIMED_ELSEWHERE.inc()
-            log.info(
-                "item claimed by another consumer",
-                extra={"uuid": item.uuid, "holder": claim.holder},
-            )
-            await self.consumer.hand_over(item, self.incoming, item.raw)
-            await asyncio.sleep(BACKOFF_SECONDS)
-            return None
-        return claim
-
-    async def handle(self, item: Item, injector: Injector) -> None:
-        header_sender, data = take_return_path(item.payload)
-        sender = header_sender or item.header.get("return_path")
-        rcpts = [str(r) for r in item.header.get("rcpts") or []]
-        if not sender or not rcpts:
-            await self.reject(item, "the item has no X-ReturnPathIb or no recipients")
-            return
-        claim = await self.claim(item)
-        if claim is None:
-            return
-        msg = Message(
-            uuid=item.uuid,
-            stream_id=item.stream_id,
-            from_domain=item.header.get("from_domain"),
-            return_path=str(sender),
-            rcpts=tuple(rcpts),
-            item_id=item_key(item),
-        )
-        claimer = str(claim.holder)
-        injected = await self.inject(item, injector, msg, data, claim)
-        if injected is None:
-            with contextlib.suppress(RedisError, OSError):  # else it runs out
-                await self.state.unclaim(item_key(item), claimer)
-            return
-        await self.record(item, msg, injected, claimer)
-
-    async def inject(
-        self, item: Item, injector: Injector, msg: Message, data: bytes, claim: Claim
-    ) -> Injected | None:
-        """Hand over, retrying temporary failures in place (the item stays ours; nothing
-        was queued). None when the item was settled otherwise or the stop came first."""
-        backoff = BACKOFF_SECONDS
-        while True:
-            try:
-                if not claim.fresh(time.monotonic()):
-                    claim = await self.ask_claim(item, str(claim.holder))
-                    if claim.status != "mine":
-                        await self.leave(item, claim)
-                        return None
-                return await injector.send(msg.return_path, list(msg.rcpts), data, _guard(claim))
-            except NotSent:
-                continue  # a stall between the check above and DATA: claim again
-            except PermanentFailure as exc:
-                metrics.INJECT_FAILURES.labels("permanent").inc()
-                await self.reject(item, f"postfix refused the message: {exc}")
-                return None
-            except TemporaryFailure as exc:
-                metrics.INJECT_FAILURES.labels("temporary").inc()
-                log.warning("postfix did not take the message", extra={"error": str(exc)})
-                if self.feed_stop.is_set():
-                    return None  # still held: released to the queue by the stop
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-
-    async def leave(self, item: Item, claim: Claim) -> None:
-        """Our claim ran out (a stall longer than half of it) and the item is no longer ours
-        to inject: injected meanwhile (ack), or claimed by another consumer (put back, which
-        does nothing if the reaper already gave it away)."""
-        log.warning(
-            "claim lost before injecting", extra={"uuid": item.uuid, "holder": claim.holder}
-        )
-        if claim.status == "done":
-            await self.consumer.ack(item)
-        else:
-            await self.consumer.hand_over(item, self.incoming, item.raw)
-
-    async def record(self, item: Item, msg: Message, injected: Injected, claimer: str) -> None:
-        """Queue id → message, the refused recipients' events and the ack, in one step.
-        Retried until Redis takes it: the message is in Postfix, so sending it again is not
-        an option."""
-        now = time.time()
-        refusals = [
-            outcomes.refusal_event(msg, r.rcpt, r.code, r.reply, now) for r in injected.refused
-        ]
-        raws = [events.encode_event(e, source=SOURCE) for e in refusals]
-        domains = [msg.from_domain] if msg.from_domain else []
-        suppress = [
-            op for e in refusals for op in ops_for_event(e, domains, self.settings.suppression)
-        ]
-        accepted = replace(msg, rcpts=injected.accepted)
-        backoff = BACKOFF_SECONDS
-        while True:
-            try:
-                held = Held(claimer, self.consumer.processing_key, item.raw)
-                if await self.state.record(
-                    item_key(item), injected.queue_id, accepted, raws, held, suppress
-                ):
-                    for event in refusals:
-                        metrics.count_event(event)
-                    count_suppressions(suppress, SOURCE)
-                break
-            except (RedisError, OSError) as exc:
-                log.warning("cannot record an injection, retrying", extra={"error": str(exc)})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-        if injected.queue_id is not None:
-            metrics.TO_POSTFIX.inc()
-        await self.trace_injection(item, injected)
-        log.debug(
-            "queued by postfix",
-            extra={"uuid": item.uuid, "queue_id": injected.queue_id, "refused": len(refusals)},
-        )
-        self.consumer.settled(item)  # the record acked it, in the same step
-
-    async def trace_injection(self, item: Item, injected: Injected) -> None:
-        """``injected`` in ``trace:<uuid>``: right after the record script (its own pipelined
-        round trip; the record stays one script and its retry loop stays trace-free)."""
-        if item.uuid:
-            record = tracing.injected(
-                injected.queue_id,
-                self.settings.instance,
-                item_key(item),
-                len(injected.accepted),
-                [r.rcpt for r in injected.refused],
-                time.time(),
-            )
-            await trace.write(self.redis, self.settings.trace, [(item.uuid, record)])
-
-    async def reject(self, item: Item, reason: str) -> None:
-        event = events.error_event(SERVICE, reason, uuid=item.uuid, streamid=item.stream_id)
-        raw = events.encode_event(event, source=SOURCE)
-        await self.consumer.dead_letter(item, reason, (self.event_queue, raw))
-        log.warning("message dead-lettered", extra={"uuid": item.uuid, "reason": reason})
-
-    def apply_settings(self, settings: Settings) -> None:
-        """A live config change (``reload``): read from here on by feeders, log and stop."""
-        self.settings = settings
-        self.processor.deferred_events = settings.deferred_events
-        self.processor.echo = settings.echo_postfix_log
-
-    async def start_postfix(self) -> None:
-        """Stop what a previous run left, undo what its stop could not finish, start."""
-        await self.instance.stop_leftovers()
-        await requeue.clean_up_after_stop(self.instance, self.state)
-        await self.instance.start()
-
-    # ------------------------------------------------------------------ log and monitor
-
-    async def follow_log(self) -> None:
-        while not self.log_stop.is_set():
-            try:
-                read = await self.processor.step()
-                self.maybe_rotate()
-            except (RedisError, OSError) as exc:
-                log.warning("log processing paused", extra={"error": str(exc)})
-                await asyncio.sleep(BACKOFF_SECONDS)
-                continue
-            if not read:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.log_stop.wait(), LOG_IDLE_SECONDS)
-
-    def maybe_rotate(self) -> None:
-        """Rotate once everything in the file is processed: rename, then SIGHUP master so
-        postlogd reopens the path (what postfix(1) ``logrotate`` does, minus compressing,
-        which would hide the file from us). The reload restarts qmgr, which delays by 60 s
-        any message a delivery agent still has open (qmgr_active.c, "file is locked"), so
-        the rotation waits for a moment without deliveries, unless the file grew to twice
-        the limit."""
-        limit = self.settings.log_rotate_bytes
-        if not limit or self.processor.waiting or self.processor.unread:
-            return
-        at_end, size = self.follower.at_end_of_current()
-        if not at_end or size < limit:
-            return
-        # Counted now, not the monitor's figure: that may be half a second old.
-        counts = self.instance.queue_counts()
-        quiet = counts["active"] + counts["incoming"] == 0
-        if quiet or size >= 2 * limit:
-            path = self.settings.paths.logfile
-            os.replace(path, path.with_name(path.name + ".1"))
-            self.instance.reopen_log()
-            metrics.LOG_ROTATIONS.inc()
-            log.info("log file rotated", extra={"bytes": size})
-
-    def update_queue_metrics(self) -> dict[str, int]:
-        counts = self.instance.queue_counts()
-        for queue, count in counts.items():
-            metrics.QUEUE_MESSAGES[queue].set(count)
-        self.active_incoming = counts["active"] + counts["incoming"]
-        return counts
-
-    async def monitor(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(self.update_queue_metrics)
-            except OSError as exc:
-                log.warning("cannot count postfix's queue", extra={"error": str(exc)})
-            if not self.instance.running and not self.expected_stop:
-                log.error("postfix master exited; starting it again")
-                try:
-                    await self.instance.stop()
-                    await self.start_postfix()
-                except (PostfixError, RedisError, OSError) as exc:
-                    log.error("cannot start postfix again", extra={"error": str(exc)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), MONITOR_SECONDS)
-
-    # ------------------------------------------------------------------ stop
-
-    async def drain_postfix(self) -> None:
-        """Let deliveries in progress finish (bounded): deferred mail is put on hold so that
-        no new attempt starts, then wait for the active and incoming queues to empty."""
-        with contextlib.suppress(PostfixError):
-            await self.instance.hold_deferred()
-        deadline = time.monotonic() + self.settings.stop_grace_seconds
-        while time.monotonic() < deadline:
-            counts = await asyncio.to_thread(self.update_queue_metrics)
-            if counts["active"] + counts["incoming"] == 0:
-                return
-            await asyncio.sleep(0.1)
-        log.warning("stop grace period over with deliveries in progress; they are cut")
-
-
-def _guard(claim: Claim) -> Callable[[], bool]:
-    """Asked right before DATA: is our claim still fresh?"""
-    return lambda: claim.fresh(time.monotonic())
-
-
-async def _until_redis(consumer: Consumer, stop: asyncio.Event) -> None:
-    while True:
-        try:
-            await consumer.register()
-            return
-        except (RedisError, OSError) as exc:
-            if stop.is_set():
-                raise
-            log.warning("waiting for redis", extra={"error": str(exc)})
-            await asyncio.sleep(1)
-
-
-async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
-    assert isinstance(prepared, Prepared)
-    section, settings = prepared.section, prepared.settings
+def _app(config: Config, prepared: Prepared, redis: Redis) -> PostfixLog:
     rq = config.global_.reliable_queue
-    redis = redisconn.connect(section.reliable_queue.redis, blocking_timeout=TAKE_TIMEOUT)
-    incoming = ReliableQueue(
-        redis,
-        config.global_.postfix.incoming_queue_name,
-        max_attempts=rq.max_attempts,
-        heartbeat_timeout=rq.heartbeat_timeout_seconds,
-    )
+    incoming = configured(redis, config.global_.postfix.incoming_queue_name, rq)
     event_queue = ReliableQueue(redis, config.global_.backdata.queue_name)
-    instance = PostfixInstance(settings)
-    app = PostfixLog(settings, redis, incoming, event_queue, instance)
+    instance = PostfixInstance(prepared.settings)
+    return PostfixLog(prepared.settings, redis, incoming, event_queue, instance)
 
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
+
+async def _start_postfix(app: PostfixLog, stop: asyncio.Event) -> bool:
+    """Write its config, check it, wait for Redis, then start Postfix (exit 1 if it fails).
+    False when told to stop while waiting for Redis."""
+    try:
+        app.instance.write_config()
+        await app.instance.check()
+        if not await redisready.register_when_up(app.consumer, stop):
+            return False
+        await app.start_postfix()
+    except PostfixError as exc:
+        log.error("cannot start postfix", extra={"error": str(exc)})
+        raise SystemExit(1) from None
+    return True
+
+
+async def _shut_down(
+    app: PostfixLog, tasks: list[asyncio.Task[None]], monitor_stop: asyncio.Event, started: bool
+) -> None:
+    """Stop Postfix and the loops, read the log to its end, hand Postfix's queue back (or
+    keep it: ``queue-on-stop``)."""
+    app.feed_stop.set()
+    app.expected_stop = True
+    monitor_stop.set()
+    await app.instance.stop()
+    app.log_stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if started:
+        with contextlib.suppress(RedisError, OSError):
+            await app.processor.drain()
+            await requeue.settle_on_stop(app.instance, app.state)
+    app.follower.close()
+
+
+async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None:
+    section, settings = prepared.section, prepared.settings
+    redis = redisconn.connect(section.reliable_queue.redis, blocking_timeout=TAKE_TIMEOUT)
+    app = _app(config, prepared, redis)
 
     async def postfix_ok() -> bool:
         # Not a TCP probe of smtpd: each would add "lost connection after CONNECT" to the log.
-        return instance.ready
+        return app.instance.ready
 
-    health = HealthServer(section.prometheus, {"redis": redis_ok, "postfix": postfix_ok})
+    health = HealthServer(
+        section.prometheus, {"redis": redisready.answers(redis), "postfix": postfix_ok}
+    )
     await health.start()
     monitor_stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
-    keeper: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []  # the log loop, the monitor and the heartbeat
     started = False
     try:
-        try:
-            instance.write_config()
-            await instance.check()
-            await _until_redis(app.consumer, stop)
-            await app.start_postfix()
-        except PostfixError as exc:
-            log.error("cannot start postfix", extra={"error": str(exc)})
-            raise SystemExit(1) from None
+        if not await _start_postfix(app, stop):
+            return
         await app.processor.start()
         started = True
-        keeper = asyncio.create_task(app.consumer.keep_alive(app.feed_stop))
         tasks.append(asyncio.create_task(app.follow_log()))
         tasks.append(asyncio.create_task(app.monitor(monitor_stop)))
+        tasks.append(asyncio.create_task(app.consumer.keep_alive(app.feed_stop)))
         feeders = [asyncio.create_task(app.feed()) for _ in range(settings.smtp_connections)]
-        reloader = Reloader(config, config_files(), instance, app.apply_settings)
+        reloader = Reloader(config, config_files(), app.instance, app.apply_settings)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.requested.set)
         tasks.append(asyncio.create_task(reloader.watch(stop)))
         log.info("feeding postfix", extra={"instance": settings.instance})
@@ -456,19 +124,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
             await app.consumer.release()
         await app.drain_postfix()
     finally:
-        app.feed_stop.set()
-        app.expected_stop = True
-        monitor_stop.set()
-        await instance.stop()
-        app.log_stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if keeper is not None:
-            await asyncio.gather(keeper, return_exceptions=True)
-        if started:
-            with contextlib.suppress(RedisError, OSError):
-                await app.processor.drain()
-                await requeue.settle_on_stop(instance, app.state)
-        app.follower.close()
+        await _shut_down(app, tasks, monitor_stop, started)
         await health.stop()
         await redis.aclose()
 

@@ -59,8 +59,7 @@ def prepare(config: Config) -> Prepared:
     return Prepared(section, hostname, context)
 
 
-async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
-    assert isinstance(prepared, Prepared)
+async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None:
     section = prepared.section
     redis = redisconn.connect(section.reliable_queue.redis)
     intake = Intake.from_config(config, redis, section.max_message_size)
@@ -97,8 +96,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     )
 
 
-def _section(prepared: object) -> ReceiverSection:
-    assert isinstance(prepared, Prepared)
+def _section(prepared: Prepared) -> ReceiverSection:
     return prepared.section
 
 

@@ -9,7 +9,6 @@ import re
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
-from prometheus_client import Counter
 
 from manycore_common.auth import Credentials, FailureThrottle
 from manycore_common.intake import DROPPED, Intake, TemporarilyUnavailable
@@ -22,21 +21,9 @@ from manycore_common.smtpserver import (
     with_enhanced_status_codes,
 )
 
-log = logging.getLogger(__name__)
+from .metrics import AUTH_FAILURES, DUPLICATES
 
-AUTH_FAILURES = Counter(
-    "receiver_auth_failures",
-    "Failed SMTP AUTH attempts, by reason (bad-credentials, locked-out; missing: MAIL, RCPT "
-    "or DATA without AUTH)",
-    ["reason"],
-)
-for _reason in ("bad-credentials", "locked-out", "missing"):
-    AUTH_FAILURES.labels(_reason)
-DUPLICATES = Counter(
-    "receiver_duplicates",
-    "Messages whose X-Uuid was queued within the idempotency window: answered 250 as the "
-    "first one was, not queued again",
-)
+log = logging.getLogger(__name__)
 
 
 def _peer_ip(session: Session) -> str:

@@ -17,11 +17,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, RedisError
 
-from manycore_common import redisconn
+from manycore_common import redisconn, redisready
 from manycore_common.config import Config, ConfigError, RedisSection, RedisServer
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
@@ -31,16 +31,13 @@ from manycore_common.queuectl import queue_names
 from . import acl, roles
 from . import backup as backups
 from . import server as redis_server
-from .exporter import QueueCollector, poll, readme_gauges
+from .exporter import poll
+from .metrics import BACKUPS, QueueCollector, readme_gauges
 
 log = logging.getLogger(__name__)
 
 SERVICE = "redis"
 ADOPT_RETRY_SECONDS = 5.0
-
-BACKUPS = Counter("redis_backups", "Backups uploaded to object storage, by outcome", ["outcome"])
-for _outcome in ("ok", "failed"):
-    BACKUPS.labels(_outcome)
 
 
 @dataclass(frozen=True)
@@ -76,8 +73,7 @@ def prepare(config: Config) -> Prepared:
     return Prepared(section, store)
 
 
-async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
-    assert isinstance(prepared, Prepared)
+async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None:
     section = prepared.section
     settings = section.server
     if settings is not None and settings.role == "sentinel":
@@ -92,10 +88,7 @@ async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
     collector = QueueCollector(readme_gauges(config))
     REGISTRY.register(collector)
 
-    async def redis_ok() -> bool:
-        return bool(await client.ping())
-
-    health = HealthServer(section.prometheus, {"redis": redis_ok})
+    health = HealthServer(section.prometheus, {"redis": redisready.answers(client)})
     await health.start()
     inner_stop = asyncio.Event()
     tasks = _background(config, prepared, client, collector, running, inner_stop)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Set
 
+from manycore_common import rawheaders
+
 CRLF = b"\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
@@ -54,24 +56,19 @@ class Field:
 
 
 def split_message(data: bytes) -> tuple[list[Field], bytes]:
-    """Header fields and the body (everything after the empty line). ``data`` uses CRLF."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        head, body = data, b""
-        if not head.endswith(CRLF):
-            head += CRLF
-    else:
-        head, body = data[: end + 2], data[end + 4 :]
+    """Header fields and the body (everything after the empty line), split by
+    ``rawheaders``; ``data`` uses CRLF (``normalize_line_endings``). A last field without
+    its line end gets one; a message with no field at all is malformed (ValueError)."""
+    header, _, body = rawheaders.split(data)
+    if not header.endswith(CRLF):
+        header += CRLF
     fields: list[Field] = []
-    for line in head.split(CRLF)[:-1]:
-        if line[:1] in (b" ", b"\t") and fields:
-            last = fields[-1]
-            fields[-1] = Field(last.name, last.raw + line + CRLF, last.key)
-            continue
+    for raw in rawheaders.fields(header):
+        line = raw[: raw.find(b"\n")].removesuffix(b"\r")  # the field's first line
         name, colon, _ = line.partition(b":")
         if not colon or not name or name != name.strip() or b" " in name:
             raise ValueError(f"malformed header line: {line[:60]!r}")
-        fields.append(Field(name.decode("ascii", "replace"), line + CRLF))
+        fields.append(Field(name.decode("ascii", "replace"), raw))
     return fields, body
 
 

@@ -15,33 +15,30 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
-from prometheus_client import Counter, Histogram
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from manycore_common import events, redisconn, trace
-from manycore_common import item as item_format
+from manycore_common import events, redisconn, redisready, trace
 from manycore_common.config import Config, TransformerSection
+from manycore_common.consumer import Consumer
 from manycore_common.health import HealthServer
 from manycore_common.item import Item
 from manycore_common.lifecycle import run_service
-from manycore_common.queue import (
-    Consumer,
-    ReliableQueue,
-    default_consumer_id,
-    wait_for_doorbells,
-)
+from manycore_common.queue import ReliableQueue, configured, default_consumer_id, wait_for_doorbells
 from manycore_common.suppressionstore import SuppressionStore
 
 from . import settings as settings_module
+from .batch import SOURCE, Job, init_worker, item_rcpts, split_items, transform_batch
+from .identity import TransformError
+from .metrics import COPIES, ERRORS, POLLED_DEFAULT, POLLED_PRIMARY, PUSHED, SIGN_SECONDS, WARNINGS
 from .streams import StreamRegistry
 from .suppress import Checker, refresh_size
-from .transform import Settings, Transformed, TransformError, transform
+from .transform import Settings
 
 log = logging.getLogger(__name__)
 
-SERVICE = "transformer"
+SERVICE = SOURCE
 #: How long an idle loop sleeps on P0's and P1's doorbells before looking again. A push wakes
 #: it at once; this bounds only items that come back without one (reaper, requeue) and how
 #: long a stop waits.
@@ -50,118 +47,6 @@ IDLE_WAIT_SECONDS = 1.0
 BACKOFF_SECONDS = 0.5
 #: How often the suppression list's size gauge is read from Redis.
 SIZE_REFRESH_SECONDS = 15.0
-
-POLLED_PRIMARY = Counter(
-    "transformer_polled_primary", "Number of emails received from Receiver on priority queue"
-)
-POLLED_DEFAULT = Counter(
-    "transformer_polled_default", "Number of emails received from Receiver on default queue"
-)
-PUSHED = Counter("transformer_pushed", "Number of emails pushed to postfix queue")
-COPIES = Counter(
-    "transformer_pushed_copies",
-    "Items pushed to the postfix queue: one per recipient, each with its own return path",
-)
-ERRORS = Counter(
-    "transformer_errors",
-    "Messages that could not be transformed and went to the dead-letter list, by reason",
-    ["reason"],
-)
-WARNINGS = Counter(
-    "transformer_warnings", "Conditions worth a look that did not stop a message", ["reason"]
-)
-SIGN_SECONDS = Histogram(
-    "transformer_sign_seconds",
-    "Time to DKIM-sign one message: its body hash and every recipient's copy",
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
-)
-for _reason in (
-    "unknown-domain",
-    "bad-uuid",
-    "bad-from",
-    "unparseable",
-    "bad-recipients",
-    "too-many-copies",
-):
-    ERRORS.labels(_reason)
-for _reason in (
-    "weak-key",
-    "legacy-unsubscribe-address",
-    "untagged-unsubscribe-address",
-    "recipients-from-headers",
-    "stream-registry",
-    "stream-hash-collision",
-):
-    WARNINGS.labels(_reason)
-
-# ----------------------------------------------------------------- worker side (pure)
-
-_worker_settings: Settings | None = None
-
-
-def _init_worker(spec: settings_module.SettingsSpec) -> None:
-    global _worker_settings
-    _worker_settings = settings_module.build(spec)
-
-
-#: One message to transform: its bytes and the recipients in its item (None: To and Cc).
-Job = tuple[bytes, tuple[str, ...] | None]
-
-
-def transform_batch(
-    jobs: Sequence[Job], now: float, settings: Settings | None = None
-) -> list[tuple[str, Any]]:
-    """("ok", Transformed) or ("error", TransformError) per job; runs in a worker."""
-    active = settings or _worker_settings
-    assert active is not None, "worker not initialised"
-    out: list[tuple[str, Any]] = []
-    for payload, rcpts in jobs:
-        try:
-            out.append(("ok", transform(payload, active, now, rcpts)))
-        except TransformError as exc:
-            out.append(("error", exc))
-    return out
-
-
-def item_rcpts(item: Item) -> tuple[str, ...] | None:
-    """The recipients the receiver determined; None for an item that bypassed the receivers
-    (the Transformer then reads To and Cc)."""
-    rcpts = item.header.get("rcpts")
-    if isinstance(rcpts, list) and rcpts:
-        return tuple(str(r) for r in rcpts)
-    return None
-
-
-def split_items(header: dict[str, Any], result: Transformed) -> list[bytes]:
-    """One to-postfix item per recipient (VERP): each its own id, recipient, return path and
-    signed copy; the rest of the header as the input item had it."""
-    base = dict(header)
-    base.update(
-        {
-            "attempts": 0,
-            "source": SERVICE,
-            "uuid": result.uuid,
-            "stream_id": result.stream_id,
-            "from_domain": result.from_domain,
-        }
-    )
-    items = []
-    for copy in result.copies:
-        line = item_format.encode(
-            {
-                **base,
-                "id": item_format.new_item_id(),
-                "rcpts": [copy.rcpt],
-                "return_path": copy.return_path,
-            },
-            b"",
-        )
-        # One join, so the (shared) body is copied once, into the item itself.
-        items.append(b"".join((line, copy.head, copy.body)))
-    return items
-
-
-# ----------------------------------------------------------------- service side
 
 
 @dataclass(frozen=True)
@@ -334,63 +219,53 @@ class Worker:
         log.warning("message dead-lettered", extra={"uuid": uuid, "reason": error.reason})
 
 
-async def serve(config: Config, prepared: object, stop: asyncio.Event) -> None:
-    assert isinstance(prepared, Prepared)
-    section = prepared.section
+@dataclass(frozen=True)
+class Queues:
+    """P0 and P1 (taken from, P0 first), the Postfix queue and the event queue."""
+
+    consumers: tuple[Consumer, Consumer]
+    target: ReliableQueue
+    events: ReliableQueue
+
+
+def _queues(config: Config, redis: Redis) -> Queues:
     rq = config.global_.reliable_queue
-    redis = redisconn.connect(section.reliable_queue.redis, blocking_timeout=IDLE_WAIT_SECONDS)
-
-    def queue(name: str, hwm: int = 0, doorbell: bool = False) -> ReliableQueue:
-        return ReliableQueue(
-            redis,
-            name,
-            max_attempts=rq.max_attempts,
-            heartbeat_timeout=rq.heartbeat_timeout_seconds,
-            high_water_mark=hwm,
-            doorbell=doorbell,
-        )
-
-    primary = queue(rq.queue_names.primary_queue, doorbell=True)
-    default = queue(rq.queue_names.default_queue, doorbell=True)
-    target = queue(config.global_.postfix.incoming_queue_name, rq.high_water_mark)
-    event_queue = queue(config.global_.backdata.queue_name)
+    primary = configured(redis, rq.queue_names.primary_queue, rq, doorbell=True)
+    default = configured(redis, rq.queue_names.default_queue, rq, doorbell=True)
     consumer_id = default_consumer_id(SERVICE)
-    consumers = (primary.consumer(consumer_id), default.consumer(consumer_id))
+    return Queues(
+        (primary.consumer(consumer_id), default.consumer(consumer_id)),
+        configured(redis, config.global_.postfix.incoming_queue_name, rq, bounded=True),
+        configured(redis, config.global_.backdata.queue_name, rq),
+    )
 
+
+async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None:
+    section = prepared.section
+    redis = redisconn.connect(section.reliable_queue.redis, blocking_timeout=IDLE_WAIT_SECONDS)
+    queues = _queues(config, redis)
+    consumers = queues.consumers
     executor = _executor(section.workers, prepared.spec)
     settings = settings_module.build(prepared.spec)
     streams = StreamRegistry(redis)
     checker = Checker(SuppressionStore(redis), config.customer.common_config.suppression)
 
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
-
-    health = HealthServer(section.prometheus, {"redis": redis_ok})
+    health = HealthServer(section.prometheus, {"redis": redisready.answers(redis)})
     await health.start()
     inner_stop = asyncio.Event()
     keepers: list[asyncio.Task[None]] = []
     loops: list[asyncio.Task[None]] = []
     try:
         for consumer in consumers:
-            await _register(consumer, stop)
+            if not await redisready.register_when_up(consumer, stop):
+                return
             keepers.append(asyncio.create_task(consumer.keep_alive(inner_stop)))
-        workers = [
-            Worker(
-                *consumers,
-                target,
-                event_queue,
-                section,
-                executor,
-                settings,
-                streams,
-                checker,
-                trace.TraceSettings.of(config.global_.trace),
-            )
-            for _ in range(section.workers)
-        ]
+        tracing = trace.TraceSettings.of(config.global_.trace)
+        args = (*consumers, queues.target, queues.events, section, executor, settings, streams)
+        workers = [Worker(*args, checker, tracing) for _ in range(section.workers)]
         loops = [asyncio.create_task(w.run(inner_stop)) for w in workers]
         loops.append(asyncio.create_task(_watch_size(checker.store, inner_stop)))
-        log.info("transforming", extra={"workers": section.workers, "consumer": consumer_id})
+        log.info("transforming", extra={"workers": section.workers, "consumer": consumers[0].id})
         await stop.wait()
     finally:
         # Finish the batches in hand, then give back anything still held.
@@ -423,22 +298,9 @@ def _executor(workers: int, spec: settings_module.SettingsSpec) -> ProcessPoolEx
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
+        initializer=init_worker,
         initargs=(spec,),
     )
-
-
-async def _register(consumer: Consumer, stop: asyncio.Event) -> None:
-    """Register, retrying while Redis is not there yet (readiness shows it meanwhile)."""
-    while True:
-        try:
-            await consumer.register()
-            return
-        except (RedisError, OSError) as exc:
-            if stop.is_set():
-                raise
-            log.warning("waiting for redis", extra={"error": str(exc)})
-            await asyncio.sleep(1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

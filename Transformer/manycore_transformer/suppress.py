@@ -19,33 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-
 from manycore_common import events, feedbacktag
 from manycore_common import suppression as s
 from manycore_common.config import SuppressionSettings
 from manycore_common.message import STREAM_ID_RE, UUID_RE
 from manycore_common.suppressionstore import SuppressionStore
 
+from . import identity
 from .headers import normalize_line_endings, split_message
-from .transform import TransformError, _from_domain, _ids, distinct_recipients
-
-SUPPRESSED = Counter(
-    "transformer_suppressed_recipients",
-    "Recipients dropped because they are on the suppression list, by the entry's reason",
-    ["reason"],
-)
-SUPPRESSED_MESSAGES = Counter(
-    "transformer_suppressed_messages",
-    "Messages not sent at all: every recipient was on the suppression list",
-)
-LIST_SIZE = Gauge(
-    "suppression_list_entries",
-    "Entries on the suppression list (all sending domains), from the counter kept in Redis",
-    multiprocess_mode="max",
-)
-for _reason in s.REASONS:
-    SUPPRESSED.labels(_reason)
+from .identity import TransformError
+from .metrics import LIST_SIZE, SUPPRESSED, SUPPRESSED_MESSAGES
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +87,7 @@ def envelope(data: bytes, rcpts: Sequence[str] | None) -> Envelope | None:
         return None
     if streams and not STREAM_ID_RE.fullmatch(streams[0]):
         return None
-    domain = _from_domain(found.get(b"from", []))
+    domain = identity.from_domain(found.get(b"from", []))
     if domain is None:
         return None
     stream = streams[0] if streams else None
@@ -126,9 +109,9 @@ def _parsed(head: bytes) -> Envelope | None:
         index: dict[str, list[Any]] = {}
         for f in fields:
             index.setdefault(f.key, []).append(f)
-        uuid, stream_id = _ids(index)
-        domain = _from_domain([f.value for f in index.get("from", ())])
-        found, _ = distinct_recipients(None, index, uuid)
+        uuid, stream_id = identity.ids(index)
+        domain = identity.from_domain([f.value for f in index.get("from", ())])
+        found, _ = identity.distinct_recipients(None, index, uuid)
     except (ValueError, TransformError):
         return None
     if domain is None:

@@ -21,24 +21,16 @@ What it does (docs/ARCHITECTURE.md#messages-and-headers):
 from __future__ import annotations
 
 import functools
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import format_datetime, getaddresses
+from email.utils import format_datetime
 
 from manycore_common import feedbacktag
-from manycore_common.message import (
-    STREAM_ID_RE,
-    UUID_RE,
-    UUID_RULE,
-    MessageRejected,
-    extract_recipients,
-)
 from manycore_common.unsubscribe import make_token
 
-from . import dkim
+from . import dkim, identity
 from .beacon import add_beacon
 from .headers import (
     Field,
@@ -48,6 +40,7 @@ from .headers import (
     split_message,
     without,
 )
+from .identity import TransformError
 from .templates import HEADER_VALUE, render
 
 REMOVED = frozenset(
@@ -92,16 +85,6 @@ SIGNED_HEADERS = (
 #: queue; past this a message goes to the dead-letter list ("too-many-copies") rather than
 #: taking the Transformer down. 128 MiB: 2,600 recipients of a 50 KB message, 5 of 25 MB.
 MAX_COPIES_BYTES = 128 * 2**20
-
-
-class TransformError(Exception):
-    """The message cannot be transformed; it goes to the dead-letter list with this reason."""
-
-    def __init__(self, reason: str, text: str, uuid: str | None = None) -> None:
-        super().__init__(text)
-        self.reason = reason
-        self.text = text
-        self.uuid = uuid
 
 
 @dataclass(frozen=True)
@@ -163,13 +146,6 @@ class Transformed:
     rcpts_from_headers: bool = False
 
 
-def _single(index: dict[str, list[Field]], name: str, uuid: str | None = None) -> str | None:
-    found = [f.value for f in index.get(name.lower(), ())]
-    if len(found) > 1:
-        raise TransformError("bad-headers", f"header {name} appears {len(found)} times", uuid)
-    return found[0] if found else None
-
-
 @functools.lru_cache(maxsize=4)
 def _rfc5322_date(second: int) -> str:
     return format_datetime(datetime.fromtimestamp(second, UTC))
@@ -181,44 +157,16 @@ def _removed(removed: frozenset[str], inject: tuple[tuple[str, str], ...]) -> fr
     return removed | {name.lower() for name, _ in inject}
 
 
-# The common forms of From: "Name <local@domain>" or a bare "local@domain".
-_SIMPLE_FROM = re.compile(r'(?:[^<>",@;:]*<)?\s*[^\s<>",@;:()]+@([^\s<>",@;:()]+)\s*>?\s*')
-
-
-def _from_domain(from_values: list[str]) -> str | None:
-    """The domain of the single From address (lower case), or None."""
-    if len(from_values) != 1:
-        return None
-    simple = _SIMPLE_FROM.fullmatch(from_values[0])
-    if simple:
-        return simple.group(1).lower()
-    senders = [addr for _, addr in getaddresses(from_values) if "@" in addr]
-    if len(senders) != 1:
-        return None
-    return senders[0].rpartition("@")[2].strip().lower() or None
-
-
 def _header_value(name: str, value: str, uuid: str) -> Field:
     if not HEADER_VALUE.fullmatch(value):
         raise TransformError("bad-header-value", f"generated {name} is not a valid header", uuid)
     return make_field(name, value)
 
 
-def _ids(index: dict[str, list[Field]]) -> tuple[str, str | None]:
-    """(X-Uuid, X-Stream-Id), as the front doors accept them."""
-    uuid = _single(index, "X-Uuid")
-    if uuid is None or not UUID_RE.fullmatch(uuid):
-        raise TransformError("bad-uuid", f"missing or malformed X-Uuid ({UUID_RULE})")
-    stream_id = _single(index, "X-Stream-Id", uuid)
-    if stream_id is not None and not STREAM_ID_RE.fullmatch(stream_id):
-        raise TransformError("bad-stream-id", "malformed X-Stream-Id", uuid)
-    return uuid, stream_id
-
-
 def _signer(
     index: dict[str, list[Field]], settings: Settings, uuid: str
 ) -> tuple[str, DomainSigner]:
-    from_domain = _from_domain([f.value for f in index.get("from", ())])
+    from_domain = identity.from_domain([f.value for f in index.get("from", ())])
     if from_domain is None:
         raise TransformError("bad-from", "the From header must hold exactly one address", uuid)
     signer = settings.domains.get(from_domain)
@@ -229,30 +177,6 @@ def _signer(
             uuid,
         )
     return from_domain, signer
-
-
-def distinct_recipients(
-    rcpts: Sequence[str] | None, index: dict[str, list[Field]], uuid: str
-) -> tuple[list[str], bool]:
-    """The recipients the receiver determined, or (for an item that bypassed the receivers)
-    the To and Cc of the message itself; each once, as feedbacktag fingerprints them (two
-    spellings of one address would get the same tag). True when taken from the headers."""
-    from_headers = not rcpts
-    if from_headers:
-        try:
-            rcpts = extract_recipients(
-                [f.value for f in index.get("to", ())], [f.value for f in index.get("cc", ())]
-            )
-        except MessageRejected as exc:
-            raise TransformError("bad-recipients", exc.text, uuid) from None
-    seen: set[str] = set()
-    out: list[str] = []
-    for rcpt in rcpts or ():
-        key = feedbacktag.normalize_address(rcpt)
-        if key not in seen:
-            seen.add(key)
-            out.append(rcpt)
-    return out, from_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +273,7 @@ def _prepare(
     index: dict[str, list[Field]] = {}
     for f in fields:
         index.setdefault(f.key, []).append(f)
-    uuid, stream_id = _ids(index)
+    uuid, stream_id = identity.ids(index)
     from_domain, signer = _signer(index, settings, uuid)
     names = {
         "uuid": uuid,
@@ -386,7 +310,7 @@ def transform(
     except ValueError as exc:
         raise TransformError("unparseable", f"cannot parse the header section: {exc}") from None
     message, index = _prepare(fields, body, settings, now)
-    recipients, from_headers = distinct_recipients(rcpts, index, message.uuid)
+    recipients, from_headers = identity.distinct_recipients(rcpts, index, message.uuid)
     if len(recipients) * len(data) > MAX_COPIES_BYTES:
         raise TransformError(
             "too-many-copies",

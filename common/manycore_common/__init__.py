@@ -4,17 +4,22 @@ Configuration and process:
     ``config``        the two YAML files, validated into frozen typed objects
     ``configscope``   which parts of the customer file each service loads (least privilege)
     ``lifecycle``     ``run_service``: arguments, config, logging, the two-phase stop
-    ``workers``       several processes serving one port for the front doors
+    ``workers``       several processes serving one port for the front doors (a worker's side)
+    ``supervisor``    the parent of those workers: start, hand connections out, restart, stop
     ``health``        ``/metrics``, ``/livez`` and ``/readyz``
     ``logs``          JSON log lines
     ``tls``           server TLS contexts (self-signed when no certificate is given)
     ``redisconn``     Redis clients from a ``reliable-queue.redis`` section (one node or Sentinel)
     ``replicas``      writes acknowledged only once a replica has them (``WAIT``)
+    ``redisready``    the one Redis readiness check and start-up wait (one stop rule)
 
 Queues and events:
     ``keyspace``      every Redis key name, hash tags and ``reliable-queue.key-prefix``
     ``item``          the queue item format (JSON header line, then the payload)
     ``queue``         the reliable Redis queue: take, ack, hand-over, retry, dead letters, reaper
+    ``consumer``      one consumer of it: processing list, heartbeat, take, ack, hand-over
+    ``queuescripts``  the queue's Lua (every key in KEYS)
+    ``queuelegacy``   the queue's upgrade: the previous release's keys, unregistered lists
     ``queuectl``      ``manycore-queues``: stats, dead letters, requeue, trace, adopt
     ``queueinspect``  bounded look-ups: where a uuid is, one dead letter by id, unclassified
     ``queueview``     what ``manycore-queues`` prints (pure)
@@ -24,6 +29,8 @@ Queues and events:
 
 Front doors (Receiver, HttpReceiver) and the SMTP services:
     ``message``       validation of a customer's message (pure)
+    ``rawheaders``    where a header section ends and its fields, on raw bytes: the one
+                      line-ending rule (pure; also the Transformer's and PostfixLog's edits)
     ``intake``        validate, wrap and push to P0 or P1, with the README's metrics
     ``grouppush``     group commit: concurrent messages share one Redis round trip
     ``idempotency``   one message per X-Uuid or Idempotency-Key within a window

@@ -24,7 +24,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NoReturn
+from typing import Any, ClassVar, Literal, NoReturn, overload
 from urllib.parse import urlsplit
 
 import yaml
@@ -1108,9 +1108,24 @@ class Config(BaseModel):
     customer: CustomerConfig
     config_dir: Path
 
-    def require(self, name: SectionName) -> Any:
-        """The customer section a service needs, or a ConfigError naming it."""
-        section = getattr(self.customer, name)
+    @overload
+    def require(self, name: Literal["receiver"]) -> ReceiverSection: ...
+    @overload
+    def require(self, name: Literal["httpreceiver"]) -> HttpReceiverSection: ...
+    @overload
+    def require(self, name: Literal["transformer"]) -> TransformerSection: ...
+    @overload
+    def require(self, name: Literal["postfixlog"]) -> PostfixLogSection: ...
+    @overload
+    def require(self, name: Literal["mxserver"]) -> MxServerSection: ...
+    @overload
+    def require(self, name: Literal["backdata"]) -> BackDataSection: ...
+    @overload
+    def require(self, name: Literal["redis"]) -> RedisSection: ...
+    def require(self, name: SectionName) -> Section:
+        """The customer section a service needs (typed by its name), or a ConfigError naming
+        it."""
+        section: Section | None = getattr(self.customer, name)
         if section is None:
             raise ConfigError([f"{name}: section required by this service"])
         return section

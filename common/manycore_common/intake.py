@@ -27,7 +27,7 @@ from .idempotency import (
     reused_for_another,
 )
 from .message import PRIORITY_HIGH, REJECT_REASONS, Accepted, MessageRejected, validate
-from .queue import QueueFull, ReliableQueue
+from .queue import QueueFull, ReliableQueue, configured
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,8 @@ class Intake:
         names = rq.queue_names
 
         def queue(name: str) -> ReliableQueue:
-            return ReliableQueue(
-                redis,  # type: ignore[arg-type]
-                name,
-                max_attempts=rq.max_attempts,
-                heartbeat_timeout=rq.heartbeat_timeout_seconds,
-                high_water_mark=rq.high_water_mark,
-                doorbell=True,  # the Transformer waits on P0 and P1 at once
-            )
+            # doorbell: the Transformer waits on P0 and P1 at once.
+            return configured(redis, name, rq, bounded=True, doorbell=True)  # type: ignore[arg-type]
 
         window = config.customer.common_config.idempotency_window_seconds
         return cls(queue(names.primary_queue), queue(names.default_queue), max_size, window)

@@ -156,3 +156,14 @@ def decode(raw: bytes) -> Item:
     if header.get("rcpts") == {}:
         header["rcpts"] = []
     return Item(header=header, payload=raw[newline + 1 :], raw=raw)
+
+
+def decode_stored(raw: bytes | str) -> Item:
+    """An item as read from Redis; bytes that are not an item come back marked ``corrupt``
+    (the scripts dead-letter such bytes rather than lose them)."""
+    if isinstance(raw, str):  # only with decode_responses=True, which we never use
+        raw = raw.encode("utf-8", "surrogateescape")
+    try:
+        return decode(raw)
+    except ItemFormatError:
+        return Item(header={"corrupt": True}, payload=raw, raw=raw)

@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from . import keyspace, workers
 from .config import (
@@ -30,10 +31,12 @@ log = logging.getLogger(__name__)
 
 #: Exit code when a second signal cuts the graceful stop short.
 FORCED_EXIT_CODE = 1
-#: What a parent of workers does before a forced exit: kill them (workers.Supervisor.kill).
+#: What a parent of workers does before a forced exit: kill them (supervisor.Supervisor.kill).
 _forced_exit_hooks: list[Callable[[], None]] = []
 
-Serve = Callable[[Config, object, asyncio.Event], Awaitable[None]]
+#: What ``prepare`` made of the config, handed to ``serve`` with its type.
+P = TypeVar("P")
+Serve = Callable[[Config, P, asyncio.Event], Awaitable[None]]
 
 
 def parse_args(service: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -54,10 +57,10 @@ def load_or_exit(args: argparse.Namespace, service: str) -> Config:
 def run_service(
     service: str,
     argv: Sequence[str] | None,
-    prepare: Callable[[Config], object],
-    serve: Serve,
+    prepare: Callable[[Config], P],
+    serve: Serve[P],
     *,
-    front_door: Callable[[object], workers.FrontDoor] | None = None,
+    front_door: Callable[[P], workers.FrontDoor] | None = None,
     stop_timeout: float = 35.0,
 ) -> None:
     """Parse flags, load and validate config (exit 2 on problems) and ``prepare`` the
@@ -106,8 +109,8 @@ async def _parent(
 async def _main(
     service: str,
     config: Config,
-    settings: object,
-    serve: Serve,
+    settings: P,
+    serve: Serve[P],
     handoff: workers.Handoff | None,
 ) -> None:
     stop = asyncio.Event()

@@ -15,7 +15,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
 
-from . import feedbacktag
+from . import feedbacktag, rawheaders
 
 #: X-Uuid is part of every tagged feedback address (``feedbacktag``: kind, uuid, ".", a
 #: 26-character tag), and RFC 5321 §4.5.3.1.1 limits a local part to 64 octets: 36 characters
@@ -183,17 +183,11 @@ def _single(headers: list[str] | None, name: str) -> str | None:
 
 
 def header_section(data: bytes) -> bytes:
-    """The header section with the empty line that ends it (RFC 5322 §2.1), without the
-    body: the parser would otherwise read the whole body line by line only to skip it."""
-    crlf = data.find(b"\r\n\r\n")
-    # A bare-LF end can only come first if it is before the CRLF one: search only up to
-    # there, or a CRLF message (no "\n\n" in it at all) would be scanned to its last byte.
-    lf = data.find(b"\n\n", 0, len(data) if crlf < 0 else crlf + 4)
-    if lf >= 0 and (crlf < 0 or lf < crlf):
-        return data[: lf + 2]
-    if crlf >= 0:
-        return data[: crlf + 4]
-    return data
+    """The header section with the empty line that ends it (``rawheaders``: its line-ending
+    rule), without the body: the parser would otherwise read the whole body line by line only
+    to skip it. Python's parser also ends the section at that line (and perhaps before it, at
+    a line that is not a field), so it reads the same fields from this as from ``data``."""
+    return data[: rawheaders.body_start(data)[1]]
 
 
 def validate(data: bytes, max_size: int) -> Accepted:

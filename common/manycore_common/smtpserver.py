@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from . import tls, workers
+from . import redisready, tls, workers
 from .config import Listen, Prometheus
 from .health import HealthServer
 
@@ -74,6 +74,36 @@ def with_enhanced_status_codes(responses: list[str]) -> list[str]:
     return [*head, "250-ENHANCEDSTATUSCODES", last]
 
 
+async def _listen(
+    tracked: Callable[[], Any], bind: Listen, handoff: workers.Handoff | None
+) -> asyncio.Server | workers.Inbox:
+    """The listening socket, or (in a worker) the inbox of connections its parent hands it."""
+    if handoff is None:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(tracked, bind.inet_interface, bind.inet_port)
+    inbox = workers.Inbox(handoff.channel, tracked)
+    inbox.start()
+    return inbox
+
+
+async def _close(
+    server: asyncio.Server | workers.Inbox,
+    sessions: weakref.WeakSet[Any],
+    in_flight: InFlight,
+    drain_seconds: float,
+) -> None:
+    """Stop accepting, let the messages being recorded get their answer (at most
+    ``drain_seconds``), then close every session."""
+    in_flight.stopping = True
+    server.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(in_flight.idle.wait(), drain_seconds)
+    for protocol in list(sessions):
+        if protocol.transport is not None:
+            protocol.transport.close()
+    await server.wait_closed()
+
+
 async def serve_smtp(
     factory: Callable[[], Any],
     bind: Listen,
@@ -97,26 +127,17 @@ async def serve_smtp(
         sessions.add(protocol)
         return protocol
 
-    loop = asyncio.get_running_loop()
     handoff = workers.handoff()
-    server: asyncio.Server | workers.Inbox
-    if handoff is None:
-        server = await loop.create_server(tracked, bind.inet_interface, bind.inet_port)
-    else:
-        server = workers.Inbox(handoff.channel, tracked)
-        server.start()
+    server = await _listen(tracked, bind, handoff)
     log.info(
         "smtp listening",
         extra={"address": bind.inet_interface, "port": bind.inet_port, **(log_extra or {})},
     )
 
-    async def redis_ok() -> bool:
-        return bool(await redis.ping())
-
     async def listening() -> bool:
         return server.is_serving()
 
-    health = HealthServer(prometheus, {"redis": redis_ok, "smtp": listening})
+    health = HealthServer(prometheus, {"redis": redisready.answers(redis), "smtp": listening})
     if handoff is None:
         await health.start()
     # A renewed STARTTLS certificate is served from the next connection on (tls.py).
@@ -124,14 +145,7 @@ async def serve_smtp(
     try:
         await stop.wait()
     finally:
-        in_flight.stopping = True
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(in_flight.idle.wait(), drain_seconds)
-        for protocol in list(sessions):
-            if protocol.transport is not None:
-                protocol.transport.close()
-        await server.wait_closed()
+        await _close(server, sessions, in_flight, drain_seconds)
         await health.stop()
         await redis.aclose()
         reloader.cancel()

@@ -278,6 +278,27 @@ def service_sources() -> Iterator[Path]:
             yield from sorted(package.rglob("*.py"))
 
 
+#: The shared library: a concern's metrics live in its module (``intake``, ``trace``, ...)
+#: and register only in the services that import it.
+COMMON = REPO / "common" / "manycore_common"
+
+
+def metric_sources() -> Iterator[Path]:
+    """Where metrics are defined: each service's ``metrics.py`` and the shared library."""
+    for path in service_sources():
+        if path.name == "metrics.py" or path.is_relative_to(COMMON):
+            yield path
+
+
+def metric_constructors(tree: ast.AST) -> Iterator[tuple[str, ast.Call]]:
+    """Every prometheus_client constructor call: (its name, the call)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            callee = _callee(node)
+            if callee in _METRIC_SUFFIXES:
+                yield callee, node
+
+
 def _callee(node: ast.Call) -> str | None:
     if isinstance(node.func, ast.Name):
         return node.func.id
@@ -299,8 +320,8 @@ def _dict_keys(tree: ast.AST) -> list[str]:
 def _name_patterns(arg: ast.expr, tree: ast.AST) -> list[str]:
     """Regexes for the metric name a constructor receives: a literal is itself, an f-string's
     fields match any name part, and a variable (a name looked up in a table, as the Redis
-    exporter does for the README gauges) may be any metric-like string key (one with an
-    underscore) of a dict in that module."""
+    module's ``metrics.py`` does for the README gauges) may be any metric-like string key
+    (one with an underscore) of a dict in that module."""
     if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
         return [re.escape(arg.value)]
     if isinstance(arg, ast.JoinedStr):
@@ -316,17 +337,13 @@ def _name_patterns(arg: ast.expr, tree: ast.AST) -> list[str]:
 
 @functools.cache
 def exported_metric_patterns() -> tuple[re.Pattern[str], ...]:
-    """Every series name the services can expose, from the metric constructors in their
-    code (Counter(, Gauge(, Histogram(, GaugeMetricFamily(, ...)."""
+    """Every series name the services can expose, from the metric constructors
+    (Counter(, Gauge(, Histogram(, GaugeMetricFamily(, ...) in each service's ``metrics.py``
+    and in the shared library (``metric_sources``)."""
     patterns: set[str] = set()
-    for path in service_sources():
+    for path in metric_sources():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Call):
-                continue
-            callee = _callee(node)
-            if callee not in _METRIC_SUFFIXES:
-                continue
+        for callee, node in metric_constructors(tree):
             name_arg = node.args[0] if node.args else None
             for kw in node.keywords:
                 if kw.arg == "name":

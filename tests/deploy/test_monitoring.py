@@ -4,6 +4,7 @@ dashboard ships as a ConfigMap with a datasource variable."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 from collections.abc import Iterator
@@ -14,15 +15,19 @@ import pytest
 import yaml
 
 from tests.deploy.support import (
+    COMMON,
     DEPLOY,
     PROMETHEUS_BUILTIN,
     Doc,
     is_exported,
     kind_of,
+    metric_constructors,
+    metric_sources,
     overlay_names,
     promql_metrics,
     readme_metrics,
     render,
+    service_sources,
 )
 from tests.helpers import require_binary
 
@@ -102,6 +107,28 @@ def test_dashboard_shows_every_readme_metric() -> None:
 def test_readme_metrics_exist_in_the_code() -> None:
     missing = sorted(m for m in readme_metrics() if not is_exported(m))
     assert not missing, f"README promises metrics no service exports: {missing}"
+
+
+def test_each_service_defines_its_metrics_in_its_metrics_py() -> None:
+    """One file per service to read for its metric contract; the shared library keeps a
+    concern's metrics in that concern's module."""
+    elsewhere = [
+        f"{path.relative_to(COMMON.parents[1])}:{node.lineno} {callee}"
+        for path in service_sources()
+        if path not in set(metric_sources())
+        for callee, node in metric_constructors(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert not elsewhere, f"metrics defined outside metrics.py: {elsewhere}"
+    services = {p.parent.parent.name for p in metric_sources() if p.name == "metrics.py"}
+    assert services == {
+        "Receiver",
+        "HttpReceiver",
+        "Transformer",
+        "PostfixLog",
+        "BackData",
+        "MxServer",
+        "Redis",
+    }
 
 
 def test_dashboard_has_a_datasource_variable() -> None:

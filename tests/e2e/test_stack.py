@@ -75,7 +75,7 @@ def test_every_outcome_comes_back_as_its_event(stack: Stack) -> None:
     events = wait_events(stack, 14)
     time.sleep(3)  # anything that should not come (duplicates) would come now
     events = stack.events()
-    by = {}
+    by: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
     for e in events:
         by.setdefault((e["event"], e["uuid"], e.get("type")), []).append(e)
 
@@ -212,6 +212,6 @@ def test_every_service_ran_as_its_own_redis_user_and_none_was_refused(stack: Sta
         assert receiver.ping()  # logged in as manycore-receiver, with its own password
         for command in (("FLUSHALL",), ("KEYS", "*"), ("DEL", "EVENT_QUEUE")):
             with pytest.raises(NoPermissionError):
-                receiver.execute_command(*command)
+                receiver.execute_command(*command)  # type: ignore[no-untyped-call]
     finally:
         receiver.close()

@@ -25,8 +25,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -459,9 +460,20 @@ def test_httpreceiver_basic_auth_guessing_is_throttled_per_client_address(
 # --- never a relay without AUTH ---------------------------------------------------------
 
 
+def unready(service: Service) -> bool:
+    return service.readyz()[0] == 503
+
+
+def _bytes(values: Iterable[object]) -> list[bytes]:
+    """Replies of a client without decode_responses (redis-py types them bytes | str)."""
+    found = list(values)
+    assert all(isinstance(v, bytes) for v in found), found
+    return [v for v in found if isinstance(v, bytes)]
+
+
 def _all_values(client: SyncRedis) -> bytes:
     """Every value in Redis, concatenated: for 'is this anywhere?' questions."""
-    out = []
+    out: list[object] = []
     for key in client.scan_iter(count=1000):
         kind = client.type(key)
         if kind == b"list":
@@ -474,7 +486,7 @@ def _all_values(client: SyncRedis) -> bytes:
         elif kind in (b"set", b"zset"):
             out += list(client.smembers(key) if kind == b"set" else client.zrange(key, 0, -1))
         out.append(key)
-    return b"\n".join(out)
+    return b"\n".join(_bytes(out))
 
 
 def test_receiver_refuses_every_relay_attempt_without_auth(
@@ -531,11 +543,11 @@ def test_postfix_listens_on_loopback_only_over_ipv4_and_ipv6(
             # master.cf names 127.0.0.1 for smtpd itself, so IPv6 adds no socket at all.
             assert sockets == [f"127.0.0.1:{port}"], sockets
             main_cf = (env.base / "etc" / "main.cf").read_text()
-            settings = dict(
-                (part.strip() for part in line.split("=", 1))
-                for line in main_cf.splitlines()
-                if "=" in line and not line.lstrip().startswith("#")
-            )
+            settings: dict[str, str] = {}
+            for line in main_cf.splitlines():
+                if "=" in line and not line.lstrip().startswith("#"):
+                    name, _, value = line.partition("=")
+                    settings[name.strip()] = value.strip()
             assert settings["inet_interfaces"] == "loopback-only"
             assert settings["mynetworks"] == "127.0.0.0/8"
             master_cf = (env.base / "etc" / "master.cf").read_text()
@@ -678,7 +690,7 @@ def test_no_secret_in_logs_metrics_redis_or_config_errors(
             with submission(rcv, hostile_client_tls, password=SMTP_PW) as smtp:
                 assert _send(smtp, "redisdown")[0] == 451
             for service in services:
-                wait_for(lambda s=service: s.readyz()[0] == 503, what=f"{service.name} unready")
+                wait_for(partial(unready, service), what=f"{service.name} unready")
                 assert_no_secret(f"{service.name} /metrics", service.metrics())
                 assert_no_secret(f"{service.name} /readyz", json.dumps(service.readyz()[1]))
         for service in services:

@@ -18,9 +18,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from redis import Redis as SyncRedis
 
-from manycore_common import item as item_format
 from manycore_common.message import UUID_RE
-from tests.helpers import LOOPBACK, RedisServer, Service
+from tests.helpers import LOOPBACK, RedisServer, Service, stored_item
 from tests.hostile.conftest import IO_TIMEOUT, assert_alive, configured_service
 
 MAX_SIZE = 100_000
@@ -63,7 +62,7 @@ def request(
     try:
         chunked = isinstance(body, list)
         conn.request(
-            method, path, body=iter(body) if chunked else body, headers=headers,
+            method, path, body=iter(body) if isinstance(body, list) else body, headers=headers,
             encode_chunked=chunked,
         )  # fmt: skip
         response = conn.getresponse()
@@ -88,7 +87,7 @@ def assert_documented(status: int, data: bytes, ctype: str, redis_client: SyncRe
     body = json.loads(data)
     if status == 200:
         assert UUID_RE.fullmatch(body["uuid"])
-        stored = [item_format.decode(r).uuid for r in redis_client.lrange(body["queue"], 0, -1)]
+        stored = [stored_item(r).uuid for r in redis_client.lrange(body["queue"], 0, -1)]
         assert body["uuid"] in stored, "200 but the message is not in Redis"
     else:
         assert body["error"] and body["reason"], body

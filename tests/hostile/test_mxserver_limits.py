@@ -15,8 +15,7 @@ from typing import TypeVar
 import pytest
 from redis import Redis as SyncRedis
 
-from manycore_common import item as item_format
-from tests.helpers import LOOPBACK, RedisServer, Service
+from tests.helpers import LOOPBACK, RedisServer, Service, stored_item
 from tests.hostile.conftest import IO_TIMEOUT, assert_alive, configured_service
 from tests.mxmail import RP, deliver, dsn, events, tag
 
@@ -178,7 +177,7 @@ def test_unclassified_keeps_only_the_first_rcpts(mx: Service, queues: SyncRedis)
     body = b"Subject: x\r\n\r\n30 bytes of body text\r\n"
     assert deliver(port(mx), "x@y.example", rcpts, body)[0] == 250
     (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED-UNTAGGED", 0, -1)
-    item = item_format.decode(stored)
+    item = stored_item(stored)
     assert len(item.header["rcpts"]) == 10 and item.header["rcpt_count"] == 100
     assert len(stored) < 4096
 

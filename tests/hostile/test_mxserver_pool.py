@@ -11,7 +11,8 @@ import time
 
 from manycore_mxserver.authenticate import Analysis, Scope
 from manycore_mxserver.classify import Classification, Settings
-from manycore_mxserver.pool import CLASSIFY_FAILED, ClassifierPool, Job
+from manycore_mxserver.metrics import CLASSIFY_FAILED
+from manycore_mxserver.pool import ClassifierPool, Job
 
 SCOPE = Scope((b"k" * 32,), frozenset({"rp.example.com"}), 4096, 10)
 TIMEOUT = 2.0

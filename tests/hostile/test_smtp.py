@@ -19,9 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis as SyncRedis
 
-from manycore_common import item as item_format
 from manycore_common.message import UUID_RE
-from tests.helpers import LOOPBACK, RedisServer, Service
+from tests.helpers import LOOPBACK, RedisServer, Service, stored_item
 from tests.hostile.conftest import (
     IO_TIMEOUT,
     assert_alive,
@@ -239,7 +238,7 @@ def assert_accepted_is_stored(text: bytes, redis_client: SyncRedis) -> None:
         return  # MxServer: "250 2.0.0 Accepted (<kind>)"
     uuid, queue = match.group(1).decode(), match.group(2).decode()
     assert UUID_RE.fullmatch(uuid), uuid
-    stored = [item_format.decode(raw).uuid for raw in redis_client.lrange(queue, 0, -1)]
+    stored = [stored_item(raw).uuid for raw in redis_client.lrange(queue, 0, -1)]
     assert uuid in stored, f"250 for {uuid} but it is not on {queue}"
 
 

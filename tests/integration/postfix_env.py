@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from aiosmtpd.controller import Controller
@@ -38,6 +38,7 @@ from tests.helpers import (
     Service,
     free_port,
     require_binary,
+    stored_item,
     write_configs,
 )
 
@@ -85,7 +86,7 @@ class Sink:
             self.handler, hostname=LOOPBACK, port=self.port, server_hostname="sink.test"
         )
 
-    def start(self) -> Sink:
+    def start(self) -> Self:
         self.controller.start()
         return self
 
@@ -249,10 +250,10 @@ class PostfixLogEnv:
 
     def events(self) -> list[dict[str, Any]]:
         raws = reversed(self.redis.lrange(EVENTS, 0, -1))
-        return [json.loads(item_format.decode(raw).payload) for raw in raws]
+        return [json.loads(stored_item(raw).payload) for raw in raws]
 
     def incoming(self) -> list[item_format.Item]:
-        return [item_format.decode(raw) for raw in reversed(self.redis.lrange(INCOMING, 0, -1))]
+        return [stored_item(raw) for raw in reversed(self.redis.lrange(INCOMING, 0, -1))]
 
     def held(self) -> int:
         keys = self.redis.keys(f"{{{INCOMING}}}:processing:*")

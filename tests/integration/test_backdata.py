@@ -20,7 +20,15 @@ from manycore_backdata import signature
 from manycore_common import events
 from manycore_common import item as item_format
 from manycore_common.tls import self_signed_pem
-from tests.helpers import LOOPBACK, RedisServer, Service, running, wait_for, write_configs
+from tests.helpers import (
+    LOOPBACK,
+    RedisServer,
+    Service,
+    running,
+    stored_item,
+    wait_for,
+    write_configs,
+)
 from tests.integration.conftest import set_path
 from tests.integration.webhook import Answer, Webhook
 
@@ -87,7 +95,7 @@ def dead_letters(client: SyncRedis) -> list[tuple[dict[str, Any] | None, str]]:
     """(event or None if not JSON, reason) of every dead letter, oldest first."""
     out = []
     for raw in reversed(client.lrange(DEAD, 0, -1)):
-        item = item_format.decode(raw)
+        item = stored_item(raw)
         try:
             event = json.loads(item.payload)
         except ValueError:
@@ -319,7 +327,7 @@ def test_sigterm_returns_the_unsent_batch_to_the_front_of_the_queue(
     assert queues.llen(QUEUE) == 30 and held(queues) == 0
     assert queues.zcard(f"{{{QUEUE}}}:consumers") == 0
     # Still in queue order: the oldest (first pushed) is served next.
-    waiting = [json.loads(item_format.decode(r).payload)["id"] for r in queues.lrange(QUEUE, 0, -1)]
+    waiting = [json.loads(stored_item(r).payload)["id"] for r in queues.lrange(QUEUE, 0, -1)]
     assert waiting[::-1] == ids
 
 

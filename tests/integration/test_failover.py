@@ -26,7 +26,7 @@ from manycore_common import item as item_format
 from manycore_common import redisconn
 from manycore_common.config import RedisConnection
 from manycore_common.queue import ReliableQueue
-from tests.helpers import LOOPBACK, running
+from tests.helpers import LOOPBACK, running, stored_item
 from tests.integration.conftest import build_message
 from tests.integration.test_httpreceiver import GOOD_AUTH, P0, P1, RFC822, http_service
 from tests.sentinel_set import SentinelSet
@@ -97,7 +97,7 @@ def client(port: int, tally: Tally, deadline: float) -> None:
 def queued_uuids(port: int) -> Counter[str]:
     redis = SyncRedis(host=LOOPBACK, port=port)
     raws = redis.lrange(P0, 0, -1) + redis.lrange(P1, 0, -1)
-    return Counter(item_format.decode(raw).uuid or "" for raw in raws)
+    return Counter(stored_item(raw).uuid or "" for raw in raws)
 
 
 def test_no_acknowledged_message_is_lost_when_the_primary_dies(tmp_path: Path) -> None:
@@ -226,4 +226,4 @@ async def consume(
 
 async def target_uuids(client: Redis) -> Counter[str]:
     raws = await client.lrange("DST", 0, -1)
-    return Counter(item_format.decode(raw).uuid or "" for raw in raws)
+    return Counter(stored_item(raw).uuid or "" for raw in raws)

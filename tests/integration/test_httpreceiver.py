@@ -15,7 +15,15 @@ from redis import Redis as SyncRedis
 
 from manycore_common import item as item_format
 from manycore_common import keyspace
-from tests.helpers import LOOPBACK, RedisServer, Service, running, wait_for, write_configs
+from tests.helpers import (
+    LOOPBACK,
+    RedisServer,
+    Service,
+    running,
+    stored_item,
+    wait_for,
+    write_configs,
+)
 from tests.integration.conftest import build_message, set_path
 
 P0, P1 = "IB-MAIL-QUEUE-P0", "IB-MAIL-QUEUE-P1"
@@ -64,7 +72,7 @@ def post(
 
 
 def queued(client: SyncRedis, queue: str) -> list[item_format.Item]:
-    return [item_format.decode(raw) for raw in client.lrange(queue, 0, -1)]
+    return [stored_item(raw) for raw in client.lrange(queue, 0, -1)]
 
 
 def test_messages_land_byte_for_byte_by_priority(api: Service, queues: SyncRedis) -> None:
@@ -186,7 +194,7 @@ def test_redis_down_means_503_with_retry_after(tmp_path: Path) -> None:
             wait_for(service.ready, what="readyz to recover")
             assert post(service, build_message("after"))[0] == 200
         client = SyncRedis(host=LOOPBACK, port=redis.port)
-        assert [item_format.decode(r).uuid for r in client.lrange(P1, 0, -1)] == ["after"]
+        assert [stored_item(r).uuid for r in client.lrange(P1, 0, -1)] == ["after"]
         client.close()
     finally:
         redis.stop()
@@ -244,7 +252,7 @@ def test_one_click_unsubscribe(
         assert service.metric("httpreceiver_unsubscribe_total", 'result="repeated"') == 1
         assert service.metric("httpreceiver_unsubscribe_total", 'result="invalid"') == 3
     (raw,) = queues.lrange("EVENT_QUEUE", 0, -1)
-    event = json.loads(item_format.decode(raw).payload)
+    event = json.loads(stored_item(raw).payload)
     assert event["event"] == "unsubscribe"
     assert (event["uuid"], event["streamid"]) == ("u55", "camp1")
     assert event["id"] and event["timestamp"] > 0
@@ -296,7 +304,5 @@ def test_old_unsubscribe_links_get_410_and_point_to_the_mailto(
         assert request(service, "GET", f"/v1/unsubscribe/{legacy}")[0] == 410
         assert service.metric("httpreceiver_unsubscribe_total", 'result="expired"') == 5
         assert service.metric("httpreceiver_unsubscribe_total", 'result="invalid"') == 2
-    events = [
-        json.loads(item_format.decode(r).payload) for r in queues.lrange("EVENT_QUEUE", 0, -1)
-    ]
+    events = [json.loads(stored_item(r).payload) for r in queues.lrange("EVENT_QUEUE", 0, -1)]
     assert sorted(e["uuid"] for e in events) == ["fresh1", "legacy1"]

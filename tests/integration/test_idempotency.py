@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 from redis import Redis as SyncRedis
 
-from manycore_common import item as item_format
-from tests.helpers import LOOPBACK, RedisServer, Service, running
+from tests.helpers import LOOPBACK, RedisServer, Service, running, stored_item
 from tests.integration.conftest import build_message
 from tests.integration.test_httpreceiver import GOOD_AUTH, http_service
 from tests.integration.test_receiver import connect, receiver_service
@@ -86,7 +85,7 @@ def post(
 
 def queued(client: SyncRedis) -> list[str]:
     raws = [*client.lrange(P0, 0, -1), *client.lrange(P1, 0, -1)]
-    return sorted(item_format.decode(raw).uuid for raw in raws)
+    return sorted(stored_item(raw).uuid or "" for raw in raws)
 
 
 def test_smtp_duplicate_gets_250_and_is_queued_once(

@@ -22,8 +22,7 @@ from pathlib import Path
 
 from redis import Redis as SyncRedis
 
-from manycore_common import item as item_format
-from tests.helpers import LOOPBACK, RedisServer, running
+from tests.helpers import LOOPBACK, RedisServer, running, stored_item
 from tests.integration.conftest import build_message
 from tests.integration.test_httpreceiver import GOOD_AUTH, http_service
 from tests.integration.test_receiver import receiver_service
@@ -209,7 +208,7 @@ def swallowed(tally: Tally) -> int:
 
 def queued(client: SyncRedis) -> Counter[str]:
     raws = [*client.lrange(P0, 0, -1), *client.lrange(P1, 0, -1)]
-    return Counter(item_format.decode(raw).uuid for raw in raws)
+    return Counter(stored_item(raw).uuid or "" for raw in raws)
 
 
 def test_each_message_is_queued_once_though_sent_twice_through_kills(

@@ -14,7 +14,7 @@ from manycore_common import item as item_format
 from manycore_common.grouppush import GroupPusher
 from manycore_common.idempotency import Claim, claim_for
 from manycore_common.queue import QueueFull, ReliableQueue
-from tests.helpers import LOOPBACK, RedisServer
+from tests.helpers import LOOPBACK, RedisServer, stored_item
 
 WINDOW = 3600
 
@@ -30,7 +30,7 @@ def item(uuid: str) -> bytes:
 
 
 async def uuids(redis: Redis, queue: str = "Q") -> list[str]:
-    return sorted(item_format.decode(raw).uuid for raw in await redis.lrange(queue, 0, -1))
+    return sorted(stored_item(raw).uuid or "" for raw in await redis.lrange(queue, 0, -1))
 
 
 async def test_claims_are_made_with_the_push_and_duplicates_are_not_pushed(redis: Redis) -> None:

@@ -13,9 +13,16 @@ from typing import Any
 import pytest
 from redis import Redis as SyncRedis
 
-from manycore_common import item as item_format
 from manycore_common import suppression
-from tests.helpers import LOOPBACK, RedisServer, Service, running, wait_for, write_configs
+from tests.helpers import (
+    LOOPBACK,
+    RedisServer,
+    Service,
+    running,
+    stored_item,
+    wait_for,
+    write_configs,
+)
 from tests.integration.conftest import set_path
 from tests.mxmail import (
     ABUSE,
@@ -50,6 +57,7 @@ def mx(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> I
 def deliver(
     service: Service, mail_from: str, rcpts: list[str], data: bytes, tls: bool = False
 ) -> tuple[int, bytes]:
+    assert service.port is not None
     with smtplib.SMTP(LOOPBACK, service.port, local_hostname="sender.test", timeout=15) as smtp:
         smtp.ehlo()
         if tls:
@@ -182,7 +190,7 @@ def test_postmaster_is_accepted_and_unclassified_is_stored(mx: Service, queues: 
     assert code == 250
     assert events(queues) == []
     (stored,) = queues.lrange("MXSERVER-UNCLASSIFIED-UNTAGGED", 0, -1)
-    item = item_format.decode(stored)
+    item = stored_item(stored)
     assert queues.llen("MXSERVER-UNCLASSIFIED") == 0  # no tag: the untagged list only
     assert b"blue one" in item.payload
     assert mx.metric("mxserver_received_unclassified_total") == before + 1
@@ -230,7 +238,8 @@ def test_rate_limit(tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
         with pytest.raises(smtplib.SMTPDataError) as refused:
             deliver(service, "a@b.example", [unsub], data)
         assert refused.value.smtp_code == 450
-        assert refused.value.smtp_error.startswith(b"4.7.1")
+        error = refused.value.smtp_error
+        assert isinstance(error, bytes) and error.startswith(b"4.7.1")
 
 
 def test_redis_down_means_451(tmp_path: Path) -> None:
@@ -298,7 +307,7 @@ def test_reports_suppress_the_recipient_with_their_event(mx: Service, queues: Sy
     entries = {}
     for address in (gone, sam, walt, soft):
         raw = queues.hget(suppression.bucket_key("example.com", address), address)
-        entries[address] = suppression.unpack(raw) if raw is not None else None
+        entries[address] = suppression.unpack(raw) if isinstance(raw, bytes) else None
     assert entries[soft] is None
     reasons = {a: (e.reason, e.uuid, e.source) for a, e in entries.items() if e is not None}
     assert reasons == {

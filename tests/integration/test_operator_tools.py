@@ -38,7 +38,7 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 @pytest.fixture
 def admin(port: int) -> Iterator[SyncRedis]:
     client = SyncRedis(host=LOOPBACK, port=port, retry=NO_RETRY)
-    client.execute_command("ACL", "LOG", "RESET")
+    client.execute_command("ACL", "LOG", "RESET")  # type: ignore[no-untyped-call]
     try:
         yield client
     finally:
@@ -66,12 +66,15 @@ Run = Callable[..., tuple[int, str, str]]
 
 @pytest.fixture
 def run(tmp_path: Path, port: int, capsys: pytest.CaptureFixture[str]) -> Run:
-    def tool(main: Callable[[list[str]], None], *argv: str, operator: bool = True) -> tuple:
+    def tool(
+        main: Callable[[list[str]], None], *argv: str, operator: bool = True
+    ) -> tuple[int, str, str]:
         files = ["--global-config-file", str(GLOBAL_EXAMPLE)]
         files += ["--customer-config-file", str(customer(tmp_path, port, operator))]
         with pytest.raises(SystemExit) as exited:
             main([*files, *argv])
         out = capsys.readouterr()
+        assert isinstance(exited.value.code, int)
         return exited.value.code, out.out, out.err
 
     return tool
@@ -84,7 +87,7 @@ def dead_letter(admin: SyncRedis, queue: str) -> str:
 
 
 def acl_log(admin: SyncRedis) -> list[object]:
-    return list(admin.execute_command("ACL", "LOG"))
+    return list(admin.execute_command("ACL", "LOG"))  # type: ignore[no-untyped-call]
 
 
 def test_queues_dead_letters_as_the_operator(admin: SyncRedis, run: Run) -> None:
@@ -98,7 +101,8 @@ def test_queues_dead_letters_as_the_operator(admin: SyncRedis, run: Run) -> None
     assert admin.llen(EV) == 1 and admin.llen(DEAD.dead(EV)) == 0
     assert run(queuectl.main, "requeue", P0)[:2] == (0, "requeued 1\n")
     assert admin.llen(P0) == 1 and admin.llen(DEAD.dead(P0)) == 0
-    assert again in admin.lindex(P0, 0).decode()
+    head = admin.lindex(P0, 0)
+    assert isinstance(head, bytes) and again in head.decode()
     assert acl_log(admin) == []
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from manycore_common import item as item_format
 from manycore_postfixlog.follower import LogFollower
 from manycore_postfixlog.processor import LogProcessor
 from manycore_postfixlog.state import Message, State
+from tests.helpers import stored_item
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "postfix" / "outcomes.log"
 SINGLE, MULTI = "4jbsyQ5tcCzKffX", "4jbsyQ5sHyzKffW"
@@ -36,7 +36,7 @@ def message(uuid: str, rcpts: list[str]) -> Message:
 
 async def events(redis: Redis) -> list[dict[str, Any]]:
     raws = await redis.lrange("EVENT_QUEUE", 0, -1)
-    return [json.loads(item_format.decode(raw).payload) for raw in reversed(raws)]
+    return [json.loads(stored_item(raw).payload) for raw in reversed(raws)]
 
 
 def processor(state: State, log: Path, clock: Clock) -> LogProcessor:

@@ -19,7 +19,7 @@ from manycore_common.queue import (
     default_consumer_id,
     wait_for_doorbells,
 )
-from tests.helpers import RedisServer
+from tests.helpers import RedisServer, stored_item
 
 CONSUMER_PROC = Path(__file__).with_name("consumer_proc.py")
 
@@ -31,8 +31,8 @@ def make_items(n: int, size: int = 64) -> list[bytes]:
     ]
 
 
-def payload_ids(raws: list[bytes]) -> list[str]:
-    return [item_format.decode(raw).payload[:8].decode() for raw in raws]
+def payload_ids(raws: list[bytes | str]) -> list[str]:
+    return [stored_item(raw).payload[:8].decode() for raw in raws]
 
 
 async def test_fifo_take_ack(redis: Redis) -> None:
@@ -433,7 +433,8 @@ async def test_push_is_never_silently_repeated(redis: Redis, redis_server: Redis
     queue = ReliableQueue(client, "Q")
     await queue.size()  # connect first
     staller = Redis(host="127.0.0.1", port=redis_server.port)
-    stall = asyncio.create_task(staller.execute_command("DEBUG", "SLEEP", "0.6"))
+    sleep = staller.execute_command("DEBUG", "SLEEP", "0.6")  # type: ignore[no-untyped-call]
+    stall = asyncio.create_task(sleep)
     await asyncio.sleep(0.05)
     with pytest.raises(Exception):  # noqa: B017 - redis-py's TimeoutError
         await queue.push(make_items(1)[0])
@@ -508,7 +509,7 @@ async def test_a_failure_after_the_first_take_keeps_the_item_in_hand(redis: Redi
         raise OSError("connection lost")
 
     consumer = queue.consumer("c1")
-    queue._take_many = redis_died  # type: ignore[assignment,method-assign]
+    queue._take_many = redis_died  # type: ignore[assignment]
     taken = await consumer.take_batch(10, timeout=1)
     assert payload_ids([t.raw for t in taken]) == ["00000000"]
     assert await consumer.ack_many(taken) == 1

@@ -8,7 +8,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from manycore_common import item as item_format
-from manycore_common.queue import Consumer, ReliableQueue
+from manycore_common.consumer import Consumer
+from manycore_common.queue import ReliableQueue
+from tests.helpers import stored_item
 
 
 def raw(name: str) -> bytes:
@@ -27,7 +29,7 @@ async def test_each_held_item_becomes_all_its_new_items(redis: Redis) -> None:
     consumer, items = await held(source, 2)
     splits = [(items[0], [raw("a1"), raw("a2"), raw("a3")]), (items[1], [raw("b1")])]
     assert await consumer.hand_over_split(splits, target) == (2, 4)
-    pushed = [item_format.decode(r).payload for r in await redis.lrange("OUT", 0, -1)]
+    pushed = [stored_item(r).payload for r in await redis.lrange("OUT", 0, -1)]
     assert sorted(pushed) == [b"a1", b"a2", b"a3", b"b1"]
     assert await source.processing_size() == 0 and await source.size() == 0
     assert consumer.holding == 0
@@ -37,10 +39,10 @@ async def test_an_item_no_longer_held_pushes_nothing(redis: Redis) -> None:
     source, target = ReliableQueue(redis, "P1"), ReliableQueue(redis, "OUT")
     consumer, items = await held(source, 2)
     # The reaper gave the first one back meanwhile (we looked dead).
-    await redis.lrem(consumer.processing_key, 1, items[0].raw)
+    await redis.lrem(consumer.processing_key, 1, items[0].raw)  # type: ignore[arg-type]
     splits = [(items[0], [raw("a1"), raw("a2")]), (items[1], [raw("b1"), raw("b2")])]
     assert await consumer.hand_over_split(splits, target) == (1, 2)
-    pushed = [item_format.decode(r).payload for r in await redis.lrange("OUT", 0, -1)]
+    pushed = [stored_item(r).payload for r in await redis.lrange("OUT", 0, -1)]
     assert sorted(pushed) == [b"b1", b"b2"]
 
 

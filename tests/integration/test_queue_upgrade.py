@@ -8,9 +8,9 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from manycore_common import item as item_format
 from manycore_common import keyspace
 from manycore_common.queue import ReliableQueue
+from tests.helpers import stored_item
 from tests.integration.test_queue import make_items, payload_ids
 
 
@@ -42,7 +42,7 @@ async def test_reaper_moves_what_the_previous_release_left(redis: Redis) -> None
     assert (first.returned, first.consumers) == (2, 1)  # old-gone's; the live one keeps its item
     assert not await redis.exists("Q:dead")
     assert payload_ids(await redis.lrange(queue.dead_key, 0, -1)) == ["00000001", "00000000"]
-    waiting = [item_format.decode(r) for r in await redis.lrange("Q", 0, -1)]
+    waiting = [stored_item(r) for r in await redis.lrange("Q", 0, -1)]
     assert [i.payload[:8] for i in waiting] == [b"00000006", b"00000004", b"00000003"]
     assert [i.attempts for i in waiting] == [0, 1, 1]  # a reaped item counts an attempt
     assert await redis.llen("Q:processing:old-live") == 1

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from manycore_common import item as item_format
 from manycore_common import keyspace, queueinspect, trace
 from manycore_common.queue import ReliableQueue
-from tests.helpers import RedisServer, write_configs
+from tests.helpers import RedisServer, stored_item, write_configs
 from tests.integration.test_queuectl import queues_cmd
 
 
@@ -52,7 +52,7 @@ async def test_peek_drop_and_requeue_one_dead_letter(
     # Exactly the chosen ones moved: a2 is still dead, a3 waits again with zero attempts.
     assert [i.uuid for i in await queue.dead_letters(0, 10)] == ["a2"]
     (back,) = await redis.lrange(queue.name, 0, -1)
-    header = item_format.decode(back).header
+    header = stored_item(back).header
     assert header["uuid"] == "a3" and header["attempts"] == 0 and "dead" not in header
 
     again = queues_cmd(g, c, "drop", first)

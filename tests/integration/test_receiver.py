@@ -14,7 +14,15 @@ import pytest
 from redis import Redis as SyncRedis
 
 from manycore_common import item as item_format
-from tests.helpers import LOOPBACK, RedisServer, Service, running, wait_for, write_configs
+from tests.helpers import (
+    LOOPBACK,
+    RedisServer,
+    Service,
+    running,
+    stored_item,
+    wait_for,
+    write_configs,
+)
 from tests.integration.conftest import build_message, set_path
 
 P0, P1 = "IB-MAIL-QUEUE-P0", "IB-MAIL-QUEUE-P1"
@@ -48,6 +56,7 @@ def receiver(
 
 def connect(service: Service, context: ssl.SSLContext, login: bool = True) -> smtplib.SMTP:
     # local_hostname avoids smtplib's getfqdn() (a DNS lookup).
+    assert service.port is not None
     smtp = smtplib.SMTP(LOOPBACK, service.port, local_hostname="localhost", timeout=15)
     smtp.ehlo()
     smtp.starttls(context=context)
@@ -71,7 +80,7 @@ def send(service: Service, context: ssl.SSLContext, data: bytes) -> tuple[int, b
 
 
 def queued(client: SyncRedis, queue: str) -> list[item_format.Item]:
-    return [item_format.decode(raw) for raw in client.lrange(queue, 0, -1)]
+    return [stored_item(raw) for raw in client.lrange(queue, 0, -1)]
 
 
 def test_messages_land_byte_for_byte_by_priority(
@@ -116,6 +125,7 @@ def test_auth_login_mechanism(
 
 
 def test_plaintext_auth_is_refused(receiver: Service) -> None:
+    assert receiver.port is not None
     with smtplib.SMTP(LOOPBACK, receiver.port, local_hostname="localhost", timeout=10) as smtp:
         smtp.ehlo()
         assert "starttls" in smtp.esmtp_features
@@ -283,7 +293,7 @@ def test_redis_down_means_451_and_nothing_half_accepted(
             assert service.live()
         client = SyncRedis(host=LOOPBACK, port=redis.port)
         # Redis ran without persistence: only what was sent after the restart is there.
-        assert [item_format.decode(r).uuid for r in client.lrange(P1, 0, -1)] == ["after"]
+        assert [stored_item(r).uuid for r in client.lrange(P1, 0, -1)] == ["after"]
         client.close()
     finally:
         redis.stop()

@@ -52,8 +52,8 @@ async def login(port: int) -> AsyncIterator[Any]:
         await client.aclose()
     admin = SyncRedis(host=LOOPBACK, port=port, retry=NO_RETRY)
     try:
-        refused = admin.execute_command("ACL", "LOG")
-        admin.execute_command("ACL", "LOG", "RESET")
+        refused = admin.execute_command("ACL", "LOG")  # type: ignore[no-untyped-call]
+        admin.execute_command("ACL", "LOG", "RESET")  # type: ignore[no-untyped-call]
         admin.flushall()
     finally:
         admin.close()
@@ -104,7 +104,9 @@ async def test_transformer_consumes_hands_over_and_dead_letters(login: Any) -> N
     assert await p0.requeue_dead() == 2
     assert await c0.release() >= 0
     assert await target.size() == 4 and await p0.processing_size() == 0
-    await trace.write(redis, GlobalTrace(), [("u1", trace.entry("signed", "transformer"))])
+    await trace.write(
+        redis, trace.TraceSettings.of(GlobalTrace()), [("u1", trace.entry("signed", "transformer"))]
+    )
     store = SuppressionStore(redis)
     assert await store.lookup([("example.com", "a@example.net")], 0) == [None]
     assert await store.size() == 0
@@ -145,9 +147,9 @@ async def test_mxserver_and_httpreceiver_emit_once_and_suppress(login: Any) -> N
     await recorder.store_unclassified(b"junk", {"mail_from": "b@x.net"}, "no rule", None, "c")
     http = login("httpreceiver")
     store = SuppressionStore(http)
-    ops = ops_for_event(bounce("u4", "d@example.net"), ["example.com"], settings)
-    assert await store.add(ops) == 1
-    assert await store.add_entries(ops) == 0
+    writes = ops_for_event(bounce("u4", "d@example.net"), ["example.com"], settings)
+    assert await store.add(writes) == 1
+    assert await store.add_entries(writes) == 0
     assert await store.get(["example.com"], "d@example.net", 0)
     assert (await store.page("example.com", 0, 10, 0))[0]
     assert await store.delete([("example.com", "d@example.net")]) == 1
@@ -164,7 +166,9 @@ async def test_backdata_consumes_events_and_writes_traces(login: Any) -> None:
     items = await consumer.take_batch(10, 0.1)
     assert len(items) == 1
     assert await consumer.ack_many(items) == 1
-    await trace.write(redis, GlobalTrace(), [("u1", trace.entry("posted", "backdata"))])
+    await trace.write(
+        redis, trace.TraceSettings.of(GlobalTrace()), [("u1", trace.entry("posted", "backdata"))]
+    )
     await queue.reap()
     await consumer.release()
 

@@ -200,7 +200,7 @@ def test_password_required_and_dangerous_commands_denied(tmp_path: Path) -> None
             ("ACL", "LIST"),
         ):
             with pytest.raises(NoPermissionError):
-                app.execute_command(*command)
+                app.execute_command(*command)  # type: ignore[no-untyped-call]
         assert "used_memory" in app.info("memory")
         app.close()
     finally:

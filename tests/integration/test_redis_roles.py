@@ -64,7 +64,7 @@ def role(pod: RedisPod, username: str = "manycore") -> str:
 def named_primary(sentinel_port: int) -> int | None:
     client = SyncRedis(host=LOOPBACK, port=sentinel_port, retry=NO_RETRY)
     try:
-        answer = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", NAME)
+        answer = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", NAME)  # type: ignore[no-untyped-call]
     finally:
         client.close()
     return int(answer[1]) if answer else None
@@ -150,7 +150,9 @@ def _redis_pid(pod: RedisPod, username: str) -> int:
 def _replicas_seen(sentinel_port: int) -> int:
     client = SyncRedis(host=LOOPBACK, port=sentinel_port, retry=NO_RETRY)
     try:
-        return int(client.sentinel_master(NAME)["num-slaves"])
+        state = client.sentinel_master(NAME)
+        assert isinstance(state, dict), state
+        return int(state["num-slaves"])
     finally:
         client.close()
 

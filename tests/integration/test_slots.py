@@ -55,7 +55,7 @@ PACKAGES = ["common/manycore_common"] + [
 ]
 #: Scripts that may span slots, with the reason. They run only on the Redis of a deployment
 #: upgraded from the previous release (tests/integration/test_queue_upgrade.py).
-CROSS_SLOT_BY_DESIGN = {"manycore_common.queue._MOVE_LEGACY"}
+CROSS_SLOT_BY_DESIGN = {"manycore_common.queuescripts.MOVE_LEGACY"}
 NOW = 1_800_000_000.0
 
 
@@ -75,6 +75,10 @@ def slot(key: str | bytes) -> int:
     return crc16(keyspace.slot_text(text).encode("utf-8", "surrogateescape")) % 16384
 
 
+def _text(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key
+
+
 def registered_scripts() -> dict[str, str]:
     """Every ``register_script(NAME)`` of the code base: module.NAME → its Lua."""
     out: dict[str, str] = {}
@@ -88,9 +92,14 @@ def registered_scripts() -> dict[str, str]:
                     and node.func.attr == "register_script"
                 ):
                     (arg,) = node.args
-                    assert isinstance(arg, ast.Name), f"{module_name}: register a module constant"
                     module = importlib.import_module(module_name)
-                    out[f"{module_name}.{arg.id}"] = getattr(module, arg.id)
+                    if isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name):
+                        # ``lua.PUSH``: a constant of a scripts module (queuescripts ...)
+                        module, name = getattr(module, arg.value.id), arg.attr
+                    else:
+                        assert isinstance(arg, ast.Name), f"{module_name}: register a constant"
+                        name = arg.id
+                    out[f"{module.__name__}.{name}"] = getattr(module, name)
     return out
 
 
@@ -116,9 +125,9 @@ def cluster_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         "nodes.conf",
     ).start()
     client = SyncRedis(host=LOOPBACK, port=server.port)
-    client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+    client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
     wait_for(
-        lambda: b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"),
+        lambda: b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"),  # type: ignore[no-untyped-call]
         what="cluster state ok",
     )
     client.close()
@@ -142,9 +151,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
     async def recording_call(
         self: AsyncScript, keys: Any = None, args: Any = None, client: Any = None
     ) -> Any:
-        recorded.append(
-            (self.original, [k if isinstance(k, str) else k.decode() for k in keys or []])
-        )  # type: ignore[attr-defined]
+        original: str = self.original  # type: ignore[attr-defined]
+        recorded.append((original, [k if isinstance(k, str) else k.decode() for k in keys or []]))
         return await call(self, keys, args, client)
 
     monkeypatch.setattr(AsyncScript, "__init__", shebang_init)
@@ -282,12 +290,12 @@ async def test_every_script_call_stays_in_the_prefix_slot(
         assert keys, f"a script call without keys:\n{lua[:200]}"
         assert {slot(k) for k in keys} == {home}, f"keys of several slots: {keys}"
     # Every key written anywhere (scripts or plain commands) is in the prefix's slot.
-    stored = [k.decode() for k in await node.keys("*")]
+    stored = [_text(k) for k in await node.keys("*")]
     assert len(stored) > 20 and all(k.startswith("{mc}") for k in stored), stored
     assert {slot(k) for k in stored} == {home}
     # Our slots agree with the server's.
     for key in [*stored[:5], "123456789", "P0", "{P0}:dead"]:
-        assert await node.execute_command("CLUSTER", "KEYSLOT", key) == slot(key)
+        assert await node.execute_command("CLUSTER", "KEYSLOT", key) == slot(key)  # type: ignore[no-untyped-call]
     # Every script the code base registers was driven above.
     called = {lua for lua, _ in calls}
     registered = registered_scripts()
@@ -341,7 +349,7 @@ def test_services_with_a_prefix_write_only_its_slot(
         status, _, answer = post(api, build_message("pfx1", stream_id="spring"))
         assert status == 200, answer
         wait_for(lambda: client.llen("{mc}INCOMING-TO-POSTFIX") == 3, what="three copies")
-    stored = [k.decode() for k in client.keys("*")]
+    stored = [_text(k) for k in client.keys("*")]
     assert {"{mc}MANYCORE-FEEDBACK-STREAMS", "{mc}trace:pfx1"} <= set(stored)
     assert any(k.startswith("{mc}idem:") for k in stored)
     assert all(k.startswith("{mc}") for k in stored), stored

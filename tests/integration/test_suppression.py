@@ -15,7 +15,6 @@ from typing import Any
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from manycore_common import item as item_format
 from manycore_common import suppression as s
 from manycore_common.config import SuppressionSettings
 from manycore_common.events import encode_event
@@ -26,7 +25,7 @@ from manycore_postfixlog.outcomes import refusal_event
 from manycore_postfixlog.processor import LogProcessor
 from manycore_postfixlog.state import Message, State
 from tests.eventschema import assert_valid
-from tests.helpers import RedisServer, Service, running, wait_for, write_configs
+from tests.helpers import RedisServer, Service, running, stored_item, wait_for, write_configs
 from tests.integration.conftest import build_message
 from tests.integration.test_httpreceiver import GOOD_AUTH, http_service, post
 from tests.integration.test_transformer import (
@@ -160,7 +159,7 @@ def test_transformer_drops_suppressed_recipients_before_signing(
         "alice@example.net",
         "dave@example.org",
     ]
-    got = [json.loads(item_format.decode(r).payload) for r in queues.lrange(EVENTS, 0, -1)]
+    got = [json.loads(stored_item(r).payload) for r in queues.lrange(EVENTS, 0, -1)]
     assert sorted((e["event"], e["uuid"], e["rcpt"], e["reason"]) for e in got) == [
         ("suppressed", "mixed1", "Bob@Example.ORG", "hard-bounce"),
         ("suppressed", "mixed1", "carol@example.org", "unsubscribe"),
@@ -204,7 +203,8 @@ def test_the_http_api(tmp_path: Path, redis_server: RedisServer, queues: SyncRed
             404,
             {"error": "a@shop.test is not on the suppression list", "reason": "not-found"},
         )
-        seen, cursor = [], ""
+        seen: list[str] = []
+        cursor: str | None = ""
         while cursor is not None:
             status, page = api_call(
                 api, "GET", f"/v1/suppressions?domain=example.com&limit=1&cursor={cursor}"

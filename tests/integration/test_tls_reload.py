@@ -31,6 +31,7 @@ def served(service: Service) -> bytes:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # we compare the certificate itself
+    assert service.port is not None
     with smtplib.SMTP(LOOPBACK, service.port, local_hostname="client.test", timeout=15) as smtp:
         smtp.ehlo()
         smtp.starttls(context=context)
@@ -86,7 +87,7 @@ def test_swapped_certificate_files_are_served_on_the_next_starttls(
         replace_files(directory, prefix, new_cert, new_key)
     for service, _, _ in services:
         wait_for(
-            lambda s=service: served(s) == der(new_cert),
+            lambda s=service: served(s) == der(new_cert),  # type: ignore[misc]
             timeout=RELOAD_SECONDS + 10,
             what=f"{service.name} serving the new certificate",
         )

@@ -26,6 +26,7 @@ from tests.helpers import (
     Service,
     rsa_pem,
     running,
+    stored_item,
     wait_for,
     write_configs,
     write_dkim_keys,
@@ -78,7 +79,7 @@ def tag_of(item: item_format.Item) -> feedbacktag.Tag:
 
 def out_items(client: SyncRedis) -> list[item_format.Item]:
     # LPUSH puts the newest on the left: reverse for arrival order.
-    return [item_format.decode(raw) for raw in reversed(client.lrange(OUT, 0, -1))]
+    return [stored_item(raw) for raw in reversed(client.lrange(OUT, 0, -1))]
 
 
 def records() -> dict[str, str]:
@@ -150,11 +151,11 @@ def test_unknown_domain_goes_to_dead_letters_with_an_error_event(
             what="one handed over, one dead-lettered",
         )
         assert service.metric("transformer_errors_total", 'reason="unknown-domain"') == 1
-    dead = item_format.decode(queues.lrange(f"{{{P1}}}:dead", 0, -1)[0])
+    dead = stored_item(queues.lrange(f"{{{P1}}}:dead", 0, -1)[0])
     assert dead.uuid == "lost1"
     assert "unknown.example" in (dead.dead_reason or "")
     (raw_event,) = queues.lrange(EVENTS, 0, -1)
-    event = json.loads(item_format.decode(raw_event).payload)
+    event = json.loads(stored_item(raw_event).payload)
     assert event["event"] == "error" and event["service"] == "transformer"
     assert event["uuid"] == "lost1"
     assert "From domain unknown.example is not configured" in event["msg"]

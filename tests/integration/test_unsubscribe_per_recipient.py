@@ -17,7 +17,15 @@ from manycore_common import item as item_format
 from manycore_common import keyspace
 from manycore_common import suppression as s
 from manycore_common.unsubscribe import make_message_token, make_token
-from tests.helpers import RedisServer, Service, running, wait_for, write_configs, write_dkim_keys
+from tests.helpers import (
+    RedisServer,
+    Service,
+    running,
+    stored_item,
+    wait_for,
+    write_configs,
+    write_dkim_keys,
+)
 from tests.integration.conftest import build_message, set_path
 from tests.integration.test_httpreceiver import UNSUB_SECRET, request
 
@@ -57,7 +65,7 @@ def enqueue(client: SyncRedis, uuid: str, rcpts: list[str]) -> None:
 def tokens_by_rcpt(client: SyncRedis, uuid: str) -> dict[str, str]:
     out = {}
     for raw in client.lrange(OUT, 0, -1):
-        item = item_format.decode(raw)
+        item = stored_item(raw)
         if item.uuid == uuid:
             (token,) = re.findall(
                 rb"<https://mail\.example\.com/v1/unsubscribe/([^>]+)>", item.payload
@@ -67,12 +75,13 @@ def tokens_by_rcpt(client: SyncRedis, uuid: str) -> dict[str, str]:
 
 
 def events(client: SyncRedis, kind: str) -> list[dict[str, Any]]:
-    found = [json.loads(item_format.decode(r).payload) for r in client.lrange(EVENTS, 0, -1)]
+    found = [json.loads(stored_item(r).payload) for r in client.lrange(EVENTS, 0, -1)]
     return [e for e in found if e["event"] == kind]
 
 
 def entry(client: SyncRedis, domain: str, address: str) -> s.Entry | None:
     raw = client.hget(s.bucket_key(domain, address), address)
+    assert raw is None or isinstance(raw, bytes)
     return None if raw is None else s.unpack(raw)
 
 
@@ -109,7 +118,7 @@ def test_each_recipient_unsubscribes_and_is_suppressed(
         enqueue(queues, "second1", [ANN, BOB, CAROL])
         wait_for(lambda: len(events(queues, "suppressed")) == 2, what="two suppressed events")
         wait_for(lambda: queues.llen(OUT) == 1, what="Carol's copy")
-    (left,) = [item_format.decode(r) for r in queues.lrange(OUT, 0, -1)]
+    (left,) = [stored_item(r) for r in queues.lrange(OUT, 0, -1)]
     assert left.header["rcpts"] == [CAROL]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -73,7 +74,7 @@ def test_config_is_frozen() -> None:
 
 
 def test_missing_field_is_named_by_its_path(tmp_path: Path) -> None:
-    def drop_selector(data: dict) -> None:
+    def drop_selector(data: dict[str, Any]) -> None:
         del data["transformer"]["domain-settings"][1]["selector"]
 
     assert problems(tmp_path, customer_text=customer_with(drop_selector)) == [
@@ -82,7 +83,7 @@ def test_missing_field_is_named_by_its_path(tmp_path: Path) -> None:
 
 
 def test_every_problem_is_reported_one_per_line(tmp_path: Path) -> None:
-    def break_things(data: dict) -> None:
+    def break_things(data: dict[str, Any]) -> None:
         data["receiver"]["bind"]["inet-port"] = "not-a-port"
         data["receiver"]["colour"] = "blue"
         data["backdata"]["batch-size"] = 0
@@ -134,7 +135,7 @@ def test_secret_from_file_relative_to_config_dir(tmp_path: Path) -> None:
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "pw").write_text("from-a-file\n")
 
-    def use_file(data: dict) -> None:
+    def use_file(data: dict[str, Any]) -> None:
         data["receiver"]["auth-logins"] = [{"username": "u", "password-file": "secrets/pw"}]
         data["receiver"]["reliable-queue"]["redis"]["password-file"] = str(tmp_path / "secrets/pw")
 
@@ -147,7 +148,7 @@ def test_secret_from_file_relative_to_config_dir(tmp_path: Path) -> None:
 
 
 def test_secret_file_problems_are_named(tmp_path: Path) -> None:
-    def both(data: dict) -> None:
+    def both(data: dict[str, Any]) -> None:
         data["receiver"]["auth-logins"] = [
             {"username": "u", "password": "x", "password-file": "pw"},
             {"username": "v", "password-file": "missing-file"},
@@ -165,7 +166,7 @@ def test_secret_file_problems_are_named(tmp_path: Path) -> None:
 
 
 def test_duplicate_usernames_and_domains(tmp_path: Path) -> None:
-    def dup(data: dict) -> None:
+    def dup(data: dict[str, Any]) -> None:
         data["receiver"]["auth-logins"].append({"username": "apa", "password": "x"})
         data["transformer"]["domain-settings"][1]["domain"] = "EXAMPLE.com"
 
@@ -175,7 +176,7 @@ def test_duplicate_usernames_and_domains(tmp_path: Path) -> None:
 
 
 def test_dkim_key_needs_exactly_one_source(tmp_path: Path) -> None:
-    def no_key(data: dict) -> None:
+    def no_key(data: dict[str, Any]) -> None:
         del data["transformer"]["domain-settings"][0]["dkim-private-key-file"]
 
     assert problems(tmp_path, customer_text=customer_with(no_key)) == [
@@ -244,7 +245,7 @@ transformer:
 
 @pytest.mark.parametrize("service", ["receiver", "httpreceiver"])
 def test_service_exits_2_with_one_line_per_problem(tmp_path: Path, service: str) -> None:
-    def break_it(data: dict) -> None:
+    def break_it(data: dict[str, Any]) -> None:
         data[service]["auth-logins"][0]["password"] = ""
         data[service]["max-message-size"] = -5
 
@@ -272,7 +273,7 @@ def test_service_exits_2_with_one_line_per_problem(tmp_path: Path, service: str)
 
 
 def test_service_without_its_section_exits_2(tmp_path: Path) -> None:
-    def drop(data: dict) -> None:
+    def drop(data: dict[str, Any]) -> None:
         del data["httpreceiver"]
 
     g, c = write(tmp_path, customer_text=customer_with(drop))

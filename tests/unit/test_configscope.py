@@ -63,6 +63,7 @@ def test_mxserver_starts_without_other_services_secrets(tmp_path: Path) -> None:
     write_secrets(tmp_path, "redis-password", "feedback")
     config = load_config(g, c, "mxserver")
     customer = config.customer
+    assert customer.mxserver is not None and customer.transformer is not None
     assert customer.mxserver.reliable_queue.redis.password is not None
     assert customer.common_config.feedback_secret is not None
     # Not loaded: other services' sections and secrets.
@@ -163,7 +164,7 @@ def test_without_a_service_everything_loads(tmp_path: Path) -> None:
 
 
 def test_scoped_customer_is_pure_and_keeps_plain_common_keys() -> None:
-    data = {
+    data: dict[str, dict[str, Any]] = {
         "receiver": {"a": 1},
         "backdata": {"b": 2},
         "common-config": {"feedback-secret": "f", "unsubscribe-secret-file": "u", "plain": 3},

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -48,7 +49,7 @@ def test_lua_empty_array_is_normalised() -> None:
     "header",
     [{"n": 10**15}, {"f": 1.5}, {"nested": {"x": 2**60}}, {"l": [1, []]}],
 )
-def test_values_cjson_cannot_keep_are_refused(header: dict) -> None:
+def test_values_cjson_cannot_keep_are_refused(header: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         item_format.encode(header, b"x")
 

@@ -154,6 +154,8 @@ def test_empty_group_inside_a_list() -> None:
         (b"A: 1\n\nbody\r\n\r\n", b"A: 1\n\n"),  # the bare-LF end comes first
         (b"A: 1\r\n\r\nbody\n\n", b"A: 1\r\n\r\n"),  # the CRLF end comes first
         (b"A: 1\r\nB: 2\r\n", b"A: 1\r\nB: 2\r\n"),  # no end: all of it
+        (b"A: 1\n\r\nbody\r\n\r\n", b"A: 1\n\r\n"),  # an LF line, then a CRLF empty one
+        (b"\r\nA: 1\r\n\r\n", b"\r\n"),  # an empty first line: no header fields
     ],
 )
 def test_header_section_ends_at_the_first_empty_line(data: bytes, expected: bytes) -> None:
@@ -165,8 +167,14 @@ def test_header_section_is_the_prefix_up_to_the_first_empty_line(parts: list[byt
     data = b"".join(parts)
     head = header_section(data)
     assert data.startswith(head)
-    ends = [i + len(m) for m in (b"\r\n\r\n", b"\n\n") if (i := data.find(m)) >= 0]
-    assert len(head) == (min(ends) if ends else len(data))
+    # Lines end at LF (rawheaders); the first that holds nothing but its line end ends it.
+    offset, end = 0, len(data)
+    for line in data.split(b"\n")[:-1]:
+        offset += len(line) + 1
+        if line in (b"", b"\r"):
+            end = offset
+            break
+    assert len(head) == end
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,14 @@ import re
 
 import pytest
 
-from manycore_common import events, queue, queueinspect, suppressionstore
-from manycore_postfixlog import state
+from manycore_common import events, queueinspect, queuescripts, suppressionstore
+from manycore_postfixlog import statescripts
 
 SCRIPTS = {
     f"{module.__name__}.{name}": value
-    for module in (queue, state, events, queueinspect, suppressionstore)
+    for module in (queuescripts, statescripts, events, queueinspect, suppressionstore)
     for name, value in vars(module).items()
-    if name.startswith("_") and name.isupper() and isinstance(value, str) and "redis.call" in value
+    if name.isupper() and isinstance(value, str) and "redis.call" in value
 }
 #: A key name made by concatenation with a KEYS entry (what the SCAN-era reaper did).
 _KEY_CONCAT = re.compile(r"KEYS\[\d+\]\s*\.\.|\.\.\s*KEYS\[\d+\]")
@@ -25,8 +25,13 @@ _BUILT_KEY = re.compile(r"redis\.p?call\(\s*'\w+'\s*,[^,)]*\.\.")
 
 
 def test_the_scripts_are_found() -> None:
-    assert {"manycore_common.queue._REAP", "manycore_common.queue._TAKE_MANY"} <= set(SCRIPTS)
-    assert "manycore_postfixlog.state._CLAIM" in SCRIPTS
+    assert {"manycore_common.queuescripts.REAP", "manycore_common.queuescripts.TAKE_MANY"} <= set(
+        SCRIPTS
+    )
+    assert {
+        "manycore_postfixlog.statescripts.CLAIM",
+        "manycore_postfixlog.statescripts.RECORD",
+    } <= set(SCRIPTS)
     assert "manycore_common.suppressionstore._SCAN" in SCRIPTS
 
 

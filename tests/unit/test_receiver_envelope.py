@@ -14,7 +14,7 @@ from manycore_receiver.smtp import plain_path
 def aiosmtpd_getaddr(arg: str) -> tuple[str | None, str | None]:
     server = SMTP.__new__(SMTP)  # _getaddr reads only local_part_limit
     server.local_part_limit = 0
-    return server._getaddr(arg)  # type: ignore[no-any-return]
+    return server._getaddr(arg)
 
 
 @pytest.mark.parametrize(

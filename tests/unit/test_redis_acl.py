@@ -21,26 +21,26 @@ from manycore_redis import acl
 ROOT = Path(__file__).resolve().parents[2]
 KS = acl.Keyspace("IB-MAIL-QUEUE-P0", "IB-MAIL-QUEUE-P1", "INCOMING-TO-POSTFIX", "EVENT_QUEUE")
 
-_QUEUE = "manycore_common.queue"
+_QUEUE = "manycore_common.queuescripts"
 _STORE = "manycore_common.suppressionstore"
-_STATE = "manycore_postfixlog.state"
-PRODUCER_SCRIPTS = [(_QUEUE, "_PUSH"), (_QUEUE, "_PUSH_CLAIMED")]
+_STATE = "manycore_postfixlog.statescripts"
+PRODUCER_SCRIPTS = [(_QUEUE, "PUSH"), (_QUEUE, "PUSH_CLAIMED")]
 CONSUMER_SCRIPTS = [
     (_QUEUE, name)
     for name in (
-        "_TAKE_MANY",
-        "_ACK_MANY",
-        "_HAND_OVER",
-        "_HAND_OVER_SPLIT",
-        "_RETRY",
-        "_DEAD_LETTER",
-        "_HEARTBEAT",
-        "_REAP_CANDIDATES",
-        "_REAP",
-        "_RETURN_STRAYS",
-        "_RELEASE",
-        "_REQUEUE_DEAD",  # manycore-queues requeue QUEUE, run with the consumer's section
-        "_MOVE_LEGACY",  # the reaper's move from the previous release's key names
+        "TAKE_MANY",
+        "ACK_MANY",
+        "HAND_OVER",
+        "HAND_OVER_SPLIT",
+        "RETRY",
+        "DEAD_LETTER",
+        "HEARTBEAT",
+        "REAP_CANDIDATES",
+        "REAP",
+        "RETURN_STRAYS",
+        "RELEASE",
+        "REQUEUE_DEAD",  # manycore-queues requeue QUEUE, run with the consumer's section
+        "MOVE_LEGACY",  # the reaper's move from the previous release's key names
     )
 ]
 SUPPRESSION_SCRIPTS = [
@@ -57,8 +57,8 @@ SCRIPTS = {
     "transformer": [*CONSUMER_SCRIPTS, (_STORE, "_LOOKUP")],
     "postfixlog": [
         *CONSUMER_SCRIPTS,
-        *((_STATE, n) for n in ("_RECORD", "_FINAL", "_DEFERRAL", "_REQUEUE", "_CLAIM")),
-        (_STATE, "_UNCLAIM"),
+        *((_STATE, n) for n in ("RECORD", "FINAL", "DEFERRAL", "REQUEUE", "CLAIM")),
+        (_STATE, "UNCLAIM"),
     ],
     "backdata": CONSUMER_SCRIPTS,
     "mxserver": [
@@ -72,7 +72,7 @@ OPERATOR_SCRIPTS = {("manycore_common.queueinspect", "_TAKE_DEAD")}
 #: What the operator's user runs: drop / requeue by id, requeue QUEUE, the suppression CLI.
 OPERATOR_RUNS = [
     *OPERATOR_SCRIPTS,
-    (_QUEUE, "_REQUEUE_DEAD"),
+    (_QUEUE, "REQUEUE_DEAD"),
     *((_STORE, n) for n in ("_ADD", "_IMPORT", "_LOOKUP", "_DELETE", "_SCAN", "_PURGE")),
 ]
 
@@ -101,7 +101,7 @@ def test_each_script_a_service_runs_calls_only_commands_its_user_has(service: st
 def test_every_script_in_the_code_is_accounted_for() -> None:
     """A new script must be given to the users that run it (here and in ``acl``)."""
     declared = {pair for pairs in SCRIPTS.values() for pair in pairs} | OPERATOR_SCRIPTS
-    assignment = re.compile(r"^(_[A-Z_]+) = ", re.MULTILINE)
+    assignment = re.compile(r"^(_?[A-Z][A-Z_]+) = ", re.MULTILINE)
     found = set()
     for path in [*ROOT.glob("common/manycore_common/*.py"), *ROOT.glob("*/manycore_*/*.py")]:
         text = path.read_text()
@@ -110,7 +110,7 @@ def test_every_script_in_the_code_is_accounted_for() -> None:
         module = f"{path.parent.name}.{path.stem}"
         for name in assignment.findall(text):
             value = getattr(importlib.import_module(module), name)
-            if isinstance(value, str) and "redis.call(" in value and "_LUA" not in name:
+            if isinstance(value, str) and "redis.call(" in value and "LUA" not in name:
                 found.add((module, name))
     assert len(found) == 30  # the search itself works (update when adding a script)
     assert found - declared == set()

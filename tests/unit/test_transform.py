@@ -19,13 +19,13 @@ from manycore_common import feedbacktag
 from manycore_transformer import dkim
 from manycore_transformer import transform as transform_module
 from manycore_transformer.headers import split_message, values
+from manycore_transformer.identity import TransformError
 from manycore_transformer.settings import check_templates, upgrade_inject
 from manycore_transformer.templates import upgrade_legacy
 from manycore_transformer.transform import (
     Copy,
     DomainSigner,
     Settings,
-    TransformError,
     transform,
 )
 from tests.dkimcheck import dkimpy_results, opendkim_results
@@ -466,11 +466,13 @@ def alternative_message(uuid: str = "u1") -> bytes:
 
 def parts(data: bytes) -> list[tuple[str, bytes]]:
     msg = email.message_from_bytes(data, policy=email.policy.default)
-    return [
-        (p.get_content_type(), p.get_payload(decode=True))
-        for p in msg.walk()
-        if not p.is_multipart()
-    ]
+    found = []
+    for part in msg.walk():
+        if not part.is_multipart():
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes), payload
+            found.append((part.get_content_type(), payload))
+    return found
 
 
 def with_beacon(url: str = "https://t.example.com/o/{{uuid}}/{{stream-id}}.gif") -> Settings:
@@ -543,7 +545,7 @@ def test_unsubscribe_token_placeholder() -> None:
     token = value.removeprefix("<https://mail.example.com/v1/unsubscribe/").removesuffix(">")
     assert parse_token(secret, token) == ("u42", "s9")
     # One token per recipient, each naming its own recipient and the From domain.
-    result = transform(
+    transformed = transform(
         build_message("u43", stream_id="s9"),
         settings(inject=inject, unsubscribe_secret=secret),
         NOW,
@@ -551,7 +553,7 @@ def test_unsubscribe_token_placeholder() -> None:
     )
     tokens = [
         read_token(secret, values(split_message(c.data)[0], "List-Unsubscribe")[0][41:-1])
-        for c in result.copies
+        for c in transformed.copies
     ]
     assert [(t.rcpt, t.domain) for t in tokens if t] == [
         ("ann@example.org", "example.com"),

@@ -7,13 +7,13 @@ import socket
 import pytest
 
 from manycore_common.config import Listen
-from manycore_common.workers import (
+from manycore_common.supervisor import (
     FIRST_RESTART_PAUSE,
     MAX_RESTART_PAUSE,
     STABLE_SECONDS,
-    bind,
     restart_pause,
 )
+from manycore_common.workers import bind
 
 
 def test_restart_pause_doubles_while_a_worker_keeps_failing() -> None:
