@@ -100,7 +100,7 @@ def _distinct(rcpts: Sequence[str]) -> tuple[tuple[str, ...], tuple[str | None, 
     distinct: dict[str, str] = {}
     for rcpt in rcpts:
         distinct.setdefault(feedbacktag.normalize_address(rcpt), rcpt)
-    return tuple(distinct.values()), tuple(map(_address, distinct))
+    return tuple(distinct.values()), tuple(_address(n, r) for n, r in distinct.items())
 
 
 def _parsed(head: bytes) -> Envelope | None:
@@ -138,9 +138,11 @@ def _domain(domain: str) -> str | None:
         return None
 
 
-def _address(rcpt: str) -> str | None:
+def _address(norm: str, rcpt: str) -> str | None:
+    """The list's key of ``rcpt``, normalised already as ``norm`` (normalising is most of the
+    check's own cost: once per recipient)."""
     try:
-        return s.normalize(rcpt)
+        return s.checked(norm, rcpt)
     except s.BadAddress:
         return None
 

@@ -106,7 +106,12 @@ def normalize_domain(domain: str) -> str:
 def normalize(address: str) -> str:
     """A recipient as the list keys it (``feedbacktag.normalize_address``); BadAddress for
     anything that is not local@domain."""
-    norm = normalize_address(address)
+    return checked(normalize_address(address), address)
+
+
+def checked(norm: str, address: str) -> str:
+    """``norm``, the normalised form of ``address``, if the list can hold it; else
+    BadAddress. For a caller that normalised already (the Transformer's check, per message)."""
     local, at, domain = norm.rpartition("@")
     if not at or not local or len(norm) > 320 or not _DOMAIN.fullmatch(domain):
         raise BadAddress(f"not an address: {address[:100]!r}")
