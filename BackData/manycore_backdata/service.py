@@ -9,7 +9,6 @@ and every batch not yet delivered goes back to the front of the queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from redis.exceptions import RedisError
 from manycore_common import redisconn, redisready
 from manycore_common.config import BackDataSection, Config
 from manycore_common.consumer import Consumer
+from manycore_common.consuming import consuming
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
 from manycore_common.queue import ReliableQueue, configured, default_consumer_id
@@ -106,25 +106,38 @@ async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None
 
     health = HealthServer(section.prometheus, {"redis": redisready.answers(redis)})
     await health.start()
-    # The heartbeat and monitor outlive the posters: they keep our processing list ours
-    # until the last in-flight POST is settled and the rest released.
-    background_stop = asyncio.Event()
-    background: list[asyncio.Task[None]] = []
+    # The monitor outlives the posters and the release, to report what is left in our hands.
+    monitor_stop = asyncio.Event()
+    watcher: asyncio.Task[None] | None = None
+    try:
+        async with consuming([consumer], stop) as registered:
+            if registered:
+                watcher = asyncio.create_task(monitor(queue, consumer, monitor_stop))
+                await _post(config, prepared, consumer, stop)
+    finally:
+        monitor_stop.set()
+        if watcher is not None:
+            await asyncio.gather(watcher, return_exceptions=True)
+        await health.stop()
+        await redis.aclose()
+
+
+async def _post(
+    config: Config, prepared: Prepared, consumer: Consumer, stop: asyncio.Event
+) -> None:
+    """Run the posters until ``stop`` (or one crashes), then let them finish the POST in
+    flight; the batches not delivered are then released by ``consuming``."""
     loops: list[asyncio.Task[None]] = []
     try:
-        if not await redisready.register_when_up(consumer, stop):
-            return
-        background.append(asyncio.create_task(consumer.keep_alive(background_stop)))
-        background.append(asyncio.create_task(monitor(queue, consumer, background_stop)))
         async with Webhook(prepared.webhook) as hook:
-            posters = _posters(config, section, consumer, hook)
+            posters = _posters(config, prepared.section, consumer, hook)
             loops = [asyncio.create_task(p.run(stop)) for p in posters]
             log.info(
                 "posting events",
                 extra={
-                    "queue": queue.name,
+                    "queue": consumer.queue.name,
                     "webhook": redacted(prepared.webhook.url),
-                    "concurrency": section.concurrency,
+                    "concurrency": prepared.section.concurrency,
                     "consumer": consumer.id,
                 },
             )
@@ -132,14 +145,6 @@ async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None
     finally:
         stop.set()
         await asyncio.gather(*loops, return_exceptions=True)
-        with contextlib.suppress(RedisError, OSError):
-            released = await consumer.release()
-            if released:
-                log.info("unsent events returned to the queue", extra={"count": released})
-        background_stop.set()
-        await asyncio.gather(*background, return_exceptions=True)
-        await health.stop()
-        await redis.aclose()
 
 
 async def _until_stop_or_crash(stop: asyncio.Event, loops: list[asyncio.Task[None]]) -> None:

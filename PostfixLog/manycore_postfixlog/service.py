@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from manycore_common import redisconn, redisready
 from manycore_common.config import Config, PostfixLogSection
+from manycore_common.consuming import consuming
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
 from manycore_common.queue import ReliableQueue, configured
@@ -54,19 +55,14 @@ def _app(config: Config, prepared: Prepared, redis: Redis) -> PostfixLog:
     return PostfixLog(prepared.settings, redis, incoming, event_queue, instance)
 
 
-async def _start_postfix(app: PostfixLog, stop: asyncio.Event) -> bool:
-    """Write its config, check it, wait for Redis, then start Postfix (exit 1 if it fails).
-    False when told to stop while waiting for Redis."""
+@contextlib.contextmanager
+def _exit_on_postfix_error() -> Iterator[None]:
+    """Postfix cannot be configured or started: exit 1."""
     try:
-        app.instance.write_config()
-        await app.instance.check()
-        if not await redisready.register_when_up(app.consumer, stop):
-            return False
-        await app.start_postfix()
+        yield
     except PostfixError as exc:
         log.error("cannot start postfix", extra={"error": str(exc)})
         raise SystemExit(1) from None
-    return True
 
 
 async def _shut_down(
@@ -88,7 +84,7 @@ async def _shut_down(
 
 
 async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None:
-    section, settings = prepared.section, prepared.settings
+    section = prepared.section
     redis = redisconn.connect(section.reliable_queue.redis, blocking_timeout=TAKE_TIMEOUT)
     app = _app(config, prepared, redis)
 
@@ -101,32 +97,51 @@ async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None
     )
     await health.start()
     monitor_stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []  # the log loop, the monitor and the heartbeat
+    tasks: list[asyncio.Task[None]] = []  # the log loop, the monitor and the reload watcher
     started = False
     try:
-        if not await _start_postfix(app, stop):
-            return
-        await app.processor.start()
-        started = True
-        tasks.append(asyncio.create_task(app.follow_log()))
-        tasks.append(asyncio.create_task(app.monitor(monitor_stop)))
-        tasks.append(asyncio.create_task(app.consumer.keep_alive(app.feed_stop)))
-        feeders = [asyncio.create_task(app.feed()) for _ in range(settings.smtp_connections)]
-        reloader = Reloader(config, config_files(), app.instance, app.apply_settings)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.requested.set)
-        tasks.append(asyncio.create_task(reloader.watch(stop)))
-        log.info("feeding postfix", extra={"instance": settings.instance})
-        await stop.wait()
-        reloader.requested.set()  # wakes the watcher, which sees the stop
-        app.feed_stop.set()
-        await asyncio.gather(*feeders, return_exceptions=True)
-        with contextlib.suppress(RedisError, OSError):
-            await app.consumer.release()
+        # Its config is written and checked before waiting for Redis; Postfix starts after.
+        with _exit_on_postfix_error():
+            app.instance.write_config()
+            await app.instance.check()
+        async with consuming([app.consumer], stop) as registered:
+            if not registered:
+                return
+            with _exit_on_postfix_error():
+                await app.start_postfix()
+            await app.processor.start()
+            started = True
+            await _feed(config, app, tasks, monitor_stop, stop)
+        # Released (above): what the feeders held is back in Redis. Now Postfix's own queue.
         await app.drain_postfix()
     finally:
         await _shut_down(app, tasks, monitor_stop, started)
         await health.stop()
         await redis.aclose()
+
+
+async def _feed(
+    config: Config,
+    app: PostfixLog,
+    tasks: list[asyncio.Task[None]],
+    monitor_stop: asyncio.Event,
+    stop: asyncio.Event,
+) -> None:
+    """Feed Postfix and follow its log until ``stop``; then stop pulling and wait for the
+    feeders (what they still hold is released by ``consuming``)."""
+    tasks.append(asyncio.create_task(app.follow_log()))
+    tasks.append(asyncio.create_task(app.monitor(monitor_stop)))
+    feeders = [asyncio.create_task(app.feed()) for _ in range(app.settings.smtp_connections)]
+    try:
+        reloader = Reloader(config, config_files(), app.instance, app.apply_settings)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.requested.set)
+        tasks.append(asyncio.create_task(reloader.watch(stop)))
+        log.info("feeding postfix", extra={"instance": app.settings.instance})
+        await stop.wait()
+        reloader.requested.set()  # wakes the watcher, which sees the stop
+    finally:
+        app.feed_stop.set()
+        await asyncio.gather(*feeders, return_exceptions=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from manycore_common import events, redisconn, redisready, trace
 from manycore_common.config import Config, TransformerSection
 from manycore_common.consumer import Consumer
+from manycore_common.consuming import consuming
 from manycore_common.health import HealthServer
 from manycore_common.item import Item
 from manycore_common.lifecycle import run_service
@@ -249,36 +250,35 @@ async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None
     settings = settings_module.build(prepared.spec)
     streams = StreamRegistry(redis)
     checker = Checker(SuppressionStore(redis), config.customer.common_config.suppression)
+    tracing = trace.TraceSettings.of(config.global_.trace)
+    args = (*consumers, queues.target, queues.events, section, executor, settings, streams)
+    workers = [Worker(*args, checker, tracing) for _ in range(section.workers)]
 
     health = HealthServer(section.prometheus, {"redis": redisready.answers(redis)})
     await health.start()
-    inner_stop = asyncio.Event()
-    keepers: list[asyncio.Task[None]] = []
-    loops: list[asyncio.Task[None]] = []
     try:
-        for consumer in consumers:
-            if not await redisready.register_when_up(consumer, stop):
-                return
-            keepers.append(asyncio.create_task(consumer.keep_alive(inner_stop)))
-        tracing = trace.TraceSettings.of(config.global_.trace)
-        args = (*consumers, queues.target, queues.events, section, executor, settings, streams)
-        workers = [Worker(*args, checker, tracing) for _ in range(section.workers)]
-        loops = [asyncio.create_task(w.run(inner_stop)) for w in workers]
-        loops.append(asyncio.create_task(_watch_size(checker.store, inner_stop)))
-        log.info("transforming", extra={"workers": section.workers, "consumer": consumers[0].id})
-        await stop.wait()
+        async with consuming(consumers, stop) as registered:
+            if registered:
+                await _transform(workers, checker.store, stop)
     finally:
-        # Finish the batches in hand, then give back anything still held.
-        inner_stop.set()
-        await asyncio.gather(*loops, return_exceptions=True)
-        for consumer in consumers:
-            with contextlib.suppress(RedisError, OSError):
-                await consumer.release()
-        await asyncio.gather(*keepers, return_exceptions=True)
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
         await health.stop()
         await redis.aclose()
+
+
+async def _transform(workers: list[Worker], store: SuppressionStore, stop: asyncio.Event) -> None:
+    """Run the workers until ``stop``, then let them finish the batches in hand (what is
+    still held is then released by ``consuming``)."""
+    inner_stop = asyncio.Event()
+    loops = [asyncio.create_task(w.run(inner_stop)) for w in workers]
+    loops.append(asyncio.create_task(_watch_size(store, inner_stop)))
+    try:
+        log.info("transforming", extra={"workers": len(workers), "consumer": workers[0].primary.id})
+        await stop.wait()
+    finally:
+        inner_stop.set()
+        await asyncio.gather(*loops, return_exceptions=True)
 
 
 async def _watch_size(store: SuppressionStore, stop: asyncio.Event) -> None:

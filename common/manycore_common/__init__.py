@@ -18,6 +18,7 @@ Queues and events:
     ``item``          the queue item format (JSON header line, then the payload)
     ``queue``         the reliable Redis queue: take, ack, hand-over, retry, dead letters, reaper
     ``consumer``      one consumer of it: processing list, heartbeat, take, ack, hand-over
+    ``consuming``     a service's consumers: register when Redis is up, heartbeat, release
     ``queuescripts``  the queue's Lua (every key in KEYS)
     ``queuelegacy``   the queue's upgrade: the previous release's keys, unregistered lists
     ``queuectl``      ``manycore-queues``: stats, dead letters, requeue, trace, adopt

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class Consumer:
     """One consumer of one queue: its own processing list, its heartbeat, and the reaper.
 
-    Usage::
+    Usage (a service does the register, heartbeat and release with ``consuming``)::
 
         consumer = queue.consumer(default_consumer_id("transformer"))
         await consumer.register()
