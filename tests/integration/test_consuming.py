@@ -53,7 +53,8 @@ async def test_registered_while_running_heartbeat_kept_and_released_on_exit(
     # Both back, at the front (taken next), and the third after them.
     raws = await redis.lrange("Q", 0, -1)
     assert [decode_stored(r).uuid for r in reversed(raws)] == ["u0", "u1", "u2"]
-    assert [r.count for r in caplog.records if r.getMessage().startswith("held items")] == [2]
+    returned = [r.__dict__["count"] for r in caplog.records if r.msg.startswith("held items")]
+    assert returned == [2]
     # The heartbeat task ended before the release: nothing registers us again.
     await asyncio.sleep(TIMEOUT / 2)
     assert await heartbeat(redis, queue, "c1") is None
