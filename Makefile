@@ -34,7 +34,8 @@ run: run-deps
 # minute and the sink MX hangs; about 8-15 minutes. MANYCORE_CHAOS_MESSAGES sets how many.
 # Then the Sentinel failover with 10,000 messages (about a minute and a half).
 chaos: deps
-	MANYCORE_CHAOS=1 $(PY) -m pytest -s tests/e2e/test_faults.py tests/integration/test_failover.py
+	MANYCORE_CHAOS=1 $(PY) -m pytest -s tests/e2e/test_faults.py tests/integration/test_failover.py \
+		tests/integration/test_redis_roles.py
 
 # Not part of CI (minutes, and noisy machines); `make test` runs a quick smoke of it.
 bench: deps

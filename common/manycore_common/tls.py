@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import ipaddress
 import logging
+import os
 import ssl
 import tempfile
 import weakref
@@ -29,8 +30,9 @@ from prometheus_client import Gauge
 log = logging.getLogger(__name__)
 
 #: How often a front door looks for a renewed certificate. The kubelet rewrites a mounted
-#: Secret within about a minute of its update; this adds at most half a minute.
-RELOAD_SECONDS = 30.0
+#: Secret within about a minute of its update; this adds at most half a minute. The
+#: environment variable exists for the tests (a renewal seen in a second, not in 30).
+RELOAD_SECONDS = float(os.environ.get("MANYCORE_TLS_RELOAD_SECONDS", "30"))
 
 # One certificate per process (Receiver's or MxServer's STARTTLS); with front-door workers
 # (prometheus_client's multiprocess mode) every worker loads the same file: "max" reports it once.

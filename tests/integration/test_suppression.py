@@ -230,11 +230,9 @@ def test_the_http_api(tmp_path: Path, redis_server: RedisServer, queues: SyncRed
         too_many = {"domain": "example.com", "entries": ["x@y.org"] * 10_001}
         assert api_call(api, "POST", "/v1/suppressions", too_many)[0] == 413
         assert api_call(api, "GET", "/v1/suppressions/a@shop.test", auth=None)[0] == 401
-        huge = b"[" + b'"x@y.org",' * (4 * 1024 * 1024 // 10) + b'"x@y.org"]'
-        status, _, got = post(
-            api, huge, content_type="application/json", path="/v1/suppressions", method="POST"
-        )
-        assert (status, got["reason"]) == (413, "too-large")
+        # A body over 4 MiB is answered 413 from its Content-Length and the connection closed
+        # before the body is read, so a client still sending gets EPIPE: that case is tested
+        # at the socket level (tests/hostile/test_suppression_api.py).
         status, _, got = post(
             api, b"{not json", content_type="application/json", path="/v1/suppressions"
         )
