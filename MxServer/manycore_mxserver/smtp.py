@@ -244,15 +244,18 @@ class Handler:
     def admit(self, session: Session) -> str | None:
         """At the DATA command, before 354: None and a message slot taken (the caller
         releases it), or the reply that refuses the message. Checked before anything is read,
-        so neither a client over its rate nor a crowd of clients costs us their octets."""
+        so neither a client over its rate nor a crowd of clients costs us their octets. The
+        slot comes first: a message refused busy was not taken, so it must not use up the
+        client's allowance (it will retry, RFC 5321 §4.5.4.1, and be counted then)."""
         if self.in_flight.stopping:
             return SHUTTING_DOWN
-        if not self.limiter.allow(client_key(_peer_ip(session))):
-            REFUSED.labels("rate-limit").inc()
-            return RATE_LIMITED
         if not self.messages.take():
             REFUSED.labels("busy").inc()
             return BUSY_MESSAGES
+        if not self.limiter.allow(client_key(_peer_ip(session))):
+            self.messages.release()
+            REFUSED.labels("rate-limit").inc()
+            return RATE_LIMITED
         return None
 
     async def handle_EHLO(

@@ -208,9 +208,11 @@ def test_connections_per_address_are_limited(mx: Service) -> None:
             sock.close()
 
 
-def _session_to_data(mx_port: int, rp: str) -> tuple[socket.socket, bytes]:
-    """A connection through EHLO, MAIL and RCPT that has just sent DATA: (it, DATA's reply)."""
-    sock = socket.create_connection((LOOPBACK, mx_port), IO_TIMEOUT)
+def _session_to_data(mx_port: int, rp: str, source: str = LOOPBACK) -> tuple[socket.socket, bytes]:
+    """A connection from ``source`` (any 127/8 address is loopback, so each is another client
+    to the per-address limits) through EHLO, MAIL and RCPT that has just sent DATA: (it,
+    DATA's reply)."""
+    sock = socket.create_connection((LOOPBACK, mx_port), IO_TIMEOUT, source_address=(source, 0))
     sock.settimeout(IO_TIMEOUT)
     reader = sock.makefile("rb")
     assert reader.readline().startswith(b"220")
@@ -263,4 +265,41 @@ def test_connections_and_messages_in_all_are_bounded(
             assert first.makefile("rb").readline().startswith(b"250")
             second.sendall(b"DATA\r\n")  # the retry: a slot is free again
             assert second.makefile("rb").readline().startswith(b"354")
+        assert_alive(mx)
+
+
+def test_a_message_refused_busy_does_not_use_the_clients_rate(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+) -> None:
+    """The in-flight slot is taken before the per-client rate is counted: a message refused
+    451 busy costs no allowance, so its retry is admitted; a message refused 450 for its rate
+    gives its slot back at once, so another client's message is read."""
+    settings = {
+        "mxserver.hostname": "mx.test",
+        "mxserver.rate-limit": {"messages": 2, "window-seconds": 600},
+        "mxserver.limits": {"max-connections-per-ip": 10, "max-messages-in-flight": 1},
+    }
+    with configured_service("mxserver", tmp_path, redis_server.port, settings) as mx:
+        rp = tag("l7", ALICE)
+        body = dsn(rp, [(ALICE, "5.1.1", "gone")]) + b"\r\n.\r\n"
+        first, said = _session_to_data(port(mx), rp)
+        assert said.startswith(b"354"), said  # allowance 1 of 2
+        second, said = _session_to_data(port(mx), rp)
+        assert said.startswith(b"451 4.3.2"), said  # busy: no allowance used
+        with first, second:
+            first.sendall(body)
+            assert first.makefile("rb").readline().startswith(b"250")
+            second.sendall(b"DATA\r\n")
+            reader = second.makefile("rb")
+            assert reader.readline().startswith(b"354")  # allowance 2 of 2
+            second.sendall(body)
+            assert reader.readline().startswith(b"250")
+        rate_limited = mx.metric("mxserver_refused_total", 'reason="rate-limit"')
+        third, said = _session_to_data(port(mx), rp)
+        with third:
+            assert said.startswith(b"450 4.7.1"), said
+            assert mx.metric("mxserver_refused_total", 'reason="rate-limit"') == rate_limited + 1
+            other, said = _session_to_data(port(mx), rp, source="127.0.0.2")
+            with other:
+                assert said.startswith(b"354"), said  # the 450 gave its slot back
         assert_alive(mx)
