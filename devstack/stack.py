@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from manycore_redis import acl
+
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 
@@ -244,16 +246,9 @@ def local_config(data: dict[str, Any], workdir: Path, p: dict[str, int]) -> dict
     return data
 
 
-#: The Redis users of the local stack: one per service, and the Redis pod's read-only one.
-REDIS_USERS = (
-    "receiver",
-    "httpreceiver",
-    "transformer",
-    "postfixlog",
-    "backdata",
-    "mxserver",
-    "exporter",
-)
+#: The Redis users of the local stack: one per service, and the Redis pod's read-only one;
+#: the same list the Redis pod checks its ACL users against.
+REDIS_USERS = acl.SERVICES
 
 
 def redis_login(user: str) -> tuple[str, str]:

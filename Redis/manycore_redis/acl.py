@@ -39,7 +39,10 @@ from dataclasses import dataclass
 from manycore_common import keyspace
 from manycore_common.config import Config, RedisServer
 
-#: Services with an ACL user of their own (``redis.server.users``), in the README's order.
+#: Services with an ACL user of their own (``redis.server.users``), in the README's order:
+#: the customer file's sections (``configscope.SECTIONS``, checked by a test) but ``redis``,
+#: whose pod logs in as ``exporter``, and the optional ``operator``. devstack's local users
+#: are this list.
 SERVICES = (
     "receiver",
     "httpreceiver",

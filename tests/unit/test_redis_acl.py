@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from manycore_common import keyspace
+from manycore_common import configscope, keyspace
 from manycore_common.config import RedisServer
 from manycore_redis import acl
 
@@ -304,3 +304,12 @@ def test_the_redis_py_calls_of_a_service_are_granted(service: str) -> None:
     assert called - acl.rights(KS)[service].all_commands() == set()
     if service in ("postfixlog", "mxserver", "exporter"):
         assert called, "the search finds the calls"
+
+
+def test_acl_users_are_the_services_of_the_customer_file() -> None:
+    """One list of services: a section added to the customer file gets its Redis user (and
+    devstack, which uses ``acl.SERVICES``, its password file)."""
+    sections = set(configscope.SECTIONS) - {"redis", *acl.OPTIONAL_USERS}
+    assert set(acl.SERVICES) == sections | {"exporter"}
+    assert len(set(acl.SERVICES)) == len(acl.SERVICES)
+    assert set(acl.OPTIONAL_USERS) <= set(configscope.SECTIONS)
