@@ -17,8 +17,10 @@ built by ``manycore_common.keyspace``, behind ``reliable-queue.key-prefix`` when
 
 A packed entry: reason (1 octet) | first seen (u32 BE) | last seen (u32 BE) | expires (u32 BE,
 ``NEVER`` for never) | source event id (8 octets: the first half of the event's 32 hex digits,
-enough to find it in the customer's webhook log) | uuid (16 octets for an RFC 4122 UUID,
-else its ASCII).
+enough to find it in the customer's webhook log) | uuid: 16 octets for a UUID in its
+canonical text form, else its text in printable ASCII. The two cannot be confused: a packed
+UUID is stored only when one of its octets is outside printable ASCII (every RFC 4122 one:
+its variant octet is 0x80-0xBF), and any other id, 16 characters long included, is text.
 """
 
 from __future__ import annotations
@@ -150,17 +152,30 @@ def soft_key(scope: str, address: str) -> str:
     return keyspace.current().suppression_soft(scope, bucket_of(address), address)
 
 
+def _printable(raw: bytes) -> bool:
+    return all(0x20 <= octet <= 0x7E for octet in raw)
+
+
 def _uuid_bytes(value: str) -> bytes:
+    """The stored form of an X-Uuid (see the module docstring). Only an exact canonical UUID
+    is packed, so reading it back gives the same text (not an upper-case or brace form)."""
     if len(value) == 36:
         try:
-            return uuid_module.UUID(value).bytes
+            packed = uuid_module.UUID(value).bytes
         except ValueError:
-            pass
-    return value.encode("ascii", "replace")
+            packed = b""
+        if packed and str(uuid_module.UUID(bytes=packed)) == value and not _printable(packed):
+            return packed
+    text = value.encode("ascii", "replace")
+    # Control characters become "?" as non-ASCII ones do: text stays printable, which is what
+    # tells it from a packed UUID.
+    return bytes(o if 0x20 <= o <= 0x7E else 0x3F for o in text)
 
 
 def _uuid_text(raw: bytes) -> str:
-    if len(raw) == 16:
+    """Entries stored before this rule read the same, and better: an old 16-character id was
+    stored as its text too, and is read as text now instead of as a garbled UUID."""
+    if len(raw) == 16 and not _printable(raw):
         return str(uuid_module.UUID(bytes=raw))
     return raw.decode("ascii", "replace")
 

@@ -3,6 +3,8 @@ sending domains a report concerns, the Transformer's envelope read."""
 
 from __future__ import annotations
 
+import uuid as uuid_module
+
 import pytest
 
 from manycore_common import events
@@ -35,6 +37,37 @@ def test_entries_pack_small_and_back(uuid: str) -> None:
     assert back == s.Entry("spam-report", NOW, NOW, s.NEVER, "0123456789abcdef", uuid)
     assert back.active(NOW + 10**8)
     assert not s.new_entry("hard-bounce", NOW, 1).active(NOW + 86401)
+
+
+@pytest.mark.parametrize(
+    "uuid",
+    [
+        "msg-0123456789ab",  # 16 characters: was read back as a packed UUID
+        "ABCDEFGHIJKLMNOP",
+        "0B7E3C9A-6F1D-4E2B-9A55-3C1F0D2E4B6A",  # not canonical: kept as written
+        "41414141-4141-4141-4141-414141414141",  # packs to printable octets: kept as text
+        "00000000-0000-0000-0000-000000000000",  # not RFC 4122, still packed
+    ],
+)
+def test_any_id_comes_back_as_written(uuid: str) -> None:
+    back = s.unpack(s.pack(s.new_entry("hard-bounce", NOW, 0, "", uuid)))
+    assert back.uuid == uuid
+
+
+def test_ids_are_printable_text_or_a_packed_uuid() -> None:
+    raw = s.pack(s.new_entry("hard-bounce", NOW, 0, "", "id\twith\x01ctrl-16x"))
+    assert len(raw) == 21 + 16 and s.unpack(raw).uuid == "id?with?ctrl-16x"
+    canonical = "0b7e3c9a-6f1d-4e2b-9a55-3c1f0d2e4b6a"
+    assert len(s.pack(s.new_entry("hard-bounce", NOW, 0, "", canonical))) == 21 + 16
+
+
+def test_entries_stored_in_the_old_form_read_back() -> None:
+    """Before: any 16 octets were read as a packed UUID, any other length as ASCII."""
+    head = s.pack(s.new_entry("hard-bounce", NOW, 0, "", ""))
+    rfc = "0b7e3c9a-6f1d-4e2b-9a55-3c1f0d2e4b6a"
+    assert s.unpack(head + uuid_module.UUID(rfc).bytes).uuid == rfc
+    assert s.unpack(head + b"msg-0123456789ab").uuid == "msg-0123456789ab"
+    assert s.unpack(head + b"abc123").uuid == "abc123"
 
 
 def _bounce(kind: str, category: str) -> dict[str, object]:
