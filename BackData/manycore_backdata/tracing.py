@@ -1,7 +1,7 @@
 """Trace records of webhook deliveries (pure): one per event, for ``manycore-queues trace``
 (common/manycore_common/trace.py). Every event that names a message's uuid passes through
 BackData, so these records cover each stage that makes an event (queued → delivered, bounce,
-deferred, unsubscribe, spam-report, error) together with what the webhook answered."""
+deferred, unsubscribe, spam-report, suppressed, error) together with what the webhook answered."""
 
 from __future__ import annotations
 

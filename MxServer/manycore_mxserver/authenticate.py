@@ -4,9 +4,10 @@ A report is written by a stranger; what it claims (a Final-Recipient, a complain
 ``Original-Rcpt-To``) is believed only where a verified feedback tag
 (:mod:`manycore_common.feedbacktag`) names the same recipient. The tags come from the
 envelope (the tagged return path or unsubscribe address the report was sent to, verified at
-RCPT) and from a bounded prefix of the message (a quoted original's Return-Path, Message-ID
-or List-Unsubscribe: how an ARF sent to an abuse address, or a bounce sent to postmaster, is
-tied to one of our messages). Every event's ``rcpt`` is a candidate address that
+RCPT) and from a bounded prefix of the message (a quoted original's Return-Path or
+List-Unsubscribe, an ARF's Original-Mail-From: how an ARF sent to an abuse address, or a bounce
+sent to postmaster, is tied to one of our messages; only proof kinds count, so today's
+Message-ID, an ``m`` tag, does not). Every event's ``rcpt`` is a candidate address that
 ``Tag.names`` confirms, its uuid is the tag's, and a tag gives at most one event per kind.
 
 Pure functions: no IO, bounded work (linear patterns over a bounded prefix, capped counts).

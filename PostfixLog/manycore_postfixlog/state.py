@@ -9,10 +9,11 @@ log files belong to one Postfix; names built by ``manycore_common.keyspace``, wi
     ``uuid``, ``stream_id``, ``from_domain``, ``return_path``, ``rcpts`` (JSON list),
     ``item_id``, ``pending`` (recipients without a final event yet), and per recipient
     (lower-cased address ``r``): ``f:<r>`` once its final event was pushed, ``r:<r>`` its
-    last deferral (JSON, for the soft bounce when the message expires), ``d:<r>:<time>``
-    a deferred event already pushed. Lives ``state_ttl`` (longer than maximal_queue_lifetime);
-    once every recipient has its final event, only the replay window more (``replay-window-
-    seconds``, for log lines read again after a restart).
+    last deferral (JSON, for the soft bounce when the message expires),
+    ``d:<r>:<inode>:<offset>`` a deferred event already pushed for the log line that starts
+    there. Lives ``state_ttl`` (longer than maximal_queue_lifetime); once every recipient
+    has its final event, only the replay window more (``replay-window-seconds``, for log
+    lines read again after a restart).
 ``postfixlog:item:<item id>`` (STRING)
     ``I:<queue id>`` (or ``I:-`` when Postfix refused every recipient): this queue item is
     already in a Postfix. Written by the script that also acks the item, so in the usual case

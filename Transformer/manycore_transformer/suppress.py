@@ -3,7 +3,7 @@
 Recipients on the list of the message's sending domain (its From domain; with
 ``unsubscribe-scope: stream`` also the list of its domain and stream) are dropped from the
 message with a ``suppressed`` event; a message left with no recipient is not signed and not
-sent, only acked. One round trip per batch (pipelined look-ups), in the main process: the
+sent, only acked. One script call per batch (``SuppressionStore.lookup``), in the main process: the
 signing pool stays pure.
 
 The events of a batch are pushed before its hand-over and acks, so a crash between the two

@@ -8,7 +8,8 @@ Configuration and process:
     ``supervisor``    the parent of those workers: start, hand connections out, restart, stop
     ``health``        ``/metrics``, ``/livez`` and ``/readyz``
     ``logs``          JSON log lines
-    ``tls``           server TLS contexts (self-signed when no certificate is given)
+    ``tls``           server TLS contexts (self-signed when no certificate is given), reloaded
+                      when the certificate files change
     ``redisconn``     Redis clients from a ``reliable-queue.redis`` section (one node or Sentinel)
     ``replicas``      writes acknowledged only once a replica has them (``WAIT``)
     ``redisready``    the one Redis readiness check and start-up wait (one stop rule)
@@ -16,8 +17,9 @@ Configuration and process:
 Queues and events:
     ``keyspace``      every Redis key name, hash tags and ``reliable-queue.key-prefix``
     ``item``          the queue item format (JSON header line, then the payload)
-    ``queue``         the reliable Redis queue: take, ack, hand-over, retry, dead letters, reaper
-    ``consumer``      one consumer of it: processing list, heartbeat, take, ack, hand-over
+    ``queue``         the reliable Redis queue: its keys and guarantees, push, reaper, requeue
+    ``consumer``      one consumer of it: processing list, heartbeat, take, ack, hand-over,
+                      retry, dead letter, release
     ``consuming``     a service's consumers: register when Redis is up, heartbeat, release
     ``queuescripts``  the queue's Lua (every key in KEYS)
     ``queuelegacy``   the queue's upgrade: the previous release's keys, unregistered lists
@@ -40,11 +42,13 @@ Front doors (Receiver, HttpReceiver) and the SMTP services:
     ``smtpreplies``   enhanced status codes for aiosmtpd's own replies
 
 Feedback and the suppression list:
-    ``feedbacktag``   per-recipient return paths and unsubscribe addresses with HMAC tags
+    ``feedbacktag``   per-recipient return paths, Message-IDs and unsubscribe addresses with
+                      HMAC tags
     ``unsubscribe``   one-click unsubscribe tokens (RFC 8058)
     ``bounce_rules``  status code and reply text → bounce category (PostfixLog and MxServer)
     ``suppression``   the list's entries and keys (pure)
-    ``suppressionstore``  its Lua: entries written with the events that cause them
+    ``suppressionstore``  its Lua: entries written with the events that cause them, look-ups,
+                      the operator's operations
     ``suppressionpolicy``  which events suppress whom, for how long
     ``suppressionmetrics``  its counters and size gauge
     ``suppressioncli``  ``manycore-suppressions``
