@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from manycore_common.auth import Credentials
 from manycore_common.intake import DROPPED, Intake, TemporarilyUnavailable
@@ -24,6 +24,7 @@ from manycore_common.smtpserver import (
 )
 
 from .metrics import AUTH_FAILURES, DUPLICATES
+from .smtpdata import NOMINAL, TOO_LONG, read_data
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,44 @@ class ReceiverSMTP(SMTP):
         if needed:
             AUTH_FAILURES.labels("missing").inc()
         return needed
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the text read in chunks (smtpdata), the same checks before
+        it and the same replies after it."""
+        if self._decode_data:
+            await super().smtp_DATA(arg)  # text decoded to str: never configured here
+            return
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            data = await read_data(self._reader, self.data_size_limit or 0, self.line_length_limit)
+        except asyncio.CancelledError:
+            # The connection was lost during DATA (aiosmtpd cancels this on EOF).
+            self._writer.close()
+            raise
+        if data.state != NOMINAL:
+            # aiosmtpd's own texts, which push() rewrites with enhanced codes and counts.
+            too_long = data.state == TOO_LONG
+            await self.push(
+                "500 Line too long (see RFC5321 4.5.3.1.6)"
+                if too_long
+                else "552 Error: Too much mail data"
+            )
+            self._set_post_data_state()  # type: ignore[no-untyped-call]  # unannotated there
+            return
+        self.envelope.content = self.envelope.original_content = data.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     # aiosmtpd finds its mechanisms by these names (auth_<MECHANISM>); both read the
     # credentials, then call our Authenticator. A failure it counted comes back with a Tarpit.
