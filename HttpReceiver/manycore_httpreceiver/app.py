@@ -34,9 +34,9 @@ from aiohttp import BasicAuth, web
 from manycore_common.auth import Credentials
 from manycore_common.idempotency import parse_idempotency_key
 from manycore_common.intake import DROPPED, Intake, Submitted, TemporarilyUnavailable
+from manycore_common.loginthrottle import LoginThrottle, attempt_key
 from manycore_common.message import MessageRejected, too_large
 
-from .login import LoginThrottle, attempt_key
 from .metrics import AUTH_FAILURES, DUPLICATES, PROXY_LOCKOUTS_REFUSED
 
 log = logging.getLogger(__name__)

@@ -15,11 +15,11 @@ from manycore_common.config import Config, HttpReceiverSection
 from manycore_common.health import HealthServer
 from manycore_common.intake import Intake
 from manycore_common.lifecycle import run_service
+from manycore_common.loginthrottle import LoginThrottle
 from manycore_common.queue import ReliableQueue
 
 from . import suppressions
 from .app import make_app
-from .login import LoginThrottle
 from .unsubscribe import Unsubscribe, add_routes
 
 log = logging.getLogger(__name__)

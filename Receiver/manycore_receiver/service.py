@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from ssl import SSLContext
 
 from manycore_common import redisconn, tls
-from manycore_common.auth import Credentials, FailureThrottle
+from manycore_common.auth import Credentials
 from manycore_common.config import Config, ConfigError, ReceiverSection
 from manycore_common.intake import Intake
 from manycore_common.lifecycle import run_service
+from manycore_common.loginthrottle import LoginThrottle
 from manycore_common.smtpserver import serve_smtp
 
 from .smtp import Authenticator, Handler, ReceiverSMTP
@@ -63,15 +64,15 @@ async def serve(config: Config, prepared: Prepared, stop: asyncio.Event) -> None
     section = prepared.section
     redis = redisconn.connect(section.reliable_queue.redis)
     intake = Intake.from_config(config, redis, section.max_message_size)
-    throttle = FailureThrottle(section.auth_throttle)
-    authenticator = Authenticator(Credentials(section.auth_logins), throttle)
+    authenticator = Authenticator(
+        Credentials(section.auth_logins), LoginThrottle(section.auth_throttle)
+    )
     handler = Handler(intake)
     plaintext = section.allow_plaintext_auth
 
     def factory() -> ReceiverSMTP:
         return ReceiverSMTP(
             handler,
-            throttle=throttle,
             hostname=prepared.hostname,
             ident="Manycore-Mail Receiver",
             tls_context=prepared.tls_context,

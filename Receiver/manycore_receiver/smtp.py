@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
-from manycore_common.auth import Credentials, FailureThrottle
+from manycore_common.auth import Credentials
 from manycore_common.intake import DROPPED, Intake, TemporarilyUnavailable
+from manycore_common.loginthrottle import LoginThrottle, attempt_key
 from manycore_common.message import MessageRejected
 from manycore_common.smtpreplies import rewrite
 from manycore_common.smtpserver import (
@@ -22,6 +24,7 @@ from manycore_common.smtpserver import (
 )
 
 from .metrics import AUTH_FAILURES, DUPLICATES
+from .smtpdata import NOMINAL, TOO_LONG, read_data
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +64,10 @@ def plain_path(arg: str) -> tuple[str, str] | None:
 
 
 class ReceiverSMTP(SMTP):
-    """aiosmtpd's SMTP with throttled AUTH and replies that carry RFC 3463 enhanced codes."""
+    """aiosmtpd's SMTP with tarpitted AUTH and replies that carry RFC 3463 enhanced codes."""
 
-    def __init__(self, handler: Handler, *, throttle: FailureThrottle, **kwargs: Any) -> None:
+    def __init__(self, handler: Handler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
-        self.throttle = throttle
         self._size_limit = int(kwargs.get("data_size_limit") or 0)
 
     async def push(self, status: Any) -> None:
@@ -98,26 +100,75 @@ class ReceiverSMTP(SMTP):
             AUTH_FAILURES.labels("missing").inc()
         return needed
 
-    @syntax("AUTH <mechanism>")
-    async def smtp_AUTH(self, arg: str) -> None:
-        assert self.session is not None
-        client = _peer_ip(self.session)
-        locked = self.throttle.locked_for(client)
-        if locked > 0:
-            AUTH_FAILURES.labels("locked-out").inc()
-            await self.push(_locked_reply(locked))
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the text read in chunks (smtpdata), the same checks before
+        it and the same replies after it."""
+        if self._decode_data:
+            await super().smtp_DATA(arg)  # text decoded to str: never configured here
             return
-        delay = self.throttle.delay_for(client)
-        if delay > 0:
-            # Tarpit: each recent failure doubles the wait before we even look at the next try.
-            await asyncio.sleep(delay)
-        await super().smtp_AUTH(arg)
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            data = await read_data(self._reader, self.data_size_limit or 0, self.line_length_limit)
+        except asyncio.CancelledError:
+            # The connection was lost during DATA (aiosmtpd cancels this on EOF).
+            self._writer.close()
+            raise
+        if data.state != NOMINAL:
+            # aiosmtpd's own texts, which push() rewrites with enhanced codes and counts.
+            too_long = data.state == TOO_LONG
+            await self.push(
+                "500 Line too long (see RFC5321 4.5.3.1.6)"
+                if too_long
+                else "552 Error: Too much mail data"
+            )
+            self._set_post_data_state()  # type: ignore[no-untyped-call]  # unannotated there
+            return
+        self.envelope.content = self.envelope.original_content = data.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    # aiosmtpd finds its mechanisms by these names (auth_<MECHANISM>); both read the
+    # credentials, then call our Authenticator. A failure it counted comes back with a Tarpit.
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await _tarpit(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await _tarpit(await super().auth_LOGIN(_, args))
+
+
+@dataclass(frozen=True)
+class Tarpit:
+    """How long the answer to a failed AUTH waits. Carried in ``AuthResult.auth_data``,
+    which aiosmtpd ignores when ``success`` is False."""
+
+    seconds: float
+
+
+async def _tarpit(result: AuthResult) -> AuthResult:
+    if isinstance(result.auth_data, Tarpit) and result.auth_data.seconds > 0:
+        # Each recent failure at that pair doubles the wait (auth-throttle.delay-seconds);
+        # the client's next try on this connection can only come after it.
+        await asyncio.sleep(result.auth_data.seconds)
+    return result
 
 
 class Authenticator:
-    """aiosmtpd authenticator for PLAIN and LOGIN against the configured logins."""
+    """aiosmtpd authenticator for PLAIN and LOGIN against the configured logins, throttled
+    per (client address, login name) and per address for unknown names, as HttpReceiver
+    (the rules and the threat model: manycore_common.loginthrottle)."""
 
-    def __init__(self, credentials: Credentials, throttle: FailureThrottle) -> None:
+    def __init__(self, credentials: Credentials, throttle: LoginThrottle) -> None:
         self.credentials = credentials
         self.throttle = throttle
 
@@ -130,22 +181,34 @@ class Authenticator:
         auth_data: Any,
     ) -> AuthResult:
         client = _peer_ip(session)
-        # Checked again here, in the same step as recording the result: attempts that waited
-        # (tarpit, or an interactive AUTH LOGIN) while others failed are refused unchecked.
-        locked = self.throttle.locked_for(client)
+        login = auth_data.login if isinstance(auth_data, LoginPassword) else None
+        known = login is not None and self.credentials.knows(login)
+        # A configured name is valid UTF-8 (it came from the YAML), so the pair is exact.
+        name = login.decode("utf-8", "replace") if login is not None else None
+        key = attempt_key(client, name, known, client_is_proxy=False)
+        # Checked in the same step as checking the password and recording the result (no
+        # await in between): attempts on parallel connections cannot get more than
+        # max-failures passwords checked per pair and window.
+        locked = self.throttle.locked_for(key)
         if locked > 0:
             AUTH_FAILURES.labels("locked-out").inc()
             return AuthResult(success=False, handled=False, message=_locked_reply(locked))
+        # Checked whatever the name, as in Credentials.check: the time taken does not tell
+        # which names exist.
         if isinstance(auth_data, LoginPassword) and self.credentials.check(
             auth_data.login, auth_data.password
         ):
-            return AuthResult(success=True, auth_data=auth_data.login.decode("utf-8", "replace"))
-        self.throttle.failure(client)
+            return AuthResult(success=True, auth_data=name)
+        hidden = self.throttle.failure(key, client, client_is_proxy=False)
         AUTH_FAILURES.labels("bad-credentials").inc()
         log.warning("authentication failed", extra={"client": client, "mechanism": mechanism})
-        # handled=False makes aiosmtpd send "535 5.7.8"; with the default (True) it would send
-        # nothing and the client would hang (docs/ARCHITECTURE.md#checked-facts).
-        return AuthResult(success=False, handled=False)
+        # handled=False makes aiosmtpd send "535 5.7.8" (or our message); with the default
+        # (True) it would send nothing and the client would hang
+        # (docs/ARCHITECTURE.md#checked-facts). From an address locked for unknown names a
+        # wrong password is answered 454 too, so the answer does not tell which names exist.
+        message = _locked_reply(hidden) if hidden > 0 else None
+        tarpit = Tarpit(self.throttle.delay_for(key))
+        return AuthResult(success=False, handled=False, message=message, auth_data=tarpit)
 
 
 class Handler:

@@ -37,7 +37,8 @@ Front doors (Receiver, HttpReceiver) and the SMTP services:
     ``intake``        validate, wrap and push to P0 or P1, with the README's metrics
     ``grouppush``     group commit: concurrent messages share one Redis round trip
     ``idempotency``   one message per X-Uuid or Idempotency-Key within a window
-    ``auth``          credential checks and the failed-login throttle
+    ``auth``          credential checks and the failed-login counter
+    ``loginthrottle`` what a failed login counts against: (address, login), unknown names
     ``smtpserver``    what Receiver and MxServer share around aiosmtpd
     ``smtpreplies``   enhanced status codes for aiosmtpd's own replies
 

@@ -211,11 +211,10 @@ class Login(Section):
 
 
 class AuthThrottle(Section):
-    """Per client address: after ``max-failures`` failed logins within ``window-seconds``
-    the address is refused for ``lockout-seconds``; every failure also delays the next try.
-    HttpReceiver counts ``max-failures`` per (client address, login name) instead, and
-    failures with login names that are no login per address, up to
-    ``max-unknown-login-failures`` (manycore_httpreceiver.login)."""
+    """Per (client address, login name): after ``max-failures`` failed logins within
+    ``window-seconds`` the pair is refused for ``lockout-seconds``; every failure also delays
+    the next answer. Failures with login names that are no login count per address, up to
+    ``max-unknown-login-failures`` (manycore_common.loginthrottle; both front doors)."""
 
     max_failures: int = Field(default=5, ge=1)
     max_unknown_login_failures: int = Field(default=100, ge=1)

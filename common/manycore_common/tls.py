@@ -10,6 +10,8 @@ so an alert can ask for a renewal in time."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import calendar
 import contextlib
 import datetime
 import ipaddress
@@ -21,10 +23,6 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from prometheus_client import Gauge
 
 log = logging.getLogger(__name__)
@@ -47,6 +45,13 @@ def self_signed_pem(
     hostname: str, days: int = 825, ip_addresses: tuple[str, ...] = ()
 ) -> tuple[bytes, bytes]:
     """A self-signed certificate and its key (PEM) for ``hostname`` (and IP addresses)."""
+    # Imported here: a front door that serves its configured files never needs them, and
+    # cryptography's x509 modules cost about 8 MB of RSS per process (README, Performance).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
@@ -80,8 +85,55 @@ def self_signed_pem(
 
 def not_after(cert_pem: bytes) -> float:
     """The notAfter of the first certificate of a PEM file (the server's own, RFC 8446
-    §4.4.2: it comes first in the chain), in Unix seconds."""
-    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.timestamp()
+    §4.4.2: it comes first in the chain), in Unix seconds. Read from the DER without
+    cryptography (see ``self_signed_pem``); ValueError for anything that is no certificate."""
+    begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+    start = cert_pem.find(begin)
+    stop = cert_pem.find(end, start)
+    if start < 0 or stop < 0:
+        raise ValueError("no PEM certificate")
+    der = base64.b64decode(b"".join(cert_pem[start + len(begin) : stop].split()))
+    try:
+        return _der_not_after(der)
+    except IndexError:
+        raise ValueError("truncated DER") from None
+
+
+def _der_tlv(der: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, where the value starts, where it ends) of the DER element at ``pos`` (X.690
+    §8.1: one tag octet here, then a short or long form length)."""
+    tag, length = der[pos], der[pos + 1]
+    pos += 2
+    if length & 0x80:
+        octets = length & 0x7F
+        length = int.from_bytes(der[pos : pos + octets], "big")
+        pos += octets
+    if pos + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def _der_not_after(der: bytes) -> float:
+    """Certificate → tbsCertificate → [version], serialNumber, signature, issuer, validity
+    → notAfter (RFC 5280 §4.1), a UTCTime (YYMMDDHHMMSSZ, years 1950-2049) or a
+    GeneralizedTime (YYYYMMDDHHMMSSZ), both in UTC (§4.1.2.5)."""
+    _, pos, _ = _der_tlv(der, 0)  # Certificate
+    _, pos, _ = _der_tlv(der, pos)  # tbsCertificate
+    if der[pos] == 0xA0:  # [0] version, absent in v1 certificates
+        pos = _der_tlv(der, pos)[2]
+    for _ in range(3):  # serialNumber, signature, issuer
+        pos = _der_tlv(der, pos)[2]
+    _, pos, _ = _der_tlv(der, pos)  # validity
+    pos = _der_tlv(der, pos)[2]  # notBefore
+    tag, start, stop = _der_tlv(der, pos)
+    text = der[start:stop].decode("ascii")
+    if tag == 0x17:
+        year = int(text[:2])
+        text = f"{year + (1900 if year >= 50 else 2000)}{text[2:]}"
+    elif tag != 0x18:
+        raise ValueError("notAfter is no time")
+    when = datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ")
+    return float(calendar.timegm(when.timetuple()))
 
 
 @dataclass

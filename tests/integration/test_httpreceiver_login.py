@@ -1,7 +1,7 @@
 """HttpReceiver's login throttle over real HTTP: lockout per (address, login), parallel
 guessing capped, clients behind trusted proxies, and an outsider who shares the clients'
 address (an SNAT ingress with ``trusted-proxies`` empty: every request comes from 127.0.0.1
-here). The rules and their threat model: ``manycore_httpreceiver.login``."""
+here). The rules and their threat model: ``manycore_common.loginthrottle``."""
 
 from __future__ import annotations
 

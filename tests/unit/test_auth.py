@@ -61,7 +61,7 @@ def test_memory_is_bounded() -> None:
 
 
 def test_failures_count_per_pair_and_per_address_for_unknown_names() -> None:
-    from manycore_httpreceiver.login import LoginThrottle, address_key, attempt_key
+    from manycore_common.loginthrottle import LoginThrottle, address_key, attempt_key
 
     # A configured name: the (address, login) pair, even at a proxy's own address.
     assert attempt_key("192.0.2.1", "apa", True, False) == "pair:192.0.2.1\0apa"

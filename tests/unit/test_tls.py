@@ -4,10 +4,12 @@ and the reload of a renewed certificate into the running context, over real TLS 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import REGISTRY
@@ -23,6 +25,28 @@ def test_not_after_reads_the_first_certificate() -> None:
     other, _ = tls.self_signed_pem("other.example.com", days=400)
     expires = tls.not_after(cert + other)
     assert abs(expires - (time.time() + 10 * 86400)) < 120
+
+
+def test_not_after_agrees_with_cryptography_for_both_time_forms() -> None:
+    """UTCTime until 2049, GeneralizedTime from 2050 (RFC 5280 §4.1.2.5)."""
+    for days in (1, 825, 30 * 365):
+        cert, _ = tls.self_signed_pem("mx.example.com", days=days)
+        expected = x509.load_pem_x509_certificate(cert).not_valid_after_utc.timestamp()
+        assert tls.not_after(cert) == expected
+    assert b"\x18\x0f" in _der(tls.self_signed_pem("mx.example.com", days=30 * 365)[0])
+
+
+def test_not_after_refuses_what_is_no_certificate() -> None:
+    cert, key = tls.self_signed_pem("mx.example.com")
+    der = _der(cert)
+    short = (
+        b"-----BEGIN CERTIFICATE-----\n"
+        + base64.b64encode(der[:40])
+        + b"\n-----END CERTIFICATE-----\n"
+    )
+    for bad in (key, b"", cert[: len(cert) // 2], short):
+        with pytest.raises(ValueError):
+            tls.not_after(bad)
 
 
 def test_server_context_exposes_the_expiry_of_the_served_certificate(tmp_path: Path) -> None:
