@@ -30,16 +30,9 @@ from email.utils import format_datetime
 from manycore_common import feedbacktag
 from manycore_common.unsubscribe import make_token
 
-from . import dkim, identity
+from . import bodycanon, dkim, identity
 from .beacon import add_beacon
-from .headers import (
-    Field,
-    join_message,
-    make_field,
-    normalize_line_endings,
-    split_message,
-    without,
-)
+from .headers import Field, join_message, make_field, split_message, without
 from .identity import TransformError
 from .templates import HEADER_VALUE, render
 
@@ -304,12 +297,15 @@ def transform(
 ) -> Transformed:
     """The message as it will be sent to each of ``rcpts`` (None or empty: To and Cc), or
     TransformError."""
-    data = normalize_line_endings(data)
+    data, marked = bodycanon.normalize(data)
     try:
         fields, body = split_message(data)
     except ValueError as exc:
         raise TransformError("unparseable", f"cannot parse the header section: {exc}") from None
     message, index = _prepare(fields, body, settings, now)
+    # The marked copy is aligned with data: its body part tells whether relaxed
+    # canonicalization changes the body, unless _prepare replaced the body (beacon, final CRLF).
+    as_is = bodycanon.relaxed_as_is(marked, len(data) - len(body)) if message.body is body else None
     recipients, from_headers = identity.distinct_recipients(rcpts, index, message.uuid)
     if len(recipients) * len(data) > MAX_COPIES_BYTES:
         raise TransformError(
@@ -320,7 +316,7 @@ def transform(
         )
 
     started = time.perf_counter()
-    body_hash = dkim.body_hash(message.body)
+    body_hash = bodycanon.body_hash(message.body, as_is=as_is)
     copies = tuple(_copy(message, body_hash, rcpt, settings, now) for rcpt in recipients)
     return Transformed(
         uuid=message.uuid,
