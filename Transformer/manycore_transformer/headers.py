@@ -16,7 +16,7 @@ from .bodycanon import normalize
 
 def normalize_line_endings(data: bytes) -> bytes:
     """Every line ending as CRLF (RFC 5322 §2.1): the form that is signed and sent."""
-    return normalize(data)[0]
+    return normalize(data)
 
 
 class Field:

@@ -297,15 +297,12 @@ def transform(
 ) -> Transformed:
     """The message as it will be sent to each of ``rcpts`` (None or empty: To and Cc), or
     TransformError."""
-    data, marked = bodycanon.normalize(data)
+    data = bodycanon.normalize(data)
     try:
         fields, body = split_message(data)
     except ValueError as exc:
         raise TransformError("unparseable", f"cannot parse the header section: {exc}") from None
     message, index = _prepare(fields, body, settings, now)
-    # The marked copy is aligned with data: its body part tells whether relaxed
-    # canonicalization changes the body, unless _prepare replaced the body (beacon, final CRLF).
-    as_is = bodycanon.relaxed_as_is(marked, len(data) - len(body)) if message.body is body else None
     recipients, from_headers = identity.distinct_recipients(rcpts, index, message.uuid)
     if len(recipients) * len(data) > MAX_COPIES_BYTES:
         raise TransformError(
@@ -316,7 +313,7 @@ def transform(
         )
 
     started = time.perf_counter()
-    body_hash = bodycanon.body_hash(message.body, as_is=as_is)
+    body_hash = bodycanon.body_hash(message.body)
     copies = tuple(_copy(message, body_hash, rcpt, settings, now) for rcpt in recipients)
     return Transformed(
         uuid=message.uuid,
