@@ -2,9 +2,9 @@
 signature, ed25519-sha256 (RFC 8463).
 
 Why not dkimpy's signer: it does the RSA step in pure Python (about a tenth of OpenSSL's
-rate). Canonicalization here is a few C-speed regular expressions and the signature is
-OpenSSL's via ``cryptography``. The tests verify every signature with dkimpy and with
-OpenDKIM, so this code is checked against two independent implementations.
+rate). Header canonicalization is here, the body's (and its hash) in ``bodycanon``, both at C
+speed; the signature is OpenSSL's via ``cryptography``. The tests verify every signature with
+dkimpy and with OpenDKIM, so this code is checked against two independent implementations.
 """
 
 from __future__ import annotations
@@ -29,10 +29,6 @@ MIN_RSA_BITS = 1024
 RECOMMENDED_RSA_BITS = 2048
 
 _WSP_RUN = re.compile(rb"[ \t]+")
-# Only what relaxed canonicalization changes: a tab, or two or more WSP. Matching every single
-# space (as [ \t]+ would) costs more than the rest of the transformation.
-_WSP_TO_COLLAPSE = re.compile(rb"[ \t]*\t[ \t]*|  +")
-_TRAILING_WSP = re.compile(rb" \r\n")
 _B64_LINE = 72
 _PKCS1 = padding.PKCS1v15()
 _SHA256 = hashes.SHA256()
@@ -104,73 +100,6 @@ def relaxed_field(field: Field) -> bytes:
         _, _, raw_value = field.raw.partition(b":")
         field.relaxed = relaxed_header(field.name, raw_value)
     return field.relaxed
-
-
-def _relaxed(body: bytes) -> tuple[bytes, int]:
-    """RFC 6376 §3.4.4 on ``body`` (CRLF line endings): runs of WSP to one SP, no WSP before
-    line ends; and where the canonical body's content ends (no empty lines at the end). An
-    end rather than a slice: a slice (and the CRLF added to it) would copy a large body
-    twice only to hash it."""
-    if b"\t" in body or b"  " in body:
-        body = _WSP_TO_COLLAPSE.sub(b" ", body)
-    if b" \r\n" in body:
-        body = _TRAILING_WSP.sub(CRLF, body)
-    # WSP at the very end (with no line end after it), then the empty lines at the end.
-    end = _rstrip_end(body, b" ", len(body))
-    return body, _rstrip_end(body, b"\r\n", end)
-
-
-def _rstrip_end(body: bytes, chars: bytes, end: int) -> int:
-    """``len(body[:end].rstrip(chars))``, in C, on ever larger windows at the end rather than
-    a copy of the whole body (or a Python loop over a long run of empty lines)."""
-    window = 256
-    while end:
-        start = max(0, end - window)
-        kept = len(body[start:end].rstrip(chars))
-        if kept:
-            return start + kept
-        end = start
-        window *= 2
-    return 0
-
-
-def relaxed_body(body: bytes) -> bytes:
-    """The relaxed canonical body: a non-empty one ends with exactly one CRLF."""
-    body, end = _relaxed(body)
-    return body[:end] + CRLF if end else b""
-
-
-def _simple_end(body: bytes) -> int:
-    """RFC 6376 §3.4.3: where the simple canonical body's content ends (its empty lines at
-    the end dropped); the canonical body is that content and one CRLF, or CRLF alone."""
-    end = _rstrip_end(body, b"\r\n", len(body))
-    tail = len(body) - end
-    if body.endswith(CRLF * (tail // 2)) and tail % 2 == 0:
-        return end  # always, for a body with CRLF line ends only
-    end = len(body)  # a bare CR or LF among the last bytes: only whole CRLF pairs go
-    while end >= 2 and body[end - 2 : end] == CRLF:
-        end -= 2
-    return end
-
-
-def simple_body(body: bytes) -> bytes:
-    """The simple canonical body (``body`` with CRLF line endings)."""
-    return body[: _simple_end(body)] + CRLF
-
-
-def body_hash(body: bytes, canonicalization: Literal["relaxed", "simple"] = "relaxed") -> str:
-    """bh= (RFC 6376 §3.7): SHA-256 of the canonical body, hashed in place (no copy of a
-    large body). Only "relaxed" is signed today; "simple" is here for verifying others'."""
-    if canonicalization == "simple":
-        end = _simple_end(body)
-        digest = hashlib.sha256(memoryview(body)[:end])
-        digest.update(CRLF)
-    else:
-        body, end = _relaxed(body)
-        digest = hashlib.sha256(memoryview(body)[:end])
-        if end:
-            digest.update(CRLF)
-    return base64.b64encode(digest.digest()).decode("ascii")
 
 
 # ----------------------------------------------------------------- signing

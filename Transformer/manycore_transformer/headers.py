@@ -6,22 +6,17 @@ fields and add new ones, so we work on the raw lines and leave every other byte 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Set
 
 from manycore_common import rawheaders
 
-CRLF = b"\r\n"
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+from .bodycanon import CRLF as CRLF  # re-exported: the one line end of every module here
+from .bodycanon import normalize
 
 
 def normalize_line_endings(data: bytes) -> bytes:
     """Every line ending as CRLF (RFC 5322 §2.1): the form that is signed and sent."""
-    crlf = data.count(CRLF)
-    # Fast path (nearly every message): no bare CR or LF; counting runs at C speed.
-    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
-        return data
-    return _LINE_END.sub(CRLF, data)
+    return normalize(data)
 
 
 class Field:

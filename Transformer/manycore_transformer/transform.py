@@ -30,16 +30,9 @@ from email.utils import format_datetime
 from manycore_common import feedbacktag
 from manycore_common.unsubscribe import make_token
 
-from . import dkim, identity
+from . import bodycanon, dkim, identity
 from .beacon import add_beacon
-from .headers import (
-    Field,
-    join_message,
-    make_field,
-    normalize_line_endings,
-    split_message,
-    without,
-)
+from .headers import Field, join_message, make_field, split_message, without
 from .identity import TransformError
 from .templates import HEADER_VALUE, render
 
@@ -304,7 +297,7 @@ def transform(
 ) -> Transformed:
     """The message as it will be sent to each of ``rcpts`` (None or empty: To and Cc), or
     TransformError."""
-    data = normalize_line_endings(data)
+    data = bodycanon.normalize(data)
     try:
         fields, body = split_message(data)
     except ValueError as exc:
@@ -320,7 +313,7 @@ def transform(
         )
 
     started = time.perf_counter()
-    body_hash = dkim.body_hash(message.body)
+    body_hash = bodycanon.body_hash(message.body)
     copies = tuple(_copy(message, body_hash, rcpt, settings, now) for rcpt in recipients)
     return Transformed(
         uuid=message.uuid,
