@@ -113,6 +113,12 @@ def setup_logging(service: str, level: str | None = None, worker: int | None = N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("MANYCORE_LOG_LEVEL", "INFO")).upper())
+    # Nothing in a line shows the caller's file, thread or process, so do not look them up
+    # for each record (the logging HOWTO's "Optimization": a frame walk and three lookups).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # aiosmtpd logs every command (including recipient addresses) at INFO; keep it quiet
     # unless debugging.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
