@@ -32,7 +32,7 @@ def test_concurrent_requests_share_one_push_and_each_waits_for_it(
         assert post(api, build_message("gc-warm"))[0] == 200  # scripts loaded, connection up
         queues.config_resetstat()
         # Writes wait in Redis: the first push stays on its way while the others arrive.
-        queues.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
+        queues.client_pause(PAUSE_MS, all=False)  # CLIENT PAUSE ... WRITE
         started = time.monotonic()
         with ThreadPoolExecutor(REQUESTS) as pool:
             answers = list(pool.map(lambda n: post(api, build_message(f"gc-{n}")), range(REQUESTS)))
