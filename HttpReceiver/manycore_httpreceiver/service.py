@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from redis.asyncio import Redis
 
-from manycore_common import redisconn, redisready, workers
+from manycore_common import logs, redisconn, redisready, workers
 from manycore_common.auth import Credentials
 from manycore_common.config import Config, HttpReceiverSection
 from manycore_common.health import HealthServer
@@ -52,6 +52,8 @@ def _unsubscribe_routes(
 
 async def serve(config: Config, prepared: HttpReceiverSection, stop: asyncio.Event) -> None:
     section = prepared
+    # One log line per request: written in batches, warnings and errors at once (logs).
+    logs.buffer_info(section.log_buffer_lines, section.log_buffer_seconds)
     redis = redisconn.connect(section.reliable_queue.redis)
     intake = Intake.from_config(config, redis, section.max_message_size)
     app = make_app(
@@ -100,6 +102,7 @@ async def serve(config: Config, prepared: HttpReceiverSection, stop: asyncio.Eve
         await runner.cleanup()
         await health.stop()
         await redis.aclose()
+        logs.unbuffer()
 
 
 def _section(prepared: HttpReceiverSection) -> HttpReceiverSection:

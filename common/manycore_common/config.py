@@ -298,6 +298,11 @@ class HttpReceiverSection(Section):
     #: Processes accepting on the port: one event loop uses one core, so N workers let one
     #: pod or machine use N (see workers.py). 1 runs no separate worker process.
     workers: int = Field(default=1, ge=1, le=64)
+    #: Log lines below WARNING (one per request) are written together, up to this many in
+    #: one write and at least every log_buffer_seconds (logs.buffer_info); 0 or 1: each at
+    #: once. A killed process loses at most these, never a message (Redis holds those).
+    log_buffer_lines: int = Field(default=256, ge=0, le=100_000)
+    log_buffer_seconds: float = Field(default=1.0, gt=0, le=60)
     auth_throttle: AuthThrottle = AuthThrottle()
     reliable_queue: ReliableQueueClient = ReliableQueueClient()
     prometheus: Prometheus = Prometheus()

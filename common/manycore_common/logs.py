@@ -1,6 +1,14 @@
 """JSON logging to stdout: one object per line with ``ts``, ``level``, ``service``, ``msg``
 and whatever ``extra`` ids the call site passes (docs/ARCHITECTURE.md#runtime-contract). Never
-message bodies or passwords; recipient addresses only at DEBUG (call sites' responsibility)."""
+message bodies or passwords; recipient addresses only at DEBUG (call sites' responsibility).
+
+A service that logs a line per request (HttpReceiver) can buffer the lines below WARNING
+(``buffer_info``): they are written together, one ``write`` for up to ``lines`` lines and at
+least every ``seconds``, instead of one write and flush each. A WARNING or above first writes
+what is buffered, then itself, at once, so order is kept and problems are never held back.
+Buffered lines are written at a graceful stop and at interpreter exit (``logging.shutdown``);
+a process killed outright (SIGKILL, OOM) loses at most ``lines`` lines or ``seconds`` of them.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +16,15 @@ import json
 import logging
 import os
 import sys
+import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 # Attributes every LogRecord has; anything else was passed through ``extra``.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+# One encoder for every line: json.dumps() with ``default`` builds a new one per call.
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,7 +48,61 @@ class JsonFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str, ensure_ascii=False)
+        return _ENCODER.encode(data)
+
+
+class BufferedLines(logging.StreamHandler[TextIO]):
+    """Formatted lines below ``flush_level`` kept and written together: when ``lines`` are
+    held, or ``seconds`` after the oldest one (a timer thread), or before a record at
+    ``flush_level`` or above, which is written at once behind them."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        lines: int,
+        seconds: float,
+        flush_level: int = logging.WARNING,
+    ) -> None:
+        super().__init__(stream)
+        self.capacity = lines
+        self.seconds = seconds
+        self.flush_level = flush_level
+        self._held: list[str] = []
+        self._stopped = threading.Event()
+        self._timer = threading.Thread(target=self._tick, name="log-flush", daemon=True)
+        self._timer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._held.append(self.format(record))
+            if record.levelno >= self.flush_level or len(self._held) >= self.capacity:
+                self._write()
+        except Exception:  # noqa: BLE001 - logging's own rule: report, never raise
+            self.handleError(record)
+
+    def _write(self) -> None:
+        """Write what is held (the caller holds the handler's lock)."""
+        if self._held:
+            text = "\n".join(self._held) + "\n"
+            self._held.clear()
+            self.stream.write(text)
+            self.stream.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._write()
+
+    def _tick(self) -> None:
+        while not self._stopped.wait(self.seconds):
+            try:
+                self.flush()
+            except (OSError, ValueError):  # stdout closed under us: nothing to do
+                return
+
+    def close(self) -> None:
+        self._stopped.set()
+        self.flush()
+        super().close()
 
 
 def setup_logging(service: str, level: str | None = None, worker: int | None = None) -> None:
@@ -47,6 +113,36 @@ def setup_logging(service: str, level: str | None = None, worker: int | None = N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("MANYCORE_LOG_LEVEL", "INFO")).upper())
+    # Nothing in a line shows the caller's file, thread or process, so do not look them up
+    # for each record (the logging HOWTO's "Optimization": a frame walk and three lookups).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # aiosmtpd logs every command (including recipient addresses) at INFO; keep it quiet
     # unless debugging.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def buffer_info(lines: int, seconds: float) -> None:
+    """Put the root logger's stdout handler behind ``BufferedLines`` (after
+    ``setup_logging``); ``lines`` 0 or 1 leaves it writing each line at once."""
+    root = logging.getLogger()
+    if lines <= 1:
+        return
+    for index, handler in enumerate(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, BufferedLines):
+            buffered = BufferedLines(handler.stream, lines, seconds)
+            buffered.setFormatter(handler.formatter)
+            root.handlers[index] = buffered
+
+
+def unbuffer() -> None:
+    """Write what is buffered and go back to writing each line at once (a graceful stop)."""
+    root = logging.getLogger()
+    for index, handler in enumerate(root.handlers):
+        if isinstance(handler, BufferedLines):
+            plain = logging.StreamHandler(handler.stream)
+            plain.setFormatter(handler.formatter)
+            root.handlers[index] = plain
+            handler.close()
