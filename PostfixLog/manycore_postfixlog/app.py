@@ -23,7 +23,7 @@ from dataclasses import replace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from manycore_common import events, trace
+from manycore_common import events
 from manycore_common.consumer import Consumer
 from manycore_common.item import Item
 from manycore_common.queue import ReliableQueue, default_consumer_id
@@ -229,12 +229,20 @@ class PostfixLog:
             op for e in refusals for op in ops_for_event(e, domains, self.settings.suppression)
         ]
         accepted = replace(msg, rcpts=injected.accepted)
+        traced = self.injection_trace(item, injected)
         backoff = BACKOFF_SECONDS
         while True:
             try:
                 held = Held(claimer, self.consumer.processing_key, item.raw)
                 if await self.state.record(
-                    item_key(item), injected.queue_id, accepted, raws, held, suppress
+                    item_key(item),
+                    injected.queue_id,
+                    accepted,
+                    raws,
+                    held,
+                    suppress,
+                    traced,
+                    self.settings.trace,
                 ):
                     for event in refusals:
                         metrics.count_event(event)
@@ -246,26 +254,26 @@ class PostfixLog:
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
         if injected.queue_id is not None:
             metrics.TO_POSTFIX.inc()
-        await self.trace_injection(item, injected)
         log.debug(
             "queued by postfix",
             extra={"uuid": item.uuid, "queue_id": injected.queue_id, "refused": len(refusals)},
         )
         self.consumer.settled(item)  # the record acked it, in the same step
 
-    async def trace_injection(self, item: Item, injected: Injected) -> None:
-        """``injected`` in ``trace:<uuid>``: right after the record script (its own pipelined
-        round trip; the record stays one script and its retry loop stays trace-free)."""
-        if item.uuid:
-            record = tracing.injected(
-                injected.queue_id,
-                self.settings.instance,
-                item_key(item),
-                len(injected.accepted),
-                [r.rcpt for r in injected.refused],
-                time.time(),
-            )
-            await trace.write(self.redis, self.settings.trace, [(item.uuid, record)])
+    def injection_trace(self, item: Item, injected: Injected) -> list[tuple[str, bytes]]:
+        """``injected`` for ``trace:<uuid>``, written in the record's round trip, after its
+        script (scriptbatch)."""
+        if not item.uuid:
+            return []
+        record = tracing.injected(
+            injected.queue_id,
+            self.settings.instance,
+            item_key(item),
+            len(injected.accepted),
+            [r.rcpt for r in injected.refused],
+            time.time(),
+        )
+        return [(item.uuid, record)]
 
     async def reject(self, item: Item, reason: str) -> None:
         event = events.error_event(SERVICE, reason, uuid=item.uuid, streamid=item.stream_id)
