@@ -235,6 +235,26 @@ class State:
             return Claim(answer, claimer if answer == "mine" else None, now)
         return Claim("held", answer, now)
 
+    async def claim_many(
+        self, item_ids: Sequence[str], claimers: Sequence[str], now: float
+    ) -> list[Claim]:
+        """``claim`` for several items, in one round trip."""
+        calls = [
+            scriptbatch.Call(
+                self._claim,
+                [self.item_key(item_id), self.claim_key(item_id)],
+                [claimer, CLAIM_SECONDS * 1000],
+            )
+            for item_id, claimer in zip(item_ids, claimers, strict=True)
+        ]
+        answers = [_text(a) for a in await scriptbatch.run(self.redis, calls)]
+        return [
+            Claim(a, c if a == "mine" else None, now)
+            if a in ("done", "mine")
+            else Claim("held", a, now)
+            for a, c in zip(answers, claimers, strict=True)
+        ]
+
     async def unclaim(self, item_id: str, claimer: str) -> None:
         """Give up our claim (the item goes back to the queue without being injected)."""
         await self._unclaim(keys=[self.claim_key(item_id)], args=[claimer])

@@ -241,6 +241,8 @@ async def drive_postfixlog(redis: Redis) -> None:
     assert taken is not None
     assert (await state.claim("item-1", "pl-1", 0.0)).status == "mine"
     await state.unclaim("item-1", "pl-1")
+    claims = await state.claim_many(["item-2", "item-3"], ["pl-1", "pl-2"], 0.0)
+    assert [(c.status, c.holder) for c in claims] == [("mine", "pl-1"), ("mine", "pl-2")]
     assert (await state.claim("item-1", "pl-1", 0.0)).status == "mine"
     msg = Message("u1", None, "ex.com", "bounce@ex.com", ("a@x.org", "b@x.org"), "item-1")
     held = Held("pl-1", consumer.processing_key, taken.raw)
