@@ -2,8 +2,9 @@
 
 Tasks while running:
 
-* feeders (``smtp-connections`` of them): take an item, hand it to Postfix in one SMTP
-  transaction, record queue id → message in Redis, then ack (pull → call → record → ack);
+* feeders (``smtp-connections`` of them): take items (a few at once from a backlog, and
+  claim them together: ``intake``), hand each to Postfix in one SMTP transaction, record
+  queue id → message in Redis, then ack (pull → call → record → ack);
   they pull only while Postfix's active + incoming queues are below ``max-active-incoming``;
 * the log loop: follower → parser → events (``processor``);
 * the monitor: queue sizes for metrics and backpressure, and Postfix's health.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -23,18 +23,18 @@ from dataclasses import replace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from manycore_common import events, trace
+from manycore_common import events
 from manycore_common.consumer import Consumer
 from manycore_common.item import Item
 from manycore_common.queue import ReliableQueue, default_consumer_id
 from manycore_common.suppressionmetrics import count_suppressions
 from manycore_common.suppressionpolicy import ops_for_event
 
-from . import metrics, outcomes, requeue, tracing
+from . import intake, metrics, outcomes, requeue, tracing
 from .follower import LogFollower
-from .headers import take_return_path
 from .injector import Injected, Injector, NotSent, PermanentFailure, TemporaryFailure
 from .instance import PostfixError, PostfixInstance
+from .intake import Intake, item_key
 from .processor import SOURCE, LogProcessor
 from .settings import Settings
 from .state import Claim, Held, Message, State
@@ -42,19 +42,11 @@ from .state import Claim, Held, Message, State
 log = logging.getLogger(__name__)
 
 SERVICE = "postfixlog"
-#: Longest BLMOVE of a feeder (also bounds how fast a feeder notices a stop).
-TAKE_TIMEOUT = 0.5
 #: Pause after a Redis error, a temporary injection failure, or while Postfix's queue is full.
 BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
 MONITOR_SECONDS = 0.5
 LOG_IDLE_SECONDS = 0.1
-
-
-def item_key(item: Item) -> str:
-    """The item's id (the Transformer keeps the receiver's); an item without one is named by
-    its content, which stays the same when the reaper hands it back."""
-    return item.id or hashlib.sha256(item.raw).hexdigest()[:32]
 
 
 class PostfixLog:
@@ -80,6 +72,7 @@ class PostfixLog:
             replay_window=settings.replay_window_seconds,
         )
         self.consumer: Consumer = incoming.consumer(default_consumer_id(SERVICE))
+        self.intake = Intake(self.consumer, self.state, incoming)
         self.follower = LogFollower(settings.paths.logfile)
         self.processor = LogProcessor(
             self.state,
@@ -98,6 +91,7 @@ class PostfixLog:
 
     async def feed(self) -> None:
         injector = Injector("127.0.0.1", self.settings.smtpd_port, self.settings.myhostname)
+        batch_after = 0.0
         try:
             while not self.feed_stop.is_set():
                 if self.active_incoming >= self.settings.max_active_incoming:
@@ -107,71 +101,69 @@ class PostfixLog:
                     continue
                 metrics.BACKPRESSURE.set(0)
                 try:
-                    item = await self.consumer.take(TAKE_TIMEOUT)
-                    if item is not None:
-                        metrics.POLLED.inc()
-                        await self.handle(item, injector)
+                    items, batch_after = await self.intake.take(batch_after)
+                    if items:
+                        metrics.POLLED.inc(len(items))
+                        await self.handle_batch(items, injector)
                 except (RedisError, OSError) as exc:
                     log.warning("redis error, backing off", extra={"error": str(exc)})
                     await asyncio.sleep(BACKOFF_SECONDS)
         finally:
             await injector.close()
 
-    async def ask_claim(self, item: Item, claimer: str) -> Claim:
-        try:
-            return await self.state.claim(item_key(item), claimer, time.monotonic())
-        except (RedisError, OSError):
-            # It cannot be returned now (Redis fails): forgotten, it is a stray that
-            # keep_alive returns once Redis answers, instead of staying held for good.
-            self.consumer.forget(item)
-            raise
+    async def handle_batch(self, items: list[Item], injector: Injector) -> None:
+        """Claims of the whole batch in one round trip, then each item injected and recorded
+        in turn. Items not reached when the feeders stop stay in our processing list (the
+        stop releases them to the queue) with their claims dropped; after a Redis error they
+        are strays (``keep_alive`` returns them)."""
+        ready: list[tuple[Item, intake.Envelope]] = []
+        for n, item in enumerate(items):
+            envelope = intake.envelope_of(item)
+            if envelope is not None:
+                ready.append((item, envelope))
+                continue
+            try:
+                await self.reject(item, "the item has no X-ReturnPathIb or no recipients")
+            except (RedisError, OSError):
+                for other in [*(i for i, _ in ready), *items[n + 1 :]]:
+                    self.consumer.forget(other)
+                raise
+        claims = await self.intake.claim_many([item for item, _ in ready])
+        todo = [(i, e, c) for (i, e), c in zip(ready, claims, strict=True) if c is not None]
+        while todo:
+            item, envelope, claim = todo[0]
+            try:
+                if self.feed_stop.is_set():
+                    await self.unclaim(item, str(claim.holder))
+                else:
+                    await self.handle(item, envelope, claim, injector)
+            except (RedisError, OSError):
+                for later, _, later_claim in todo[1:]:
+                    self.consumer.forget(later)
+                    await self.unclaim(later, str(later_claim.holder))
+                raise
+            todo.pop(0)
 
-    async def claim(self, item: Item) -> Claim | None:
-        """Claim the item before injecting it (issue 17 item 4). None: not ours to inject
-        (already injected: acked; claimed by another feeder: put back at the end of the
-        queue, and this feeder pauses). The claimer is this one attempt (consumer id plus a
-        random part), not the process: two feeders of one process must not share a claim."""
-        claim = await self.ask_claim(item, f"{self.consumer.id}/{os.urandom(4).hex()}")
-        if claim.status == "done":
-            # Already in a Postfix (our ack was lost, or the reaper gave it back): not twice.
-            await self.consumer.ack(item)
-            return None
-        if claim.status == "held":
-            # Another consumer is injecting it, or stalled while doing so (its items were
-            # reclaimed meanwhile): it injects and records it, or its claim runs out.
-            metrics.CLAIMED_ELSEWHERE.inc()
-            log.info(
-                "item claimed by another consumer",
-                extra={"uuid": item.uuid, "holder": claim.holder},
-            )
-            await self.consumer.hand_over(item, self.incoming, item.raw)
-            await asyncio.sleep(BACKOFF_SECONDS)
-            return None
-        return claim
+    async def unclaim(self, item: Item, claimer: str) -> None:
+        with contextlib.suppress(RedisError, OSError):  # else it runs out
+            await self.state.unclaim(item_key(item), claimer)
 
-    async def handle(self, item: Item, injector: Injector) -> None:
-        header_sender, data = take_return_path(item.payload)
-        sender = header_sender or item.header.get("return_path")
-        rcpts = [str(r) for r in item.header.get("rcpts") or []]
-        if not sender or not rcpts:
-            await self.reject(item, "the item has no X-ReturnPathIb or no recipients")
-            return
-        claim = await self.claim(item)
-        if claim is None:
-            return
+    async def handle(
+        self, item: Item, envelope: intake.Envelope, claim: Claim, injector: Injector
+    ) -> None:
+        sender, rcpts, data = envelope
         msg = Message(
             uuid=item.uuid,
             stream_id=item.stream_id,
             from_domain=item.header.get("from_domain"),
-            return_path=str(sender),
+            return_path=sender,
             rcpts=tuple(rcpts),
             item_id=item_key(item),
         )
         claimer = str(claim.holder)
         injected = await self.inject(item, injector, msg, data, claim)
         if injected is None:
-            with contextlib.suppress(RedisError, OSError):  # else it runs out
-                await self.state.unclaim(item_key(item), claimer)
+            await self.unclaim(item, claimer)
             return
         await self.record(item, msg, injected, claimer)
 
@@ -184,7 +176,7 @@ class PostfixLog:
         while True:
             try:
                 if not claim.fresh(time.monotonic()):
-                    claim = await self.ask_claim(item, str(claim.holder))
+                    claim = await self.intake.ask_claim(item, str(claim.holder))
                     if claim.status != "mine":
                         await self.leave(item, claim)
                         return None
@@ -229,12 +221,20 @@ class PostfixLog:
             op for e in refusals for op in ops_for_event(e, domains, self.settings.suppression)
         ]
         accepted = replace(msg, rcpts=injected.accepted)
+        traced = self.injection_trace(item, injected)
         backoff = BACKOFF_SECONDS
         while True:
             try:
                 held = Held(claimer, self.consumer.processing_key, item.raw)
                 if await self.state.record(
-                    item_key(item), injected.queue_id, accepted, raws, held, suppress
+                    item_key(item),
+                    injected.queue_id,
+                    accepted,
+                    raws,
+                    held,
+                    suppress,
+                    traced,
+                    self.settings.trace,
                 ):
                     for event in refusals:
                         metrics.count_event(event)
@@ -246,26 +246,26 @@ class PostfixLog:
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
         if injected.queue_id is not None:
             metrics.TO_POSTFIX.inc()
-        await self.trace_injection(item, injected)
         log.debug(
             "queued by postfix",
             extra={"uuid": item.uuid, "queue_id": injected.queue_id, "refused": len(refusals)},
         )
         self.consumer.settled(item)  # the record acked it, in the same step
 
-    async def trace_injection(self, item: Item, injected: Injected) -> None:
-        """``injected`` in ``trace:<uuid>``: right after the record script (its own pipelined
-        round trip; the record stays one script and its retry loop stays trace-free)."""
-        if item.uuid:
-            record = tracing.injected(
-                injected.queue_id,
-                self.settings.instance,
-                item_key(item),
-                len(injected.accepted),
-                [r.rcpt for r in injected.refused],
-                time.time(),
-            )
-            await trace.write(self.redis, self.settings.trace, [(item.uuid, record)])
+    def injection_trace(self, item: Item, injected: Injected) -> list[tuple[str, bytes]]:
+        """``injected`` for ``trace:<uuid>``, written in the record's round trip, after its
+        script (scriptbatch)."""
+        if not item.uuid:
+            return []
+        record = tracing.injected(
+            injected.queue_id,
+            self.settings.instance,
+            item_key(item),
+            len(injected.accepted),
+            [r.rcpt for r in injected.refused],
+            time.time(),
+        )
+        return [(item.uuid, record)]
 
     async def reject(self, item: Item, reason: str) -> None:
         event = events.error_event(SERVICE, reason, uuid=item.uuid, streamid=item.stream_id)

@@ -24,11 +24,12 @@ from manycore_common.config import SuppressionSettings
 from manycore_common.events import encode_event
 from manycore_common.suppressionmetrics import count_suppressions
 from manycore_common.suppressionpolicy import ops_for_event
+from manycore_common.suppressionstore import Op
 
-from . import metrics, outcomes, tracing
+from . import metrics, outcomes, scriptbatch, tracing
 from .follower import Line, LogFollower
 from .logparse import Record, parse_line
-from .state import Position, State
+from .state import Message, Position, State
 
 log = logging.getLogger(__name__)
 #: Postfix's own lines, echoed to stdout (``echo-postfix-log``) for ``kubectl logs``.
@@ -40,6 +41,26 @@ SOURCE = "postfixlog"
 def _deferred(rcpt: str, reason: str) -> dict[str, object]:
     """What a deferral without an event (``deferred-events`` off) looks like in the trace."""
     return {"event": "deferred", "rcpt": rcpt, "reason": reason}
+
+
+#: Most lines handled in one batch (two Redis round trips).
+BATCH_LINES = 200
+
+
+def next_batch(unread: deque[Line], limit: int) -> list[tuple[Line, Record | None]]:
+    """The first lines of ``unread`` with their records, up to ``limit`` and ending before a
+    queue id seen earlier in the batch: the messages are read once at the batch's start, so
+    a record must not depend on what an earlier one of the batch changes."""
+    batch: list[tuple[Line, Record | None]] = []
+    seen: set[str] = set()
+    for line in unread:
+        record = parse_line(line.text)
+        if len(batch) >= limit or (record is not None and record.queue_id in seen):
+            break
+        if record is not None:
+            seen.add(record.queue_id)
+        batch.append((line, record))
+    return batch
 
 
 @dataclass(frozen=True)
@@ -100,11 +121,10 @@ class LogProcessor:
                 for line in self.unread:
                     postfix_log.info("postfix", extra={"postfix": line.text})
         while self.unread:
-            line = self.unread[0]
-            record = parse_line(line.text)
-            if record is not None:
-                await self._handle(line, record)
-            self.unread.popleft()
+            batch = next_batch(self.unread, BATCH_LINES)
+            await self._handle_batch(batch)
+            for _ in batch:
+                self.unread.popleft()
         await self._retry_waiting()
         await self.flush_trace()
         await self.save(force=False)
@@ -125,19 +145,38 @@ class LogProcessor:
 
     # ------------------------------------------------------------------ records
 
-    async def _handle(self, line: Line, record: Record) -> None:
-        qid = record.queue_id
-        if any(w.record.queue_id == qid for w in self.waiting):
-            self.waiting.append(Waiting(line, record, self.clock()))
-            return
-        if await self._apply(line, record):
-            return
-        if self.wall_clock() - record.timestamp > self.wait_seconds:
-            # An old line of a message we know nothing about (not ours, or its state expired
-            # after it was done): nothing to wait for.
-            metrics.UNMATCHED.inc()
-            return
-        self.waiting.append(Waiting(line, record, self.clock()))
+    async def _handle_batch(self, batch: list[tuple[Line, Record | None]]) -> None:
+        """The records of ``batch`` (no queue id twice): their messages read in one round
+        trip, the state scripts of all their outcomes run in one more."""
+        waiting = {w.record.queue_id for w in self.waiting}
+        found = [(line, r) for line, r in batch if r is not None and r.queue_id not in waiting]
+        msgs = await self.state.messages([r.queue_id for _, r in found])
+        by_line = {id(line): msg for (line, _), msg in zip(found, msgs, strict=True)}
+        known: list[tuple[Line, Record, Message]] = []
+        wait: list[Waiting] = []
+        unmatched = 0
+        for line, record in batch:
+            if record is None:
+                continue
+            msg = by_line.get(id(line))
+            if msg is not None:
+                known.append((line, record, msg))
+            elif (
+                record.queue_id not in waiting
+                and self.wall_clock() - record.timestamp > self.wait_seconds
+            ):
+                # An old line of a message we know nothing about (not ours, or its state
+                # expired after it was done): nothing to wait for.
+                unmatched += 1
+            else:
+                # It waits for its message's state, and so do later lines of a queue id
+                # that waits, to keep their order (the module's docstring).
+                wait.append(Waiting(line, record, self.clock()))
+        # Only once the scripts ran: a Redis error leaves the whole batch unread, to be
+        # handled again (idempotently) by the next step.
+        await self._apply_many(known)
+        self.waiting.extend(wait)
+        metrics.UNMATCHED.inc(unmatched)
 
     async def _retry_waiting(self) -> None:
         if not self.waiting:
@@ -163,31 +202,56 @@ class LogProcessor:
         msg = await self.state.message(record.queue_id)
         if msg is None:
             return False
-        once = f"{line.start.ino}:{line.start.offset}"
-        for action in outcomes.actions(
-            record, msg, deferred_events=self.deferred_events, once=once
-        ):
-            if isinstance(action, outcomes.Final):
-                raw = encode_event(action.event, source=SOURCE)
-                domains = [msg.from_domain] if msg.from_domain else []
-                ops = ops_for_event(action.event, domains, self.suppression)
-                if await self.state.final(record.queue_id, action.rcpt, raw, ops) == 1:
-                    metrics.count_event(action.event)
-                    self.traced.append((msg.uuid or "", self._traced(action.event, record)))
-                    count_suppressions(ops, "postfixlog")
-            else:
-                raw_event = (
-                    encode_event(action.event, source=SOURCE) if action.event is not None else None
-                )
-                pushed = await self.state.deferral(
-                    record.queue_id, action.rcpt, action.deferral, action.once, raw_event
-                )
-                if pushed == 2 and action.event is not None:
-                    metrics.count_event(action.event)
-                if pushed > 0:
-                    seen = action.event or _deferred(action.rcpt, action.deferral.reason)
-                    self.traced.append((msg.uuid or "", self._traced(seen, record)))
+        await self._apply_many([(line, record, msg)])
         return True
+
+    async def _apply_many(self, known: list[tuple[Line, Record, Message]]) -> None:
+        """Emit what each record means for its message: every state script in one round
+        trip; metrics and trace records for what the scripts did."""
+        planned: list[tuple[Record, Message, outcomes.Action, list[Op]]] = []
+        calls: list[scriptbatch.Call] = []
+        for line, record, msg in known:
+            once = f"{line.start.ino}:{line.start.offset}"
+            for action in outcomes.actions(
+                record, msg, deferred_events=self.deferred_events, once=once
+            ):
+                call, ops = self._call(record, msg, action)
+                planned.append((record, msg, action, ops))
+                calls.append(call)
+        results = await scriptbatch.run(self.state.redis, calls)
+        for (record, msg, action, ops), result in zip(planned, results, strict=True):
+            self._count(record, msg, action, ops, int(result))
+
+    def _call(
+        self, record: Record, msg: Message, action: outcomes.Action
+    ) -> tuple[scriptbatch.Call, list[Op]]:
+        if isinstance(action, outcomes.Final):
+            raw = encode_event(action.event, source=SOURCE)
+            domains = [msg.from_domain] if msg.from_domain else []
+            ops = ops_for_event(action.event, domains, self.suppression)
+            return self.state.final_call(record.queue_id, action.rcpt, raw, ops), ops
+        raw_event = encode_event(action.event, source=SOURCE) if action.event is not None else None
+        call = self.state.deferral_call(
+            record.queue_id, action.rcpt, action.deferral, action.once, raw_event
+        )
+        return call, []
+
+    def _count(
+        self, record: Record, msg: Message, action: outcomes.Action, ops: list[Op], result: int
+    ) -> None:
+        """Metrics and the trace record of an outcome the script pushed (``result``: the
+        FINAL or DEFERRAL script's answer, statescripts.py)."""
+        if isinstance(action, outcomes.Final):
+            if result == 1:
+                metrics.count_event(action.event)
+                self.traced.append((msg.uuid or "", self._traced(action.event, record)))
+                count_suppressions(ops, "postfixlog")
+            return
+        if result == 2 and action.event is not None:
+            metrics.count_event(action.event)
+        if result > 0:
+            seen = action.event or _deferred(action.rcpt, action.deferral.reason)
+            self.traced.append((msg.uuid or "", self._traced(seen, record)))
 
     def _traced(self, event: dict[str, object], record: Record) -> bytes:
         return tracing.outcome(event, record.queue_id, self.state.instance, self.wall_clock())

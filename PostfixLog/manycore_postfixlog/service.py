@@ -28,8 +28,9 @@ from manycore_common.queue import ReliableQueue, configured
 
 from . import requeue
 from . import settings as settings_module
-from .app import SERVICE, TAKE_TIMEOUT, PostfixLog
+from .app import SERVICE, PostfixLog
 from .instance import PostfixError, PostfixInstance
+from .intake import TAKE_TIMEOUT
 from .reload import Reloader, config_files
 from .settings import Settings
 

@@ -47,10 +47,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from manycore_common import keyspace, replicas
+from manycore_common import keyspace, replicas, trace
 from manycore_common.suppressionstore import Op, encode_ops
 
-from . import statescripts
+from . import scriptbatch, statescripts
 
 #: After the last final event, the message's state is kept this long by default
 #: (``replay-window-seconds``), so that log lines read again after a restart still find it
@@ -236,6 +236,26 @@ class State:
             return Claim(answer, claimer if answer == "mine" else None, now)
         return Claim("held", answer, now)
 
+    async def claim_many(
+        self, item_ids: Sequence[str], claimers: Sequence[str], now: float
+    ) -> list[Claim]:
+        """``claim`` for several items, in one round trip."""
+        calls = [
+            scriptbatch.Call(
+                self._claim,
+                [self.item_key(item_id), self.claim_key(item_id)],
+                [claimer, CLAIM_SECONDS * 1000],
+            )
+            for item_id, claimer in zip(item_ids, claimers, strict=True)
+        ]
+        answers = [_text(a) for a in await scriptbatch.run(self.redis, calls)]
+        return [
+            Claim(a, c if a == "mine" else None, now)
+            if a in ("done", "mine")
+            else Claim("held", a, now)
+            for a, c in zip(answers, claimers, strict=True)
+        ]
+
     async def unclaim(self, item_id: str, claimer: str) -> None:
         """Give up our claim (the item goes back to the queue without being injected)."""
         await self._unclaim(keys=[self.claim_key(item_id)], args=[claimer])
@@ -248,11 +268,14 @@ class State:
         events: list[bytes],
         held: Held | None = None,
         suppress: Sequence[Op] = (),
+        traced: Sequence[tuple[str, bytes]] = (),
+        trace_settings: trace.TraceSettings = trace.OFF,
     ) -> bool:
         """The injection's outcome in one step: queue id → message, the item marked as sent,
         any events (recipients Postfix refused at once) with the suppression entries they
         call for, and, with ``held``, the item acked from its processing list and its claim
-        dropped. False: already recorded."""
+        dropped. ``traced`` records go in the same round trip, after the script. False:
+        already recorded."""
         marker = f"{self.instance}:{queue_id or '-'}"
         msg_key = self.msg_key(queue_id or "-")
         fields = json.dumps(message.fields()) if message is not None and queue_id else ""
@@ -260,8 +283,7 @@ class State:
         # written (in every key's slot, with a key prefix).
         held = held or Held("", self.keys.postfixlog(self.instance, "none"), b"")
         op_keys, op_args = encode_ops(suppress, 7)
-        done = await replicas.call(
-            self.redis,
+        call = scriptbatch.Call(
             self._record,
             [
                 self.item_key(item_id),
@@ -284,42 +306,61 @@ class State:
                 *op_args,
             ],
         )
+        (done,) = await scriptbatch.run(self.redis, [call], traced, trace_settings)
         return int(done) == 1
 
     # ------------------------------------------------------------------ log outcomes
 
     async def message(self, queue_id: str) -> Message | None:
-        raw = await self.redis.hgetall(self.msg_key(queue_id))
-        return Message.from_hash(raw) if raw else None
+        return (await self.messages([queue_id]))[0]
+
+    async def messages(self, queue_ids: Sequence[str]) -> list[Message | None]:
+        """The messages of ``queue_ids`` (None: unknown), in one pipelined round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue_id in queue_ids:
+            pipe.hgetall(self.msg_key(queue_id))
+        raws = await pipe.execute() if queue_ids else []
+        return [Message.from_hash(raw) if raw else None for raw in raws]
+
+    def final_call(
+        self, queue_id: str, rcpt: str, event: bytes, suppress: Sequence[Op] = ()
+    ) -> scriptbatch.Call:
+        """Push ``event`` unless ``rcpt`` already has its final event, with the suppression
+        entries it calls for: 1 pushed, 0 already final, -1 unknown message."""
+        op_keys, op_args = encode_ops(suppress, 4)
+        return scriptbatch.Call(
+            self._final,
+            [self.msg_key(queue_id), self.event_queue, self.keys.suppression_size(), *op_keys],
+            [rcpt_key(rcpt), event, self.replay_window, *op_args],
+        )
 
     async def final(
         self, queue_id: str, rcpt: str, event: bytes, suppress: Sequence[Op] = ()
     ) -> int:
-        """Push ``event`` unless ``rcpt`` already has its final event, with the suppression
-        entries it calls for: 1 pushed, 0 already final, -1 unknown message."""
-        op_keys, op_args = encode_ops(suppress, 4)
-        return int(
-            await replicas.call(
-                self.redis,
-                self._final,
-                [self.msg_key(queue_id), self.event_queue, self.keys.suppression_size(), *op_keys],
-                [rcpt_key(rcpt), event, self.replay_window, *op_args],
-            )
+        """``final_call`` on its own."""
+        (pushed,) = await scriptbatch.run(
+            self.redis, [self.final_call(queue_id, rcpt, event, suppress)]
+        )
+        return int(pushed)
+
+    def deferral_call(
+        self, queue_id: str, rcpt: str, deferral: Deferral, once: str, event: bytes | None
+    ) -> scriptbatch.Call:
+        """Remember the last deferral; push the optional ``deferred`` event once per ``once``
+        (2: pushed, 1: remembered only, 0: recipient already final, -1: unknown message)."""
+        return scriptbatch.Call(
+            self._deferral,
+            [self.msg_key(queue_id), self.event_queue],
+            [rcpt_key(rcpt), deferral.encode(), once if event else "", event or b""],
         )
 
     async def deferral(
         self, queue_id: str, rcpt: str, deferral: Deferral, once: str, event: bytes | None
     ) -> int:
-        """Remember the last deferral; push the optional ``deferred`` event once per ``once``
-        (2: pushed, 1: remembered only, 0: recipient already final, -1: unknown message)."""
-        return int(
-            await replicas.call(
-                self.redis,
-                self._deferral,
-                [self.msg_key(queue_id), self.event_queue],
-                [rcpt_key(rcpt), deferral.encode(), once if event else "", event or b""],
-            )
-        )
+        """``deferral_call`` on its own."""
+        call = self.deferral_call(queue_id, rcpt, deferral, once, event)
+        (pushed,) = await scriptbatch.run(self.redis, [call])
+        return int(pushed)
 
     # ------------------------------------------------------------------ stop and start
 

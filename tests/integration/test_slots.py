@@ -33,6 +33,7 @@ from manycore_common.idempotency import claim_for
 from manycore_common.queue import ReliableQueue, wait_for_doorbells
 from manycore_common.suppressionstore import Op, SuppressionStore, emit_once_suppressing
 from manycore_httpreceiver import unsubscribe
+from manycore_postfixlog import scriptbatch
 from manycore_postfixlog.state import Deferral, Held, Message, State
 from manycore_transformer.streams import StreamRegistry
 from tests.helpers import LOOPBACK, RedisServer, Service, running, wait_for
@@ -155,8 +156,16 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
         recorded.append((original, [k if isinstance(k, str) else k.decode() for k in keys or []]))
         return await call(self, keys, args, client)
 
+    def recording_command(call: scriptbatch.Call) -> tuple[Any, ...]:
+        # PostfixLog's batched calls go out as EVALSHA in a pipeline, not through __call__.
+        original: str = call.script.original  # type: ignore[attr-defined]
+        recorded.append((original, [k if isinstance(k, str) else k.decode() for k in call.keys]))
+        return command(call)
+
+    command = scriptbatch.command
     monkeypatch.setattr(AsyncScript, "__init__", shebang_init)
     monkeypatch.setattr(AsyncScript, "__call__", recording_call)
+    monkeypatch.setattr(scriptbatch, "command", recording_command)
     yield recorded
 
 
@@ -232,6 +241,8 @@ async def drive_postfixlog(redis: Redis) -> None:
     assert taken is not None
     assert (await state.claim("item-1", "pl-1", 0.0)).status == "mine"
     await state.unclaim("item-1", "pl-1")
+    claims = await state.claim_many(["item-2", "item-3"], ["pl-1", "pl-2"], 0.0)
+    assert [(c.status, c.holder) for c in claims] == [("mine", "pl-1"), ("mine", "pl-2")]
     assert (await state.claim("item-1", "pl-1", 0.0)).status == "mine"
     msg = Message("u1", None, "ex.com", "bounce@ex.com", ("a@x.org", "b@x.org"), "item-1")
     held = Held("pl-1", consumer.processing_key, taken.raw)
@@ -243,6 +254,14 @@ async def drive_postfixlog(redis: Redis) -> None:
         "ex.com", "a@x.org", s.new_entry("soft-bounce-repeated", NOW, 1, "cd" * 8, "u1"), 3, 60
     )
     assert await state.final("QID1", "a@x.org", b"delivered", [soft]) == 1
+    # The log side's batch: several scripts and trace records in one pipeline.
+    batch = [
+        state.deferral_call("QID1", "b@x.org", deferral, "t2", None),
+        state.final_call("QID1", "b@x.org", b"bounced"),
+    ]
+    traced = [("u1", trace.entry("log", "test"))]
+    assert await scriptbatch.run(redis, batch, traced, trace.TraceSettings(True, 600, 10)) == [1, 1]
+    assert [m and m.uuid for m in await state.messages(["QID1", "QID2"])] == ["u1", None]
     await state.requeue("QID1", b"again")
     assert await state.was_requeued("QID1")
     assert await state.message("QID1") is None
