@@ -139,6 +139,11 @@ def ports(base: int) -> dict[str, int]:
 #: becomes a soft bounce; short so the outcome can be seen while trying things out.
 LOCAL_QUEUE_LIFETIME = os.environ.get("MANYCORE_LOCAL_QUEUE_LIFETIME", "60s")
 
+#: How often the local Postfix retries deferred mail, in seconds (queue_run_delay and
+#: minimal_backoff_time; twice that at most): the tests shorten it so that soft-bounce@ ends
+#: in its soft bounce soon after the queue lifetime, not up to two retries later.
+LOCAL_RETRY_SECONDS = int(os.environ.get("MANYCORE_LOCAL_RETRY_SECONDS", "10"))
+
 #: Postfix waits up to 5 (greeting, commands) or 10 minutes (end of data) for a mail server
 #: that stopped answering (postconf(5) smtp_*_timeout). The fault tests make the sink MX hang
 #: and shorten these so the hang is a deferral, retried within the test, not a stuck delivery.
@@ -231,9 +236,9 @@ def local_config(data: dict[str, Any], workdir: Path, p: dict[str, int]) -> dict
             # and with DNS off no lookup ever leaves the machine.
             "relayhost": f"[{LOOPBACK}]:{p['sink']}",
             "smtp_dns_support_level": "disabled",
-            "queue_run_delay": "10s",
-            "minimal_backoff_time": "10s",
-            "maximal_backoff_time": "20s",
+            "queue_run_delay": f"{LOCAL_RETRY_SECONDS}s",
+            "minimal_backoff_time": f"{LOCAL_RETRY_SECONDS}s",
+            "maximal_backoff_time": f"{2 * LOCAL_RETRY_SECONDS}s",
         },
         "master-cf": {"smtpd-port": p["postfix"]},
     }
