@@ -64,6 +64,8 @@ def test_xdist_workers_pick_ports_from_slices_of_their_own(
     """Each pytest-xdist worker is a process with its own record of ports handed out, so the
     workers' ranges must not overlap; without xdist the whole range below ``low`` is used."""
     low, width = 32768, 20
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # this test may run under xdist
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
     assert port_range(low, width) == (10_000, low - width + 1)
     monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
     spans = []
