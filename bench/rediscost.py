@@ -13,6 +13,8 @@ executed, scripts' own calls included. The counts include the background work of
 
     python -m bench.rediscost            # 200 messages (make bench)
     python -m bench.rediscost --quick    # 40 (smoke)
+    python -m bench.rediscost --quick --with-e2e  # the test smoke: then bench.e2e --quick,
+                                                  # on the same stack (one start for both)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench import e2e
 from bench.common import LOOPBACK, RESULTS, ROOT
 from bench.e2e import DOMAIN, Stack, body, drive, fail, head
 from bench.smtpclient import PASSWORD, USER
@@ -99,28 +102,35 @@ def measure(
     workdir: Path, counted: Path, smtp_count: int, http_count: int, bounces: int
 ) -> dict[str, Any]:
     stack = Stack(workdir).start()
-    p = ports(stack.base)
     try:
-        time.sleep(2)  # past the start-up commands
-        before, stats_before = snapshot(counted), commandstats(stack)
-        start = time.time()
-        asyncio.run(drive(p["smtp"], True, 4, smtp_count, SIZE, "rc", None, 0))
-        send_http(p["http"], http_count, "rc")
-        send_bounces(p["smtp"], bounces, "rc")
-        messages = smtp_count + http_count + bounces
-        deadline = time.time() + 300
-        while True:
-            seen = events_count(stack)
-            if seen["delivered"] >= smtp_count + http_count and seen["bounce"] >= bounces:
-                break
-            if time.time() > deadline:
-                raise fail(f"not every event reached the webhook: {dict(seen)}")
-            time.sleep(0.2)
-        time.sleep(0.5)  # the last counts on disk
-        window = time.time() - start
-        after, stats_after = snapshot(counted), commandstats(stack)
+        return measure_on(stack, counted, smtp_count, http_count, bounces)
     finally:
         stack.stop()
+
+
+def measure_on(
+    stack: Stack, counted: Path, smtp_count: int, http_count: int, bounces: int
+) -> dict[str, Any]:
+    """The counts over one window on a started stack whose processes load the hook."""
+    p = ports(stack.base)
+    time.sleep(2)  # past the start-up commands
+    before, stats_before = snapshot(counted), commandstats(stack)
+    start = time.time()
+    asyncio.run(drive(p["smtp"], True, 4, smtp_count, SIZE, "rc", None, 0))
+    send_http(p["http"], http_count, "rc")
+    send_bounces(p["smtp"], bounces, "rc")
+    messages = smtp_count + http_count + bounces
+    deadline = time.time() + 300
+    while True:
+        seen = events_count(stack)
+        if seen["delivered"] >= smtp_count + http_count and seen["bounce"] >= bounces:
+            break
+        if time.time() > deadline:
+            raise fail(f"not every event reached the webhook: {dict(seen)}")
+        time.sleep(0.2)
+    time.sleep(0.5)  # the last counts on disk
+    window = time.time() - start
+    after, stats_after = snapshot(counted), commandstats(stack)
     executed = sum(stats_after.values()) - sum(stats_before.values())
     return {
         "window_seconds": window,
@@ -192,6 +202,11 @@ def report(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="40 messages (smoke run)")
+    parser.add_argument(
+        "--with-e2e",
+        action="store_true",
+        help="then run `bench.e2e --quick` on the same stack (its figures carry the hook's cost)",
+    )
     args = parser.parse_args()
     total = 40 if args.quick else 200
     http, bounces = total // 4, total // 10
@@ -204,7 +219,16 @@ def main() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(
             [str(HOOK), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
-        result = measure(workdir / "stack", workdir / "counts", smtp, http, bounces)
+        counts = workdir / "counts"
+        if args.with_e2e:
+            found: list[dict[str, Any]] = []
+            e2e.main(
+                ["--quick"],
+                on_start=lambda stack: found.append(measure_on(stack, counts, smtp, http, bounces)),
+            )
+            (result,) = found
+        else:
+            result = measure(workdir / "stack", counts, smtp, http, bounces)
     text = report(result)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -72,16 +72,32 @@ def _ephemeral_ports() -> tuple[int, int]:
 _ISSUED: set[int] = set()
 
 
+def port_range(low: int, width: int = 1) -> tuple[int, int]:
+    """Where this process picks ``width`` ports in a row: [start, stop) of bases, below the
+    kernel's ephemeral range (``low``). Under pytest-xdist (PYTEST_XDIST_WORKER ``gwN`` of
+    PYTEST_XDIST_WORKER_COUNT) each worker gets its own slice: ``_ISSUED`` only keeps one
+    process from handing a port out twice, and workers are processes."""
+    first, end = 10_000, max(10_000 + width, low)  # the ports [first, end)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or "1")
+    if count > 1 and worker.startswith("gw"):
+        size = (end - first) // count
+        first += int(worker[2:]) * size
+        end = first + size
+    return first, max(first + 1, end - width + 1)
+
+
 def free_port_base(width: int = 20, tries: int = 100) -> int:
     """A base port with nothing listening on it or the ``width - 1`` ports above it, for a
     second stack beside others (the tests and benchmarks). Chosen below the kernel's
     ephemeral range: an outgoing connection may take any port in that range between this
     check and our services' bind, which would fail with "address already in use"."""
     low, _ = _ephemeral_ports()
-    top = max(10_000 + width, low - width)
+    start, stop = port_range(low, width)
     for _ in range(tries):
-        base = random.randrange(10_000, top)
-        if not any(port_open(base + i) for i in range(width)):
+        base = random.randrange(start, stop)
+        taken = _ISSUED.intersection(range(base, base + width))
+        if not taken and not any(port_open(base + i) for i in range(width)):
             _ISSUED.update(range(base, base + width))
             return base
     raise StartError(f"no {width} free ports in a row below {low}")
@@ -95,9 +111,9 @@ def free_port(tries: int = 200) -> int:
     dozen ports: a benchmark once started its bare SMTP server on its own metrics port), and
     an outgoing connection may take the port before the server binds it."""
     low, _ = _ephemeral_ports()
-    top = max(10_001, low)
+    start, stop = port_range(low)
     for _ in range(tries):
-        port = random.randrange(10_000, top)
+        port = random.randrange(start, stop)
         if port in _ISSUED:
             continue
         with socket.socket() as sock:
@@ -140,6 +156,11 @@ def ports(base: int) -> dict[str, int]:
 #: How long a temporarily failing message (soft-bounce@) stays in the local Postfix before it
 #: becomes a soft bounce; short so the outcome can be seen while trying things out.
 LOCAL_QUEUE_LIFETIME = os.environ.get("MANYCORE_LOCAL_QUEUE_LIFETIME", "60s")
+
+#: How often the local Postfix retries deferred mail, in seconds (queue_run_delay and
+#: minimal_backoff_time; twice that at most): the tests shorten it so that soft-bounce@ ends
+#: in its soft bounce soon after the queue lifetime, not up to two retries later.
+LOCAL_RETRY_SECONDS = int(os.environ.get("MANYCORE_LOCAL_RETRY_SECONDS", "10"))
 
 #: Postfix waits up to 5 (greeting, commands) or 10 minutes (end of data) for a mail server
 #: that stopped answering (postconf(5) smtp_*_timeout). The fault tests make the sink MX hang
@@ -233,9 +254,9 @@ def local_config(data: dict[str, Any], workdir: Path, p: dict[str, int]) -> dict
             # and with DNS off no lookup ever leaves the machine.
             "relayhost": f"[{LOOPBACK}]:{p['sink']}",
             "smtp_dns_support_level": "disabled",
-            "queue_run_delay": "10s",
-            "minimal_backoff_time": "10s",
-            "maximal_backoff_time": "20s",
+            "queue_run_delay": f"{LOCAL_RETRY_SECONDS}s",
+            "minimal_backoff_time": f"{LOCAL_RETRY_SECONDS}s",
+            "maximal_backoff_time": f"{2 * LOCAL_RETRY_SECONDS}s",
         },
         "master-cf": {"smtpd-port": p["postfix"]},
     }

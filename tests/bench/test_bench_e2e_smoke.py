@@ -1,6 +1,11 @@
 """The end-to-end benchmark runs (quickly: the whole stack, Postfix alone, 30 messages each)
 in every `make test`, so it cannot rot. No timing asserts: figures are read by people, as
-ratios, from `make bench`. The run itself fails when a message is lost or arrives twice."""
+ratios, from `make bench`. The run itself fails when a message is lost or arrives twice.
+
+The Redis-cost benchmark (README, "Scaling") runs first on the same stack
+(``bench.rediscost --quick --with-e2e``): the stack takes ~14 s to start, and both need it
+whole. Its counts must be sane: every stage talks to Redis, and a front door spends about one
+round trip per message (its push), which is what the README's table says."""
 
 from __future__ import annotations
 
@@ -9,24 +14,16 @@ import sys
 
 from tests.helpers import ROOT, require_binary
 
+#: The first line of bench.rediscost's table: its rows come after it.
+REDISCOST_HEAD = "| Stage | per | round trips |"
+
 
 def numbers(row: str) -> list[float]:
     fields = row.split()[1:]  # after the case name
     return [float(f.replace(",", "")) for f in fields if f[0].isdigit()]
 
 
-def test_e2e_bench_quick() -> None:
-    for binary in ("redis-server", "postfix", "smtp-source"):
-        require_binary(binary)
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.e2e", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+def check_e2e(out: str) -> None:
     assert "no message lost or doubled" in out
     lines = out.splitlines()
     e2e = [line for line in lines if line.startswith("5 KB") and "manycore stack" in line]
@@ -51,3 +48,36 @@ def test_e2e_bench_quick() -> None:
         assert any(line.split()[1] == service for line in memory), service
     for row in memory:
         assert numbers(row)[0] > 0, row
+
+
+def check_rediscost(table: str) -> None:
+    rows = {
+        cells[1]: cells
+        for cells in (line.split("|") for line in table.splitlines())
+        if len(cells) > 4 and cells[3].strip().replace(".", "").isdigit()
+    }
+    stages = {k.strip(): (float(v[3]), float(v[4])) for k, v in rows.items()}
+    stages_seen = sorted(stages)
+    assert stages_seen == ["backdata", "httpreceiver", "mxserver", "postfixlog", "receiver",
+                           "transformer"]  # fmt: skip
+    for name, (round_trips, commands) in stages.items():
+        assert 0 < round_trips <= commands, name
+    assert 0.3 <= stages["receiver"][0] <= 2 and 0.5 <= stages["httpreceiver"][0] <= 2
+
+
+def test_e2e_and_rediscost_bench_quick() -> None:
+    for binary in ("redis-server", "postfix", "smtp-source"):
+        require_binary(binary)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.rediscost", "--quick", "--with-e2e"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    e2e, head, rediscost = out.partition(REDISCOST_HEAD)
+    assert head, out  # the Redis-cost table came, after the end-to-end figures
+    check_e2e(e2e)
+    check_rediscost(rediscost)

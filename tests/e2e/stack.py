@@ -25,11 +25,14 @@ from tests.eventschema import assert_valid
 from tests.helpers import LOOPBACK, ROOT, require_binary
 
 PORTS = 20
+#: Postfix's retry of deferred mail in the test stacks (devstack's MANYCORE_LOCAL_RETRY_SECONDS,
+#: 10 for `make run`): soft-bounce@ becomes its soft bounce within this of the queue lifetime.
+RETRY_SECONDS = "2"
 
 
 class Stack:
     def __init__(
-        self, workdir: Path, queue_lifetime: str = "15s", smtp_timeout: str | None = None
+        self, workdir: Path, queue_lifetime: str = "10s", smtp_timeout: str | None = None
     ) -> None:
         self.workdir = workdir
         self.base = free_port_base(PORTS)
@@ -40,7 +43,11 @@ class Stack:
         self._reader: threading.Thread | None = None
 
     def start(self) -> Stack:
-        env = {**os.environ, "MANYCORE_LOCAL_QUEUE_LIFETIME": self.queue_lifetime}
+        env = {
+            **os.environ,
+            "MANYCORE_LOCAL_QUEUE_LIFETIME": self.queue_lifetime,
+            "MANYCORE_LOCAL_RETRY_SECONDS": RETRY_SECONDS,
+        }
         if self.smtp_timeout:
             env["MANYCORE_LOCAL_SMTP_TIMEOUT"] = self.smtp_timeout
         self.output = ""

@@ -86,3 +86,26 @@ def redis_client(redis_server: RedisServer) -> Iterator[SyncRedis]:
     client = SyncRedis(host=LOOPBACK, port=redis_server.port)
     yield client
     client.close()
+
+
+#: Every hostile MxServer: a rate limit no test reaches (every client is 127.0.0.1), so each
+#: test meets only the limit it is about.
+MX_BASE: dict[str, Any] = {
+    "mxserver.hostname": "mx.test",
+    "mxserver.rate-limit": {"messages": 100000, "window-seconds": 60},
+}
+
+
+@pytest.fixture(scope="module")
+def mx(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: RedisServer,
+) -> Iterator[Service]:
+    """The real MxServer for one module, with ``MX_BASE`` and the module's ``MX_SETTINGS``
+    (dotted key paths of the customer file, as ``configured_service`` takes them)."""
+    settings = {**MX_BASE, **getattr(request.module, "MX_SETTINGS", {})}
+    name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    directory = tmp_path_factory.mktemp(f"{name}-mx")
+    with configured_service("mxserver", directory, redis_server.port, settings) as service:
+        yield service

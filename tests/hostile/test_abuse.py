@@ -109,18 +109,12 @@ def post_basic(
         conn.close()
 
 
-@pytest.fixture(scope="module")
-def mx(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Service]:
-    settings = {
-        "mxserver.hostname": "mx.test",
-        "mxserver.command-timeout-seconds": TIMEOUT,
-        "mxserver.rate-limit": {"messages": 100000, "window-seconds": 60},
-        # Every client of these tests is 127.0.0.1 (a hundred slow ones at once).
-        "mxserver.limits": {"max-connections-per-ip": 1000},
-    }
-    directory = tmp_path_factory.mktemp("abuse-mx")
-    with configured_service("mxserver", directory, redis_server.port, settings) as service:
-        yield service
+#: This module's MxServer settings, over the hostile suite's (conftest.py, ``mx``).
+MX_SETTINGS: dict[str, Any] = {
+    "mxserver.command-timeout-seconds": TIMEOUT,
+    # Every client of these tests is 127.0.0.1 (a hundred slow ones at once).
+    "mxserver.limits": {"max-connections-per-ip": 1000},
+}
 
 
 # --- clients ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ give the events it should, with uuid, rcpt and streamid."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
@@ -32,16 +32,10 @@ ALICE = "alice@receiver.example"
 MAX_FAILURES = 50
 
 
-@pytest.fixture(scope="module")
-def mx(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Service]:
-    settings = {
-        "mxserver.hostname": "mx.test",
-        "mxserver.rate-limit": {"messages": 100000, "window-seconds": 60},
-        "mxserver.limits": {"max-failures-per-report": MAX_FAILURES},
-    }
-    directory = tmp_path_factory.mktemp("mx-feedback")
-    with configured_service("mxserver", directory, redis_server.port, settings) as service:
-        yield service
+#: This module's MxServer settings, over the hostile suite's (conftest.py, ``mx``).
+MX_SETTINGS: dict[str, Any] = {
+    "mxserver.limits": {"max-failures-per-report": MAX_FAILURES},
+}
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from redis import Redis as SyncRedis
@@ -28,20 +28,14 @@ ALICE = "alice@receiver.example"
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="module")
-def mx(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Service]:
-    settings = {
-        "mxserver.hostname": "mx.test",
-        "mxserver.rate-limit": {"messages": 100000, "window-seconds": 60},
-        "mxserver.classifier": {"workers": 2, "timeout-seconds": CLASSIFY_TIMEOUT},
-        "mxserver.limits": {
-            "max-connections-per-ip": MAX_CONNECTIONS,
-            "max-commands-per-session": MAX_COMMANDS,
-        },
-    }
-    directory = tmp_path_factory.mktemp("mx-limits")
-    with configured_service("mxserver", directory, redis_server.port, settings) as service:
-        yield service
+#: This module's MxServer settings, over the hostile suite's (conftest.py, ``mx``).
+MX_SETTINGS: dict[str, Any] = {
+    "mxserver.classifier": {"workers": 2, "timeout-seconds": CLASSIFY_TIMEOUT},
+    "mxserver.limits": {
+        "max-connections-per-ip": MAX_CONNECTIONS,
+        "max-commands-per-session": MAX_COMMANDS,
+    },
+}
 
 
 @pytest.fixture

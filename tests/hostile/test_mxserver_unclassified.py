@@ -6,8 +6,8 @@ a few messages kept per window. Each client is its own loopback address (127.0.0
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
@@ -25,24 +25,18 @@ MAX_COUNT, KEEP_TAGGED, KEEP_UNTAGGED = 20, 15, 5
 PER_CLIENT, PER_UUID = 3, 2
 
 
-@pytest.fixture(scope="module")
-def mx(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Service]:
-    settings = {
-        "mxserver.hostname": "mx.test",
-        "mxserver.rate-limit": {"messages": 100000, "window-seconds": 60},
-        "mxserver.unclassified": {
-            "max-count": MAX_COUNT,
-            "max-bytes": 1024,
-            "max-total-bytes": 1024 * 1024,
-            "untagged-share": 0.25,
-            "untagged-per-client": PER_CLIENT,
-            "tagged-per-uuid": PER_UUID,
-            "window-seconds": 3600,
-        },
-    }
-    directory = tmp_path_factory.mktemp("mx-unclassified")
-    with configured_service("mxserver", directory, redis_server.port, settings) as service:
-        yield service
+#: This module's MxServer settings, over the hostile suite's (conftest.py, ``mx``).
+MX_SETTINGS: dict[str, Any] = {
+    "mxserver.unclassified": {
+        "max-count": MAX_COUNT,
+        "max-bytes": 1024,
+        "max-total-bytes": 1024 * 1024,
+        "untagged-share": 0.25,
+        "untagged-per-client": PER_CLIENT,
+        "tagged-per-uuid": PER_UUID,
+        "window-seconds": 3600,
+    },
+}
 
 
 @pytest.fixture

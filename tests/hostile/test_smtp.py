@@ -13,6 +13,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -58,18 +59,12 @@ def receiver(
         yield s
 
 
-@pytest.fixture(scope="module")
-def mx(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Service]:
-    settings = {
-        "mxserver.hostname": "mx.test",
-        "mxserver.max-message-size": MAX_SIZE,
-        "mxserver.rate-limit": {"messages": 100000, "window-seconds": 60},
-        # Every client of these tests is 127.0.0.1.
-        "mxserver.limits": {"max-connections-per-ip": 1000},
-    }
-    directory = tmp_path_factory.mktemp("hostile-mx")
-    with configured_service("mxserver", directory, redis_server.port, settings) as service:
-        yield service
+#: This module's MxServer settings, over the hostile suite's (conftest.py, ``mx``).
+MX_SETTINGS: dict[str, Any] = {
+    "mxserver.max-message-size": MAX_SIZE,
+    # Every client of these tests is 127.0.0.1.
+    "mxserver.limits": {"max-connections-per-ip": 1000},
+}
 
 
 # --- strategies -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from redis import Redis as SyncRedis
 
 from manycore_common.tls import self_signed_pem
 from tests.helpers import LOOPBACK, RedisServer
+from tests.integration.postfix_env import Sink
 
 
 @pytest.fixture
@@ -19,6 +20,23 @@ def queues(redis_server: RedisServer) -> Iterator[SyncRedis]:
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """The sink MX a private Postfix relays to (the PostfixLog files)."""
+    server = Sink().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def flushed(redis_server: RedisServer) -> int:
+    """The session's redis-server, emptied: its port."""
+    client = SyncRedis(host=LOOPBACK, port=redis_server.port)
+    client.flushall()
+    client.close()
+    return redis_server.port
 
 
 @pytest.fixture(scope="session")

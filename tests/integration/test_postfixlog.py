@@ -12,13 +12,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.helpers import RedisServer, wait_for
+from tests.helpers import wait_for
 from tests.integration.postfix_env import (
     INCOMING,
     Sink,
@@ -28,23 +25,6 @@ from tests.integration.postfix_env import (
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "postfix"
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    server = Sink().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def flushed(redis_server: RedisServer) -> int:
-    from redis import Redis
-
-    client = Redis(host="127.0.0.1", port=redis_server.port)
-    client.flushall()
-    client.close()
-    return redis_server.port
 
 
 def by_rcpt(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

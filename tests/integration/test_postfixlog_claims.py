@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,23 +17,6 @@ from redis.asyncio import Redis
 from manycore_postfixlog.state import CLAIM_SECONDS, Held, Message, State
 from tests.helpers import RedisServer, wait_for
 from tests.integration.postfix_env import INCOMING, Sink, postfixlog_env, wait_quiet
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    server = Sink().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def flushed(redis_server: RedisServer) -> int:
-    from redis import Redis as SyncRedis
-
-    client = SyncRedis(host="127.0.0.1", port=redis_server.port)
-    client.flushall()
-    client.close()
-    return redis_server.port
 
 
 async def test_claim_is_atomic_reentrant_and_ends_with_the_record(redis: Redis) -> None:

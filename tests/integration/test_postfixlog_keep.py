@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from redis import Redis
-
-from tests.helpers import RedisServer, wait_for
+from tests.helpers import wait_for
 from tests.integration.postfix_env import (
     INCOMING,
     Sink,
@@ -25,21 +21,6 @@ RCPTS = {
     "keep1": ["ok1@sink.test", "flip1@sink.test", "Flip2@sink.test"],
     "keep2": ["flip3@sink.test"],
 }
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    server = Sink().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def flushed(redis_server: RedisServer) -> int:
-    client = Redis(host="127.0.0.1", port=redis_server.port)
-    client.flushall()
-    client.close()
-    return redis_server.port
 
 
 def queue_files(base: Path) -> list[Path]:

@@ -9,31 +9,14 @@ import os
 import signal
 import smtplib
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-from redis import Redis
 
-from tests.helpers import LOOPBACK, RedisServer, wait_for
+from tests.helpers import LOOPBACK, wait_for
 from tests.integration.postfix_env import PostfixLogEnv, Sink, postfixlog_env, wait_quiet
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    server = Sink().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def flushed(redis_server: RedisServer) -> int:
-    client = Redis(host="127.0.0.1", port=redis_server.port)
-    client.flushall()
-    client.close()
-    return redis_server.port
 
 
 def edit(env: PostfixLogEnv, change: Callable[[dict[str, Any]], None]) -> None:
