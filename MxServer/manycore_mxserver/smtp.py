@@ -20,9 +20,9 @@ from manycore_common.feedbacktag import Tag
 from manycore_common.smtpreplies import rewrite
 from manycore_common.smtpserver import (
     SHUTTING_DOWN,
+    EnhancedEhlo,
     InFlight,
     say_timeout,
-    with_enhanced_status_codes,
 )
 
 from .authenticate import Analysis
@@ -223,7 +223,7 @@ class MxSMTP(SMTP):
         super()._timeout_cb()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
 
 
-class Handler:
+class Handler(EnhancedEhlo):
     def __init__(
         self,
         recipients: Recipients,
@@ -257,17 +257,6 @@ class Handler:
             REFUSED.labels("rate-limit").inc()
             return RATE_LIMITED
         return None
-
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        session.host_name = hostname
-        return with_enhanced_status_codes(responses)
 
     async def handle_RCPT(
         self,

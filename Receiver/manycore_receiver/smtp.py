@@ -18,9 +18,9 @@ from manycore_common.message import MessageRejected
 from manycore_common.smtpreplies import rewrite
 from manycore_common.smtpserver import (
     SHUTTING_DOWN,
+    EnhancedEhlo,
     InFlight,
     say_timeout,
-    with_enhanced_status_codes,
 )
 
 from .metrics import AUTH_FAILURES, DUPLICATES
@@ -211,7 +211,7 @@ class Authenticator:
         return AuthResult(success=False, handled=False, message=message, auth_data=tarpit)
 
 
-class Handler:
+class Handler(EnhancedEhlo):
     """DATA: validate, enqueue, and only then answer 250 (docs/ARCHITECTURE.md#acknowledged)."""
 
     def __init__(self, intake: Intake) -> None:
@@ -219,17 +219,6 @@ class Handler:
         #: Once stopping, new messages get 421 instead of being enqueued (their 250 might not
         #: reach the client any more, who would then send them again).
         self.in_flight = InFlight()
-
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        session.host_name = hostname
-        return with_enhanced_status_codes(responses)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.in_flight.stopping:

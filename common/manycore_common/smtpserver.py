@@ -74,6 +74,20 @@ def with_enhanced_status_codes(responses: list[str]) -> list[str]:
     return [*head, "250-ENHANCEDSTATUSCODES", last]
 
 
+class EnhancedEhlo:
+    """The EHLO hook of both SMTP services' aiosmtpd handlers (Receiver, MxServer).
+
+    aiosmtpd calls ``handle_EHLO`` instead of answering itself once a handler has one; the
+    handler must then set ``session.host_name`` itself (aiosmtpd's own EHLO does that).
+    """
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return with_enhanced_status_codes(responses)
+
+
 async def _listen(
     tracked: Callable[[], Any], bind: Listen, handoff: workers.Handoff | None
 ) -> asyncio.Server | workers.Inbox:
