@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from manycore_common import trace
+from manycore_common import logs, trace
 from manycore_common.config import SuppressionSettings
 from manycore_common.events import encode_event
 from manycore_common.suppressionmetrics import count_suppressions
@@ -144,8 +144,7 @@ class LogProcessor:
             read = len(self.unread)
             if self.echo:
                 # Lines read again after a restart are echoed again: a log, not a ledger.
-                for line in self.unread:
-                    postfix_log.info("postfix", extra={"postfix": line.text})
+                logs.info_lines(postfix_log, "postfix", "postfix", [x.text for x in self.unread])
         while self.unread:
             batch = next_batch(self.unread, BATCH_LINES)
             await self._handle_batch(batch)
