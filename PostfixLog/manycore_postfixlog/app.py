@@ -236,6 +236,8 @@ class PostfixLog:
                     traced,
                     self.settings.trace,
                 ):
+                    if injected.queue_id is not None:
+                        self.processor.remember(injected.queue_id, accepted)
                     for event in refusals:
                         metrics.count_event(event)
                     count_suppressions(suppress, SOURCE)

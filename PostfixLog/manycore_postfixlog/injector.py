@@ -193,20 +193,20 @@ async def _exchange(conn: Connection, commands: list[str]) -> list[Reply]:
     PIPELINING (RFC 2920 §3.1), else one at a time. A connection that ends before the first
     reply, or whose first reply is 421 (RFC 5321 §3.8: the server is closing it), gives
     code -1 / 421 there (stale: nothing of this message was taken)."""
-    pipelined = conn.supports("PIPELINING")
     lines = [c.encode("utf-8") + b"\r\n" for c in commands]
-    if pipelined:
-        conn.write(b"".join(lines))
     replies: list[Reply] = []
-    for line in lines:
-        if not pipelined:
-            conn.write(line)
-        try:
-            replies.append(await conn.reply())
-        except SmtpClosed:
-            if replies and replies[0].code != 421:
-                raise
-            return [replies[0] if replies else Reply(-1, "closed")] * len(commands)
+    try:
+        if conn.supports("PIPELINING"):
+            conn.write(b"".join(lines))
+            await conn.replies(len(lines), replies)
+        else:
+            for line in lines:
+                conn.write(line)
+                replies.append(await conn.reply())
+    except SmtpClosed:
+        if replies and replies[0].code != 421:
+            raise
+        return [replies[0] if replies else Reply(-1, "closed")] * len(commands)
     return replies
 
 

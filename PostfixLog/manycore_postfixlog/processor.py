@@ -6,6 +6,12 @@ not known yet therefore waits (as do later lines of the same queue id, to keep t
 until the state appears or ``wait_seconds`` pass; then it is dropped and counted (a message
 that is not ours, e.g. a notice Postfix wrote to postmaster).
 
+Fewer round trips (issue 20): the feeder hands over each message it has just recorded
+(``remember``); the first record of that queue id uses it instead of reading the hash back,
+which is exact because nothing but this processor's scripts for that queue id change the hash
+after the record, and the entry is used once. Any other record reads Redis as before; the
+scripts decide what is pushed either way (exactly once), so a stale entry could never emit twice.
+
 Restart safety: the saved position is never past a waiting line, and is saved every
 ``save_interval`` seconds; after a restart the follower re-reads from there, and re-read lines
 are harmless because the state scripts push a recipient's final event only once.
@@ -19,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from manycore_common import trace
+from manycore_common import logs, trace
 from manycore_common.config import SuppressionSettings
 from manycore_common.events import encode_event
 from manycore_common.suppressionmetrics import count_suppressions
@@ -45,6 +51,8 @@ def _deferred(rcpt: str, reason: str) -> dict[str, object]:
 
 #: Most lines handled in one batch (two Redis round trips).
 BATCH_LINES = 200
+#: Most messages kept by ``remember`` (the oldest go first): a few seconds of injections.
+REMEMBERED = 4096
 
 
 def next_batch(unread: deque[Line], limit: int) -> list[tuple[Line, Record | None]]:
@@ -101,6 +109,24 @@ class LogProcessor:
         self.unread: deque[Line] = deque()
         self._saved: Position | None = None
         self._last_save = 0.0
+        #: Queue id → the message as just recorded (module docstring), oldest first.
+        self._recorded: dict[str, Message] = {}
+
+    def remember(self, queue_id: str, msg: Message) -> None:
+        """``msg`` is what the record script has just written for ``queue_id``."""
+        self._recorded[queue_id] = msg
+        if len(self._recorded) > REMEMBERED:
+            del self._recorded[next(iter(self._recorded))]
+
+    async def _messages(self, queue_ids: list[str]) -> list[Message | None]:
+        """The messages of ``queue_ids`` (no id twice): remembered ones without asking
+        Redis, the others in one round trip."""
+        msgs = [self._recorded.pop(qid, None) for qid in queue_ids]
+        missing = [qid for qid, msg in zip(queue_ids, msgs, strict=True) if msg is None]
+        if missing:
+            read = iter(await self.state.messages(missing))
+            msgs = [msg if msg is not None else next(read) for msg in msgs]
+        return msgs
 
     async def start(self) -> None:
         saved = await self.state.load_position()
@@ -118,8 +144,7 @@ class LogProcessor:
             read = len(self.unread)
             if self.echo:
                 # Lines read again after a restart are echoed again: a log, not a ledger.
-                for line in self.unread:
-                    postfix_log.info("postfix", extra={"postfix": line.text})
+                logs.info_lines(postfix_log, "postfix", "postfix", [x.text for x in self.unread])
         while self.unread:
             batch = next_batch(self.unread, BATCH_LINES)
             await self._handle_batch(batch)
@@ -150,7 +175,7 @@ class LogProcessor:
         trip, the state scripts of all their outcomes run in one more."""
         waiting = {w.record.queue_id for w in self.waiting}
         found = [(line, r) for line, r in batch if r is not None and r.queue_id not in waiting]
-        msgs = await self.state.messages([r.queue_id for _, r in found])
+        msgs = await self._messages([r.queue_id for _, r in found])
         by_line = {id(line): msg for (line, _), msg in zip(found, msgs, strict=True)}
         known: list[tuple[Line, Record, Message]] = []
         wait: list[Waiting] = []
@@ -199,7 +224,7 @@ class LogProcessor:
 
     async def _apply(self, line: Line, record: Record) -> bool:
         """Emit what the record means; False when the queue id is unknown (yet)."""
-        msg = await self.state.message(record.queue_id)
+        (msg,) = await self._messages([record.queue_id])
         if msg is None:
             return False
         await self._apply_many([(line, record, msg)])

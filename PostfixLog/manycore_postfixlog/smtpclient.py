@@ -116,19 +116,31 @@ class Connection:
 
     async def reply(self) -> Reply:
         """The next reply; SmtpClosed when the connection ends first."""
-        lines: list[bytes] = []
         async with asyncio.timeout(self.timeout):
             await self.writer.drain()
-            while True:
-                try:
-                    line = await self.reader.readline()
-                except (OSError, ValueError) as exc:  # ValueError: a line over the limit
-                    raise SmtpClosed(str(exc)) from None
-                if not line.endswith(b"\n") or len(line) < 4 or not line[:3].isdigit():
-                    raise SmtpClosed(f"connection ended or bad reply line {line[:80]!r}")
-                lines.append(line)
-                if line[3:4] != b"-":
-                    return parse_reply(lines)
+            return await self._next_reply()
+
+    async def replies(self, count: int, into: list[Reply]) -> None:
+        """The next ``count`` replies, appended to ``into`` (those that arrived stay there
+        when the connection ends first): the replies to a pipelined group (RFC 2920), with
+        one drain and one ``timeout`` for the group (a timer each cost more than parsing)."""
+        async with asyncio.timeout(self.timeout):
+            await self.writer.drain()
+            for _ in range(count):
+                into.append(await self._next_reply())
+
+    async def _next_reply(self) -> Reply:
+        lines: list[bytes] = []
+        while True:
+            try:
+                line = await self.reader.readline()
+            except (OSError, ValueError) as exc:  # ValueError: a line over the limit
+                raise SmtpClosed(str(exc)) from None
+            if not line.endswith(b"\n") or len(line) < 4 or not line[:3].isdigit():
+                raise SmtpClosed(f"connection ended or bad reply line {line[:80]!r}")
+            lines.append(line)
+            if line[3:4] != b"-":
+                return parse_reply(lines)
 
     async def command(self, line: str) -> Reply:
         self.write(line.encode("utf-8") + b"\r\n")

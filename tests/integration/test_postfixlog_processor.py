@@ -111,3 +111,40 @@ async def test_lines_of_unknown_messages_are_dropped_after_the_wait(
     assert await events(redis) == []
     position = await state.load_position()
     assert position is not None and position.offset == log.stat().st_size
+
+
+async def hgetall_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+
+async def test_a_message_just_recorded_is_not_read_back(redis: Redis, tmp_path: Path) -> None:
+    """The feeder's ``remember`` (issue 20) saves the read of the hash for a queue id's first
+    record, and the events are those of a processor that reads every message from Redis."""
+    multi = ["ok1@sink.test", "Ok2@Sink.Test", "bad1@sink.test", "later1@sink.test"]
+    msgs = {SINGLE: message("single1", ["ok-single@sink.test"]), MULTI: message("multi1", multi)}
+    got: dict[str, list[tuple[Any, ...]]] = {}
+    reads: dict[str, int] = {}
+    for instance, remember in (("r1", False), ("r2", True)):
+        log = tmp_path / f"{instance}.log"
+        shutil.copy(FIXTURE, log)
+        state = State(redis, instance, f"EV-{instance}", "INCOMING-TO-POSTFIX", ttl=3600)
+        proc = processor(state, log, Clock(100.0))
+        await proc.start()
+        for qid, msg in msgs.items():
+            assert await state.record(f"item-{instance}-{qid}", qid, msg, [])
+            if remember:
+                proc.remember(qid, msg)
+        before = await hgetall_calls(redis)
+        await proc.drain()
+        reads[instance] = await hgetall_calls(redis) - before
+        raws = await redis.lrange(f"EV-{instance}", 0, -1)
+        payloads = [json.loads(stored_item(raw).payload) for raw in raws]
+        got[instance] = sorted(
+            (e["uuid"], e["rcpt"], e["event"], e.get("type"), e.get("reason"), e.get("ip"))
+            for e in payloads
+        )
+    assert len(got["r1"]) == 5
+    assert got["r2"] == got["r1"]
+    # One read saved per remembered queue id; later records of MULTI read Redis as before.
+    assert reads["r2"] == reads["r1"] - 2

@@ -11,7 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from manycore_common.logs import BufferedLines, JsonFormatter, buffer_info, unbuffer
+from manycore_common.logs import (
+    BufferedLines,
+    JsonFormatter,
+    buffer_info,
+    info_lines,
+    unbuffer,
+)
 
 
 class CountingStream(io.StringIO):
@@ -118,3 +124,42 @@ def test_buffer_info_swaps_the_root_handler_and_unbuffer_restores_it() -> None:
     finally:
         root.handlers[:] = saved
         root.setLevel(level)
+
+
+class Collecting(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_info_lines_write_what_info_would_in_one_write(logger: logging.Logger) -> None:
+    """Behind a plain JSON stream handler: one write, the lines ``logger.info`` writes (but
+    for ``ts``); behind anything else (here a second handler), records as usual."""
+    values = ["first line", 'second "quoted" line', "dritte Zeile ü"]
+    expected = CountingStream()
+    plain = logging.StreamHandler(expected)
+    plain.setFormatter(JsonFormatter("svc", worker=2))
+    # Only ours (pytest's capture handlers may sit on this logger too).
+    kept, logger.handlers[:] = logger.handlers[:], [plain]
+    for value in values:
+        logger.info("relayed", extra={"line": value})
+    fast = CountingStream()
+    plain.setStream(fast)
+    info_lines(logger, "relayed", "line", values)
+    assert fast.writes == 1
+    strip = [{k: v for k, v in line.items() if k != "ts"} for line in lines(fast)]
+    assert strip == [{k: v for k, v in line.items() if k != "ts"} for line in lines(expected)]
+    assert [list(line) for line in lines(fast)] == [list(line) for line in lines(expected)]
+
+    records: list[logging.LogRecord] = []
+    second = Collecting(records)
+    logger.addHandler(second)
+    try:
+        info_lines(logger, "relayed", "line", values)
+    finally:
+        logger.handlers[:] = kept
+    assert [r.__dict__["line"] for r in records] == values
+    assert len(lines(fast)) == 6
