@@ -68,10 +68,12 @@ def ids(index: dict[str, list[Field]]) -> tuple[str, str | None]:
 
 def distinct_recipients(
     rcpts: Sequence[str] | None, index: dict[str, list[Field]], uuid: str
-) -> tuple[list[str], bool]:
+) -> tuple[dict[str, str], bool]:
     """The recipients the receiver determined, or (for an item that bypassed the receivers)
     the To and Cc of the message itself; each once, as feedbacktag fingerprints them (two
-    spellings of one address would get the same tag). True when taken from the headers."""
+    spellings of one address would get the same tag): normalised form → the first spelling,
+    in the order given (normalised once here, used again to mint the copy's tags). True
+    when taken from the headers."""
     from_headers = not rcpts
     if from_headers:
         try:
@@ -80,11 +82,7 @@ def distinct_recipients(
             )
         except MessageRejected as exc:
             raise TransformError("bad-recipients", exc.text, uuid) from None
-    seen: set[str] = set()
-    out: list[str] = []
+    out: dict[str, str] = {}
     for rcpt in rcpts or ():
-        key = feedbacktag.normalize_address(rcpt)
-        if key not in seen:
-            seen.add(key)
-            out.append(rcpt)
+        out.setdefault(feedbacktag.normalize_address(rcpt), rcpt)
     return out, from_headers

@@ -100,6 +100,10 @@ def _distinct(rcpts: Sequence[str]) -> tuple[tuple[str, ...], tuple[str | None, 
     distinct: dict[str, str] = {}
     for rcpt in rcpts:
         distinct.setdefault(feedbacktag.normalize_address(rcpt), rcpt)
+    return _keyed(distinct)
+
+
+def _keyed(distinct: dict[str, str]) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
     return tuple(distinct.values()), tuple(_address(n, r) for n, r in distinct.items())
 
 
@@ -116,7 +120,7 @@ def _parsed(head: bytes) -> Envelope | None:
         return None
     if domain is None:
         return None
-    return Envelope(uuid, stream_id, domain, *_distinct(found))
+    return Envelope(uuid, stream_id, domain, *_keyed(found))
 
 
 def scopes(env: Envelope, settings: SuppressionSettings) -> list[str]:

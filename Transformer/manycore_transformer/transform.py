@@ -208,28 +208,32 @@ def _common_fields(
     ]
 
 
-def _copy(message: _Message, body_hash: str, rcpt: str, settings: Settings, now: float) -> Copy:
-    """One recipient's copy: its own return path, Message-ID and unsubscribe address, its own
-    signatures over the shared body hash."""
-    uuid, stream_id, key = message.uuid, message.stream_id, settings.feedback_key
-    domain = message.signer.return_path_domain
-    return_path = feedbacktag.make_address(key, "bounce", uuid, rcpt, domain, stream_id)
-    names = dict(message.names)
-    names["unsubscribe-address"] = feedbacktag.make_address(
-        key, "unsub", uuid, rcpt, domain, stream_id
+def _copy(
+    message: _Message, body_hash: str, rcpt: tuple[str, str], settings: Settings, now: float
+) -> Copy:
+    """One recipient's copy (its normalised form, its spelling): its own return path,
+    Message-ID and unsubscribe address, its own signatures over the shared body hash."""
+    uuid, stream_id = message.uuid, message.stream_id
+    normalized, rcpt_ = rcpt
+    tags = feedbacktag.make_copy_tags(
+        settings.feedback_key,
+        uuid,
+        normalized,
+        message.signer.return_path_domain,
+        feedbacktag.stream_hash(stream_id),
     )
+    return_path = tags.bounce
+    names = dict(message.names)
+    names["unsubscribe-address"] = tags.unsub
     if secret := settings.unsubscribe_secret:  # per recipient, like the mailto
         names["unsubscribe-token"] = make_token(
-            secret, uuid, stream_id, int(now), rcpt=rcpt, domain=message.from_domain
+            secret, uuid, stream_id, int(now), rcpt=rcpt_, domain=message.from_domain
         )
     fields = [
         make_field("X-ReturnPathIb", return_path),
         # Unique per copy, and a tag of the "message" kind: replies copy it into References
         # (RFC 5322 §3.6.4), so it must never be proof of anything about this recipient.
-        make_field(
-            "Message-ID",
-            f"<{feedbacktag.make_address(key, 'message', uuid, rcpt, domain, stream_id)}>",
-        ),
+        make_field("Message-ID", f"<{tags.message}>"),
         *message.common,
     ]
     for name, template in settings.inject:
@@ -257,7 +261,7 @@ def _copy(message: _Message, body_hash: str, rcpt: str, settings: Settings, now:
         )
         if signing_key is not None
     ]
-    return Copy(rcpt, return_path, join_message(signatures + fields, b""), message.body)
+    return Copy(rcpt_, return_path, join_message(signatures + fields, b""), message.body)
 
 
 def _prepare(
@@ -314,7 +318,7 @@ def transform(
 
     started = time.perf_counter()
     body_hash = bodycanon.body_hash(message.body)
-    copies = tuple(_copy(message, body_hash, rcpt, settings, now) for rcpt in recipients)
+    copies = tuple(_copy(message, body_hash, rcpt, settings, now) for rcpt in recipients.items())
     return Transformed(
         uuid=message.uuid,
         stream_id=message.stream_id,

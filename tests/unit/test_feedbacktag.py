@@ -99,3 +99,49 @@ def test_no_lookalike_folds_into_another_mailbox() -> None:
         assert ft.normalize_address(lookalike) != real, lookalike
     assert ft.normalize_address("<KEVIN@Strasse.DE.>") == real
     assert ft.normalize_address("user@Bücher.de") == "user@xn--bcher-kva.de"
+
+
+def _reference_address(
+    key: bytes, prefix: str, uuid: str, rcpt: str, domain: str, stream_id: str | None
+) -> str:
+    """The tag format as first written (hmac.new, base64.b32encode): the faster path must
+    mint the same octets, or every address already sent stops verifying."""
+    import base64
+    import hashlib
+    import hmac
+
+    norm = ft.normalize_address(rcpt).encode()
+    fp = hmac.new(key, b"manycore-rcpt:" + norm, hashlib.sha256).digest()[:4]
+    stream = hashlib.sha256(stream_id.encode()).digest()[:4] if stream_id else b"\0" * 4
+    label = b"manycore-feedback:1:" + f"{prefix}{uuid}.".encode("ascii")
+    mac = hmac.new(key, label + fp + stream, hashlib.sha256).digest()[:8]
+    blob = base64.b32encode(fp + stream + mac).decode("ascii").rstrip("=").lower()
+    return f"{prefix}{uuid}.{blob}@{domain}"
+
+
+@given(
+    key=st.binary(min_size=1, max_size=64),
+    uuid=st.from_regex(ft.UUID_RE, fullmatch=True),
+    rcpt=st.text(min_size=1, max_size=40),
+    stream_id=st.none() | st.text(min_size=1, max_size=30),
+    blob=st.binary(min_size=16, max_size=16),
+)
+def test_copy_tags_match_the_reference_format(
+    key: bytes, uuid: str, rcpt: str, stream_id: str | None, blob: bytes
+) -> None:
+    import base64
+
+    assert ft._b32(blob) == base64.b32encode(blob).decode("ascii").rstrip("=").lower()
+    domain = "bounce.example.com"
+    tags = ft.make_copy_tags(
+        key, uuid, ft.normalize_address(rcpt), domain, ft.stream_hash(stream_id)
+    )
+    cases: tuple[tuple[ft.Kind, str, str], ...] = (
+        ("bounce", "b", tags.bounce),
+        ("unsub", "u", tags.unsub),
+        ("message", "m", tags.message),
+    )
+    for kind, prefix, minted in cases:
+        expected = _reference_address(key, prefix, uuid, rcpt, domain, stream_id)
+        assert minted == expected
+        assert ft.make_address(key, kind, uuid, rcpt, domain, stream_id) == expected
