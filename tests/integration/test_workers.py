@@ -67,7 +67,13 @@ def receiver2(
 
 
 def handled_by(log: Path, uuids: list[str]) -> list[int]:
-    """Which worker logged each message."""
+    """Which worker logged each message. HttpReceiver writes its INFO lines in batches (at the
+    latest after `log-buffer-seconds`, 1 s), so wait until every uuid's line is there."""
+    wait_for(
+        lambda: all(f'"uuid": "{uuid}"' in log.read_text() for uuid in uuids),
+        timeout=10,
+        what="every message's log line",
+    )
     text = log.read_text()
     found = []
     for uuid in uuids:
