@@ -21,7 +21,7 @@ test: deps
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	@# pytest exits 5 when it collected nothing: for us that is a broken suite, not a pass.
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup || { rc=$$?; [ $$rc -ne 5 ] || echo "make test: pytest collected no tests" >&2; exit $$rc; }
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile || { rc=$$?; [ $$rc -ne 5 ] || echo "make test: pytest collected no tests" >&2; exit $$rc; }
 
 unit: deps
 	$(PY) -m pytest tests/unit
