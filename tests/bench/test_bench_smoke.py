@@ -32,7 +32,7 @@ def test_backdata_bench_quick() -> None:
 
 
 def test_ingest_bench_quick() -> None:
-    result = run_bench("bench.ingest", "--quick", timeout=180)
+    result = run_bench("bench.ingest", "--quick", timeout=300)
     assert result.returncode == 0, result.stderr
     assert "bare aiosmtpd (discard)" in result.stdout
     assert "bare aiohttp (no-op)" in result.stdout
