@@ -11,12 +11,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test run bench chaos lint typecheck unit deps run-deps sysdeps sysdeps-run clean
 
+# pytest-xdist workers for `make test` (TEST_WORKERS=0: one process). Each test file stays on
+# one worker and the e2e files sharing one stack stay together (tests/conftest.py), so
+# module-scoped servers and that stack start once. 2 on the 2-core CI machine.
+TEST_WORKERS ?= 2
+
 test: deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	@# pytest exits 5 when it collected nothing: for us that is a broken suite, not a pass.
-	$(PY) -m pytest || { rc=$$?; [ $$rc -ne 5 ] || echo "make test: pytest collected no tests" >&2; exit $$rc; }
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile || { rc=$$?; [ $$rc -ne 5 ] || echo "make test: pytest collected no tests" >&2; exit $$rc; }
 
 unit: deps
 	$(PY) -m pytest tests/unit

@@ -29,6 +29,10 @@ CUSTOMER_EXAMPLE = ROOT / "inboxbooster-mailer-customer.yaml.example"
 #: TEST KEY for common-config.feedback-secret in every test config (never used in production).
 FEEDBACK_SECRET = "test-feedback-secret-0123456789abcdef"
 LOOPBACK = "127.0.0.1"
+#: How long a service may take to listen, and then to be ready. A guard against a hang, not
+#: a timing check: MxServer took 12-15 s to listen (its classifier processes) on the shared
+#: 2-core machine under pytest-xdist, and 20 s failed starts there.
+START_SECONDS = 60.0
 
 
 def require_binary(name: str) -> str:
@@ -166,16 +170,33 @@ class Service:
             stderr=subprocess.STDOUT,
             env={**os.environ, "MANYCORE_LOG_LEVEL": "DEBUG"},
         )
-        wait_for(
-            lambda: self._exited() or ((self.port is None or port_open(self.port)) and self.live()),
-            timeout=20,
-            what=f"{self.name} to listen",
-        )
-        if self._exited():
-            raise AssertionError(f"{self.name} exited at start:\n{self.log.read_text()}")
-        if wait_ready:
-            wait_for(self.ready, timeout=20, what=f"{self.name} to be ready")
+        try:
+            wait_for(
+                lambda: (
+                    self._exited() or ((self.port is None or port_open(self.port)) and self.live())
+                ),
+                timeout=START_SECONDS,
+                what=f"{self.name} to listen",
+            )
+            if self._exited():
+                raise AssertionError(f"{self.name} exited at start:\n{self.log.read_text()}")
+            if wait_ready:
+                wait_for(self.ready, timeout=START_SECONDS, what=f"{self.name} to be ready")
+        except BaseException:
+            self.kill()  # a start that failed must not leave the service running
+            raise
         return self
+
+    def kill(self) -> None:
+        """Stop it whatever state it is in: SIGTERM, then SIGKILL after a grace period."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
 
     def _exited(self) -> bool:
         return self.process is None or self.process.poll() is not None
@@ -228,8 +249,11 @@ def running(service: Service) -> Iterator[Service]:
     try:
         yield service
     finally:
-        if service.process and service.process.poll() is None:
-            service.stop()
+        try:
+            if service.process and service.process.poll() is None:
+                service.stop()
+        finally:
+            service.kill()  # a stop that timed out fails the test, but leaves nothing behind
 
 
 def pem(key: Any) -> bytes:

@@ -3,20 +3,16 @@ figures are read by people, as ratios, from `make bench`."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import pytest
 
-from tests.helpers import ROOT
+from tests.bench.support import run_bench
+
+#: Above every benchmark's own timeout below, so that one fires first and says which run.
+pytestmark = pytest.mark.timeout(360)
 
 
 def test_transformer_bench_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.transformer", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_bench("bench.transformer", "--quick", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "bare OpenSSL RSA-2048 sign" in result.stdout
     rows = [line for line in result.stdout.splitlines() if line.startswith(("5 KB", "50 KB"))]
@@ -26,13 +22,7 @@ def test_transformer_bench_quick() -> None:
 
 
 def test_backdata_bench_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.backdata", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_bench("bench.backdata", "--quick", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "bare aiohttp POST loop" in result.stdout
     rows = [line for line in result.stdout.splitlines() if line.startswith(("c1", "c4"))]
@@ -42,13 +32,7 @@ def test_backdata_bench_quick() -> None:
 
 
 def test_ingest_bench_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.ingest", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = run_bench("bench.ingest", "--quick", timeout=300)
     assert result.returncode == 0, result.stderr
     assert "bare aiosmtpd (discard)" in result.stdout
     assert "bare aiohttp (no-op)" in result.stdout
@@ -74,13 +58,7 @@ def test_ingest_bench_quick() -> None:
 
 
 def test_growth_bench_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.growth", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_bench("bench.growth", "--quick", timeout=120)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if "20,000 unrelated keys" in line]
     # calls/s, Redis time and commands per call for the lookup floor, reap, exporter, push
@@ -91,13 +69,7 @@ def test_growth_bench_quick() -> None:
 
 
 def test_retention_bench_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.retention", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_bench("bench.retention", "--quick", timeout=120)
     assert result.returncode == 0, result.stderr
     rows = {line.split("  ")[0]: line for line in result.stdout.splitlines()}
     kept = rows["bytes kept per message, in window"]
@@ -107,13 +79,7 @@ def test_retention_bench_quick() -> None:
 
 
 def test_idempotency_bench_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.idempotency", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = run_bench("bench.idempotency", "--quick", timeout=180)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     rates = [line for line in lines if line.startswith("c8")]
@@ -125,13 +91,7 @@ def test_idempotency_bench_quick() -> None:
 
 
 def test_suppression_bench_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.suppression", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = run_bench("bench.suppression", "--quick", timeout=180)
     assert result.returncode == 0, result.stderr
     assert "bytes per entry" in result.stdout and "import of a 20,000-line CSV" in result.stdout
     [row] = [line for line in result.stdout.splitlines() if line.startswith("20,000 entries  ")]
