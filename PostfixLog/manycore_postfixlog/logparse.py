@@ -53,6 +53,10 @@ _REMOTE_REPLY = re.compile(
     r"^host \S+ (?:said|refused to talk to me): (?P<reply>.*?)(?: \(in reply to .*\))?$"
 )
 
+#: Substrings without which ``_DELIVERY`` / ``_EXPIRED`` cannot match.
+_DELIVERY_MARK = ": to=<"
+_EXPIRED_MARK = "status=expired"
+
 #: Statuses of a delivery line that this module reports.
 STATUSES = ("sent", "bounced", "deferred", "expired")
 
@@ -127,6 +131,10 @@ def _ip(relay: str, text: str) -> str | None:
 
 def parse_line(line: str, now: datetime | None = None, tz: tzinfo = UTC) -> Record | None:
     """The record a log line carries, or None for every other line."""
+    if _DELIVERY_MARK not in line and _EXPIRED_MARK not in line:
+        # Most lines (smtpd, cleanup, qmgr's from=/removed) carry no record: two substring
+        # tests instead of three regular expressions (issue 20: CPU per message).
+        return None
     prefix = _PREFIX.match(line.rstrip("\r\n"))
     if prefix is None:
         return None

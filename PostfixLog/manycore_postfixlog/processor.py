@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from manycore_common import logs, trace
+from manycore_common import logs
 from manycore_common.config import SuppressionSettings
 from manycore_common.events import encode_event
 from manycore_common.suppressionmetrics import count_suppressions
@@ -91,7 +91,6 @@ class LogProcessor:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         echo: bool = False,
-        trace_settings: trace.TraceSettings = trace.OFF,
     ) -> None:
         self.state = state
         self.follower = follower
@@ -102,9 +101,6 @@ class LogProcessor:
         self.clock = clock
         self.wall_clock = wall_clock
         self.echo = echo
-        self.trace_settings = trace_settings
-        #: Trace records of this step's outcomes, written together at its end.
-        self.traced: list[tuple[str, bytes]] = []
         self.waiting: deque[Waiting] = deque()
         self.unread: deque[Line] = deque()
         self._saved: Position | None = None
@@ -151,16 +147,8 @@ class LogProcessor:
             for _ in batch:
                 self.unread.popleft()
         await self._retry_waiting()
-        await self.flush_trace()
         await self.save(force=False)
         return read
-
-    async def flush_trace(self) -> None:
-        """One pipelined round trip for the step's trace records, after the state scripts
-        (so a record never claims an outcome Redis does not hold)."""
-        if self.traced:
-            traced, self.traced = self.traced, []
-            await trace.write(self.state.redis, self.trace_settings, traced)
 
     async def drain(self) -> None:
         """Everything written so far (used when stopping, after Postfix stopped)."""
@@ -231,8 +219,8 @@ class LogProcessor:
         return True
 
     async def _apply_many(self, known: list[tuple[Line, Record, Message]]) -> None:
-        """Emit what each record means for its message: every state script in one round
-        trip; metrics and trace records for what the scripts did."""
+        """Emit what each record means for its message: every state script (each writes the
+        trace record of what it did) in one round trip; metrics for what the scripts did."""
         planned: list[tuple[Record, Message, outcomes.Action, list[Op]]] = []
         calls: list[scriptbatch.Call] = []
         for line, record, msg in known:
@@ -254,32 +242,41 @@ class LogProcessor:
             raw = encode_event(action.event, source=SOURCE)
             domains = [msg.from_domain] if msg.from_domain else []
             ops = ops_for_event(action.event, domains, self.suppression)
-            return self.state.final_call(record.queue_id, action.rcpt, raw, ops), ops
+            traced = self._traced(msg, action.event, record)
+            return self.state.final_call(record.queue_id, action.rcpt, raw, ops, traced), ops
         raw_event = encode_event(action.event, source=SOURCE) if action.event is not None else None
+        seen = action.event or _deferred(action.rcpt, action.deferral.reason)
         call = self.state.deferral_call(
-            record.queue_id, action.rcpt, action.deferral, action.once, raw_event
+            record.queue_id,
+            action.rcpt,
+            action.deferral,
+            action.once,
+            raw_event,
+            self._traced(msg, seen, record),
         )
         return call, []
 
     def _count(
         self, record: Record, msg: Message, action: outcomes.Action, ops: list[Op], result: int
     ) -> None:
-        """Metrics and the trace record of an outcome the script pushed (``result``: the
-        FINAL or DEFERRAL script's answer, statescripts.py)."""
+        """Metrics of an outcome the script pushed (``result``: the FINAL or DEFERRAL
+        script's answer, statescripts.py)."""
         if isinstance(action, outcomes.Final):
             if result == 1:
                 metrics.count_event(action.event)
-                self.traced.append((msg.uuid or "", self._traced(action.event, record)))
                 count_suppressions(ops, "postfixlog")
             return
         if result == 2 and action.event is not None:
             metrics.count_event(action.event)
-        if result > 0:
-            seen = action.event or _deferred(action.rcpt, action.deferral.reason)
-            self.traced.append((msg.uuid or "", self._traced(seen, record)))
 
-    def _traced(self, event: dict[str, object], record: Record) -> bytes:
-        return tracing.outcome(event, record.queue_id, self.state.instance, self.wall_clock())
+    def _traced(
+        self, msg: Message, event: dict[str, object], record: Record
+    ) -> tuple[str, bytes] | None:
+        """The trace record the outcome's script writes if it does something."""
+        if not msg.uuid or not self.state.trace_settings.enabled:
+            return None
+        at = self.wall_clock()
+        return msg.uuid, tracing.outcome(event, record.queue_id, self.state.instance, at)
 
     # ------------------------------------------------------------------ position
 

@@ -54,6 +54,8 @@ async def run(
         await trace.write(redis, settings, traced)
         return []
     ack = replicas.ack_of(redis)
+    if len(calls) == 1 and ack is None and not (traced and settings.enabled):
+        return [await _single(redis, calls[0])]
     results, waited = await _send(redis, ack, calls, traced, settings)
     for i, reply in enumerate(results):
         if isinstance(reply, NoScriptError):
@@ -65,6 +67,14 @@ async def run(
     if ack is not None:
         _check_ack(ack, waited)
     return results
+
+
+async def _single(redis: Redis, call: Call) -> Any:
+    """One call as a plain EVALSHA: no pipeline to build (a feeder's record, a claim)."""
+    try:
+        return await redis.evalsha(*command(call))
+    except NoScriptError:
+        return await replicas.call(redis, call.script, call.keys, call.args)
 
 
 async def _send(

@@ -107,6 +107,8 @@ class Settings:
     queue_on_stop: str = "hand-back"
     #: How long a finished message's state stays in Redis (log replays after a restart).
     replay_window_seconds: int = 600
+    #: How long a claim on an item lasts (``claim-seconds``, state.CLAIM_SECONDS by default).
+    claim_seconds: int = 120
     #: Echo each line of Postfix's log to stdout (``echo-postfix-log``).
     echo_postfix_log: bool = False
     #: ``trace:<uuid>`` records (the global config's ``trace``).
@@ -174,6 +176,7 @@ def build(section: PostfixLogSection, config_dir: Path, hostname: str | None = N
         log_rotate_bytes=section.log_rotate_bytes,
         queue_on_stop=section.queue_on_stop,
         replay_window_seconds=section.replay_window_seconds,
+        claim_seconds=section.claim_seconds,
         echo_postfix_log=section.echo_postfix_log,
     )
 

@@ -20,7 +20,7 @@ log files belong to one Postfix; names built by ``manycore_common.keyspace``, wi
     no other copy of the item exists and the marker lives only the replay window. When our
     copy was gone (reaped during a stall: another consumer has it, or will), the marker lives
     ``state_ttl``, so that copy is acked instead of sent twice.
-``postfixlog:claim:<item id>`` (STRING, expires after ``CLAIM_SECONDS``)
+``postfixlog:claim:<item id>`` (STRING, expires after ``claim-seconds``, 120 by default)
     The id of the consumer (one PostfixLog process) that is handing this item to its Postfix.
     Taken atomically before the injection, with the "already injected" check; another
     consumer that finds it held does not inject the item (it puts it back at the end of the
@@ -52,15 +52,16 @@ from manycore_common.suppressionstore import Op, encode_ops
 
 from . import scriptbatch, statescripts
 
+# Re-exported: callers and tests import them from here.
+from .claims import CLAIM_SECONDS as CLAIM_SECONDS
+from .claims import Claim as Claim
+from .claims import Held as Held
+from .claims import Position as Position
+
 #: After the last final event, the message's state is kept this long by default
 #: (``replay-window-seconds``), so that log lines read again after a restart still find it
 #: (and are recognised as done).
 REPLAY_WINDOW = 600
-
-#: How long a claim lasts. It only matters when its holder stalls or dies between the claim
-#: and the record (a dead holder delays the item by up to this much); a holder re-claims
-#: before injecting once half of it has passed (see ``Claim.fresh``).
-CLAIM_SECONDS = 120
 
 
 def _text(value: bytes | str) -> str:
@@ -135,48 +136,6 @@ class Message:
         return next((r for r in self.rcpts if rcpt_key(r) == key), logged)
 
 
-@dataclass(frozen=True)
-class Held:
-    """Where the injected item is held (to ack it in the record's step) and whose claim."""
-
-    claimer: str
-    processing_key: str
-    raw: bytes
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The answer to a claim: ``done`` (already injected somewhere), ``mine``, or held by
-    ``holder``. ``at`` is our monotonic clock when the claim was asked for (before Redis set
-    its expiry), so ``fresh`` errs on the safe side."""
-
-    status: str
-    holder: str | None
-    at: float
-
-    def fresh(self, now: float) -> bool:
-        """Still ours with a wide margin: a holder that stalled longer than half the claim
-        (its claim may have expired and been taken) claims again before it injects."""
-        return self.status == "mine" and now - self.at < CLAIM_SECONDS / 2
-
-
-@dataclass(frozen=True)
-class Position:
-    """A byte offset in one file (device and inode name the file across renames)."""
-
-    dev: int
-    ino: int
-    offset: int
-
-    def encode(self) -> str:
-        return json.dumps({"dev": self.dev, "ino": self.ino, "offset": self.offset})
-
-    @classmethod
-    def decode(cls, raw: bytes | str) -> Position:
-        data = json.loads(raw)
-        return cls(int(data["dev"]), int(data["ino"]), int(data["offset"]))
-
-
 class State:
     def __init__(
         self,
@@ -187,6 +146,8 @@ class State:
         ttl: int,
         *,
         replay_window: int = REPLAY_WINDOW,
+        claim_seconds: int = CLAIM_SECONDS,
+        trace_settings: trace.TraceSettings = trace.OFF,
     ) -> None:
         self.redis = redis
         self.keys = keys = keyspace.current()
@@ -195,6 +156,9 @@ class State:
         self.incoming_queue = keys.queue(incoming_queue)
         self.ttl = ttl
         self.replay_window = replay_window
+        self.claim_seconds = claim_seconds
+        #: Trace records go in the state scripts (``trace.LUA``): written with their step.
+        self.trace_settings = trace_settings
         self._record = redis.register_script(statescripts.RECORD)
         self._final = redis.register_script(statescripts.FINAL)
         self._deferral = redis.register_script(statescripts.DEFERRAL)
@@ -229,12 +193,10 @@ class State:
                 self.redis,
                 self._claim,
                 [self.item_key(item_id), self.claim_key(item_id)],
-                [claimer, CLAIM_SECONDS * 1000],
+                [claimer, self.claim_seconds * 1000],
             )
         )
-        if answer in ("done", "mine"):
-            return Claim(answer, claimer if answer == "mine" else None, now)
-        return Claim("held", answer, now)
+        return self._claim_of(answer, claimer, now)
 
     async def claim_many(
         self, item_ids: Sequence[str], claimers: Sequence[str], now: float
@@ -244,17 +206,18 @@ class State:
             scriptbatch.Call(
                 self._claim,
                 [self.item_key(item_id), self.claim_key(item_id)],
-                [claimer, CLAIM_SECONDS * 1000],
+                [claimer, self.claim_seconds * 1000],
             )
             for item_id, claimer in zip(item_ids, claimers, strict=True)
         ]
         answers = [_text(a) for a in await scriptbatch.run(self.redis, calls)]
-        return [
-            Claim(a, c if a == "mine" else None, now)
-            if a in ("done", "mine")
-            else Claim("held", a, now)
-            for a, c in zip(answers, claimers, strict=True)
-        ]
+        return [self._claim_of(a, c, now) for a, c in zip(answers, claimers, strict=True)]
+
+    def _claim_of(self, answer: str, claimer: str, now: float) -> Claim:
+        """The CLAIM script's answer (statescripts.py) as a ``Claim``."""
+        if answer in ("done", "mine"):
+            return Claim(answer, claimer if answer == "mine" else None, now, self.claim_seconds)
+        return Claim("held", answer, now, self.claim_seconds)
 
     async def unclaim(self, item_id: str, claimer: str) -> None:
         """Give up our claim (the item goes back to the queue without being injected)."""
@@ -268,21 +231,20 @@ class State:
         events: list[bytes],
         held: Held | None = None,
         suppress: Sequence[Op] = (),
-        traced: Sequence[tuple[str, bytes]] = (),
-        trace_settings: trace.TraceSettings = trace.OFF,
+        traced: tuple[str, bytes] | None = None,
     ) -> bool:
         """The injection's outcome in one step: queue id → message, the item marked as sent,
         any events (recipients Postfix refused at once) with the suppression entries they
-        call for, and, with ``held``, the item acked from its processing list and its claim
-        dropped. ``traced`` records go in the same round trip, after the script. False:
-        already recorded."""
+        call for, the ``traced`` record (uuid, record), and, with ``held``, the item acked
+        from its processing list and its claim dropped. False: already recorded."""
         marker = f"{self.instance}:{queue_id or '-'}"
         msg_key = self.msg_key(queue_id or "-")
         fields = json.dumps(message.fields()) if message is not None and queue_id else ""
         # Without a held item, the script's LREM reads a key of this instance that is never
         # written (in every key's slot, with a key prefix).
         held = held or Held("", self.keys.postfixlog(self.instance, "none"), b"")
-        op_keys, op_args = encode_ops(suppress, 7)
+        op_keys, op_args = encode_ops(suppress, 8)
+        trace_key, trace_args = self._trace_args(traced)
         call = scriptbatch.Call(
             self._record,
             [
@@ -292,6 +254,7 @@ class State:
                 self.claim_key(item_id),
                 held.processing_key,
                 self.keys.suppression_size(),
+                trace_key,
                 *op_keys,
             ],
             [
@@ -301,13 +264,18 @@ class State:
                 held.claimer,
                 self.replay_window,
                 held.raw,
+                *trace_args,
                 len(events),
                 *events,
                 *op_args,
             ],
         )
-        (done,) = await scriptbatch.run(self.redis, [call], traced, trace_settings)
+        (done,) = await scriptbatch.run(self.redis, [call])
         return int(done) == 1
+
+    def _trace_args(self, traced: tuple[str, bytes] | None) -> tuple[str, list[bytes | int]]:
+        uuid, record = traced if traced is not None else (None, None)
+        return trace.script_args(self.trace_settings, uuid, record)
 
     # ------------------------------------------------------------------ log outcomes
 
@@ -323,15 +291,28 @@ class State:
         return [Message.from_hash(raw) if raw else None for raw in raws]
 
     def final_call(
-        self, queue_id: str, rcpt: str, event: bytes, suppress: Sequence[Op] = ()
+        self,
+        queue_id: str,
+        rcpt: str,
+        event: bytes,
+        suppress: Sequence[Op] = (),
+        traced: tuple[str, bytes] | None = None,
     ) -> scriptbatch.Call:
         """Push ``event`` unless ``rcpt`` already has its final event, with the suppression
-        entries it calls for: 1 pushed, 0 already final, -1 unknown message."""
-        op_keys, op_args = encode_ops(suppress, 4)
+        entries it calls for and the ``traced`` record: 1 pushed, 0 already final, -1
+        unknown message."""
+        op_keys, op_args = encode_ops(suppress, 5)
+        trace_key, trace_args = self._trace_args(traced)
         return scriptbatch.Call(
             self._final,
-            [self.msg_key(queue_id), self.event_queue, self.keys.suppression_size(), *op_keys],
-            [rcpt_key(rcpt), event, self.replay_window, *op_args],
+            [
+                self.msg_key(queue_id),
+                self.event_queue,
+                self.keys.suppression_size(),
+                trace_key,
+                *op_keys,
+            ],
+            [rcpt_key(rcpt), event, self.replay_window, *trace_args, *op_args],
         )
 
     async def final(
@@ -344,14 +325,22 @@ class State:
         return int(pushed)
 
     def deferral_call(
-        self, queue_id: str, rcpt: str, deferral: Deferral, once: str, event: bytes | None
+        self,
+        queue_id: str,
+        rcpt: str,
+        deferral: Deferral,
+        once: str,
+        event: bytes | None,
+        traced: tuple[str, bytes] | None = None,
     ) -> scriptbatch.Call:
-        """Remember the last deferral; push the optional ``deferred`` event once per ``once``
-        (2: pushed, 1: remembered only, 0: recipient already final, -1: unknown message)."""
+        """Remember the last deferral (and write the ``traced`` record); push the optional
+        ``deferred`` event once per ``once`` (2: pushed, 1: remembered only, 0: recipient
+        already final, -1: unknown message)."""
+        trace_key, trace_args = self._trace_args(traced)
         return scriptbatch.Call(
             self._deferral,
-            [self.msg_key(queue_id), self.event_queue],
-            [rcpt_key(rcpt), deferral.encode(), once if event else "", event or b""],
+            [self.msg_key(queue_id), self.event_queue, trace_key],
+            [rcpt_key(rcpt), deferral.encode(), once if event else "", event or b"", *trace_args],
         )
 
     async def deferral(

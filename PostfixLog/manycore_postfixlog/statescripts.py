@@ -3,15 +3,19 @@ takes every key it touches in KEYS, and the comment above it says which, in orde
 
 from __future__ import annotations
 
+from manycore_common import trace
 from manycore_common.suppressionstore import OPS_LUA
 
 # KEYS: item key, msg key (or a dummy when no message), event queue, claim, processing list,
-# suppression size, the ops' keys. ARGV: state ttl, item marker, msg fields JSON ('' for none),
-# claimer id, replay window, the queue item, n, n events, suppression ops (the recipients our
-# Postfix refused as unknown) → 1, or 0 when the item was already recorded (nothing is written
-# then). Acks the item (LREM from our processing list) and drops the claim if ours, always.
+# suppression size, trace key, the ops' keys. ARGV: state ttl, item marker, msg fields JSON
+# ('' for none), claimer id, replay window, the queue item, the trace record's three
+# (trace.script_args), n, n events, suppression ops (the recipients our Postfix refused as
+# unknown) → 1, or 0 when the item was already recorded (nothing is written then, no trace
+# record either). Acks the item (LREM from our processing list) and drops the claim if ours,
+# always.
 RECORD = (
     OPS_LUA
+    + trace.LUA
     + """
 if redis.call('GET', KEYS[4]) == ARGV[4] then redis.call('DEL', KEYS[4]) end
 local acked = redis.call('LREM', KEYS[5], 1, ARGV[6])
@@ -27,9 +31,10 @@ if ARGV[3] ~= '' then
   for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
   redis.call('EXPIRE', KEYS[2], ttl)
 end
-local n = tonumber(ARGV[7])
-for i = 8, 7 + n do redis.call('LPUSH', KEYS[3], ARGV[i]) end
-for i = 8 + n, #ARGV, 7 do supp_op(KEYS[6], i) end
+local n = tonumber(ARGV[10])
+for i = 11, 10 + n do redis.call('LPUSH', KEYS[3], ARGV[i]) end
+for i = 11 + n, #ARGV, 7 do supp_op(KEYS[6], i) end
+trace_push(KEYS[7], 7)
 return 1
 """
 )
@@ -50,12 +55,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: msg key, event queue, suppression size, the ops' keys. ARGV: recipient key, event
-# item, done ttl, then suppression ops (suppressionstore.OPS_LUA) → 1 pushed, 0 already
-# final, -1 no such message. The suppression entry a bounce calls for is written by the
-# script that pushes the bounce: never one without the other.
+# KEYS: msg key, event queue, suppression size, trace key, the ops' keys. ARGV: recipient
+# key, event item, done ttl, the trace record's three (trace.script_args), then suppression
+# ops (suppressionstore.OPS_LUA) → 1 pushed, 0 already final, -1 no such message. The
+# suppression entry a bounce calls for, and its trace record, are written by the script that
+# pushes the bounce: never one without the other.
 FINAL = (
     OPS_LUA
+    + trace.LUA
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[1], 'f:' .. ARGV[1], '1') == 0 then return 0 end
@@ -63,18 +70,23 @@ redis.call('LPUSH', KEYS[2], ARGV[2])
 if redis.call('HINCRBY', KEYS[1], 'pending', -1) <= 0 then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 end
-for i = 4, #ARGV, 7 do supp_op(KEYS[3], i) end
+for i = 7, #ARGV, 7 do supp_op(KEYS[3], i) end
+trace_push(KEYS[4], 4)
 return 1
 """
 )
 
-# KEYS: msg key, event queue. ARGV: recipient key, deferral JSON, dedupe suffix ('' = no
-# event), event item → 2 recorded and event pushed, 1 recorded, 0 already final, -1 no such
-# message.
-DEFERRAL = """
+# KEYS: msg key, event queue, trace key. ARGV: recipient key, deferral JSON, dedupe suffix
+# ('' = no event), event item, the trace record's three (trace.script_args) → 2 recorded and
+# event pushed, 1 recorded, 0 already final, -1 no such message (the trace record is written
+# with 2 and 1).
+DEFERRAL = (
+    trace.LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HEXISTS', KEYS[1], 'f:' .. ARGV[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'r:' .. ARGV[1], ARGV[2])
+trace_push(KEYS[3], 5)
 if ARGV[3] ~= '' and redis.call('HSETNX', KEYS[1], 'd:' .. ARGV[1] .. ':' .. ARGV[3], '1') == 1
 then
   redis.call('LPUSH', KEYS[2], ARGV[4])
@@ -82,6 +94,7 @@ then
 end
 return 1
 """
+)
 
 # KEYS: to-postfix queue, msg key, requeued key. ARGV: item, ttl → 1.
 REQUEUE = """

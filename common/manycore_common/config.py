@@ -503,6 +503,9 @@ class PostfixLogSection(Section):
     #: the "already injected" marker) lives this long, for log lines read again after a
     #: restart: memory per message ends with the message, not with the queue lifetime.
     replay_window_seconds: int = Field(default=600, ge=60, le=7 * 86400)
+    #: How long a feeder's claim on an item lasts (exactly once across instances): only a
+    #: holder that stalls or dies between claim and record makes the item wait this long.
+    claim_seconds: int = Field(default=120, ge=2, le=3600)
     #: Also write every line read from Postfix's log to stdout (a JSON log line with the
     #: raw Postfix line in ``postfix``), so ``kubectl logs`` shows what Postfix did.
     echo_postfix_log: bool = True

@@ -9,8 +9,10 @@ message for a bounded time. Trace writes are diagnostic: a failure to write one 
 and logged, never allowed to hold up or undo the step it describes.
 
 Writers queue their records on the same pipeline as the step's own commands where they have
-one, or send one pipelined round trip per batch (``write``). ``manycore-queues trace`` reads
-the list (``read``) and renders it (``render``, pure).
+one, or send one pipelined round trip per batch (``write``), or have the step's own Lua script
+write the record (``LUA``, ``script_args``: no command of its own, and never a record without
+its step). ``manycore-queues trace`` reads the list (``read``) and renders it (``render``,
+pure).
 """
 
 from __future__ import annotations
@@ -79,6 +81,30 @@ def queue(pipe: Pipeline, settings: TraceSettings, records: Iterable[tuple[str, 
         pipe.ltrim(name, -settings.max_entries, -1)
         pipe.expire(name, settings.retention_seconds)
     return 3 * len(grouped)
+
+
+#: For a script that writes its step's record itself: ``trace_push(key, i)`` with the three
+#: ARGV of ``script_args`` from index ``i``. Diagnostic: ``redis.pcall``, so a failure (a key of
+#: the wrong type) never fails the step; '' writes nothing (tracing off, or no uuid).
+LUA = """
+local function trace_push(key, i)
+  if ARGV[i] == '' then return end
+  redis.pcall('RPUSH', key, ARGV[i])
+  redis.pcall('LTRIM', key, -tonumber(ARGV[i + 1]), -1)
+  redis.pcall('EXPIRE', key, tonumber(ARGV[i + 2]))
+end
+"""
+
+
+def script_args(
+    settings: TraceSettings, uuid: str | None, record: bytes | None
+) -> tuple[str, list[bytes | int]]:
+    """(the KEYS entry, the three ARGV) of ``LUA``'s ``trace_push`` for one record; without
+    one (tracing off, no uuid) a key that is never written, so the script's KEYS stay where
+    they are (and in the key prefix's slot)."""
+    if not settings.enabled or not uuid or record is None:
+        return key("-"), [b"", 0, 0]
+    return key(uuid), [record, settings.max_entries, settings.retention_seconds]
 
 
 async def write(

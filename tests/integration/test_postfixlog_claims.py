@@ -42,6 +42,19 @@ async def test_claim_is_atomic_reentrant_and_ends_with_the_record(redis: Redis) 
     assert not other.fresh(2.0)
 
 
+async def test_claim_seconds_sets_the_expiry_and_the_freshness(redis: Redis) -> None:
+    """``postfixlog.claim-seconds`` (issue 20: tests set it low): the claim's expiry in Redis
+    and the age at which a holder claims again before DATA both follow it."""
+    state = State(redis, "t1", "EVENT_QUEUE", INCOMING, ttl=3600, claim_seconds=6)
+    (claim,) = await state.claim_many(["item-s"], ["pod-a"], 10.0)
+    assert claim.status == "mine"
+    assert 0 < await redis.pttl(state.claim_key("item-s")) <= 6000
+    assert claim.fresh(12.9)
+    assert not claim.fresh(13.0)
+    again = await state.claim("item-s", "pod-a", 20.0)
+    assert again.fresh(22.9) and not again.fresh(23.0)
+
+
 async def test_the_record_acks_and_what_is_kept_ends_with_the_replay_window(
     redis: Redis,
 ) -> None:

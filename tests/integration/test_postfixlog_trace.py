@@ -37,14 +37,15 @@ def processor(state: State, log: Path, echo: bool) -> LogProcessor:
         clock=Clock(100.0),
         wall_clock=lambda: LOG_TIME + 5,
         echo=echo,
-        trace_settings=SETTINGS,
     )
 
 
 async def test_outcomes_are_traced_by_uuid(redis: Redis, tmp_path: Path) -> None:
     log = tmp_path / "mail.log"
     shutil.copy(FIXTURE, log)
-    state = State(redis, "t1", "EVENT_QUEUE", "INCOMING-TO-POSTFIX", ttl=3600)
+    state = State(
+        redis, "t1", "EVENT_QUEUE", "INCOMING-TO-POSTFIX", ttl=3600, trace_settings=SETTINGS
+    )
     multi = ["ok1@sink.test", "Ok2@Sink.Test", "bad1@sink.test", "later1@sink.test"]
     assert await state.record("item-s", SINGLE, message("single1", ["ok-single@sink.test"]), [])
     assert await state.record("item-m", MULTI, message("multi1", multi), [])
@@ -63,6 +64,28 @@ async def test_outcomes_are_traced_by_uuid(redis: Redis, tmp_path: Path) -> None
     assert ("deferred", "later1@sink.test", None) in outcomes
     assert ("bounce", "later1@sink.test", "soft") in outcomes
     assert 0 < await redis.ttl("trace:multi1") <= 3600
+    # The scripts write the records with the outcomes (trace.LUA): lines read again push
+    # nothing, so they trace nothing either.
+    await redis.delete("postfixlog:t1:log-position")
+    again = processor(state, log, echo=False)
+    await again.start()
+    await again.drain()
+    assert len(await trace.read(redis, "single1")) == 1
+
+
+async def test_the_injection_is_traced_by_its_record_once(redis: Redis) -> None:
+    state = State(
+        redis, "t3", "EVENT_QUEUE", "INCOMING-TO-POSTFIX", ttl=3600, trace_settings=SETTINGS
+    )
+    msg = message("inj1", ["a@sink.test"])
+    traced = ("inj1", trace.entry("injected", "postfixlog", queue_id="QINJ1"))
+    assert await state.record("item-i", "QINJ1", msg, [], traced=traced)
+    assert not await state.record("item-i", "QINJ1", msg, [], traced=traced)  # a retry
+    assert [r["stage"] for r in await trace.read(redis, "inj1")] == ["injected"]
+    off = State(redis, "t3", "EVENT_QUEUE", "INCOMING-TO-POSTFIX", ttl=3600)
+    assert await off.record("item-j", "QINJ2", message("inj2", ["a@sink.test"]), [], traced=traced)
+    assert len(await trace.read(redis, "inj1")) == 1  # tracing off: nothing written
+    assert not await redis.exists("trace:-")
 
 
 async def test_postfix_lines_are_echoed_as_json(

@@ -55,6 +55,14 @@ def test_replay_window_is_bounded() -> None:
             section(**{"replay-window-seconds": bad})
 
 
+def test_claim_seconds_defaults_to_two_minutes_and_is_bounded() -> None:
+    assert settings.build(section(), Path("/nonexistent")).claim_seconds == 120
+    assert settings.build(section(**{"claim-seconds": 5}), Path("/nonexistent")).claim_seconds == 5
+    for bad in (0, 1, 3601, "soon"):
+        with pytest.raises(ValueError, match=r"claim.seconds"):
+            section(**{"claim-seconds": bad})
+
+
 def test_main_cf_keys_replace_or_extend_the_template(tmp_path: Path) -> None:
     s = settings.build(
         section(
