@@ -186,7 +186,7 @@ def sign(
     oversign: Sequence[str] = ("from",),
 ) -> Field:
     """The DKIM-Signature field for a message with these header fields and body hash."""
-    h, positions = _layout(tuple(f.key for f in fields), tuple(header_names), tuple(oversign))
+    h, positions = _layout(tuple([f.key for f in fields]), tuple(header_names), tuple(oversign))
     unsigned_value, signed_self = _unsigned(key.algorithm, domain, selector, timestamp, h, bh)
     # RFC 6376 §5.4 / §3.7: the chosen fields in h= order, each canonicalized (a field every
     # copy shares once per message: ``relaxed_field`` keeps it), then the signature field
