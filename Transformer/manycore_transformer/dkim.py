@@ -10,6 +10,7 @@ dkimpy and with OpenDKIM, so this code is checked against two independent implem
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -98,33 +99,37 @@ def relaxed_header(name: str, raw_value: bytes) -> bytes:
 def relaxed_field(field: Field) -> bytes:
     if field.relaxed is None:
         _, _, raw_value = field.raw.partition(b":")
-        field.relaxed = relaxed_header(field.name, raw_value)
+        field.relaxed = relaxed_header(field.key, raw_value)
     return field.relaxed
 
 
 # ----------------------------------------------------------------- signing
 
 
-def _select(
-    fields: Sequence[Field], names: Sequence[str], oversign: Sequence[str]
-) -> tuple[list[str], list[Field]]:
-    """h= and the fields it covers. RFC 6376 §5.4.2: several instances of a name are signed
-    from the bottom up. Names in ``oversign`` are listed once more than they occur, so a
-    field of that name added later breaks the signature (§8.15)."""
-    by_key: dict[str, list[Field]] = {}
-    for f in fields:
-        by_key.setdefault(f.key, []).append(f)
+@functools.lru_cache(maxsize=256)
+def _layout(
+    keys: tuple[str, ...], names: tuple[str, ...], oversign: tuple[str, ...]
+) -> tuple[str, tuple[int, ...]]:
+    """h= and the positions in the field list of the fields it covers, for a header section
+    whose field names (lower case, in order) are ``keys``. RFC 6376 §5.4.2: several instances
+    of a name are signed from the bottom up. Names in ``oversign`` are listed once more than
+    they occur, so a field of that name added later breaks the signature (§8.15).
+
+    Cached by the names alone: every copy of a message, and most messages of a sender, have
+    the same layout, so the choice is made once rather than per signature."""
+    by_key: dict[str, list[int]] = {}
+    for position, key in enumerate(keys):
+        by_key.setdefault(key, []).append(position)
     h: list[str] = []
-    chosen: list[Field] = []
+    chosen: list[int] = []
     for name in names:
         key = name.lower()
         instances = by_key.get(key, [])
-        for field in reversed(instances):
-            h.append(key)
-            chosen.append(field)
+        h += [key] * len(instances)
+        chosen += reversed(instances)
         if key in oversign and instances:
             h.append(key)
-    return h, chosen
+    return ":".join(h), tuple(chosen)
 
 
 def _fold_tags(tags: list[str], width: int = 76) -> str:
@@ -147,6 +152,28 @@ def _fold_b64(value: str) -> str:
     return "\r\n\t".join(value[i : i + _B64_LINE] for i in range(0, len(value), _B64_LINE))
 
 
+@functools.lru_cache(maxsize=64)
+def _unsigned(
+    algorithm: Algorithm, domain: str, selector: str, timestamp: int, h: str, bh: str
+) -> tuple[str, bytes]:
+    """The DKIM-Signature field's value up to its empty b=, and the form of it that is
+    signed: relaxed and without its final CRLF (RFC 6376 §3.7, step 2). The same for every
+    copy of a message (one body hash, one layout, one timestamp), so made once per message
+    and key."""
+    tags = [
+        "v=1",
+        f"a={algorithm}",
+        "c=relaxed/relaxed",
+        f"d={domain}",
+        f"s={selector}",
+        f"t={timestamp}",
+        f"h={h}",
+        f"bh={bh}",
+    ]
+    value = " " + _fold_tags(tags) + ";\r\n\tb="
+    return value, relaxed_header("dkim-signature", value.encode("ascii"))[:-2]
+
+
 def sign(
     fields: Sequence[Field],
     bh: str,
@@ -159,21 +186,14 @@ def sign(
     oversign: Sequence[str] = ("from",),
 ) -> Field:
     """The DKIM-Signature field for a message with these header fields and body hash."""
-    h, chosen = _select(fields, header_names, oversign)
-    tags = [
-        "v=1",
-        f"a={key.algorithm}",
-        "c=relaxed/relaxed",
-        f"d={domain}",
-        f"s={selector}",
-        f"t={timestamp}",
-        f"h={':'.join(h)}",
-        f"bh={bh}",
-    ]
-    unsigned_value = " " + _fold_tags(tags) + ";\r\n\tb="
-    data = b"".join(relaxed_field(f) for f in chosen)
-    # The signature field itself is signed with an empty b= and without its final CRLF.
-    data += relaxed_header("DKIM-Signature", unsigned_value.encode("ascii"))[:-2]
+    h, positions = _layout(tuple([f.key for f in fields]), tuple(header_names), tuple(oversign))
+    unsigned_value, signed_self = _unsigned(key.algorithm, domain, selector, timestamp, h, bh)
+    # RFC 6376 §5.4 / §3.7: the chosen fields in h= order, each canonicalized (a field every
+    # copy shares once per message: ``relaxed_field`` keeps it), then the signature field
+    # itself with an empty b=.
+    signed = [fields[i].relaxed or relaxed_field(fields[i]) for i in positions]
+    signed.append(signed_self)
+    data = b"".join(signed)
     if isinstance(key.key, rsa.RSAPrivateKey):
         signature = key.key.sign(data, _PKCS1, _SHA256)
     else:
@@ -181,4 +201,4 @@ def sign(
         signature = key.key.sign(hashlib.sha256(data).digest())
     b = _fold_b64(base64.b64encode(signature).decode("ascii"))
     raw = f"DKIM-Signature:{unsigned_value}{b}".encode("ascii") + CRLF
-    return Field("DKIM-Signature", raw)
+    return Field("DKIM-Signature", raw, "dkim-signature")

@@ -140,8 +140,18 @@ class Transformed:
 
 
 @functools.lru_cache(maxsize=4)
-def _rfc5322_date(second: int) -> str:
-    return format_datetime(datetime.fromtimestamp(second, UTC))
+def _date_field(second: int) -> Field:
+    """One Date field per second, shared by the messages of that second (and its DKIM
+    relaxed form with it, ``Field.relaxed``)."""
+    return make_field("Date", format_datetime(datetime.fromtimestamp(second, UTC)))
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_field(name: str, value: str) -> Field | None:
+    """A field whose value repeats from message to message (X-Mailer, a stream's
+    Feedback-ID, List-Unsubscribe-Post), made and canonicalized once; None when the value is
+    no header value."""
+    return make_field(name, value) if HEADER_VALUE.fullmatch(value) else None
 
 
 @functools.lru_cache(maxsize=16)
@@ -150,10 +160,16 @@ def _removed(removed: frozenset[str], inject: tuple[tuple[str, str], ...]) -> fr
     return removed | {name.lower() for name, _ in inject}
 
 
-def _header_value(name: str, value: str, uuid: str) -> Field:
-    if not HEADER_VALUE.fullmatch(value):
+def _header_value(name: str, value: str, uuid: str, shared: bool = False) -> Field:
+    """``name: value``, or TransformError when ``value`` is no header value. ``shared`` for
+    values that repeat across messages (``_shared_field``)."""
+    if shared:
+        field_ = _shared_field(name, value)
+    else:
+        field_ = make_field(name, value) if HEADER_VALUE.fullmatch(value) else None
+    if field_ is None:
         raise TransformError("bad-header-value", f"generated {name} is not a valid header", uuid)
-    return make_field(name, value)
+    return field_
 
 
 def _signer(
@@ -202,9 +218,9 @@ def _common_fields(
         },
     )
     return [
-        make_field("Date", _rfc5322_date(int(now))),
-        _header_value("X-Mailer", settings.x_mailer, uuid),
-        _header_value("Feedback-ID", feedback_id, uuid),
+        _date_field(int(now)),
+        _header_value("X-Mailer", settings.x_mailer, uuid, shared=True),
+        _header_value("Feedback-ID", feedback_id, uuid, shared=True),
     ]
 
 
@@ -241,7 +257,11 @@ def _copy(
         fields.append(_header_value(name, value, uuid))
         # RFC 8058: one-click unsubscribe needs an https URI in List-Unsubscribe.
         if name.lower() == "list-unsubscribe" and "<https://" in value.lower():
-            fields.append(make_field("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+            fields.append(
+                _header_value(
+                    "List-Unsubscribe-Post", "List-Unsubscribe=One-Click", uuid, shared=True
+                )
+            )
     fields += message.kept
     signer = message.signer
     signatures = [

@@ -17,7 +17,9 @@ from redis.asyncio import Redis as AsyncRedis
 
 from manycore_common import feedbacktag, keyspace
 from manycore_common import item as item_format
+from manycore_common.queue import ReliableQueue
 from manycore_transformer import dkim
+from manycore_transformer.service import TARGET_SIZE_SECONDS, HighWater
 from manycore_transformer.streams import StreamRegistry
 from tests.dkimcheck import dkimpy_results
 from tests.helpers import (
@@ -277,3 +279,26 @@ async def test_stream_registry_writes_each_stream_once_and_reports_clashes(
     assert registry.unknown(["s1", "s2", "s3"]) == {field("s2"): "s2"}
     await registry.ensure(["s4", "s5"])
     assert registry.unknown(["s1"]) == {field("s1"): "s1"}
+
+
+async def test_high_water_reads_the_postfix_queue_only_when_it_may_matter(
+    redis: AsyncRedis,
+) -> None:
+    """Below the mark the length read once stands, with our own pushes added, for half a
+    second; reaching the mark with our pushes, or a stale read, reads it again."""
+    target = ReliableQueue(redis, OUT, high_water_mark=4)
+    clock = [100.0]
+    check = HighWater(target, clock=lambda: clock[0])
+    assert await check.below()
+    await redis.lpush(OUT, b"a", b"b", b"c")
+    check.pushed(3)
+    assert await check.below()  # 3 < 4 without a read
+    await redis.lpush(OUT, b"d", b"e")  # another pod's push: unseen until the read is stale
+    assert await check.below()
+    clock[0] += TARGET_SIZE_SECONDS
+    assert not await check.below()  # read again: 5
+    await redis.delete(OUT)
+    assert await check.below()  # over the mark it reads every time
+    await redis.lpush(OUT, b"a", b"b", b"c", b"d")
+    check.pushed(4)
+    assert not await check.below()
