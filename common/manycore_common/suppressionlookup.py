@@ -1,11 +1,10 @@
 """The suppression look-up's one command per batch, sent pre-packed on a held connection.
 
 Why: the Transformer makes this call for every batch it signs, and through redis-py's command
-path (each argument packed in Python, the pool's bookkeeping on every checkout, a task per
-write for the socket timeout, the script object's NOSCRIPT retry) it cost about twice the CPU
-of the same EVALSHA written as one bytes object and read back on a connection the caller
-keeps (``bench/README.md``, "Findings behind the code"). Replies are still read by redis-py's
-parser (hiredis), with the client's socket timeout.
+path (each argument packed in Python, the pool's bookkeeping on every checkout, the script
+object's NOSCRIPT retry) it cost about 1.7 times the CPU of the same EVALSHA written as one
+bytes object on a connection the caller keeps (README.md, "Suppression list"). Replies are
+still read by redis-py (hiredis), with the client's socket timeout and health checks.
 
 The connections come from the client's own pool and stay checked out, so the client's
 ``aclose()`` closes them with the rest; one per concurrent caller (the Transformer's
