@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from manycore_common import events, feedbacktag
 from manycore_common import suppression as s
@@ -31,9 +31,9 @@ from .identity import TransformError
 from .metrics import LIST_SIZE, SUPPRESSED, SUPPRESSED_MESSAGES
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """What the check needs of a message, read from its header section only."""
+class Envelope(NamedTuple):
+    """What the check needs of a message, read from its header section only (a tuple: one
+    is made per message, and a frozen dataclass took longer to build than to read)."""
 
     uuid: str
     stream_id: str | None
@@ -94,13 +94,28 @@ def envelope(data: bytes, rcpts: Sequence[str] | None) -> Envelope | None:
     return Envelope(uuids[0], stream, domain, *_distinct(rcpts))
 
 
+#: A recipient already in the form the list keys it by (lower-case ASCII, no brackets or
+#: blanks, no trailing dot, a domain the list can hold): the usual case, recognised with one
+#: pattern, where normalising and checking it would give it back unchanged
+#: (tests/unit/test_suppression.py compares the two).
+_PLAIN = re.compile(
+    r"[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@(?=[a-z0-9.-]{1,253}\Z)[a-z0-9-]+(?:\.[a-z0-9-]+)*"
+)
+
+
 def _distinct(rcpts: Sequence[str]) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
     """Each recipient once (as feedbacktag fingerprints them, as the transform does), and
     its key on the list (None: not an address the list can hold)."""
-    distinct: dict[str, str] = {}
+    distinct: dict[str, tuple[str, str | None]] = {}  # normalised → (rcpt, key)
     for rcpt in rcpts:
-        distinct.setdefault(feedbacktag.normalize_address(rcpt), rcpt)
-    return _keyed(distinct)
+        if _PLAIN.fullmatch(rcpt):
+            distinct.setdefault(rcpt, (rcpt, rcpt))
+            continue
+        norm = feedbacktag.normalize_address(rcpt)
+        if norm not in distinct:
+            distinct[norm] = (rcpt, _address(norm, rcpt))
+    pairs = distinct.values()
+    return tuple(rcpt for rcpt, _ in pairs), tuple(key for _, key in pairs)
 
 
 def _keyed(distinct: dict[str, str]) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
@@ -145,6 +160,8 @@ def _domain(domain: str) -> str | None:
 def _address(norm: str, rcpt: str) -> str | None:
     """The list's key of ``rcpt``, normalised already as ``norm`` (normalising is most of the
     check's own cost: once per recipient)."""
+    if _PLAIN.fullmatch(norm):
+        return norm
     try:
         return s.checked(norm, rcpt)
     except s.BadAddress:

@@ -50,6 +50,7 @@ Feedback and the suppression list:
     ``suppression``   the list's entries and keys (pure)
     ``suppressionstore``  its Lua: entries written with the events that cause them, look-ups,
                       the operator's operations
+    ``suppressionlookup``  the look-up's EVALSHA, pre-packed on held connections
     ``suppressionpolicy``  which events suppress whom, for how long
     ``suppressionmetrics``  its counters and size gauge
     ``suppressioncli``  ``manycore-suppressions``

@@ -13,6 +13,7 @@ shortened by a later hard bounce.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from redis.asyncio import Redis
 from . import events, replicas
 from . import suppression as s
 from .queue import ReliableQueue
+from .suppressionlookup import HeldScript
 
 OP_WIDTH = 7
 #: Most entries of one ``import_entries`` call: a record names its bucket by its index in
@@ -211,8 +213,22 @@ def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-def _with_length(raw: bytes) -> bytes:
-    return len(raw).to_bytes(2, "big") + raw
+def lookup_request(queries: Iterable[tuple[str, str]]) -> tuple[list[bytes], bytes]:
+    """The look-up script's KEYS (each query's bucket, ``s.bucket_key``) and its one argument
+    (the addresses, each after its length in 2 octets), as bytes. Made for every batch the
+    Transformer signs: each scope's key prefix is formatted once, and a bucket's four hex
+    digits are the first two octets of the address's SHA-1 (``s.bucket_of``)."""
+    heads: dict[str, bytes] = {}
+    keys: list[bytes] = []
+    parts: list[bytes] = []
+    for scope, address in queries:
+        head = heads.get(scope)
+        if head is None:
+            head = heads[scope] = s.bucket_name(scope, 0)[:-4].encode()
+        raw = address.encode("utf-8")
+        keys.append(head + hashlib.sha1(raw, usedforsecurity=False).digest()[:2].hex().encode())
+        parts += (len(raw).to_bytes(2, "big"), raw)
+    return keys, b"".join(parts)
 
 
 class SuppressionStore:
@@ -220,7 +236,7 @@ class SuppressionStore:
         self.redis = redis
         self._add = redis.register_script(_ADD)
         self._import = redis.register_script(_IMPORT)
-        self._lookup = redis.register_script(_LOOKUP)
+        self._lookup = HeldScript(redis, redis.register_script(_LOOKUP))
         self._delete = redis.register_script(_DELETE)
         self._scan = redis.register_script(_SCAN)
         self._purge = redis.register_script(_PURGE)
@@ -232,11 +248,7 @@ class SuppressionStore:
         for the whole batch."""
         if not queries:
             return []
-        # Bytes, and the addresses in one argument (each with its length, 2 octets): redis-py
-        # packs every argument in Python, and this call is made for every batch.
-        keys = [s.bucket_key(scope, address).encode() for scope, address in queries]
-        blob = b"".join(_with_length(address.encode()) for _, address in queries)
-        found = await self._lookup(keys=keys, args=[blob])
+        found = await self._lookup(*lookup_request(queries))
         out: list[tuple[str, s.Entry] | None] = []
         for (scope, _), raw in zip(queries, found, strict=True):
             entry = s.unpack(_bytes(raw)) if raw is not None else None

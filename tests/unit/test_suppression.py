@@ -6,11 +6,14 @@ from __future__ import annotations
 import uuid as uuid_module
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from manycore_common import events
+from manycore_common import events, keyspace
 from manycore_common import suppression as s
 from manycore_common.config import SuppressionSettings
 from manycore_common.suppressionpolicy import ops_for_event
+from manycore_common.suppressionstore import lookup_request
 from manycore_mxserver.senders import Senders
 from manycore_transformer.suppress import Envelope, envelope, scopes, suppressed_event
 from tests.eventschema import assert_valid
@@ -148,3 +151,48 @@ def test_the_envelope_is_read_from_the_header_section() -> None:
             )
         ]
     )
+
+
+_RCPT_CHARS = "aAzZ09.-_+!~@<> \t\u00fc\u212a\u0130\u00df"
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet=_RCPT_CHARS, max_size=30),
+        st.from_regex(r"\A[a-z0-9._+-]{1,70}@[a-z0-9.-]{1,30}\.?\Z"),
+        st.builds(lambda n: "a" * n + "@example.org", st.integers(60, 70)),
+        st.builds(lambda n: "a@" + "b." * n + "org", st.integers(120, 130)),
+    )
+)
+def test_the_envelope_keys_a_plain_recipient_as_normalising_it_would(rcpt: str) -> None:
+    """The check's shortcut for recipients already in the list's form gives what
+    normalising and checking them gives, for any input."""
+    try:
+        expected: str | None = s.normalize(rcpt)
+    except s.BadAddress:
+        expected = None
+    data = b"From: news@example.com\r\nX-Uuid: u1\r\n\r\nbody\r\n"
+    env = envelope(data, (rcpt,))
+    assert env is not None
+    assert env.addresses == (expected,)
+    assert env.rcpts == (rcpt,)
+
+
+@pytest.mark.parametrize("prefix", ["", "{mc}"])
+def test_the_lookup_request_names_the_buckets_entries_are_written_to(prefix: str) -> None:
+    queries = [
+        ("shop.example", "a@x.org"),
+        ("shop.example#s1", "b\u00fccher@x.org"),
+        ("shop.example", "zz@y.example"),
+        ("other.example", "a@x.org"),
+    ]
+    saved = keyspace.current()
+    try:
+        keyspace.use(prefix)
+        keys, blob = lookup_request(queries)
+        assert keys == [s.bucket_key(scope, a).encode() for scope, a in queries]
+    finally:
+        keyspace.use(saved.prefix)
+    expected = b"".join(len(a.encode()).to_bytes(2, "big") + a.encode() for _, a in queries)
+    assert blob == expected
