@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from manycore_common import item as item_format
@@ -30,6 +30,8 @@ class Event:
     body: bytes
     #: Unix seconds from which the event's age counts (see ``born_at``).
     born: float
+    #: ``body`` parsed (read once here; the trace records pick their fields from it).
+    data: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,7 @@ def classify(item: Item, now: float) -> Event | Malformed:
     if not isinstance(event.get("id"), str) or not event["id"]:
         event["id"] = stable_id(item)
         body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return Event(item, kind, body, born_at(item, event, now))
+    return Event(item, kind, body, born_at(item, event, now), event)
 
 
 def split(items: Sequence[Item], now: float) -> tuple[list[Event], list[Malformed]]:

@@ -17,13 +17,17 @@ from .batch import Event
 FIELDS = ("id", "rcpt", "type", "category", "reason", "timestamp", "service", "msg")
 
 
-def _fields(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
+def _fields(event: Event) -> dict[str, Any]:
+    """The event's fields for its trace record, from the JSON ``batch.classify`` already
+    parsed (an Event made elsewhere without it: parsed here)."""
+    data = event.data
+    if not data:
+        try:
+            data = json.loads(event.body)
+        except ValueError:
+            return {}
+        if not isinstance(data, dict):
+            return {}
     picked = {k: data[k] for k in FIELDS if k in data}
     if "timestamp" in picked:
         picked["happened"] = picked.pop("timestamp")
@@ -50,7 +54,7 @@ def records(
             source=event.item.header.get("source"),
             webhook=webhook,
             answer=detail[:300],
-            **_fields(event.body),
+            **_fields(event),
         )
         out.append((uuid, record))
     return out

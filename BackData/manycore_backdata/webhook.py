@@ -106,6 +106,8 @@ class Webhook:
 
     def __init__(self, settings: WebhookSettings) -> None:
         self.settings = settings
+        #: Parsed from the settings once, not at every POST.
+        self._secrets = settings.secret_values()
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Webhook:
@@ -144,9 +146,7 @@ class Webhook:
             async with self._session.post(
                 self.settings.url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                answer = scrub(
-                    await response.content.read(MAX_ANSWER), self.settings.secret_values()
-                )
+                answer = scrub(await response.content.read(MAX_ANSWER), self._secrets)
                 return policy.from_status(
                     response.status, answer, response.headers.get("Retry-After"), time.time()
                 )

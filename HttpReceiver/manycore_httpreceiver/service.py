@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from redis.asyncio import Redis
 
-from manycore_common import logs, redisconn, redisready, workers
+from manycore_common import heaptrim, logs, redisconn, redisready, workers
 from manycore_common.auth import Credentials
 from manycore_common.config import Config, HttpReceiverSection
 from manycore_common.health import HealthServer
@@ -93,9 +93,15 @@ async def serve(config: Config, prepared: HttpReceiverSection, stop: asyncio.Eve
     health = HealthServer(section.prometheus, {"redis": redisready.answers(redis)})
     if handoff is None:
         await health.start()
+    server = runner.server
+    assert server is not None
+    # The heap's free pages go back once a burst of requests is over (heaptrim).
+    trimmer = asyncio.create_task(heaptrim.trim_when_idle(lambda: server.requests_count, stop))
     try:
         await stop.wait()
     finally:
+        trimmer.cancel()
+        await asyncio.gather(trimmer, return_exceptions=True)
         # cleanup() stops listening first, then waits for requests in progress.
         if inbox is not None:
             inbox.close()

@@ -69,7 +69,7 @@ class SuppressionApi:
         self.settings = settings
 
     async def guarded(self, request: web.Request, action: Any) -> web.Response:
-        refusal = await authenticate(request)
+        refusal, _ = await authenticate(request)
         if refusal is not None:
             return refusal
         try:

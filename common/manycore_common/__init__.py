@@ -40,6 +40,7 @@ Front doors (Receiver, HttpReceiver) and the SMTP services:
     ``auth``          credential checks and the failed-login counter
     ``loginthrottle`` what a failed login counts against: (address, login), unknown names
     ``smtpserver``    what Receiver and MxServer share around aiosmtpd
+    ``heaptrim``      free heap pages given back to the system after a burst (glibc)
     ``smtpreplies``   enhanced status codes for aiosmtpd's own replies
 
 Feedback and the suppression list:

@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from . import redisready, tls, workers
+from . import heaptrim, redisready, tls, workers
 from .config import Listen, Prometheus
 from .health import HealthServer
 
@@ -53,12 +53,15 @@ class InFlight:
     def __init__(self) -> None:
         self.stopping = False
         self.count = 0
+        #: Messages tracked so far (what heaptrim watches for the end of a burst).
+        self.handled = 0
         self.idle = asyncio.Event()
         self.idle.set()
 
     @contextlib.asynccontextmanager
     async def track(self) -> AsyncIterator[None]:
         self.count += 1
+        self.handled += 1
         self.idle.clear()
         try:
             yield
@@ -135,8 +138,11 @@ async def serve_smtp(
     A worker (see workers) serves the connections its parent hands it and leaves /metrics
     and the probes to the parent."""
     sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+    connections = 0
 
     def tracked() -> Any:
+        nonlocal connections
+        connections += 1
         protocol = factory()
         sessions.add(protocol)
         return protocol
@@ -156,11 +162,16 @@ async def serve_smtp(
         await health.start()
     # A renewed STARTTLS certificate is served from the next connection on (tls.py).
     reloader = asyncio.create_task(tls.keep_reloaded(stop))
+    # What a burst of TLS connections leaves free in the heap goes back once it is over.
+    trimmer = asyncio.create_task(
+        heaptrim.trim_when_idle(lambda: connections + in_flight.handled, stop)
+    )
     try:
         await stop.wait()
     finally:
         await _close(server, sessions, in_flight, drain_seconds)
         await health.stop()
         await redis.aclose()
-        reloader.cancel()
-        await asyncio.gather(reloader, return_exceptions=True)
+        for task in (reloader, trimmer):
+            task.cancel()
+        await asyncio.gather(reloader, trimmer, return_exceptions=True)
