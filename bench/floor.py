@@ -37,6 +37,7 @@ import re
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,8 @@ def serve(port: int, redis_port: int, cert: Path, key: Path) -> None:
 
     from manycore_common import tls
 
+    # aiosmtpd warns (Session.login_data) at every AUTH: a line per session in the log.
+    warnings.simplefilter("ignore")
     context, _ = tls.server_context(cert, key, "localhost")
     redis = AsyncRedis(host=LOOPBACK, port=redis_port)
 
@@ -158,11 +161,14 @@ def serve(port: int, redis_port: int, cert: Path, key: Path) -> None:
 
 
 def take(redis: Any, key: str) -> list[bytes]:
-    """What waits (one round trip), else the next item to come (BRPOP)."""
+    """What waits (one round trip), else the next item to come (BRPOP; for at most a second
+    at a time: redis-py's socket timeout, 5 s, would end a longer wait with an error)."""
     items = redis.rpop(key, TAKE)
     if items:
         return list(items)
-    return [redis.brpop([key], 0)[1]]
+    while (popped := redis.brpop([key], 1)) is None:
+        pass
+    return [popped[1]]
 
 
 def sign(redis_port: int, key_file: Path, domain: str, selector: str) -> None:
