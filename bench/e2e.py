@@ -675,8 +675,8 @@ def tls_main_cf(directory: Path) -> dict[str, str]:
     }
 
 
-def appendfsync(stack: Stack) -> str:
-    """The stack's Redis persistence, for the floor's own Redis."""
+def floor_of(stack: Stack, root: Path, postfix: PostfixAlone) -> Floor:
+    """The floor with the stack's Redis persistence and PostfixLog's number of connections."""
     from manycore_common import keyspace
     from manycore_common.config import load_config
 
@@ -684,7 +684,10 @@ def appendfsync(stack: Stack) -> str:
     keyspace.use(config.global_.reliable_queue.key_prefix)  # trace:<uuid>, for bench.hops
     redis = config.customer.redis
     server = redis.server if redis is not None else None
-    return server.appendfsync if server is not None else "everysec"
+    fsync = server.appendfsync if server is not None else "everysec"
+    postfixlog = config.customer.postfixlog
+    connections = postfixlog.smtp_connections if postfixlog is not None else 4
+    return Floor(root / "floor", postfix.port, stack.dkim_key, fsync, connections)
 
 
 def sides_of(stack: Stack, postfix: PostfixAlone, floor: Floor) -> Sides:
@@ -743,7 +746,7 @@ def run(
             root / "postfix-alone", stack.global_file, stack.customer_file,
             main_cf=tls_main_cf(root / "postfix-tls"),
         ).start()  # fmt: skip
-        floor = Floor(root / "floor", postfix.port, stack.dkim_key, appendfsync(stack))
+        floor = floor_of(stack, root, postfix)
         try:
             floor.start()
             pids = stack.pids()

@@ -10,8 +10,9 @@ alone. Three bare processes and a Redis of their own:
   with the stack's DKIM key (relaxed/relaxed, RSA-SHA256 with ``cryptography``, body
   canonicalised by two regex passes in C, not a Python loop per line), ``LPUSH``es the
   batch in one command.
-* ``relay``: takes as ``sign`` does and injects each message into Postfix over one kept-open
-  SMTP connection, MAIL/RCPT/DATA pipelined (RFC 2920), then the data: two round trips.
+* ``relay``: takes as ``sign`` does and injects each message into Postfix over kept-open SMTP
+  connections, as many as PostfixLog's ``smtp-connections`` (one thread each),
+  MAIL/RCPT/DATA pipelined (RFC 2920), then the data: two round trips per message.
 
 Redis: a private ``redis-server`` with the Redis pod's persistence (the shipped redis.conf:
 AOF, ``appendfsync`` as the stack's config says), so the hop costs what a durable hop costs.
@@ -22,7 +23,7 @@ reliable queue (a crash of ``sign`` or ``relay`` loses what it holds: no process
 ack, no claim, no reaper), no retries or hand-back, no group commit at the door, no events,
 no trace records, no metrics, no logging, no headers added (Message-ID, Return-Path VERP,
 List-Unsubscribe, feedback tags), no suppression look-up, no per-customer config, no limits
-(size, rate, queue high-water mark), one worker per stage. It keeps what the design cannot
+(size, rate, queue high-water mark), one process per stage. It keeps what the design cannot
 do without: TLS and AUTH at the door, a durable Redis write before the 250, a real DKIM
 signature the sink verifies, Postfix's 250 before a message leaves the relay.
 """
@@ -36,6 +37,7 @@ import hashlib
 import re
 import socket
 import subprocess
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -201,7 +203,21 @@ def expect(reader: Any, code: bytes) -> None:
         raise RuntimeError(f"Postfix answered {line!r}, expected {code!r}")
 
 
-def relay(redis_port: int, smtp_port: int) -> None:
+def relay(redis_port: int, smtp_port: int, connections: int) -> None:
+    """``connections`` threads, each with its own SMTP connection and Redis client: as many
+    messages in Postfix's hands at once as PostfixLog's feeders have (``smtp-connections``),
+    so that the floor is not held to one message per round trip to Postfix's fsync."""
+    threads = [
+        threading.Thread(target=relay_one, args=(redis_port, smtp_port), daemon=True)
+        for _ in range(connections)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def relay_one(redis_port: int, smtp_port: int) -> None:
     from redis import Redis
 
     redis = Redis(host=LOOPBACK, port=redis_port)
@@ -231,8 +247,11 @@ def relay(redis_port: int, smtp_port: int) -> None:
 class Floor:
     """The floor's Redis and three processes, started as children in ``workdir``."""
 
-    def __init__(self, workdir: Path, postfix_port: int, dkim_key: Path, appendfsync: str):
-        self.workdir = workdir
+    def __init__(
+        self, workdir: Path, postfix_port: int, dkim_key: Path, appendfsync: str,
+        connections: int = 4,
+    ) -> None:  # fmt: skip
+        self.workdir, self.connections = workdir, connections
         self.port, self.redis_port = free_port(), free_port()
         self.postfix_port, self.dkim_key, self.appendfsync = postfix_port, dkim_key, appendfsync
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -254,7 +273,8 @@ class Floor:
         self.spawn("serve", [*me, "serve", "--port", str(self.port), "--cert", str(cert),
                    "--key", str(key)])  # fmt: skip
         self.spawn("sign", [*me, "sign", "--dkim-key", str(self.dkim_key)])
-        self.spawn("relay", [*me, "relay", "--port", str(self.postfix_port)])
+        self.spawn("relay", [*me, "relay", "--port", str(self.postfix_port), "--connections",
+                   str(self.connections)])  # fmt: skip
         self.wait(self.port, timeout)
         return self
 
@@ -308,13 +328,14 @@ def main(argv: list[str] | None = None) -> None:
     signer.add_argument("--selector", default="mailer")
     relayer = roles.add_parser("relay")
     relayer.add_argument("--port", type=int, required=True)
+    relayer.add_argument("--connections", type=int, default=4)
     args = parser.parse_args(argv)
     if args.role == "serve":
         serve(args.port, args.redis_port, args.cert, args.key)
     elif args.role == "sign":
         sign(args.redis_port, args.dkim_key, args.domain, args.selector)
     else:
-        relay(args.redis_port, args.port)
+        relay(args.redis_port, args.port, args.connections)
 
 
 if __name__ == "__main__":
