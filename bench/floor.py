@@ -257,6 +257,7 @@ class Floor:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, timeout: float = 30) -> Floor:
+        """Redis, then the three processes, without waiting for them (see ``ready``)."""
         from manycore_common.tls import self_signed_pem
 
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -275,6 +276,10 @@ class Floor:
         self.spawn("sign", [*me, "sign", "--dkim-key", str(self.dkim_key)])
         self.spawn("relay", [*me, "relay", "--port", str(self.postfix_port), "--connections",
                    str(self.connections)])  # fmt: skip
+        return self
+
+    def ready(self, timeout: float = 60) -> Floor:
+        """Wait for the door (``start`` does not: the stack's rounds run meanwhile)."""
         self.wait(self.port, timeout)
         return self
 
