@@ -13,11 +13,15 @@ arrival at the sink (``received.jsonl``, stamped with time.time() by the sink) i
 its submission, and a message missing or arriving twice fails the run.
 
 The baseline is a second, private Postfix with the very main.cf PostfixLog renders for the
-stack's own Postfix (same relayhost = the stack's sink, DNS off), driven twice per round: by
+stack's own Postfix (same relayhost = the stack's sink, DNS off), driven three ways per round: by
 Postfix's ``smtp-source`` (the throughput the issue asks for; it cannot report per-message
-250 times) and by the same client without TLS/AUTH (throughput and latency measured the
-same way as the stack's). Its messages carry a DKIM signature made with the stack's key
-before the clock starts, so the sink, which verifies every signature, works as hard for
+250 times), by the same client without TLS/AUTH (throughput and latency measured the
+same way as the stack's), and by that client with STARTTLS as the stack's is driven (its
+TLS costs the client 1.3 ms a message against 0.2 without). A third side is the floor
+(bench/floor.py: bare door + LPUSH, bare signer, bare relay into Postfix alone), driven as the
+stack is. The stack's paced rounds are split by hop from its trace records (bench/hops.py).
+Postfix alone's messages carry a DKIM signature made with the stack's key before the clock
+starts, so the sink, which verifies every signature, works as hard for
 them as for the stack's. Stack and baseline alternate, round after round, so drift in the
 machine's load hits both alike; figures are medians. Everything is on 127.0.0.1, no DNS.
 
@@ -53,7 +57,9 @@ from typing import Any
 import dkim
 from redis import Redis
 
+from bench import hops
 from bench.common import LOOPBACK, ROOT, Row, binary, table, write
+from bench.floor import Floor
 from bench.postfix import PostfixAlone
 from bench.smtpclient import Refused, reply, session
 from devstack.stack import free_port_base, redis_login, redis_password
@@ -144,13 +150,13 @@ def unverified_tls(tls: bool) -> ssl.SSLContext | None:
 
 async def drive(
     port: int, tls: bool, connections: int, count: int, size: int, tag: str,
-    key: Path | None, rate: float,
+    key: Path | None, rate: float, auth: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Send ``count`` messages over ``connections`` sessions; the time of each 250.
     ``key``: sign them (the same signature fits all, see presign) before the clock starts.
     ``rate``: offer message n at start + n / rate (0: as fast as the server takes them)."""
     context = unverified_tls(tls)
-    sessions = await asyncio.gather(*(session(port, context) for _ in range(connections)))
+    sessions = await asyncio.gather(*(session(port, context, auth) for _ in range(connections)))
     text = body(size, len(head(*rcpt_of(tag, count))))
     signature = presign(head(*rcpt_of(tag, 0)) + text, key)
     numbers = iter(range(count))  # shared: whichever session is free sends the next one
@@ -191,13 +197,27 @@ async def drive(
     return {"start": start, "end": end, "accepted": accepted, "retried": retried}
 
 
+@dataclass(frozen=True)
+class Door:
+    """Where and how the client submits: STARTTLS, AUTH PLAIN (both before the clock
+    starts); ``presign``: the client signs (Postfix alone has no signer of its own);
+    ``events``: wait for every delivered event at the webhook (the stack alone sends them)."""
+
+    port: int
+    tls: bool
+    auth: bool = False
+    presign: bool = False
+    events: bool = False
+
+
 def run_client(
-    port: int, tls: bool, connections: int, count: int, size: int, tag: str,
-    key: Path | None, rate: float,
+    door: Door, connections: int, count: int, size: int, tag: str, key: Path | None,
+    rate: float,
 ) -> Any:  # fmt: skip
-    argv = [sys.executable, "-m", "bench.e2e", "--client", "--port", str(port),
+    argv = [sys.executable, "-m", "bench.e2e", "--client", "--port", str(door.port),
             "--connections", str(connections), "--messages", str(count),
-            "--size", str(size), "--tag", tag, "--rate", str(rate), *(["--tls"] if tls else []),
+            "--size", str(size), "--tag", tag, "--rate", str(rate),
+            *(["--tls"] if door.tls else []), *([] if door.auth else ["--no-auth"]),
             *(["--dkim-key", str(key)] if key else [])]  # fmt: skip
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
@@ -399,6 +419,8 @@ class Outcome:
     events_rate: float = 0.0  # delivered events/s at the webhook
     depths: dict[str, int] = field(default_factory=dict)  # most items seen waiting
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds used, by process
+    stamps: dict[str, tuple[float, float]] = field(default_factory=dict)  # rcpt: 250, arrival
+    hops: dict[str, list[float]] = field(default_factory=dict)  # seconds, by hop (bench.hops)
 
 
 class Watcher:
@@ -480,22 +502,22 @@ def wait_time(count: int, size: int) -> float:
 
 
 def through_client(
-    stack: Stack, port: int, tls: bool, args: argparse.Namespace, size: int, count: int,
+    stack: Stack, door: Door, args: argparse.Namespace, size: int, count: int,
     tag: str, redis: Redis | None, queues: list[str], queue_dir: Path, what: str,
     cpu: CpuMeter, rate: float = 0.0,
 ) -> Outcome:  # fmt: skip
-    """Our client → ``port``; ``tls`` for the Receiver (STARTTLS + AUTH)."""
+    """Our client → ``door``."""
     with cpu, Watcher(stack, redis, queues, queue_dir) as watcher:
         # Postfix alone gets messages signed as the Transformer would sign them (presign).
-        key = None if tls else stack.dkim_key
-        sent = run_client(port, tls, args.connections, count, size, tag, key, rate)
+        key = stack.dkim_key if door.presign else None
+        sent = run_client(door, args.connections, count, size, tag, key, rate)
         accepted: dict[str, float] = sent["accepted"]
         expected = set(accepted)
         if len(expected) != count:
             raise fail(f"{what}: {count - len(expected)} messages were not accepted")
         arrived = lambda: len({a["rcpt"] for a in watcher.arrivals} & expected) >= count  # noqa: E731
         settle(watcher, arrived, wait_time(count, size), f"{what}: arrivals at the sink")
-        if tls:  # the stack: every message gets a delivered event
+        if door.events:  # the stack: every message gets a delivered event
             uuids = {f"{r.split('@')[0]}/{r}" for r in expected}
             settle(watcher, lambda: uuids <= set(watcher.delivered), wait_time(count, 0),
                    f"{what}: delivered events at the webhook")  # fmt: skip
@@ -505,10 +527,11 @@ def through_client(
     outcome = Outcome(
         rate=count / (last - sent["start"]),
         latencies=[mine[r]["at"] - t for r, t in accepted.items()],
+        stamps={r: (t, mine[r]["at"]) for r, t in accepted.items()},
         depths=dict(watcher.depths),
         cpu=cpu.used(),
     )
-    if tls:
+    if door.events:
         outcome.events_rate = count / (max(watcher.delivered.values()) - sent["start"])
     if sent["retried"]:
         print(f"  ({what}: {sent['retried']} temporary refusals, offered again)", flush=True)
@@ -557,6 +580,9 @@ class Point:
     client: list[Outcome] = field(default_factory=list)
     stack_paced: list[Outcome] = field(default_factory=list)
     client_paced: list[Outcome] = field(default_factory=list)
+    client_tls: list[Outcome] = field(default_factory=list)  # our client with STARTTLS
+    floor: list[Outcome] = field(default_factory=list)  # bench.floor
+    floor_paced: list[Outcome] = field(default_factory=list)
 
 
 def postfix_delays(log: Path, pattern: re.Pattern[str]) -> list[float]:
@@ -583,10 +609,133 @@ def master_pid(queue_dir: Path) -> int:
     return int((queue_dir / "pid" / "master.pid").read_text().split()[0])
 
 
+@dataclass
+class Sides:
+    """The four things measured each round, each with its door and its CPU meter."""
+
+    stack: Door
+    alone: Door
+    alone_tls: Door
+    floor: Door
+    stack_cpu: CpuMeter
+    alone_cpu: CpuMeter
+    floor_cpu: CpuMeter
+    postfix: PostfixAlone
+    redis: Redis
+    queues: list[str]
+
+
+def one_round(
+    stack: Stack, sides: Sides, floor: Floor, args: argparse.Namespace, point: Point,
+    tag: str, root: Path, rate: float, paced: int,
+) -> None:  # fmt: skip
+    """Stack, Postfix alone (smtp-source, our client plain and with STARTTLS), the floor;
+    then the paced rounds of the stack (with its hops), Postfix alone and the floor."""
+    s, size, count, pfq = sides, point.size, point.count, sides.postfix.queue
+    point.stack.append(through_client(
+        stack, s.stack, args, size, count, tag + "m", s.redis, s.queues,
+        stack.postfix_queue, "manycore stack", s.stack_cpu))  # fmt: skip
+    point.source.append(through_smtp_source(
+        stack, s.postfix, args, size, count, tag + "p", root, s.alone_cpu))  # fmt: skip
+    point.client.append(through_client(
+        stack, s.alone, args, size, count, tag + "c", None, [], pfq,
+        "postfix (same client)", s.alone_cpu))  # fmt: skip
+    point.client_tls.append(through_client(
+        stack, s.alone_tls, args, size, count, tag + "t", None, [], pfq,
+        "postfix (same client, STARTTLS)", s.alone_cpu))  # fmt: skip
+    floor.ready()  # started with Postfix alone: long since ready after the rounds above
+    point.floor.append(
+        through_client(
+            stack, s.floor, args, size, count, tag + "f", None, [], pfq, "floor", s.floor_cpu
+        )
+    )
+    # Latency without a queue in front of the slowest stage: a steady, light load (the
+    # rounds above offer mail as fast as it is taken).
+    paced_stack = through_client(
+        stack, s.stack, args, size, paced, tag + "mq", None, [], stack.postfix_queue,
+        "manycore stack (paced)", s.stack_cpu, rate)  # fmt: skip
+    paced_stack.hops = hops.measure(s.redis, paced_stack.stamps)
+    point.stack_paced.append(paced_stack)
+    point.client_paced.append(through_client(
+        stack, s.alone, args, size, paced, tag + "cq", None, [], pfq, "postfix (paced)",
+        s.alone_cpu, rate))  # fmt: skip
+    if not args.quick:  # the same code path as the other paced rounds: not worth 2-5 s
+        point.floor_paced.append(through_client(
+            stack, s.floor, args, size, paced, tag + "fq", None, [], pfq, "floor (paced)",
+            s.floor_cpu, rate))  # fmt: skip
+
+
+def tls_main_cf(directory: Path) -> dict[str, str]:
+    """STARTTLS for Postfix alone (offered, not required: the plain rounds stay plain), with
+    a self-signed pair as the Receiver's, so our client can drive it as it drives the stack."""
+    from manycore_common.tls import self_signed_pem
+
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    cert_pem, key_pem = self_signed_pem("localhost", ip_addresses=(LOOPBACK,))
+    (directory / "cert.pem").write_bytes(cert_pem)
+    (directory / "key.pem").write_bytes(key_pem)
+    return {
+        "smtpd_tls_security_level": "may",
+        "smtpd_tls_cert_file": str(directory / "cert.pem"),
+        "smtpd_tls_key_file": str(directory / "key.pem"),
+    }
+
+
+def floor_of(stack: Stack, root: Path, postfix: PostfixAlone) -> Floor:
+    """The floor with the stack's Redis persistence and PostfixLog's number of connections."""
+    from manycore_common import keyspace
+    from manycore_common.config import load_config
+
+    config = load_config(stack.global_file, stack.customer_file)
+    keyspace.use(config.global_.reliable_queue.key_prefix)  # trace:<uuid>, for bench.hops
+    redis = config.customer.redis
+    server = redis.server if redis is not None else None
+    fsync = server.appendfsync if server is not None else "everysec"
+    postfixlog = config.customer.postfixlog
+    connections = postfixlog.smtp_connections if postfixlog is not None else 4
+    return Floor(root / "floor", postfix.port, stack.dkim_key, fsync, connections)
+
+
+def sides_of(stack: Stack, postfix: PostfixAlone, floor: Floor) -> Sides:
+    """Doors and CPU meters: every process of each side, the sink and webhook (one process,
+    shared by all sides), the load (our children) and this watcher."""
+    shared: dict[str, Callable[[], float]] = {
+        **{role: functools.partial(cpu_seconds, pid) for role, pid in stack.peers_pids().items()},
+        "client": functools.partial(own_cpu_seconds, resource.RUSAGE_CHILDREN),
+        "bench watcher": functools.partial(own_cpu_seconds, resource.RUSAGE_SELF),
+    }
+    alone_postfix = functools.partial(group_cpu_seconds, master_pid(postfix.queue))
+    return Sides(
+        stack=Door(stack.smtp_port, tls=True, auth=True, events=True),
+        alone=Door(postfix.port, tls=False, presign=True),
+        alone_tls=Door(postfix.port, tls=True, presign=True),
+        floor=Door(floor.port, tls=True, auth=True),
+        stack_cpu=CpuMeter(
+            {
+                **{name: functools.partial(cpu_seconds, pid) for name, pid in stack.pids().items()},
+                "postfix": functools.partial(group_cpu_seconds, master_pid(stack.postfix_queue)),
+                **shared,
+            }
+        ),
+        alone_cpu=CpuMeter({"postfix": alone_postfix, **shared}),
+        floor_cpu=CpuMeter(
+            {
+                **{name: functools.partial(cpu_seconds, pid) for name, pid in floor.pids().items()},
+                "postfix": alone_postfix,
+                **shared,
+            }
+        ),
+        postfix=postfix,
+        redis=stack.redis(),
+        queues=stack.queue_names(),
+    )
+
+
 def run(
     args: argparse.Namespace, root: Path, on_start: Callable[[Stack], None] | None = None
-) -> tuple[list[Row], list[str]]:
-    """``on_start`` runs on the started stack before the rounds (``bench.rediscost --quick
+) -> tuple[list[Row], list[str], list[str]]:
+    """Rows, notes and the stack's paced hops (lines). ``on_start`` runs on the started
+    stack before the rounds (``bench.rediscost --quick
     --with-e2e``: the test smoke measures both on one stack, which takes ~14 s to start)."""
     for name in ("redis-server", "postfix", "smtp-source"):
         binary(name)
@@ -600,32 +749,14 @@ def run(
         if on_start is not None:
             on_start(stack)
         postfix = PostfixAlone(
-            root / "postfix-alone", stack.global_file, stack.customer_file
-        ).start()
+            root / "postfix-alone", stack.global_file, stack.customer_file,
+            main_cf=tls_main_cf(root / "postfix-tls"),
+        ).start()  # fmt: skip
+        floor = floor_of(stack, root, postfix)
         try:
+            floor.start()
             pids = stack.pids()
-            redis = stack.redis()
-            queues = stack.queue_names()
-            # Where the CPU goes: every process of each side, the sink and webhook (one
-            # process, shared by both sides), the load (our children) and this watcher.
-            shared: dict[str, Callable[[], float]] = {
-                **{
-                    role: functools.partial(cpu_seconds, pid)
-                    for role, pid in stack.peers_pids().items()
-                },
-                "client": functools.partial(own_cpu_seconds, resource.RUSAGE_CHILDREN),
-                "bench watcher": functools.partial(own_cpu_seconds, resource.RUSAGE_SELF),
-            }
-            stack_cpu = CpuMeter({
-                **{name: functools.partial(cpu_seconds, pid) for name, pid in pids.items()},
-                "postfix": functools.partial(
-                    group_cpu_seconds, master_pid(stack.postfix_queue)),
-                **shared,
-            })  # fmt: skip
-            alone_cpu = CpuMeter({
-                "postfix": functools.partial(group_cpu_seconds, master_pid(postfix.queue)),
-                **shared,
-            })  # fmt: skip
+            sides = sides_of(stack, postfix, floor)
             time.sleep(args.settle)  # let the services finish starting up before "idle"
             idle = {name: memory_kb(pid)["VmRSS"] for name, pid in pids.items()}
             for point in points:
@@ -635,58 +766,85 @@ def run(
                 rate = args.paced_rate / max(1.0, point.size / (50 * KB))
                 paced = min(point.count, args.paced_messages, max(10, int(rate * 10)))
                 for r in range(args.rounds):
-                    tag = f"e{run_tag}s{point.size // KB}r{r}"
                     print(f"  {size_name(point.size)} round {r + 1}/{args.rounds}: "
                           f"{point.count} messages each, then {paced} at "
                           f"{rate:g}/s", flush=True)  # fmt: skip
-                    point.stack.append(through_client(
-                        stack, stack.smtp_port, True, args, point.size, point.count, tag + "m",
-                        redis, queues, stack.postfix_queue, "manycore stack",
-                        stack_cpu))  # fmt: skip
-                    point.source.append(through_smtp_source(
-                        stack, postfix, args, point.size, point.count, tag + "p",
-                        root, alone_cpu))  # fmt: skip
-                    point.client.append(through_client(
-                        stack, postfix.port, False, args, point.size, point.count, tag + "c",
-                        None, [], postfix.queue, "postfix (same client)",
-                        alone_cpu))  # fmt: skip
-                    # Latency without a queue in front of the slowest stage: a steady,
-                    # light load (the rounds above offer mail as fast as it is taken).
-                    point.stack_paced.append(through_client(
-                        stack, stack.smtp_port, True, args, point.size, paced, tag + "mq",
-                        None, [], stack.postfix_queue, "manycore stack (paced)", stack_cpu,
-                        rate))  # fmt: skip
-                    point.client_paced.append(through_client(
-                        stack, postfix.port, False, args, point.size, paced, tag + "cq",
-                        None, [], postfix.queue, "postfix (paced)", alone_cpu,
-                        rate))  # fmt: skip
+                    tag = f"e{run_tag}s{point.size // KB}r{r}"
+                    one_round(stack, sides, floor, args, point, tag, root, rate, paced)
+                    floor.check()
             end = {name: memory_kb(pid) for name, pid in pids.items()}
-            redis.close()
+            sides.redis.close()
         finally:
+            floor.stop()
             postfix.stop()
-        # Postfix's share of the latency, from the logs (before they go with the workdir).
-        for log, suffix, label in ((stack.postfix_log, "m", "stack's Postfix"),
-                                   (postfix.log, "c", "Postfix alone")):  # fmt: skip
-            delays = postfix_delays(log, re.compile(rf"^e{run_tag}s\d+r\d+{suffix}n\d+@"))
-            if delays:
-                notes.append(
-                    f"{label}: delay= (its smtpd's accept → sink's 250) p50 "
-                    f"{percentile(delays, 50):.2f} s, p99 {percentile(delays, 99):.2f} s "
-                    f"over {len(delays)} messages of the unpaced rounds (Postfix logs it in "
-                    "steps of 0.01 s)."
-                )
+        notes += delay_notes(stack, postfix, run_tag)
     finally:
         stack.stop()
-    return rows_of(points, idle, end), notes
+    hop_lines = [
+        line
+        for p in points
+        for line in hops.table([o.hops for o in p.stack_paced], size_name(p.size))
+    ]
+    return rows_of(points, idle, end), notes, hop_lines
 
 
-def latency_rows(benchmark: str, p: Point, stack: list[Outcome], alone: list[Outcome]) -> list[Row]:
+def delay_notes(stack: Stack, postfix: PostfixAlone, run_tag: str) -> list[str]:
+    """Postfix's share of the latency, from the logs (before they go with the workdir)."""
+    notes = []
+    for log, suffix, label in ((stack.postfix_log, "m", "stack's Postfix"),
+                               (postfix.log, "c", "Postfix alone")):  # fmt: skip
+        delays = postfix_delays(log, re.compile(rf"^e{run_tag}s\d+r\d+{suffix}n\d+@"))
+        if delays:
+            notes.append(
+                f"{label}: delay= (its smtpd's accept → sink's 250) p50 "
+                f"{percentile(delays, 50):.2f} s, p99 {percentile(delays, 99):.2f} s "
+                f"over {len(delays)} messages of the unpaced rounds (Postfix logs it in "
+                "steps of 0.01 s)."
+            )
+    return notes
+
+
+def latency_rows(
+    benchmark: str, p: Point, stack: list[Outcome], alone: list[Outcome],
+    subject: str = "manycore stack",
+) -> list[Row]:  # fmt: skip
     rows = []
     for q in (50, 99):
         s = statistics.median(percentile(o.latencies, q) for o in stack) * 1000
         b = statistics.median(percentile(o.latencies, q) for o in alone) * 1000
-        rows.append(Row(benchmark, f"p{q}/{p.size // KB}K", "manycore stack", s,
+        rows.append(Row(benchmark, f"p{q}/{p.size // KB}K", subject, s,
                         "postfix (same client)", b, s / b, unit="ms"))  # fmt: skip
+    return rows
+
+
+#: Rate rows: (subject, baseline) names, as printed. The stack's client uses STARTTLS and
+#: AUTH, the plain "same client" baseline neither (the rows the README has always shown);
+#: "STARTTLS" drives Postfix alone the same way (AUTH is before the clock, so only TLS
+#: costs per message); the floor (bench/floor.py) is driven exactly as the stack.
+RATE_ROWS = (
+    ("manycore stack", "postfix (smtp-source)"),
+    ("manycore stack", "postfix (same client)"),
+    ("manycore stack", "postfix (STARTTLS)"),
+    ("floor", "postfix (smtp-source)"),
+    ("floor", "postfix (same client)"),
+    ("floor", "postfix (STARTTLS)"),
+    ("manycore stack", "floor"),
+)
+
+
+def rate_rows(p: Point) -> list[Row]:
+    """Rates and the median of the per-round ratios (the sides of one round ran back to
+    back, so each ratio compares like with like)."""
+    med = statistics.median
+    sides = {"manycore stack": p.stack, "postfix (smtp-source)": p.source,
+             "postfix (same client)": p.client, "postfix (STARTTLS)": p.client_tls,
+             "floor": p.floor}  # fmt: skip
+    rows = []
+    for subject, baseline in RATE_ROWS:
+        s, b = sides[subject], sides[baseline]
+        ratios = [x.rate / y.rate for x, y in zip(s, b, strict=True)]
+        rows.append(Row("e2e", size_name(p.size), subject, med(o.rate for o in s), baseline,
+                        med(o.rate for o in b), med(ratios)))  # fmt: skip
     return rows
 
 
@@ -707,17 +865,13 @@ def rows_of(points: list[Point], idle: dict[str, int], end: dict[str, dict[str, 
     rows: list[Row] = []
     med = statistics.median
     for p in points:
-        case = size_name(p.size)
-        stack_rate = med(o.rate for o in p.stack)
-        for subject, baseline in (("postfix (smtp-source)", p.source),
-                                  ("postfix (same client)", p.client)):  # fmt: skip
-            ratios = [s.rate / b.rate for s, b in zip(p.stack, baseline, strict=True)]
-            rows.append(Row("e2e", case, "manycore stack", stack_rate, subject,
-                            med(o.rate for o in baseline), med(ratios)))  # fmt: skip
+        rows += rate_rows(p)
     for p in points:
         rows += latency_rows("latency", p, p.stack, p.client)
     for p in points:
         rows += latency_rows("paced", p, p.stack_paced, p.client_paced)
+        if p.floor_paced:  # not in --quick
+            rows += latency_rows("paced", p, p.floor_paced, p.client_paced, "floor")
     for p in points:
         events = med(o.events_rate for o in p.stack)
         mail = med(o.rate for o in p.stack)
@@ -726,6 +880,7 @@ def rows_of(points: list[Point], idle: dict[str, int], end: dict[str, dict[str, 
     for p in points:
         rows += cpu_rows(p, "stack", p.stack, p.count)
         rows += cpu_rows(p, "alone", p.source, p.count)
+        rows += cpu_rows(p, "floor", p.floor, p.count)
     for p in points:
         depths: dict[str, list[int]] = defaultdict(list)
         for o in p.stack:
@@ -763,6 +918,7 @@ def main(argv: list[str] | None = None, on_start: Callable[[Stack], None] | None
                         help="messages/s of the paced rounds")  # fmt: skip
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tls", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-auth", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tag", help=argparse.SUPPRESS)
@@ -780,6 +936,7 @@ def main(argv: list[str] | None = None, on_start: Callable[[Stack], None] | None
                 args.tag,
                 Path(args.dkim_key) if args.dkim_key else None,
                 args.rate,
+                not args.no_auth,
             )
         )
         print(json.dumps(sent))
@@ -794,7 +951,7 @@ def main(argv: list[str] | None = None, on_start: Callable[[Stack], None] | None
     root = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     root.chmod(0o755)
     try:
-        rows, notes = run(args, root, on_start)
+        rows, notes, hop_lines = run(args, root, on_start)
     finally:
         if not os.environ.get("MANYCORE_KEEP_BENCH"):  # keep the logs to look into a failure
             shutil.rmtree(root, ignore_errors=True)
@@ -811,6 +968,8 @@ def main(argv: list[str] | None = None, on_start: Callable[[Stack], None] | None
     print(table([r for r in rows if r.benchmark == "latency"]))
     print(f"Latency at a steady {args.paced_rate:g} messages/s (less above 50 KB), ms:")
     print(table([r for r in rows if r.benchmark == "paced"]))
+    print("The stack's paced rounds by hop (bench/hops.py: stamps of trace:<uuid>), ms:")
+    print("\n".join([hops.HEADER, *hop_lines]))
     print("CPU per message by process (us), vs wall time per message; ratio = cores busy:")
     print(table([r for r in rows if r.benchmark == "cpu"]))
     print("Events at the webhook inbox, per second:")
@@ -829,7 +988,9 @@ def main(argv: list[str] | None = None, on_start: Callable[[Stack], None] | None
             "Transformer → PostfixLog → its Postfix → sink MX, plus MxServer, BackData and the "
             "webhook inbox), one recipient per message, vs Postfix alone: a private Postfix "
             "with the main.cf PostfixLog renders (relayhost = the same sink, DNS off), driven "
-            "by smtp-source (-d, same sessions) and by the same client without TLS. Rate: "
+            "by smtp-source (-d, same sessions), by the same client without TLS and with "
+            "STARTTLS; floor: bench/floor.py (bare door + LPUSH, bare DKIM signer, bare "
+            "relay into Postfix alone), driven as the stack. Rate: "
             "messages / (first submission → last arrival at the sink). Stack client: STARTTLS "
             "+ AUTH PLAIN, sessions set up before the clock starts, separate process. "
             f"Messages per round: {counts}; {args.connections} connections; medians of "

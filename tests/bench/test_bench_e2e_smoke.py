@@ -27,14 +27,22 @@ def check_e2e(out: str) -> None:
     assert "no message lost or doubled" in out
     lines = out.splitlines()
     e2e = [line for line in lines if line.startswith("5 KB") and "manycore stack" in line]
-    assert len(e2e) == 2  # vs smtp-source and vs the same client
+    # vs smtp-source, the same client plain and with STARTTLS, and the floor
+    assert len(e2e) == 4
     assert any("postfix (smtp-source)" in line for line in e2e)
+    assert any("postfix (STARTTLS)" in line for line in e2e)
+    floor = [line for line in lines if line.startswith("5 KB    floor ")]
+    assert len(floor) == 3, floor  # vs smtp-source, the same client, STARTTLS
+    e2e += floor
     latency = [line for line in lines if line.startswith(("p50/5K", "p99/5K"))]
-    assert len(latency) == 4  # under load and paced
+    assert len(latency) == 4  # under load and paced (the floor's paced rows: full runs only)
     assert "Latency at a steady" in out
+    check_hops(lines)
     cpu = [line for line in lines if line.startswith("5 KB") and "wall per message" in line]
     assert any("stack: transformer" in line for line in cpu)
     assert any("alone: postfix" in line for line in cpu)
+    for process in ("serve", "sign", "relay", "redis-server"):
+        assert any(f"floor: floor {process}" in line for line in cpu), process
     events = [line for line in lines if "delivered events" in line]
     assert len(events) == 1
     for row in e2e + latency + events:
@@ -48,6 +56,20 @@ def check_e2e(out: str) -> None:
         assert any(line.split()[1] == service for line in memory), service
     for row in memory:
         assert numbers(row)[0] > 0, row
+
+
+def check_hops(lines: list[str]) -> None:
+    """Every hop of the paced round (bench/hops.py) found both its stamps in every one of
+    the round's 10 messages' trace records: none is missing, and they add up."""
+    hops = {}
+    for line in lines:
+        if line.startswith("5 KB") and "→" in line:
+            name = line[8:30].strip()
+            p50, _, count = line[30:].split()
+            hops[name] = (float(p50), int(count))
+    assert len(hops) == 5, hops
+    assert all(count == 10 for _, count in hops.values()), hops
+    assert hops["queued → 250"][0] > 0 and hops["250 → sink"][0] > 0, hops
 
 
 def check_rediscost(table: str) -> None:
