@@ -152,6 +152,8 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            items: list[Item] = []
+            consumer: Consumer | None = None
             try:
                 if not await self.high_water.below():
                     # Backpressure: PostfixLog is behind; leave mail in P0/P1, where the
@@ -164,6 +166,14 @@ class Worker:
                 await self.process(items, consumer)
             except (RedisError, OSError) as exc:
                 log.warning("redis error, backing off", extra={"error": str(exc)})
+                if consumer is not None:
+                    # What the failed step left in our processing list goes back to the
+                    # queue (Consumer.recover_strays, within two heartbeats): we live on,
+                    # so the reaper never would, and nothing here takes it again. Settled
+                    # items are no longer there; a hand-over whose reply was lost moved
+                    # its item, so nothing is sent twice.
+                    for item in items:
+                        consumer.forget(item)
                 await asyncio.sleep(BACKOFF_SECONDS)
 
     async def process(self, items: list[Item], consumer: Consumer) -> None:

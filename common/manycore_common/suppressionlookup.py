@@ -10,7 +10,8 @@ The connections come from the client's own pool and stay checked out, so the cli
 ``aclose()`` closes them with the rest; one per concurrent caller (the Transformer's
 workers share one ``SuppressionStore``). A connection that failed is disconnected before it
 is used again (redis-py reconnects it, asking the sentinels anew when there are some), so a
-reply can never be read by the wrong call.
+reply can never be read by the wrong call; a call that finds its connection closed is sent
+once more on a new one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 
@@ -42,6 +44,16 @@ class HeldScript:
         self._idle: list[Any] = []
 
     async def __call__(self, keys: Sequence[bytes], blob: bytes) -> Any:
+        try:
+            return await self._call(keys, blob)
+        except RedisConnectionError:
+            # A held connection is not checked before use, as the pool checks the ones it
+            # hands out: after a Redis restart or failover the first call on it finds the
+            # socket closed. The script only reads, so it is sent again, once, on a new
+            # connection; a second failure is Redis being down, for the caller to handle.
+            return await self._call(keys, blob)
+
+    async def _call(self, keys: Sequence[bytes], blob: bytes) -> Any:
         if self._idle:
             conn = self._idle.pop()
         else:
