@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from manycore_common import item as item_format
 from manycore_common import suppression as s
@@ -28,24 +29,22 @@ from manycore_transformer.suppress import Checker
 from tests.eventschema import assert_valid
 from tests.helpers import LOOPBACK, RedisServer, stored_item, write_configs, write_dkim_keys
 from tests.integration.conftest import build_message
-from tests.integration.test_transformer import EVENTS, P1, enqueue, out_items
+from tests.integration.test_transformer import EVENTS, OUT, P1, enqueue, out_items
 
 UNKNOWN = "news@unknown.example"  # a From domain the Transformer cannot sign for
 
 
-@pytest.fixture
-async def worker(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[service.Worker]:
+async def _worker(tmp_path: Path, redis_server: RedisServer, client: Redis) -> service.Worker:
+    """A Worker as ``service.serve`` builds one (signing in its own process), on ``client``."""
     global_file, customer_file = write_configs(tmp_path, redis_server.port)
     write_dkim_keys(tmp_path)
     config = load_config(global_file, customer_file, "transformer")
     prepared = service.prepare(config)
-    client = Redis(host=LOOPBACK, port=redis_server.port)
-    await client.flushall()
     queues = service._queues(config, client)
     for consumer in queues.consumers:
         await consumer.register()
     checker = Checker(SuppressionStore(client), config.customer.common_config.suppression)
-    yield service.Worker(
+    return service.Worker(
         *queues.consumers,
         queues.target,
         queues.events,
@@ -55,6 +54,13 @@ async def worker(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[ser
         StreamRegistry(client),
         checker,
     )
+
+
+@pytest.fixture
+async def worker(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[service.Worker]:
+    client = Redis(host=LOOPBACK, port=redis_server.port)
+    await client.flushall()
+    yield await _worker(tmp_path, redis_server, client)
     await client.aclose()
 
 
@@ -130,3 +136,35 @@ async def test_suppressed_copies_are_dropped_after_a_transform_the_look_up_overl
     dead = [stored_item(r).uuid for r in queues.lrange(consumer.queue.dead_key, 0, -1)]
     assert dead == ["bad"]
     assert queues.llen(consumer.processing_key) == 0
+
+
+async def test_a_look_up_unanswered_in_time_leaves_the_batch_held_unsent(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+) -> None:
+    """Redis runs the look-up late (paused) and the reply, read after the transform, times
+    out: as when the look-up was awaited first, nothing is handed over, no event is pushed,
+    nothing is acked (the loop backs off; the batch stays held), and the next batch gets its
+    own answer."""
+    suppress(queues, "example.com", "bob@example.org")
+    client = Redis(host=LOOPBACK, port=redis_server.port, socket_timeout=0.5)
+    worker = await _worker(tmp_path, redis_server, client)
+    try:
+        enqueue(queues, P1, build_message("late"), "late", ["bob@example.org", "ann@example.org"])
+        items, consumer = await worker.take()
+        assert consumer is not None
+        queues.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        with pytest.raises(RedisTimeoutError):
+            await worker.process(items, consumer)
+        time.sleep(1.6)  # the pause ends
+        assert queues.llen(OUT) == queues.llen(EVENTS) == 0
+        assert queues.llen(consumer.processing_key) == 1
+        enqueue(queues, P1, build_message("next"), "next", ["cid@example.org"])
+        items, consumer = await worker.take()
+        assert consumer is not None and [i.uuid for i in items] == ["next"]
+        await worker.process(items, consumer)
+        assert [(i.uuid, i.header["rcpts"]) for i in out_items(queues)] == [
+            ("next", ["cid@example.org"])
+        ]
+        assert queues.llen(EVENTS) == 0
+    finally:
+        await client.aclose()
