@@ -152,7 +152,7 @@ async def test_a_look_up_unanswered_in_time_leaves_the_batch_held_unsent(
         enqueue(queues, P1, build_message("late"), "late", ["bob@example.org", "ann@example.org"])
         items, consumer = await worker.take()
         assert consumer is not None
-        queues.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        queues.client_pause(1500)  # CLIENT PAUSE ... ALL: the look-up too
         with pytest.raises(RedisTimeoutError):
             await worker.process(items, consumer)
         time.sleep(1.6)  # the pause ends
