@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -35,12 +36,14 @@ from .batch import SOURCE, Job, init_worker, item_rcpts, split_items, transform_
 from .identity import TransformError
 from .metrics import COPIES, ERRORS, POLLED_DEFAULT, POLLED_PRIMARY, PUSHED, SIGN_SECONDS, WARNINGS
 from .streams import StreamRegistry
-from .suppress import Checker, refresh_size
+from .suppress import Checker, PendingCheck, refresh_size, without_dropped
 from .transform import Settings
 
 log = logging.getLogger(__name__)
 
 SERVICE = SOURCE
+#: A transform's outcome: ("ok", Transformed) or ("error", TransformError).
+Result = tuple[str, Any]
 #: How long an idle loop sleeps on P0's and P1's doorbells before looking again. A push wakes
 #: it at once; this bounds only items that come back without one (reaper, requeue) and how
 #: long a stop waits.
@@ -185,15 +188,19 @@ class Worker:
             self.streak = 0
         now = time.time()
         jobs = [(i.payload, item_rcpts(i)) for i in items]
-        if self.checker is not None:
-            items, jobs = await self.drop_suppressed(items, jobs, consumer)
+        # The suppression look-up goes out before the batch is signed and its answer is read
+        # after, so the loop never waits on Redis for it (README.md, "Suppression list").
+        pending = await self.checker.send(jobs) if self.checker is not None else None
+        try:
+            results = await self.transform(jobs, now)
+        except BaseException:
+            if pending is not None:
+                await pending.abandon()
+            raise
+        if pending is not None:
+            items, results = await self.drop_suppressed(items, results, pending, consumer, now)
             if not items:
                 return
-        if self.executor is None:
-            results = transform_batch(jobs, now, self.settings)
-        else:
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self.executor, transform_batch, jobs, now)
         splits: list[tuple[Item, list[bytes]]] = []
         for item, (status, result) in zip(items, results, strict=True):
             if status == "error":
@@ -217,27 +224,48 @@ class Worker:
             # The reaper had given some back (we looked dead); they will be done again.
             log.warning("items no longer held", extra={"count": len(splits) - moved})
 
+    async def transform(self, jobs: list[Job], now: float) -> list[Result]:
+        if self.executor is None:
+            return transform_batch(jobs, now, self.settings)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, transform_batch, jobs, now)
+
     async def drop_suppressed(
-        self, items: list[Item], jobs: list[Job], consumer: Consumer
-    ) -> tuple[list[Item], list[Job]]:
-        """The items and jobs left once suppressed recipients are dropped (see suppress.py):
-        their events pushed, the items with no recipient left acked."""
-        assert self.checker is not None
-        verdicts = await self.checker.check(jobs)
+        self,
+        items: list[Item],
+        results: list[Result],
+        pending: PendingCheck,
+        consumer: Consumer,
+        now: float,
+    ) -> tuple[list[Item], list[Result]]:
+        """The items and results left once suppressed recipients are dropped (see
+        suppress.py): their events pushed, the items with no recipient left acked.
+
+        The verdict decides first, as when the check ran before the transform: a message
+        with every recipient suppressed is acked, even if its transform failed; one whose
+        transform failed with only some suppressed is transformed again for the others
+        (what it was before, and e.g. ``too-many-copies`` may pass with fewer)."""
+        verdicts = await pending.verdicts()
         dropped = [e for v in verdicts for e in v.events]
         if not dropped:
-            return items, jobs
+            return items, results
         raws = [events.encode_event(e, source=SERVICE) for e in dropped]
         await self.event_queue.push_many(raws)
-        kept: list[tuple[Item, Job]] = []
+        kept: list[tuple[Item, Result]] = []
         done: list[Item] = []
-        for item, job, verdict in zip(items, jobs, verdicts, strict=True):
-            if verdict.keep is None:
-                kept.append((item, job))
-            elif verdict.keep:
-                kept.append((item, (job[0], verdict.keep)))
-            else:
+        again: list[tuple[Item, Job]] = []
+        for item, result, verdict in zip(items, results, verdicts, strict=True):
+            if verdict.keep is None:  # nothing dropped
+                kept.append((item, result))
+            elif not verdict.keep:
                 done.append(item)
+            elif result[0] == "error":
+                again.append((item, (item.payload, verdict.keep)))
+            else:
+                kept.append((item, ("ok", without_dropped(result[1], verdict))))
+        if again:
+            redone = await self.transform([job for _, job in again], now)
+            kept += zip([item for item, _ in again], redone, strict=True)
         await consumer.ack_many(done)
         return [k[0] for k in kept], [k[1] for k in kept]
 

@@ -2,9 +2,12 @@
 
 Recipients on the list of the message's sending domain (its From domain; with
 ``unsubscribe-scope: stream`` also the list of its domain and stream) are dropped from the
-message with a ``suppressed`` event; a message left with no recipient is not signed and not
-sent, only acked. One script call per batch (``SuppressionStore.lookup``), in the main process: the
-signing pool stays pure.
+message with a ``suppressed`` event; a message left with no recipient is not sent, only acked.
+One script call per batch (``SuppressionStore.lookup``), in the main process: the signing pool
+stays pure. It is sent before the batch is signed and its answer read after
+(``Checker.send``, ``service.Worker.process``), so the Transformer never waits on Redis for
+it; the copies of suppressed recipients are signed meanwhile and then dropped
+(``without_dropped``), which costs at most what signing them without a check would.
 
 The events of a batch are pushed before its hand-over and acks, so a crash between the two
 repeats them (with new ids) rather than losing them: at least once, as every event.
@@ -12,6 +15,7 @@ repeats them (with new ids) rather than losing them: at least once, as every eve
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import time
@@ -23,12 +27,14 @@ from manycore_common import events, feedbacktag
 from manycore_common import suppression as s
 from manycore_common.config import SuppressionSettings
 from manycore_common.message import STREAM_ID_RE, UUID_RE
+from manycore_common.suppressionlookup import PendingLookup
 from manycore_common.suppressionstore import SuppressionStore
 
 from . import identity
 from .headers import normalize_line_endings, split_message
 from .identity import TransformError
 from .metrics import LIST_SIZE, SUPPRESSED, SUPPRESSED_MESSAGES
+from .transform import Transformed
 
 
 class Envelope(NamedTuple):
@@ -186,10 +192,15 @@ class Checker:
 
     async def check(self, jobs: Sequence[tuple[bytes, tuple[str, ...] | None]]) -> list[Verdict]:
         """One verdict per (payload, item recipients), with one Redis round trip."""
+        return await (await self.send(jobs)).verdicts()
+
+    async def send(self, jobs: Sequence[tuple[bytes, tuple[str, ...] | None]]) -> PendingCheck:
+        """``check`` in two steps: the look-up is written to Redis when this returns, and
+        ``PendingCheck.verdicts`` reads its answer (the Transformer signs in between)."""
         if not self.settings.enabled:
-            return [Verdict(None) for _ in jobs]
+            return PendingCheck([None] * len(jobs), [], None)
         envs = [envelope(data, rcpts) for data, rcpts in jobs]
-        plan: list[tuple[int, str, str]] = []  # (job, rcpt, address) per look-up
+        plan: list[tuple[int, str]] = []  # (job, rcpt) per look-up
         queries: list[tuple[str, str]] = []
         for n, env in enumerate(envs):
             if env is None:
@@ -198,14 +209,32 @@ class Checker:
             for rcpt, address in zip(env.rcpts, env.addresses, strict=True):
                 for scope in lists if address else ():
                     assert address is not None
-                    plan.append((n, rcpt, address))
+                    plan.append((n, rcpt))
                     queries.append((scope, address))
-        found = await self.store.lookup(queries, time.time())
+        return PendingCheck(envs, plan, await self.store.send_lookup(queries))
+
+
+class PendingCheck:
+    """A batch's look-up on its way: ``verdicts`` reads the answer, ``abandon`` gives it up."""
+
+    def __init__(
+        self, envs: list[Envelope | None], plan: list[tuple[int, str]], sent: PendingLookup | None
+    ) -> None:
+        self.envs = envs
+        self.plan = plan
+        self.sent = sent
+
+    async def verdicts(self) -> list[Verdict]:
+        found = await self.sent.found(time.time()) if self.sent is not None else []
         hits: dict[int, dict[str, tuple[str, s.Entry]]] = {}
-        for (n, rcpt, _), hit in zip(plan, found, strict=True):
+        for (n, rcpt), hit in zip(self.plan, found, strict=True):
             if hit is not None:
                 hits.setdefault(n, {}).setdefault(rcpt, hit)
-        return [_verdict(env, hits.get(n, {})) for n, env in enumerate(envs)]
+        return [_verdict(env, hits.get(n, {})) for n, env in enumerate(self.envs)]
+
+    async def abandon(self) -> None:
+        if self.sent is not None:
+            await self.sent.abandon()
 
 
 def _verdict(env: Envelope | None, hits: dict[str, tuple[str, s.Entry]]) -> Verdict:
@@ -219,6 +248,16 @@ def _verdict(env: Envelope | None, hits: dict[str, tuple[str, s.Entry]]) -> Verd
     if not keep:
         SUPPRESSED_MESSAGES.inc()
     return Verdict(keep, tuple(dropped))
+
+
+def without_dropped(result: Transformed, verdict: Verdict) -> Transformed:
+    """``result`` less the copies of the recipients ``verdict`` dropped. The transform made
+    one copy per distinct recipient as feedbacktag normalises it, and the check looked up
+    the same distinct recipients, perhaps in another of their spellings: both are compared
+    normalised."""
+    gone = {feedbacktag.normalize_address(e["rcpt"]) for e in verdict.events}
+    copies = tuple(c for c in result.copies if feedbacktag.normalize_address(c.rcpt) not in gone)
+    return dataclasses.replace(result, copies=copies)
 
 
 async def refresh_size(store: SuppressionStore) -> None:

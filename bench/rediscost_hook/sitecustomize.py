@@ -4,7 +4,8 @@ send, and writes the counts to ``$MANYCORE_REDISCOST_DIR/<program>-<pid>.json`` 
 
 A round trip is one ``send_packed_command`` (one command, or a whole pipeline, then its
 replies); a command is one ``pack_command`` (an EVALSHA counts once, whatever its script
-runs inside Redis). Without the variable this does nothing.
+runs inside Redis), and so is a command the caller packed itself and sent as one bytes object
+(the Transformer's suppression look-up). Without the variable this does nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from pathlib import Path
 from typing import Any
 
 
+def packed_name(command: bytes) -> str:
+    """The name of a command packed as RESP (``*<n>\\r\\n$<len>\\r\\n<name>\\r\\n...``)."""
+    parts = command.split(b"\r\n", 3)
+    return parts[2].decode("ascii", "replace").upper() if len(parts) > 3 else "?"
+
+
 def _install(directory: Path) -> None:
     from redis.asyncio import connection
 
@@ -28,6 +35,11 @@ def _install(directory: Path) -> None:
 
     async def counted_send(self: Any, command: Any, check_health: bool = True) -> None:
         counts["round_trips"] += 1
+        if isinstance(command, bytes):
+            # Packed by the caller, not by pack_command: the suppression look-up's EVALSHA
+            # (manycore_common/suppressionlookup.py) on the Transformer's held connection.
+            counts["commands"] += 1
+            counts["cmd:" + packed_name(command)] += 1
         await send(self, command, check_health)
 
     def counted_pack(self: Any, *args: Any) -> list[bytes]:

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from . import events, replicas
 from . import suppression as s
 from .queue import ReliableQueue
-from .suppressionlookup import HeldScript
+from .suppressionlookup import HeldScript, PendingLookup
 
 OP_WIDTH = 7
 #: Most entries of one ``import_entries`` call: a record names its bucket by its index in
@@ -246,14 +246,13 @@ class SuppressionStore:
     ) -> list[tuple[str, s.Entry] | None]:
         """For each (scope, normalised address): (scope, live entry) or None; one script call
         for the whole batch."""
-        if not queries:
-            return []
-        found = await self._lookup(*lookup_request(queries))
-        out: list[tuple[str, s.Entry] | None] = []
-        for (scope, _), raw in zip(queries, found, strict=True):
-            entry = s.unpack(_bytes(raw)) if raw is not None else None
-            out.append((scope, entry) if entry is not None and entry.active(now) else None)
-        return out
+        return await (await self.send_lookup(queries)).found(now)
+
+    async def send_lookup(self, queries: Sequence[tuple[str, str]]) -> PendingLookup:
+        """``lookup`` in two steps: the call is written when this returns, and its reply is
+        read by ``found`` (or the connection given up by ``abandon``)."""
+        sent = await self._lookup.send(*lookup_request(queries)) if queries else None
+        return PendingLookup(queries, sent)
 
     async def add(self, ops: Sequence[Op], chunk: int = 1000) -> int:
         """Write entries, ``chunk`` per script call; returns how many were new."""

@@ -94,5 +94,6 @@ def test_suppression_bench_quick() -> None:
     result = run_bench("bench.suppression", "--quick", timeout=180)
     assert result.returncode == 0, result.stderr
     assert "bytes per entry" in result.stdout and "import of a 20,000-line CSV" in result.stdout
-    [row] = [line for line in result.stdout.splitlines() if line.startswith("20,000 entries  ")]
-    assert float(row.split()[-1]) > 0
+    rows = [line for line in result.stdout.splitlines() if line.startswith("20,000 entries  ")]
+    assert [row.split()[3] for row in rows] == ["overlapped", "serial"], rows
+    assert all(float(row.split()[-1]) > 0 for row in rows)

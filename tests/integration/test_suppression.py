@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
@@ -126,12 +127,14 @@ async def test_repeated_soft_bounces_suppress_at_the_threshold(redis: Redis) -> 
     assert hit is not None and hit[1].reason == "soft-bounce-repeated"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_transformer_drops_suppressed_recipients_before_signing(
-    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis, workers: int
 ) -> None:
     """To and Cc recipients on the sending domain's list are dropped with a ``suppressed``
     event; a message with none left is acked and never handed over; an expired entry, or an
-    entry of another sending domain, stops nothing."""
+    entry of another sending domain, stops nothing. With one worker the batch is signed in
+    the event loop's process, with two in the pool, the look-up overlapping either way."""
     now = time.time()
 
     def entry(reason: s.Reason, days: int, at: float = now) -> bytes:
@@ -147,7 +150,8 @@ def test_transformer_drops_suppressed_recipients_before_signing(
     rcpts = ["alice@example.net", "Bob@Example.ORG", "carol@example.org", "dave@example.org"]
     enqueue(queues, P1, build_message("mixed1"), "mixed1", rcpts)
     enqueue(queues, P1, build_message("onlybob"), "onlybob", ["bob@example.org"])
-    with running(transformer_service(tmp_path, redis_server.port)) as service:
+    changes = {"transformer__workers": workers}
+    with running(transformer_service(tmp_path, redis_server.port, **changes)) as service:
         wait_for(lambda: queues.llen(EVENTS) == 3, what="three suppressed events")
         wait_for(lambda: queues.llen(P1) == 0, what="both taken")
         wait_for(lambda: service.metric("transformer_pushed_total") == 1, what="one handed over")

@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from manycore_common import suppression as s
 from manycore_common.config import SuppressionSettings
 from manycore_common.suppressionstore import SuppressionStore
 from manycore_transformer.suppress import Checker, Verdict
+from tests.helpers import LOOPBACK, RedisServer
 from tests.integration.conftest import build_message
 
 Job = tuple[bytes, tuple[str, ...] | None]
@@ -81,3 +84,35 @@ async def test_concurrent_batches_get_their_own_answers_and_a_killed_connection_
     # sent again on a new one, so the first batch after the kill gets its answer.
     assert kept(await checker.check(suppressed)) == [("ann@example.org",)]
     assert kept(await checker.check(suppressed)) == [("ann@example.org",)]
+
+
+def evalsha_calls(client: SyncRedis) -> int:
+    stats: dict[str, Any] = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_sent_look_up_is_run_while_the_caller_works_and_can_be_given_up(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """``send`` returns with the command written: Redis runs it while the event loop is
+    blocked (as it is while the Transformer signs). A look-up given up unread never lends
+    its reply to the next one."""
+    await suppress(redis, "bob@example.org")
+    checker = Checker(SuppressionStore(redis), SuppressionSettings())
+    suppressed = [job("m1", "bob@example.org", "ann@example.org")]
+    assert kept(await checker.check(suppressed)) == [("ann@example.org",)]  # script loaded
+    watcher = SyncRedis(host=LOOPBACK, port=redis_server.port)
+    try:
+        for _ in range(5):
+            before = evalsha_calls(watcher)
+            pending = await checker.send(suppressed)
+            deadline = time.monotonic() + 10
+            while evalsha_calls(watcher) == before and time.monotonic() < deadline:
+                time.sleep(0.01)  # blocking: the event loop does not run
+            assert evalsha_calls(watcher) == before + 1, "not written when send returned"
+            assert kept(await pending.verdicts()) == [("ann@example.org",)]
+            given_up = await checker.send(suppressed)
+            await given_up.abandon()
+            assert kept(await checker.check([job("m2", "cid@example.org")])) == [None]
+    finally:
+        watcher.close()

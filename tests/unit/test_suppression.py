@@ -15,7 +15,15 @@ from manycore_common.config import SuppressionSettings
 from manycore_common.suppressionpolicy import ops_for_event
 from manycore_common.suppressionstore import lookup_request
 from manycore_mxserver.senders import Senders
-from manycore_transformer.suppress import Envelope, envelope, scopes, suppressed_event
+from manycore_transformer.suppress import (
+    Envelope,
+    Verdict,
+    envelope,
+    scopes,
+    suppressed_event,
+    without_dropped,
+)
+from manycore_transformer.transform import Copy, Transformed
 from tests.eventschema import assert_valid
 
 NOW = 1_800_000_000
@@ -196,3 +204,20 @@ def test_the_lookup_request_names_the_buckets_entries_are_written_to(prefix: str
         keyspace.use(saved.prefix)
     expected = b"".join(len(a.encode()).to_bytes(2, "big") + a.encode() for _, a in queries)
     assert blob == expected
+
+
+def test_dropped_copies_are_matched_in_any_spelling_of_their_recipient() -> None:
+    """The check's events name a recipient as the check spelt it, the transform's copies as
+    the transform did; both mean one recipient as feedbacktag normalises it."""
+    copies = tuple(
+        Copy(rcpt, f"b-{n}@bounce.example", b"H\r\n\r\n", b"body\r\n")
+        for n, rcpt in enumerate(["Bob@Example.ORG", "ann@example.org", "<Cid@cid.example.>"])
+    )
+    result = Transformed("u1", None, "example.com", copies, 0.01)
+    env = Envelope("u1", None, "example.com", ("bob@example.org",))
+    entry = s.new_entry("hard-bounce", 1.0e9, 0, "ab" * 8, "u-0")
+    spelt = ["bob@EXAMPLE.org", "cid@cid.example"]
+    gone = [suppressed_event(env, r, "example.com", entry) for r in spelt]
+    kept = without_dropped(result, Verdict(("ann@example.org",), tuple(gone)))
+    assert [c.rcpt for c in kept.copies] == ["ann@example.org"]
+    assert kept.uuid == "u1" and kept.sign_seconds == 0.01
