@@ -10,6 +10,7 @@ dkimpy and with OpenDKIM, so this code is checked against two independent implem
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import re
@@ -98,9 +99,22 @@ def relaxed_header(name: str, raw_value: bytes) -> bytes:
 
 def relaxed_field(field: Field) -> bytes:
     if field.relaxed is None:
+        # ``relaxed_header`` inlined for the common field (one line, single spaces), with
+        # the lower-case name's bytes kept (``_label``): several fields a message.
         _, _, raw_value = field.raw.partition(b":")
-        field.relaxed = relaxed_header(field.key, raw_value)
+        if raw_value.endswith(CRLF):
+            raw_value = raw_value[:-2]
+        if b"\r" in raw_value or b"\t" in raw_value or b"  " in raw_value:
+            field.relaxed = relaxed_header(field.key, raw_value)
+        else:
+            field.relaxed = _label(field.key) + raw_value.strip(b" ") + CRLF
     return field.relaxed
+
+
+@functools.lru_cache(maxsize=512)
+def _label(key: str) -> bytes:
+    """``name:`` as relaxed canonicalization writes it (``key`` is the lower-case name)."""
+    return key.encode("ascii") + b":"
 
 
 # ----------------------------------------------------------------- signing
@@ -148,18 +162,18 @@ def _fold_tags(tags: list[str], width: int = 76) -> str:
     return "\r\n\t".join(lines)
 
 
-def _fold_b64(value: str) -> str:
-    return "\r\n\t".join(value[i : i + _B64_LINE] for i in range(0, len(value), _B64_LINE))
+def _fold_b64(value: bytes) -> bytes:
+    return b"\r\n\t".join([value[i : i + _B64_LINE] for i in range(0, len(value), _B64_LINE)])
 
 
 @functools.lru_cache(maxsize=64)
 def _unsigned(
     algorithm: Algorithm, domain: str, selector: str, timestamp: int, h: str, bh: str
-) -> tuple[str, bytes]:
-    """The DKIM-Signature field's value up to its empty b=, and the form of it that is
-    signed: relaxed and without its final CRLF (RFC 6376 §3.7, step 2). The same for every
-    copy of a message (one body hash, one layout, one timestamp), so made once per message
-    and key."""
+) -> tuple[bytes, bytes]:
+    """The DKIM-Signature field up to its empty b=, and the form of it that is signed:
+    relaxed and without its final CRLF (RFC 6376 §3.7, step 2). The same for every copy of
+    a message (one body hash, one layout, one timestamp), so made once per message and
+    key."""
     tags = [
         "v=1",
         f"a={algorithm}",
@@ -170,8 +184,8 @@ def _unsigned(
         f"h={h}",
         f"bh={bh}",
     ]
-    value = " " + _fold_tags(tags) + ";\r\n\tb="
-    return value, relaxed_header("dkim-signature", value.encode("ascii"))[:-2]
+    value = (" " + _fold_tags(tags) + ";\r\n\tb=").encode("ascii")
+    return b"DKIM-Signature:" + value, relaxed_header("dkim-signature", value)[:-2]
 
 
 def sign(
@@ -187,7 +201,7 @@ def sign(
 ) -> Field:
     """The DKIM-Signature field for a message with these header fields and body hash."""
     h, positions = _layout(tuple([f.key for f in fields]), tuple(header_names), tuple(oversign))
-    unsigned_value, signed_self = _unsigned(key.algorithm, domain, selector, timestamp, h, bh)
+    unsigned, signed_self = _unsigned(key.algorithm, domain, selector, timestamp, h, bh)
     # RFC 6376 §5.4 / §3.7: the chosen fields in h= order, each canonicalized (a field every
     # copy shares once per message: ``relaxed_field`` keeps it), then the signature field
     # itself with an empty b=.
@@ -199,6 +213,5 @@ def sign(
     else:
         # RFC 8463 §3: Ed25519 (PureEdDSA) over the SHA-256 hash of the signed data.
         signature = key.key.sign(hashlib.sha256(data).digest())
-    b = _fold_b64(base64.b64encode(signature).decode("ascii"))
-    raw = f"DKIM-Signature:{unsigned_value}{b}".encode("ascii") + CRLF
-    return Field("DKIM-Signature", raw, "dkim-signature")
+    b = _fold_b64(binascii.b2a_base64(signature, newline=False))
+    return Field("DKIM-Signature", unsigned + b + CRLF, "dkim-signature")
