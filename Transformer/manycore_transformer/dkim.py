@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
@@ -98,17 +98,46 @@ def relaxed_header(name: str, raw_value: bytes) -> bytes:
 
 
 def relaxed_field(field: Field) -> bytes:
+    """The field's relaxed form, kept on the field; a field seen lately (its raw bytes) is
+    not canonicalized again: the messages of a sender repeat most of their fields (From,
+    Subject, MIME-Version, Content-Type). A field made for one copy only (Message-ID,
+    List-Unsubscribe) should have its form set by ``relaxed_new`` instead, so it does not
+    crowd the others out."""
     if field.relaxed is None:
-        # ``relaxed_header`` inlined for the common field (one line, single spaces), with
-        # the lower-case name's bytes kept (``_label``): several fields a message.
-        _, _, raw_value = field.raw.partition(b":")
-        if raw_value.endswith(CRLF):
-            raw_value = raw_value[:-2]
-        if b"\r" in raw_value or b"\t" in raw_value or b"  " in raw_value:
-            field.relaxed = relaxed_header(field.key, raw_value)
-        else:
-            field.relaxed = _label(field.key) + raw_value.strip(b" ") + CRLF
+        raw = field.raw
+        relaxed = _SEEN.get(raw)
+        if relaxed is None:
+            relaxed = _relaxed(field.key, raw)
+            if len(raw) <= _SEEN_FIELD_BYTES:
+                if len(_SEEN) >= _SEEN_FIELDS:
+                    _SEEN.clear()
+                _SEEN[raw] = relaxed
+        field.relaxed = relaxed
     return field.relaxed
+
+
+def relaxed_new(field: Field) -> Field:
+    """``field``, its relaxed form set (not remembered in ``_SEEN``)."""
+    field.relaxed = _relaxed(field.key, field.raw)
+    return field
+
+
+#: Raw field → relaxed form, for ``relaxed_field``: at most _SEEN_FIELDS fields of at most
+#: _SEEN_FIELD_BYTES each (about 2 MB), emptied when full.
+_SEEN: dict[bytes, bytes] = {}
+_SEEN_FIELDS = 4096
+_SEEN_FIELD_BYTES = 512
+
+
+def _relaxed(key: str, raw: bytes) -> bytes:
+    # ``relaxed_header`` inlined for the common field (one line, single spaces), with the
+    # lower-case name's bytes kept (``_label``).
+    _, _, raw_value = raw.partition(b":")
+    if raw_value.endswith(CRLF):
+        raw_value = raw_value[:-2]
+    if b"\r" in raw_value or b"\t" in raw_value or b"  " in raw_value:
+        return relaxed_header(key, raw_value)
+    return _label(key) + raw_value.strip(b" ") + CRLF
 
 
 @functools.lru_cache(maxsize=512)
@@ -208,10 +237,10 @@ def sign(
     signed = [fields[i].relaxed or relaxed_field(fields[i]) for i in positions]
     signed.append(signed_self)
     data = b"".join(signed)
-    if isinstance(key.key, rsa.RSAPrivateKey):
-        signature = key.key.sign(data, _PKCS1, _SHA256)
+    if key.algorithm == "rsa-sha256":  # rather than an ABC isinstance check per signature
+        signature = cast(rsa.RSAPrivateKey, key.key).sign(data, _PKCS1, _SHA256)
     else:
         # RFC 8463 §3: Ed25519 (PureEdDSA) over the SHA-256 hash of the signed data.
-        signature = key.key.sign(hashlib.sha256(data).digest())
+        signature = cast(ed25519.Ed25519PrivateKey, key.key).sign(hashlib.sha256(data).digest())
     b = _fold_b64(binascii.b2a_base64(signature, newline=False))
     return Field("DKIM-Signature", unsigned + b + CRLF, "dkim-signature")

@@ -274,7 +274,7 @@ def _copy(
         make_field("X-ReturnPathIb", return_path),
         # Unique per copy, and a tag of the "message" kind: replies copy it into References
         # (RFC 5322 §3.6.4), so it must never be proof of anything about this recipient.
-        make_field("Message-ID", f"<{tags.message}>"),
+        dkim.relaxed_new(make_field("Message-ID", f"<{tags.message}>")),
         *message.common,
     ]
     if settings.inject:
@@ -311,7 +311,7 @@ def _injected(
     fields = []
     for name, template in settings.inject:
         value = render(template, names)
-        fields.append(_header_value(name, value, uuid))
+        fields.append(dkim.relaxed_new(_header_value(name, value, uuid)))
         # RFC 8058: one-click unsubscribe needs an https URI in List-Unsubscribe.
         if name.lower() == "list-unsubscribe" and "<https://" in value.lower():
             fields.append(
@@ -324,11 +324,12 @@ def _injected(
 
 def _keys(signer: DomainSigner) -> tuple[tuple[str, dkim.SigningKey], ...]:
     # The RSA signature goes on top (the one every verifier understands).
-    pairs = (
+    if signer.ed25519 is None:
+        return ((signer.selector, signer.rsa),)
+    return (
         (signer.selector, signer.rsa),
         (signer.ed25519_selector or signer.selector, signer.ed25519),
     )
-    return tuple((selector, key) for selector, key in pairs if key is not None)
 
 
 def _prepare(
@@ -387,7 +388,7 @@ def transform(
 
     started = time.perf_counter()
     body_hash = bodycanon.body_hash(message.body)
-    copies = tuple(_copy(message, body_hash, rcpt, settings, now) for rcpt in recipients.items())
+    copies = tuple([_copy(message, body_hash, rcpt, settings, now) for rcpt in recipients.items()])
     return Transformed(
         uuid=message.uuid,
         stream_id=message.stream_id,

@@ -275,9 +275,9 @@ def make_copy_tags(
     # The three tags differ only by kind and MAC: the rest is encoded once.
     signed = f"{uuid}.".encode("ascii") + fp_stream
     head, last = f"{uuid}.{_b32_head(fp_stream)}", fp_stream[7]
-    b, u, m = (
+    b, u, m = [
         f"{p}{head}{_b32_tail(last, mac(label + signed)[:8])}@{domain}" for p, label in _MAC_LABELS
-    )
+    ]
     return CopyTags(b, u, m)
 
 
