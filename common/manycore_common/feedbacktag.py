@@ -81,6 +81,12 @@ def normalize_address(address: str) -> str:
     case (str.lower() would also fold the Kelvin sign into "k"), and no IDNA 2003 mapping
     that changes a label (ß → ss, dropped joiners): Postfix delivers those elsewhere."""
     address = address.strip().strip("<>").strip()
+    if address.isascii():
+        # All ASCII: str.lower() folds A-Z and nothing else, in C (translate with a dict
+        # looks each character up in Python's mapping: 1.4 against 0.4 µs an address).
+        address = address.lower()
+        local, at, domain = address.rpartition("@")
+        return f"{local}@{domain.removesuffix('.')}" if at else address
     local, at, domain = address.rpartition("@")
     if not at:
         return address.translate(_ASCII_LOWER)
