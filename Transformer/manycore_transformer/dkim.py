@@ -10,12 +10,13 @@ dkimpy and with OpenDKIM, so this code is checked against two independent implem
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
@@ -97,10 +98,52 @@ def relaxed_header(name: str, raw_value: bytes) -> bytes:
 
 
 def relaxed_field(field: Field) -> bytes:
+    """The field's relaxed form, kept on the field; a field seen lately (its raw bytes) is
+    not canonicalized again: the messages of a sender repeat most of their fields (From,
+    Subject, MIME-Version, Content-Type). A field made for one copy only (Message-ID,
+    List-Unsubscribe) should have its form set by ``relaxed_new`` instead, so it does not
+    crowd the others out."""
     if field.relaxed is None:
-        _, _, raw_value = field.raw.partition(b":")
-        field.relaxed = relaxed_header(field.key, raw_value)
+        raw = field.raw
+        relaxed = _SEEN.get(raw)
+        if relaxed is None:
+            relaxed = _relaxed(field.key, raw)
+            if len(raw) <= _SEEN_FIELD_BYTES:
+                if len(_SEEN) >= _SEEN_FIELDS:
+                    _SEEN.clear()
+                _SEEN[raw] = relaxed
+        field.relaxed = relaxed
     return field.relaxed
+
+
+def relaxed_new(field: Field) -> Field:
+    """``field``, its relaxed form set (not remembered in ``_SEEN``)."""
+    field.relaxed = _relaxed(field.key, field.raw)
+    return field
+
+
+#: Raw field → relaxed form, for ``relaxed_field``: at most _SEEN_FIELDS fields of at most
+#: _SEEN_FIELD_BYTES each (about 2 MB), emptied when full.
+_SEEN: dict[bytes, bytes] = {}
+_SEEN_FIELDS = 4096
+_SEEN_FIELD_BYTES = 512
+
+
+def _relaxed(key: str, raw: bytes) -> bytes:
+    # ``relaxed_header`` inlined for the common field (one line, single spaces), with the
+    # lower-case name's bytes kept (``_label``).
+    _, _, raw_value = raw.partition(b":")
+    if raw_value.endswith(CRLF):
+        raw_value = raw_value[:-2]
+    if b"\r" in raw_value or b"\t" in raw_value or b"  " in raw_value:
+        return relaxed_header(key, raw_value)
+    return _label(key) + raw_value.strip(b" ") + CRLF
+
+
+@functools.lru_cache(maxsize=512)
+def _label(key: str) -> bytes:
+    """``name:`` as relaxed canonicalization writes it (``key`` is the lower-case name)."""
+    return key.encode("ascii") + b":"
 
 
 # ----------------------------------------------------------------- signing
@@ -148,18 +191,18 @@ def _fold_tags(tags: list[str], width: int = 76) -> str:
     return "\r\n\t".join(lines)
 
 
-def _fold_b64(value: str) -> str:
-    return "\r\n\t".join(value[i : i + _B64_LINE] for i in range(0, len(value), _B64_LINE))
+def _fold_b64(value: bytes) -> bytes:
+    return b"\r\n\t".join([value[i : i + _B64_LINE] for i in range(0, len(value), _B64_LINE)])
 
 
 @functools.lru_cache(maxsize=64)
 def _unsigned(
     algorithm: Algorithm, domain: str, selector: str, timestamp: int, h: str, bh: str
-) -> tuple[str, bytes]:
-    """The DKIM-Signature field's value up to its empty b=, and the form of it that is
-    signed: relaxed and without its final CRLF (RFC 6376 §3.7, step 2). The same for every
-    copy of a message (one body hash, one layout, one timestamp), so made once per message
-    and key."""
+) -> tuple[bytes, bytes]:
+    """The DKIM-Signature field up to its empty b=, and the form of it that is signed:
+    relaxed and without its final CRLF (RFC 6376 §3.7, step 2). The same for every copy of
+    a message (one body hash, one layout, one timestamp), so made once per message and
+    key."""
     tags = [
         "v=1",
         f"a={algorithm}",
@@ -170,8 +213,8 @@ def _unsigned(
         f"h={h}",
         f"bh={bh}",
     ]
-    value = " " + _fold_tags(tags) + ";\r\n\tb="
-    return value, relaxed_header("dkim-signature", value.encode("ascii"))[:-2]
+    value = (" " + _fold_tags(tags) + ";\r\n\tb=").encode("ascii")
+    return b"DKIM-Signature:" + value, relaxed_header("dkim-signature", value)[:-2]
 
 
 def sign(
@@ -187,18 +230,17 @@ def sign(
 ) -> Field:
     """The DKIM-Signature field for a message with these header fields and body hash."""
     h, positions = _layout(tuple([f.key for f in fields]), tuple(header_names), tuple(oversign))
-    unsigned_value, signed_self = _unsigned(key.algorithm, domain, selector, timestamp, h, bh)
+    unsigned, signed_self = _unsigned(key.algorithm, domain, selector, timestamp, h, bh)
     # RFC 6376 §5.4 / §3.7: the chosen fields in h= order, each canonicalized (a field every
     # copy shares once per message: ``relaxed_field`` keeps it), then the signature field
     # itself with an empty b=.
     signed = [fields[i].relaxed or relaxed_field(fields[i]) for i in positions]
     signed.append(signed_self)
     data = b"".join(signed)
-    if isinstance(key.key, rsa.RSAPrivateKey):
-        signature = key.key.sign(data, _PKCS1, _SHA256)
+    if key.algorithm == "rsa-sha256":  # rather than an ABC isinstance check per signature
+        signature = cast(rsa.RSAPrivateKey, key.key).sign(data, _PKCS1, _SHA256)
     else:
         # RFC 8463 §3: Ed25519 (PureEdDSA) over the SHA-256 hash of the signed data.
-        signature = key.key.sign(hashlib.sha256(data).digest())
-    b = _fold_b64(base64.b64encode(signature).decode("ascii"))
-    raw = f"DKIM-Signature:{unsigned_value}{b}".encode("ascii") + CRLF
-    return Field("DKIM-Signature", raw, "dkim-signature")
+        signature = cast(ed25519.Ed25519PrivateKey, key.key).sign(hashlib.sha256(data).digest())
+    b = _fold_b64(binascii.b2a_base64(signature, newline=False))
+    return Field("DKIM-Signature", unsigned + b + CRLF, "dkim-signature")

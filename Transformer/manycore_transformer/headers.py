@@ -55,6 +55,8 @@ class Field:
 #: its colon, the rest of its line and its continuation lines (§2.2.3: a line that starts
 #: with SP or HTAB). Lines end at LF, as ``rawheaders`` reads them.
 _FIELD = re.compile(rb"(([!-9;-~]+):[^\n]*\n(?:[ \t][^\n]*\n)*)")
+#: A header section that is nothing but such fields.
+_FIELDS = re.compile(rb"(?:[!-9;-~]+:[^\n]*\n(?:[ \t][^\n]*\n)*)*")
 
 
 def split_message(data: bytes) -> tuple[list[Field], bytes]:
@@ -67,9 +69,8 @@ def split_message(data: bytes) -> tuple[list[Field], bytes]:
     # Nearly every header section is a run of well-formed fields: one regular expression
     # pass in C finds them. When they do not tile the whole section, the line-by-line
     # reading below decides (and names what is malformed).
-    found = _FIELD.findall(header)
-    if sum(len(raw) for raw, _ in found) == len(header):
-        return [Field(name.decode("ascii"), raw) for raw, name in found], body
+    if _FIELDS.fullmatch(header):
+        return [Field(name.decode("ascii"), raw) for raw, name in _FIELD.findall(header)], body
     return _fields(header), body
 
 
@@ -85,14 +86,16 @@ def _fields(header: bytes) -> list[Field]:
 
 
 def join_message(fields: list[Field], body: bytes) -> bytes:
-    return b"".join([*(f.raw for f in fields), CRLF, body])
+    raws = [f.raw for f in fields]
+    raws += (CRLF, body)
+    return b"".join(raws)
 
 
 def make_field(name: str, value: str) -> Field:
     """A new field. Callers pass values they built; CR and LF would start a new header."""
     if "\r" in value or "\n" in value:
         raise ValueError(f"{name} value contains a line break")
-    return Field(name, f"{name}: {value}".encode() + CRLF)
+    return Field(name, f"{name}: {value}\r\n".encode())
 
 
 def values(fields: list[Field], name: str) -> list[str]:

@@ -188,9 +188,10 @@ def _signer(
     return from_domain, signer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Message:
-    """What every copy of one message shares."""
+    """What every copy of one message shares. Not frozen: made once per message, inside this
+    module only, and a frozen dataclass is dearer to build."""
 
     uuid: str
     stream_id: str | None
@@ -202,26 +203,56 @@ class _Message:
     #: The customer's headers that stay: after ours.
     kept: list[Field]
     body: bytes
+    #: ``feedbacktag.stream_hash(stream_id)``, once for every copy.
+    stream_hash: bytes
+    #: (selector, key) of each signature, RSA first.
+    keys: tuple[tuple[str, dkim.SigningKey], ...]
 
 
 def _common_fields(
     settings: Settings, uuid: str, stream_id: str | None, from_domain: str, now: float
 ) -> list[Field]:
-    feedback_id = render(
+    x_mailer, feedback_id = _stream_fields(
+        settings.x_mailer,
         settings.feedback_format,
+        stream_id or settings.campaign_id,
+        settings.mail_type,
+        settings.sender_id,
+        stream_id or "",
+        from_domain,
+    )
+    if x_mailer is None:
+        raise TransformError("bad-header-value", "generated X-Mailer is not a valid header", uuid)
+    if feedback_id is None:
+        raise TransformError(
+            "bad-header-value", "generated Feedback-ID is not a valid header", uuid
+        )
+    return [_date_field(int(now)), x_mailer, feedback_id]
+
+
+@functools.lru_cache(maxsize=256)
+def _stream_fields(
+    x_mailer: str,
+    feedback_format: str,
+    campaign: str,
+    mail_type: str,
+    sender_id: str,
+    stream_id: str,
+    from_domain: str,
+) -> tuple[Field | None, Field | None]:
+    """X-Mailer and Feedback-ID (None: not a header value), the same for every message of a
+    stream and From domain: rendered once, not per message."""
+    feedback_id = render(
+        feedback_format,
         {
-            "campaign": stream_id or settings.campaign_id,
-            "mail-type": settings.mail_type,
-            "sender-id": settings.sender_id,
-            "stream-id": stream_id or "",
+            "campaign": campaign,
+            "mail-type": mail_type,
+            "sender-id": sender_id,
+            "stream-id": stream_id,
             "from-domain": from_domain,
         },
     )
-    return [
-        _date_field(int(now)),
-        _header_value("X-Mailer", settings.x_mailer, uuid, shared=True),
-        _header_value("Feedback-ID", feedback_id, uuid, shared=True),
-    ]
+    return _shared_field("X-Mailer", x_mailer), _shared_field("Feedback-ID", feedback_id)
 
 
 def _copy(
@@ -229,41 +260,27 @@ def _copy(
 ) -> Copy:
     """One recipient's copy (its normalised form, its spelling): its own return path,
     Message-ID and unsubscribe address, its own signatures over the shared body hash."""
-    uuid, stream_id = message.uuid, message.stream_id
+    uuid = message.uuid
     normalized, rcpt_ = rcpt
     tags = feedbacktag.make_copy_tags(
         settings.feedback_key,
         uuid,
         normalized,
         message.signer.return_path_domain,
-        feedbacktag.stream_hash(stream_id),
+        message.stream_hash,
     )
     return_path = tags.bounce
-    names = dict(message.names)
-    names["unsubscribe-address"] = tags.unsub
-    if secret := settings.unsubscribe_secret:  # per recipient, like the mailto
-        names["unsubscribe-token"] = make_token(
-            secret, uuid, stream_id, int(now), rcpt=rcpt_, domain=message.from_domain
-        )
     fields = [
         make_field("X-ReturnPathIb", return_path),
         # Unique per copy, and a tag of the "message" kind: replies copy it into References
         # (RFC 5322 §3.6.4), so it must never be proof of anything about this recipient.
-        make_field("Message-ID", f"<{tags.message}>"),
+        dkim.relaxed_new(make_field("Message-ID", f"<{tags.message}>")),
         *message.common,
     ]
-    for name, template in settings.inject:
-        value = render(template, names)
-        fields.append(_header_value(name, value, uuid))
-        # RFC 8058: one-click unsubscribe needs an https URI in List-Unsubscribe.
-        if name.lower() == "list-unsubscribe" and "<https://" in value.lower():
-            fields.append(
-                _header_value(
-                    "List-Unsubscribe-Post", "List-Unsubscribe=One-Click", uuid, shared=True
-                )
-            )
+    if settings.inject:
+        fields += _injected(message, tags.unsub, rcpt_, settings, now)
     fields += message.kept
-    signer = message.signer
+    timestamp = int(now)
     signatures = [
         dkim.sign(
             fields,
@@ -271,17 +288,48 @@ def _copy(
             key=signing_key,
             domain=message.from_domain,
             selector=selector,
-            timestamp=int(now),
+            timestamp=timestamp,
             header_names=SIGNED_HEADERS,
         )
-        # The RSA signature goes on top (the one every verifier understands).
-        for selector, signing_key in (
-            (signer.selector, signer.rsa),
-            (signer.ed25519_selector or signer.selector, signer.ed25519),
-        )
-        if signing_key is not None
+        for selector, signing_key in message.keys
     ]
     return Copy(rcpt_, return_path, join_message(signatures + fields, b""), message.body)
+
+
+def _injected(
+    message: _Message, unsub: str, rcpt: str, settings: Settings, now: float
+) -> list[Field]:
+    """The injected headers of one recipient's copy (List-Unsubscribe with its own
+    unsubscribe address)."""
+    uuid, stream_id = message.uuid, message.stream_id
+    names = dict(message.names)
+    names["unsubscribe-address"] = unsub
+    if secret := settings.unsubscribe_secret:  # per recipient, like the mailto
+        names["unsubscribe-token"] = make_token(
+            secret, uuid, stream_id, int(now), rcpt=rcpt, domain=message.from_domain
+        )
+    fields = []
+    for name, template in settings.inject:
+        value = render(template, names)
+        fields.append(dkim.relaxed_new(_header_value(name, value, uuid)))
+        # RFC 8058: one-click unsubscribe needs an https URI in List-Unsubscribe.
+        if name.lower() == "list-unsubscribe" and "<https://" in value.lower():
+            fields.append(
+                _header_value(
+                    "List-Unsubscribe-Post", "List-Unsubscribe=One-Click", uuid, shared=True
+                )
+            )
+    return fields
+
+
+def _keys(signer: DomainSigner) -> tuple[tuple[str, dkim.SigningKey], ...]:
+    # The RSA signature goes on top (the one every verifier understands).
+    if signer.ed25519 is None:
+        return ((signer.selector, signer.rsa),)
+    return (
+        (signer.selector, signer.rsa),
+        (signer.ed25519_selector or signer.selector, signer.ed25519),
+    )
 
 
 def _prepare(
@@ -312,6 +360,8 @@ def _prepare(
         common=_common_fields(settings, uuid, stream_id, from_domain, now),
         kept=without(fields, _removed(settings.removed, settings.inject)),
         body=body,
+        stream_hash=feedbacktag.stream_hash(stream_id),
+        keys=_keys(signer),
     )
     return message, index
 
@@ -338,7 +388,7 @@ def transform(
 
     started = time.perf_counter()
     body_hash = bodycanon.body_hash(message.body)
-    copies = tuple(_copy(message, body_hash, rcpt, settings, now) for rcpt in recipients.items())
+    copies = tuple([_copy(message, body_hash, rcpt, settings, now) for rcpt in recipients.items()])
     return Transformed(
         uuid=message.uuid,
         stream_id=message.stream_id,

@@ -40,10 +40,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -80,6 +81,12 @@ def normalize_address(address: str) -> str:
     case (str.lower() would also fold the Kelvin sign into "k"), and no IDNA 2003 mapping
     that changes a label (ß → ss, dropped joiners): Postfix delivers those elsewhere."""
     address = address.strip().strip("<>").strip()
+    if address.isascii():
+        # All ASCII: str.lower() folds A-Z and nothing else, in C (translate with a dict
+        # looks each character up in Python's mapping: 1.4 against 0.4 µs an address).
+        address = address.lower()
+        local, at, domain = address.rpartition("@")
+        return f"{local}@{domain.removesuffix('.')}" if at else address
     local, at, domain = address.rpartition("@")
     if not at:
         return address.translate(_ASCII_LOWER)
@@ -110,8 +117,34 @@ def fingerprint(key: bytes, address: str) -> bytes:
 
 
 def _fingerprint_of(key: bytes, normalized: str) -> bytes:
-    # hmac.digest: OpenSSL's one-shot HMAC, without building an HMAC object in Python.
-    return hmac.digest(key, _RCPT_LABEL + normalized.encode(), "sha256")[:4]
+    return _hmac_sha256(key)(_RCPT_LABEL + normalized.encode())[:4]
+
+
+#: RFC 2104 §2: the key block XOR ipad (0x36) and XOR opad (0x5c), as translation tables.
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+_SHA256_BLOCK = 64
+
+
+@functools.lru_cache(maxsize=8)
+def _hmac_sha256(key: bytes) -> Callable[[bytes], bytes]:
+    """HMAC-SHA256 with ``key`` (RFC 2104), its two keyed SHA-256 states computed once per
+    key and copied per MAC: every copy of a message needs four MACs, and OpenSSL's one-shot
+    ``hmac.digest`` hashes both key blocks again each time (2.1 against 0.8 µs a MAC)."""
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    block = key.ljust(_SHA256_BLOCK, b"\0")
+    inner_copy = hashlib.sha256(block.translate(_IPAD)).copy
+    outer_copy = hashlib.sha256(block.translate(_OPAD)).copy
+
+    def mac(message: bytes) -> bytes:
+        inner = inner_copy()
+        inner.update(message)
+        outer = outer_copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    return mac
 
 
 def stream_hash(stream_id: str | None) -> bytes:
@@ -127,7 +160,7 @@ def stream_field(stream_id: str) -> str:
 
 def _mac(key: bytes, prefix: str, uuid: str, fp: bytes, stream: bytes) -> bytes:
     message = _MAC_LABEL + f"{prefix}{uuid}.".encode("ascii") + fp + stream
-    return hmac.digest(key, message, "sha256")[:8]
+    return _hmac_sha256(key)(message)[:8]
 
 
 #: Every 10-bit group as its two base32 characters (RFC 4648 §6 alphabet, lower case).
@@ -139,8 +172,38 @@ def _b32(data: bytes) -> str:
     """RFC 4648 §6 base32 of the 16-octet blob, lower case, no padding: 128 bits and two zero
     bits make 13 groups of 10. Python 3.11's base64.b32encode is a Python loop; this is the
     same encoding in 13 look-ups (a property test checks it against b32encode)."""
-    n = int.from_bytes(data, "big") << 2
-    return "".join([_B32_PAIRS[(n >> shift) & 1023] for shift in range(120, -1, -10)])
+    return _b32_head(data[:8]) + _b32_tail(data[7], data[8:])
+
+
+def _b32_head(fp_stream: bytes) -> str:
+    """The first 12 characters of ``_b32(fp_stream + mac)``: the top 60 of its 64 bits, the
+    same in the three tags of a copy, so encoded once for them."""
+    n = int.from_bytes(fp_stream, "big") >> 4
+    p = _B32_PAIRS
+    return (
+        p[n >> 50]
+        + p[n >> 40 & 1023]
+        + p[n >> 30 & 1023]
+        + p[n >> 20 & 1023]
+        + p[n >> 10 & 1023]
+        + p[n & 1023]
+    )
+
+
+def _b32_tail(last: int, mac: bytes) -> str:
+    """The last 14 characters: the low 4 bits of ``last`` (the blob's eighth octet), the
+    8-octet MAC and two zero bits, 70 bits in 7 groups."""
+    n = ((last & 15) << 64 | int.from_bytes(mac, "big")) << 2
+    p = _B32_PAIRS
+    return (
+        p[n >> 60]
+        + p[n >> 50 & 1023]
+        + p[n >> 40 & 1023]
+        + p[n >> 30 & 1023]
+        + p[n >> 20 & 1023]
+        + p[n >> 10 & 1023]
+        + p[n & 1023]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,12 +276,19 @@ def make_copy_tags(
     ValueError for a bad ``uuid``, as make_local_part."""
     if not UUID_RE.fullmatch(uuid):
         raise ValueError(f"uuid must be 1 to {MAX_UUID_LENGTH} of a-z, 0-9 and inner '-'")
-    fp = _fingerprint_of(key, normalized_rcpt)
-    b, u, m = (
-        f"{p}{uuid}.{_b32(fp + stream_hash_ + _mac(key, p, uuid, fp, stream_hash_))}@{domain}"
-        for p in ("b", "u", "m")
-    )
+    mac = _hmac_sha256(key)
+    fp_stream = mac(_RCPT_LABEL + normalized_rcpt.encode())[:4] + stream_hash_
+    # The three tags differ only by kind and MAC: the rest is encoded once.
+    signed = f"{uuid}.".encode("ascii") + fp_stream
+    head, last = f"{uuid}.{_b32_head(fp_stream)}", fp_stream[7]
+    b, u, m = [
+        f"{p}{head}{_b32_tail(last, mac(label + signed)[:8])}@{domain}" for p, label in _MAC_LABELS
+    ]
     return CopyTags(b, u, m)
+
+
+#: Each kind's prefix, and the start of its MAC's message (``_mac``).
+_MAC_LABELS = tuple((p, _MAC_LABEL + p.encode("ascii")) for p in ("b", "u", "m"))
 
 
 def read_local_part(

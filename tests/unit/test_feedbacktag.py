@@ -119,8 +119,16 @@ def _reference_address(
     return f"{prefix}{uuid}.{blob}@{domain}"
 
 
+@given(key=st.binary(max_size=200), message=st.binary(max_size=200))
+def test_the_keyed_hmac_is_hmac_sha256(key: bytes, message: bytes) -> None:
+    import hmac
+
+    # Keys longer than SHA-256's 64-octet block are hashed first (RFC 2104 §2).
+    assert ft._hmac_sha256(key)(message) == hmac.digest(key, message, "sha256")
+
+
 @given(
-    key=st.binary(min_size=1, max_size=64),
+    key=st.binary(min_size=1, max_size=100),
     uuid=st.from_regex(ft.UUID_RE, fullmatch=True),
     rcpt=st.text(min_size=1, max_size=40),
     stream_id=st.none() | st.text(min_size=1, max_size=30),
@@ -145,3 +153,29 @@ def test_copy_tags_match_the_reference_format(
         expected = _reference_address(key, prefix, uuid, rcpt, domain, stream_id)
         assert minted == expected
         assert ft.make_address(key, kind, uuid, rcpt, domain, stream_id) == expected
+
+
+def _translated_address(address: str) -> str:
+    """normalize_address as it read every address before its all-ASCII path."""
+    lower = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+    address = address.strip().strip("<>").strip()
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address.translate(lower)
+    domain = domain.translate(lower)
+    if domain.endswith("."):
+        domain = domain[:-1]
+    if not domain.isascii():
+        domain = ".".join(ft._ascii_label(label) for label in domain.split("."))
+    return f"{local.translate(lower)}@{domain}"
+
+
+@given(
+    st.lists(
+        st.sampled_from(["A", "z", "@", ".", " ", "<", ">", "K", "\u212a", "ü", "..", "\t"]),
+        max_size=12,
+    ).map("".join)
+    | st.text(max_size=20)
+)
+def test_the_ascii_path_normalizes_as_the_translation_did(address: str) -> None:
+    assert ft.normalize_address(address) == _translated_address(address)

@@ -103,3 +103,19 @@ def test_copies_with_one_layout_each_sign_their_own_fields() -> None:
     # One copy's signature on the other copy's fields does not verify.
     swapped = signed[1][1].replace(signed[1][0], signed[0][0])
     assert dkimpy_results(swapped, RECORDS) == [False]
+
+
+@given(
+    name=st.sampled_from(["Subject", "FROM", "x-a", "Content-Type"]),
+    value=st.lists(
+        st.sampled_from([b"a", b" ", b"  ", b"\t", b"\r\n ", b"\r\n\t", b"x y", b":"]),
+        max_size=12,
+    ).map(b"".join),
+)
+def test_relaxed_field_and_its_memory_agree_with_relaxed_header(name: str, value: bytes) -> None:
+    raw = name.encode() + b":" + value + b"\r\n"
+    expected = dkim.relaxed_header(name, value + b"\r\n")
+    # Twice: the second field of the same bytes is answered from dkim._SEEN.
+    assert dkim.relaxed_field(Field(name, raw)) == expected
+    assert dkim.relaxed_field(Field(name, raw)) == expected
+    assert dkim.relaxed_new(Field(name, raw)).relaxed == expected
