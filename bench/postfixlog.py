@@ -13,7 +13,7 @@ archive`` of the old commit unpacked in DIR); ``--ab DIR`` alternates the worktr
 DIR's, round after round, on one Redis and sink. ``--profile FILE`` runs the service under
 cProfile (stopped with SIGTERM, so the profile is written).
 
-    python -m bench.postfixlog --quick                  # 200 messages, one round
+    python -m bench.postfixlog --quick                  # 100 messages, one round
     python -m bench.postfixlog --ab /tmp/old --rounds 3 --messages 1000
 """
 
@@ -204,7 +204,7 @@ def one_run(args: argparse.Namespace, code: Path | None, tag: str) -> tuple[floa
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="200 messages, one round")
+    parser.add_argument("--quick", action="store_true", help="100 messages, one round")
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--size", type=int, default=5, help="KB")
     parser.add_argument("--rounds", type=int, default=1)
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=Path, help="cProfile output of the service")
     args = parser.parse_args(argv)
     if args.quick:
-        args.messages, args.rounds = 200, 1
+        args.messages, args.rounds = 100, 1
     sides: list[tuple[str, Path | None]] = [("new", args.code)]
     if args.ab is not None:
         sides.append(("old", args.ab))

@@ -194,6 +194,43 @@ class Injector:
             raise outcome
         return outcome
 
+    async def chunking(self) -> bool:
+        """Whether ``send_many`` can be used: a connection whose Postfix offers CHUNKING and
+        PIPELINING (TemporaryFailure or PermanentFailure as ``send`` raises them)."""
+        conn = await self._connection()
+        return conn.supports("CHUNKING") and conn.supports("PIPELINING")
+
+    async def send_many(
+        self, messages: list[tuple[str, str, bytes]], guard: Callable[[], bool]
+    ) -> list[Injected | Exception | None]:
+        """Several one-recipient messages (sender, recipient, data) in one write, each its
+        own transaction (RSET, MAIL FROM, RCPT TO, BDAT LAST; RFC 2920 allows RSET in a
+        group), the replies read in order: a backlog costs one round trip per batch, not
+        per message. Per message: Injected, the exception ``send`` would raise, or None:
+        not sent (an address ``send`` refuses), or its replies did not all arrive (the
+        connection broke or was stale); the caller goes on with ``send`` for those, as after
+        a TemporaryFailure. ``guard``: as for ``send``."""
+        groups = [_chunk_commands(sender, rcpt, data) for sender, rcpt, data in messages]
+        conn = await self._connection()
+        if not guard():
+            raise NotSent("the guard refused before the batch")
+        lines: list[bytes] = []
+        for (_, _, data), commands in zip(messages, groups, strict=True):
+            if commands:
+                lines += [b"RSET\r\n", *(c.encode() + b"\r\n" for c in commands), last_chunk(data)]
+        replies: list[Reply] = []
+        conn.write(b"".join(lines))
+        conn.quickack()
+        try:
+            await conn.replies(len(lines), replies)
+        except (OSError, SmtpClosed, TimeoutError):
+            self._abort()
+        outcomes = batch_outcomes(messages, groups, replies)
+        failed = any(not isinstance(o, Injected) or o.queue_id is None for o in outcomes)
+        if failed and self._conn is not None:
+            await self._reset(conn)  # no transaction left open for the next ``send``
+        return outcomes
+
     async def _reset(self, conn: Connection) -> None:
         try:
             reply = await conn.command("RSET")
@@ -284,6 +321,33 @@ def sort_chunked(mail: Reply, rcpt: str, rcpt_reply: Reply, bdat: Reply) -> Inje
     if not rcpt_reply.ok:
         return TemporaryFailure(f"RCPT TO: {rcpt_reply.code} {rcpt_reply.text}")
     return _failure("BDAT", bdat.code, bdat.text)
+
+
+def _chunk_commands(sender: str, rcpt: str, data: bytes) -> list[str]:
+    """MAIL FROM and RCPT TO of one message; [] for an address that cannot be sent."""
+    try:
+        return transaction_commands(sender, [rcpt], mail_options(sender, [rcpt], data))[:-1]
+    except ValueError:
+        return []
+
+
+def batch_outcomes(
+    messages: list[tuple[str, str, bytes]], groups: list[list[str]], replies: list[Reply]
+) -> list[Injected | Exception | None]:
+    """``send_many``'s answer from the replies that arrived (four per sent message: RSET,
+    MAIL FROM, RCPT TO, BDAT); None for a message not sent or not fully answered."""
+    outcomes: list[Injected | Exception | None] = []
+    at = 0
+    for (_, rcpt, _), commands in zip(messages, groups, strict=True):
+        if not commands:
+            outcomes.append(None)
+            continue
+        mine, at = replies[at : at + 4], at + 4
+        if len(mine) < 4 or mine[1].code in (421, -1):
+            outcomes.append(None)
+            continue
+        outcomes.append(sort_chunked(mine[1], rcpt, mine[2], mine[3]))
+    return outcomes
 
 
 class _Stale(Exception):

@@ -16,6 +16,7 @@ import pytest
 
 from bench.postfix import PostfixAlone
 from manycore_postfixlog.injector import (
+    Injected,
     Injector,
     NotSent,
     PermanentFailure,
@@ -275,5 +276,50 @@ def test_mail_rcpt_bdat_and_the_chunk_go_out_before_any_reply() -> None:
                 b"Subject: x\r\n\r\n.hi\r\n",  # CRLF line ends, no period-stuffing
             ]
             inj._abort()
+
+    asyncio.run(main())
+
+
+def test_a_batch_in_one_write_settles_each_message_on_its_own(postfix: PostfixAlone) -> None:
+    """Accepted, refused for good, refused for now, accepted: each its own transaction in
+    the one write; only the accepted ones are queued, and the session goes on."""
+
+    async def main() -> None:
+        inj = injector(postfix)
+        assert await inj.chunking()
+        before = held(postfix)
+        rcpts = ["ok1@x.test", "bad@x.test", "later@x.test", "ok2@x.test"]
+        outcomes = await inj.send_many(
+            [("ret@example.com", r, MESSAGE) for r in rcpts], guard=lambda: True
+        )
+        first, refused, later, last = outcomes
+        assert isinstance(first, Injected) and first.accepted == ("ok1@x.test",)
+        assert isinstance(last, Injected) and last.queue_id not in (None, first.queue_id)
+        assert isinstance(refused, Injected) and refused.queue_id is None
+        assert [r.code for r in refused.refused] == [550]
+        assert isinstance(later, TemporaryFailure)
+        assert held(postfix) == before + 2
+        conn = inj._conn
+        again = await inj.send("ret@example.com", ["ok@x.test"], MESSAGE)
+        assert again.queue_id is not None and inj._conn is conn
+        await inj.close()
+
+    asyncio.run(main())
+
+
+def test_a_batch_on_a_connection_postfix_closed_is_left_to_send(postfix: PostfixAlone) -> None:
+    async def main() -> None:
+        inj = injector(postfix)
+        assert await inj.chunking()
+        await asyncio.sleep(3.5)  # smtpd_timeout = 2s: Postfix says 421 and closes
+        before = held(postfix)
+        messages = [("ret@example.com", "ok@x.test", MESSAGE)] * 2
+        assert await inj.send_many(messages, guard=lambda: True) == [None, None]
+        assert held(postfix) == before
+        assert (await inj.send("ret@example.com", ["ok@x.test"], MESSAGE)).queue_id
+        with pytest.raises(NotSent):
+            await inj.send_many(messages, guard=lambda: False)
+        assert held(postfix) == before + 1
+        await inj.close()
 
     asyncio.run(main())
