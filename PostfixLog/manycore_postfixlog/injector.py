@@ -8,7 +8,8 @@ wake-up instead of two (issue 20: CPU per message). RFC 3030 §2: a server offer
 PIPELINING reads and discards a chunk whose BDAT fails, so a refused recipient leaves the
 session in step, and nothing is stored unless BDAT LAST is answered 250. With several
 recipients the DATA path stays: a 4xx to one of them must leave nothing queued (below),
-which a chunk sent ahead cannot promise.
+which a chunk sent ahead cannot promise. ``send_many`` writes several such messages at once,
+each its own transaction (``feedbatch``: a backlog's batch).
 
 Each recipient is given with ``NOTIFY=NEVER`` (RFC 3461 §4.1): Postfix then never mails a
 bounce of its own; the customer learns of failures from our events. The DATA reply
