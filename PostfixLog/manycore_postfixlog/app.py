@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -29,8 +30,9 @@ from manycore_common.item import Item
 from manycore_common.queue import ReliableQueue, default_consumer_id
 from manycore_common.suppressionmetrics import count_suppressions
 from manycore_common.suppressionpolicy import ops_for_event
+from manycore_common.suppressionstore import Op
 
-from . import intake, metrics, outcomes, requeue, tracing
+from . import feedbatch, intake, metrics, outcomes, requeue, scriptbatch
 from .follower import LogFollower
 from .injector import Injected, Injector, NotSent, PermanentFailure, TemporaryFailure
 from .instance import PostfixError, PostfixInstance
@@ -118,10 +120,11 @@ class PostfixLog:
             await injector.close()
 
     async def handle_batch(self, items: list[Item], injector: Injector) -> None:
-        """Claims of the whole batch in one round trip, then each item injected and recorded
-        in turn. Items not reached when the feeders stop stay in our processing list (the
-        stop releases them to the queue) with their claims dropped; after a Redis error they
-        are strays (``keep_alive`` returns them)."""
+        """Claims of the whole batch in one round trip, then its one-recipient messages
+        injected in one write and recorded in one more (``feedbatch``), then what that left
+        injected and recorded item by item. Items not reached when the feeders stop stay in
+        our processing list (the stop releases them to the queue) with their claims dropped;
+        after a Redis error they are strays (``keep_alive`` returns them)."""
         ready: list[tuple[Item, intake.Envelope]] = []
         for n, item in enumerate(items):
             envelope = intake.envelope_of(item)
@@ -136,11 +139,14 @@ class PostfixLog:
                 raise
         claims = await self.intake.claim_many([item for item, _ in ready])
         todo = [(i, e, c) for (i, e), c in zip(ready, claims, strict=True) if c is not None]
+        todo, refused = await self.inject_together(todo, injector)
         while todo:
             item, envelope, claim = todo[0]
             try:
                 if self.feed_stop.is_set():
                     await self.unclaim(item, str(claim.holder))
+                elif id(item) in refused:
+                    await self.refuse(item, refused[id(item)], str(claim.holder))
                 else:
                     await self.handle(item, envelope, claim, injector)
             except (RedisError, OSError):
@@ -150,6 +156,27 @@ class PostfixLog:
                 raise
             todo.pop(0)
 
+    async def inject_together(
+        self, todo: list[feedbatch.Todo], injector: Injector
+    ) -> tuple[list[feedbatch.Todo], dict[int, PermanentFailure]]:
+        """The batch in one write and its records in one round trip (``feedbatch``); what
+        is left for ``handle``, and the items Postfix refused for good (by ``id``)."""
+        if self.feed_stop.is_set():
+            return todo, {}
+        together = await feedbatch.inject_together(injector, todo)
+        pairs = list(zip(todo, together, strict=True))
+        done = [(i, e, c, r) for (i, e, c), r in pairs if isinstance(r, Injected)]
+        await self.record_many(
+            [(i, feedbatch.message_of(i, e), r, str(c.holder)) for i, e, c, r in done]
+        )
+        refused = {id(t[0]): r for t, r in pairs if isinstance(r, PermanentFailure)}
+        return [t for t, r in pairs if not isinstance(r, Injected)], refused
+
+    async def refuse(self, item: Item, exc: PermanentFailure, claimer: str) -> None:
+        metrics.INJECT_FAILURES.labels("permanent").inc()
+        await self.reject(item, f"postfix refused the message: {exc}")
+        await self.unclaim(item, claimer)
+
     async def unclaim(self, item: Item, claimer: str) -> None:
         with contextlib.suppress(RedisError, OSError):  # else it runs out
             await self.state.unclaim(item_key(item), claimer)
@@ -157,15 +184,7 @@ class PostfixLog:
     async def handle(
         self, item: Item, envelope: intake.Envelope, claim: Claim, injector: Injector
     ) -> None:
-        sender, rcpts, data = envelope
-        msg = Message(
-            uuid=item.uuid,
-            stream_id=item.stream_id,
-            from_domain=item.header.get("from_domain"),
-            return_path=sender,
-            rcpts=tuple(rcpts),
-            item_id=item_key(item),
-        )
+        msg, data = feedbatch.message_of(item, envelope), envelope[2]
         claimer = str(claim.holder)
         injected = await self.inject(item, injector, msg, data, claim)
         if injected is None:
@@ -214,9 +233,47 @@ class PostfixLog:
             await self.consumer.hand_over(item, self.incoming, item.raw)
 
     async def record(self, item: Item, msg: Message, injected: Injected, claimer: str) -> None:
-        """Queue id → message, the refused recipients' events and the ack, in one step.
-        Retried until Redis takes it: the message is in Postfix, so sending it again is not
-        an option."""
+        await self.record_many([(item, msg, injected, claimer)])
+
+    async def record_many(self, done: list[tuple[Item, Message, Injected, str]]) -> None:
+        """Per injection, queue id → message, the refused recipients' events and the ack,
+        each in one script, all in one round trip. Retried until Redis takes them: the
+        messages are in Postfix, so sending them again is not an option (a script that ran
+        already answers 0 the second time)."""
+        if not done:
+            return
+        plans = [self.record_plan(*entry) for entry in done]
+        backoff = BACKOFF_SECONDS
+        while True:
+            try:
+                results = await scriptbatch.run(self.redis, [p[0] for p in plans])
+                break
+            except (RedisError, OSError) as exc:
+                log.warning("cannot record an injection, retrying", extra={"error": str(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        for (_, refusals, suppress, accepted), (item, _, injected, _), result in zip(
+            plans, done, results, strict=True
+        ):
+            if int(result) == 1:
+                if injected.queue_id is not None:
+                    self.processor.remember(injected.queue_id, accepted)
+                for event in refusals:
+                    metrics.count_event(event)
+                count_suppressions(suppress, SOURCE)
+            if injected.queue_id is not None:
+                metrics.TO_POSTFIX.inc()
+            log.debug(
+                "queued by postfix",
+                extra={"uuid": item.uuid, "queue_id": injected.queue_id, "refused": len(refusals)},
+            )
+            self.consumer.settled(item)  # the record acked it, in the same step
+
+    def record_plan(
+        self, item: Item, msg: Message, injected: Injected, claimer: str
+    ) -> tuple[scriptbatch.Call, list[dict[str, Any]], list[Op], Message]:
+        """The record's script call, the refusal events, their suppression ops and the
+        message as recorded (its accepted recipients)."""
         now = time.time()
         refusals = [
             outcomes.refusal_event(msg, r.rcpt, r.code, r.reply, now) for r in injected.refused
@@ -227,51 +284,17 @@ class PostfixLog:
             op for e in refusals for op in ops_for_event(e, domains, self.settings.suppression)
         ]
         accepted = replace(msg, rcpts=injected.accepted)
-        traced = self.injection_trace(item, injected)
-        backoff = BACKOFF_SECONDS
-        while True:
-            try:
-                held = Held(claimer, self.consumer.processing_key, item.raw)
-                if await self.state.record(
-                    item_key(item),
-                    injected.queue_id,
-                    accepted,
-                    raws,
-                    held,
-                    suppress,
-                    traced,
-                ):
-                    if injected.queue_id is not None:
-                        self.processor.remember(injected.queue_id, accepted)
-                    for event in refusals:
-                        metrics.count_event(event)
-                    count_suppressions(suppress, SOURCE)
-                break
-            except (RedisError, OSError) as exc:
-                log.warning("cannot record an injection, retrying", extra={"error": str(exc)})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-        if injected.queue_id is not None:
-            metrics.TO_POSTFIX.inc()
-        log.debug(
-            "queued by postfix",
-            extra={"uuid": item.uuid, "queue_id": injected.queue_id, "refused": len(refusals)},
-        )
-        self.consumer.settled(item)  # the record acked it, in the same step
-
-    def injection_trace(self, item: Item, injected: Injected) -> tuple[str, bytes] | None:
-        """``injected`` for ``trace:<uuid>``, written by the record's script."""
-        if not item.uuid or not self.settings.trace.enabled:
-            return None
-        record = tracing.injected(
-            injected.queue_id,
-            self.settings.instance,
+        held = Held(claimer, self.consumer.processing_key, item.raw)
+        call = self.state.record_call(
             item_key(item),
-            len(injected.accepted),
-            [r.rcpt for r in injected.refused],
-            time.time(),
+            injected.queue_id,
+            accepted,
+            raws,
+            held,
+            suppress,
+            feedbatch.injection_trace(item, injected, self.settings),
         )
-        return item.uuid, record
+        return call, refusals, suppress, accepted
 
     async def reject(self, item: Item, reason: str) -> None:
         event = events.error_event(SERVICE, reason, uuid=item.uuid, streamid=item.stream_id)

@@ -4,8 +4,10 @@ Why not aiosmtplib: it waits for each reply before the next command, so one mess
 four round trips (MAIL, RCPT, DATA, the content). Postfix's smtpd offers PIPELINING
 (RFC 2920), which lets MAIL FROM, every RCPT TO and DATA go out in one write (§3.1: DATA is
 the last command of a group) with the replies read back in order: two round trips per
-message. The client only speaks what that hop needs: EHLO, MAIL/RCPT/DATA/RSET/QUIT, no TLS,
-no AUTH (loopback only, docs/ARCHITECTURE.md).
+message. With CHUNKING (RFC 3030) as well, the content goes in the same write as a
+``BDAT <size> LAST`` chunk: one round trip (``injector``). The client only speaks what that
+hop needs: EHLO, MAIL/RCPT/DATA/BDAT/RSET/QUIT, no TLS, no AUTH (loopback only,
+docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 from dataclasses import dataclass
 
 #: RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets; Postfix's are shorter. A larger
@@ -49,9 +52,8 @@ def path(address: str) -> str:
     return f"<{address}>"
 
 
-def content(data: bytes) -> bytes:
-    """The message as sent after DATA's 354: CRLF line ends, a final CRLF, period-stuffed
-    (RFC 5321 §4.5.2), and the ending "." line."""
+def crlf_lines(data: bytes) -> bytes:
+    """The message with CRLF line ends and a final CRLF: what Postfix stores either way."""
     crlf = data.count(b"\r\n")
     # The regular expression costs several times what counting does; messages from the
     # Transformer have CRLF line ends only, so it rarely has anything to do.
@@ -59,9 +61,23 @@ def content(data: bytes) -> bytes:
         data = _LINE_END.sub(b"\r\n", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
+    return data
+
+
+def content(data: bytes) -> bytes:
+    """The message as sent after DATA's 354: CRLF line ends, a final CRLF, period-stuffed
+    (RFC 5321 §4.5.2), and the ending "." line."""
+    data = crlf_lines(data)
     if b"\n." in data or data.startswith(b"."):
         data = _LEADING_PERIOD.sub(b"..", data)
     return data + b".\r\n"
+
+
+def last_chunk(data: bytes) -> bytes:
+    """``BDAT <size> LAST`` and the whole message as one chunk (RFC 3030 §2): counted in
+    octets, so neither period-stuffed nor ended by a "." line."""
+    data = crlf_lines(data)
+    return b"BDAT %d LAST\r\n%b" % (len(data), data)
 
 
 def parse_reply(lines: list[bytes]) -> Reply:
@@ -113,6 +129,19 @@ class Connection:
 
     def write(self, data: bytes) -> None:
         self.writer.write(data)
+
+    def quickack(self) -> None:
+        """Acknowledge what arrives next at once, not up to 40 ms later (Linux
+        ``TCP_QUICKACK``, tcp(7); it does not stay set, hence once per write). Postfix's
+        smtpd answers a BDAT chunk larger than its 4 KiB read buffer in two writes: the
+        replies to MAIL and RCPT when it refills the buffer, BDAT's 250 once the queue file
+        is saved. With our ACK of the first one delayed, Nagle holds back the second until
+        that ACK comes: 44 ms per 5 KB message instead of 1 (measured; 3.6 KB: 0.8 ms)."""
+        option = getattr(socket, "TCP_QUICKACK", None)
+        sock = self.writer.get_extra_info("socket")
+        if option is not None and sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, 1)
 
     async def reply(self) -> Reply:
         """The next reply; SmtpClosed when the connection ends first."""

@@ -237,6 +237,22 @@ class State:
         any events (recipients Postfix refused at once) with the suppression entries they
         call for, the ``traced`` record (uuid, record), and, with ``held``, the item acked
         from its processing list and its claim dropped. False: already recorded."""
+        call = self.record_call(item_id, queue_id, message, events, held, suppress, traced)
+        (done,) = await scriptbatch.run(self.redis, [call])
+        return int(done) == 1
+
+    def record_call(
+        self,
+        item_id: str,
+        queue_id: str | None,
+        message: Message | None,
+        events: list[bytes],
+        held: Held | None = None,
+        suppress: Sequence[Op] = (),
+        traced: tuple[str, bytes] | None = None,
+    ) -> scriptbatch.Call:
+        """``record``'s script call, to be run with others in one round trip (its answer:
+        1 recorded, 0 already recorded)."""
         marker = f"{self.instance}:{queue_id or '-'}"
         msg_key = self.msg_key(queue_id or "-")
         fields = json.dumps(message.fields()) if message is not None and queue_id else ""
@@ -245,7 +261,7 @@ class State:
         held = held or Held("", self.keys.postfixlog(self.instance, "none"), b"")
         op_keys, op_args = encode_ops(suppress, 8)
         trace_key, trace_args = self._trace_args(traced)
-        call = scriptbatch.Call(
+        return scriptbatch.Call(
             self._record,
             [
                 self.item_key(item_id),
@@ -270,8 +286,6 @@ class State:
                 *op_args,
             ],
         )
-        (done,) = await scriptbatch.run(self.redis, [call])
-        return int(done) == 1
 
     def _trace_args(self, traced: tuple[str, bytes] | None) -> tuple[str, list[bytes | int]]:
         uuid, record = traced if traced is not None else (None, None)

@@ -16,6 +16,7 @@ import pytest
 
 from bench.postfix import PostfixAlone
 from manycore_postfixlog.injector import (
+    Injected,
     Injector,
     NotSent,
     PermanentFailure,
@@ -200,5 +201,125 @@ def test_mail_rcpt_and_data_go_out_before_any_reply() -> None:
                 b"..hi\r\n",
             ]
             inj._abort()
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------- one recipient: BDAT LAST
+
+
+def test_one_recipient_goes_as_one_chunk_and_is_stored_as_given(postfix: PostfixAlone) -> None:
+    async def main() -> None:
+        inj = injector(postfix)
+        before = held(postfix)
+        result = await inj.send("ret@example.com", ["ok@x.test"], MESSAGE)
+        assert inj._conn is not None and inj._conn.supports("CHUNKING")
+        assert result.queue_id is not None and result.accepted == ("ok@x.test",)
+        assert held(postfix) == before + 1
+        stored = await postfix.instance.content(result.queue_id)
+        # Not period-stuffed in a chunk (RFC 3030), stored as given all the same.
+        assert stored.replace(b"\n", b"\r\n").endswith(MESSAGE.split(b"\r\n\r\n", 1)[1])
+        await inj.close()
+
+    asyncio.run(main())
+
+
+def test_a_temporary_refusal_of_the_one_recipient_stores_nothing(postfix: PostfixAlone) -> None:
+    async def main() -> None:
+        inj = injector(postfix)
+        before = held(postfix)
+        with pytest.raises(TemporaryFailure, match=r"450 4\.2\.1 .*Try later"):
+            await inj.send("ret@example.com", ["later@x.test"], MESSAGE)
+        conn = inj._conn
+        assert held(postfix) == before
+        result = await inj.send("ret@example.com", ["ok@x.test"], MESSAGE)
+        assert result.queue_id is not None and inj._conn is conn  # the chunk was skipped
+        assert held(postfix) == before + 1
+        await inj.close()
+
+    asyncio.run(main())
+
+
+@contextlib.asynccontextmanager
+async def strict_chunker() -> AsyncIterator[tuple[int, list[bytes]]]:
+    """A server offering CHUNKING that answers nothing until it holds MAIL, RCPT, the BDAT
+    line and the whole chunk: a client waiting for any reply in between would time out."""
+    received: list[bytes] = []
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 strict ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250-strict\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 DSN\r\n")
+        received.extend([await reader.readline() for _ in range(3)])
+        received.append(await reader.readexactly(int(received[-1].split()[1])))
+        writer.write(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok: queued as 4XYZchk\r\n")
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.start_server(session, LOOPBACK, 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1], received
+
+
+def test_mail_rcpt_bdat_and_the_chunk_go_out_before_any_reply() -> None:
+    async def main() -> None:
+        async with strict_chunker() as (port, received):
+            inj = Injector(LOOPBACK, port, "injector.test", timeout=3)
+            started = time.monotonic()
+            result = await inj.send("r@example.com", ["a@x.test"], b"Subject: x\r\n\r\n.hi\n")
+            assert time.monotonic() - started < 2
+            assert (result.queue_id, result.accepted) == ("4XYZchk", ("a@x.test",))
+            assert received == [
+                b"MAIL FROM:<r@example.com>\r\n",
+                b"RCPT TO:<a@x.test> NOTIFY=NEVER\r\n",
+                b"BDAT 19 LAST\r\n",
+                b"Subject: x\r\n\r\n.hi\r\n",  # CRLF line ends, no period-stuffing
+            ]
+            inj._abort()
+
+    asyncio.run(main())
+
+
+def test_a_batch_in_one_write_settles_each_message_on_its_own(postfix: PostfixAlone) -> None:
+    """Accepted, refused for good, refused for now, accepted: each its own transaction in
+    the one write; only the accepted ones are queued, and the session goes on."""
+
+    async def main() -> None:
+        inj = injector(postfix)
+        assert await inj.chunking()
+        before = held(postfix)
+        rcpts = ["ok1@x.test", "bad@x.test", "later@x.test", "ok2@x.test"]
+        outcomes = await inj.send_many(
+            [("ret@example.com", r, MESSAGE) for r in rcpts], guard=lambda: True
+        )
+        first, refused, later, last = outcomes
+        assert isinstance(first, Injected) and first.accepted == ("ok1@x.test",)
+        assert isinstance(last, Injected) and last.queue_id not in (None, first.queue_id)
+        assert isinstance(refused, Injected) and refused.queue_id is None
+        assert [r.code for r in refused.refused] == [550]
+        assert isinstance(later, TemporaryFailure)
+        assert held(postfix) == before + 2
+        conn = inj._conn
+        again = await inj.send("ret@example.com", ["ok@x.test"], MESSAGE)
+        assert again.queue_id is not None and inj._conn is conn
+        await inj.close()
+
+    asyncio.run(main())
+
+
+def test_a_batch_on_a_connection_postfix_closed_is_left_to_send(postfix: PostfixAlone) -> None:
+    async def main() -> None:
+        inj = injector(postfix)
+        assert await inj.chunking()
+        await asyncio.sleep(3.5)  # smtpd_timeout = 2s: Postfix says 421 and closes
+        before = held(postfix)
+        messages = [("ret@example.com", "ok@x.test", MESSAGE)] * 2
+        assert await inj.send_many(messages, guard=lambda: True) == [None, None]
+        assert held(postfix) == before
+        assert (await inj.send("ret@example.com", ["ok@x.test"], MESSAGE)).queue_id
+        with pytest.raises(NotSent):
+            await inj.send_many(messages, guard=lambda: False)
+        assert held(postfix) == before + 1
+        await inj.close()
 
     asyncio.run(main())
