@@ -216,7 +216,9 @@ async def consume(
                 # there, though we no longer hold it. Taking resets our holder mark, so the
                 # reaper never returns it: recover_strays does (CI: 600 items, c199 stuck).
                 await consumer.recover_strays()
-                if await target.size() == CONSUMED:
+                # Not before the kill: a fast consumer can move every item while the
+                # replicas lag, and the failover would then go untested.
+                if kill_at and await target.size() == CONSUMED:
                     break
             item = await consumer.take(0.2)
             if item is not None and await consumer.hand_over(item, target, item.raw):
