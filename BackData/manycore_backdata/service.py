@@ -22,6 +22,7 @@ from manycore_common.consumer import Consumer
 from manycore_common.consuming import consuming
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
+from manycore_common.loops import until_stop_or_crash
 from manycore_common.queue import ReliableQueue, configured, default_consumer_id
 from manycore_common.trace import TraceSettings
 
@@ -141,26 +142,10 @@ async def _post(
                     "consumer": consumer.id,
                 },
             )
-            await _until_stop_or_crash(stop, loops)
+            await until_stop_or_crash(stop, loops, "a poster")
     finally:
         stop.set()
         await asyncio.gather(*loops, return_exceptions=True)
-
-
-async def _until_stop_or_crash(stop: asyncio.Event, loops: list[asyncio.Task[None]]) -> None:
-    """Wait for ``stop``; a poster that died of a bug stops the service (and the exception
-    makes it exit non-zero, so it is restarted) rather than leaving it running short-handed."""
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        done, _ = await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-    for task in done:
-        error = None if task is stopper else task.exception()
-        if error is not None:
-            log.error("a poster failed; stopping", exc_info=error)
-            stop.set()
-            raise error
 
 
 def main(argv: Sequence[str] | None = None) -> None:

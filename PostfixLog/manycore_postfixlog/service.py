@@ -24,6 +24,7 @@ from manycore_common.config import Config, PostfixLogSection
 from manycore_common.consuming import consuming
 from manycore_common.health import HealthServer
 from manycore_common.lifecycle import run_service
+from manycore_common.loops import until_stop_or_crash
 from manycore_common.queue import ReliableQueue, configured
 
 from . import requeue
@@ -138,8 +139,12 @@ async def _feed(
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.requested.set)
         tasks.append(asyncio.create_task(reloader.watch(stop)))
         log.info("feeding postfix", extra={"instance": app.settings.instance})
-        await stop.wait()
-        reloader.requested.set()  # wakes the watcher, which sees the stop
+        try:
+            # A feeder or the log loop that dies of a bug stops the service (exit non-zero,
+            # restarted) rather than leaving it up with no feeding or no events.
+            await until_stop_or_crash(stop, [*feeders, *tasks], "a PostfixLog loop")
+        finally:
+            reloader.requested.set()  # wakes the watcher, which sees the stop
     finally:
         app.feed_stop.set()
         await asyncio.gather(*feeders, return_exceptions=True)

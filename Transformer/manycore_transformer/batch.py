@@ -41,7 +41,18 @@ def transform_batch(
             out.append(("ok", transform(payload, active, now, rcpts)))
         except TransformError as exc:
             out.append(("error", exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the other messages
+            # An input that trips a bug goes to the dead-letter list like any message we
+            # cannot transform (nothing lost: it can be requeued once fixed), rather than
+            # taking down the loop and, taken again after a restart, the service for good.
+            out.append(("error", internal_error(exc)))
     return out
+
+
+def internal_error(exc: Exception) -> TransformError:
+    """The dead-letter reason of a message whose transform raised ``exc`` (a bug)."""
+    text = f"internal error: {type(exc).__name__}: {exc}"
+    return TransformError("internal-error", text[:300])
 
 
 def item_rcpts(item: Item) -> tuple[str, ...] | None:

@@ -45,6 +45,7 @@ for _reason in (
     "unparseable",
     "bad-recipients",
     "too-many-copies",
+    "internal-error",
 ):
     ERRORS.labels(_reason)
 

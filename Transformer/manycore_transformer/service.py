@@ -28,6 +28,7 @@ from manycore_common.consuming import consuming
 from manycore_common.health import HealthServer
 from manycore_common.item import Item
 from manycore_common.lifecycle import run_service
+from manycore_common.loops import until_stop_or_crash
 from manycore_common.queue import ReliableQueue, configured, default_consumer_id, wait_for_doorbells
 from manycore_common.suppressionstore import SuppressionStore
 
@@ -167,8 +168,10 @@ class Worker:
                 if consumer is None:
                     continue
                 await self.process(items, consumer)
-            except (RedisError, OSError) as exc:
-                log.warning("redis error, backing off", extra={"error": str(exc)})
+            except Exception as exc:
+                redis_error = isinstance(exc, (RedisError, OSError))
+                if redis_error:
+                    log.warning("redis error, backing off", extra={"error": str(exc)})
                 if consumer is not None:
                     # What the failed step left in our processing list goes back to the
                     # queue (Consumer.recover_strays, within two heartbeats): we live on,
@@ -177,6 +180,8 @@ class Worker:
                     # its item, so nothing is sent twice.
                     for item in items:
                         consumer.forget(item)
+                if not redis_error:
+                    raise  # _transform stops the service; what we hold is released then
                 await asyncio.sleep(BACKOFF_SECONDS)
 
     async def process(self, items: list[Item], consumer: Consumer) -> None:
@@ -347,7 +352,9 @@ async def _transform(workers: list[Worker], store: SuppressionStore, stop: async
     loops.append(asyncio.create_task(_watch_size(store, inner_stop)))
     try:
         log.info("transforming", extra={"workers": len(workers), "consumer": workers[0].primary.id})
-        await stop.wait()
+        # A loop that dies of anything but a Redis error (a signing process killed: the
+        # pool is broken for good) stops the service rather than leaving it up idle.
+        await until_stop_or_crash(stop, loops, "a transform loop")
     finally:
         inner_stop.set()
         await asyncio.gather(*loops, return_exceptions=True)

@@ -10,6 +10,8 @@ connection sends its read-only script again on a new connection."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -73,3 +75,42 @@ def test_connections_killed_mid_batch_lose_and_double_nothing(
     uuids = [item.uuid or "" for item in out_items(queues)]
     assert sorted(uuids) == sorted(f"k{i}" for i in range(MESSAGES)), "lost or doubled"
     assert queues.llen(P1) == 0 and queues.llen(f"{{{P1}}}:dead") == 0
+
+
+def pool_children(pid: int) -> list[int]:
+    """The Transformer's signing processes (its children, spawned at its first batch)."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    found: list[int] = []
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    # Not the resource tracker, which the spawn context starts too.
+    return [c for c in found if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_a_killed_signing_process_stops_the_service_and_loses_nothing(
+    tmp_path: Path, redis_server: RedisServer, queues: SyncRedis
+) -> None:
+    """SIGKILL of one of the pool's processes (the OOM killer) breaks the pool for good. The
+    loop that meets it used to die unseen: the service stayed up, healthy and idle, with the
+    batch in its processing list, where the reaper never looks while it lives. Now it stops
+    (exit non-zero, to be restarted), gives the batch back, and a new one sends it."""
+    service = transformer_service(tmp_path, redis_server.port, **{"transformer__workers": 2})
+    with running(service):
+        assert service.process is not None
+        enqueue(queues, P1, build_message("first"), "first")
+        wait_for(lambda: queues.llen(OUT) == 1, timeout=30, what="the first message")
+        children = pool_children(service.process.pid)
+        assert children, "no signing process"
+        os.kill(children[0], signal.SIGKILL)
+        time.sleep(0.5)  # the pool sees its process gone
+        enqueue(queues, P1, build_message("second"), "second")
+        code = service.process.wait(30)
+    assert code != 0
+    assert "a transform loop failed; stopping" in service.log.read_text()
+    assert queues.llen(OUT) == 1 and queues.llen(P1) == 1, "the batch was not given back"
+    with running(service):
+        wait_for(lambda: queues.llen(OUT) == 2, timeout=30, what="the second message")
+    uuids = sorted(item.uuid or "" for item in out_items(queues))
+    assert uuids == ["first", "second"]
+    assert queues.llen(f"{{{P1}}}:dead") == 0
