@@ -4,6 +4,7 @@ Configuration and process:
     ``config``        the two YAML files, validated into frozen typed objects
     ``configscope``   which parts of the customer file each service loads (least privilege)
     ``lifecycle``     ``run_service``: arguments, config, logging, the two-phase stop
+    ``loops``         a service's loops watched: one that dies of a bug stops the service
     ``workers``       several processes serving one port for the front doors (a worker's side)
     ``supervisor``    the parent of those workers: start, hand connections out, restart, stop
     ``health``        ``/metrics``, ``/livez`` and ``/readyz``
