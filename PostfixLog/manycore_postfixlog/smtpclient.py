@@ -146,7 +146,7 @@ class Connection:
     async def reply(self) -> Reply:
         """The next reply; SmtpClosed when the connection ends first."""
         async with asyncio.timeout(self.timeout):
-            await self.writer.drain()
+            await self._drain()
             return await self._next_reply()
 
     async def replies(self, count: int, into: list[Reply]) -> None:
@@ -154,9 +154,20 @@ class Connection:
         when the connection ends first): the replies to a pipelined group (RFC 2920), with
         one drain and one ``timeout`` for the group (a timer each cost more than parsing)."""
         async with asyncio.timeout(self.timeout):
-            await self.writer.drain()
+            await self._drain()
             for _ in range(count):
                 into.append(await self._next_reply())
+
+    async def _drain(self) -> None:
+        """What was written, sent; SmtpClosed when the connection broke first (EPIPE,
+        ECONNRESET), as a read would report it. A write larger than the socket buffer to a
+        connection Postfix closed while idle fails here, before the 421 waiting to be read:
+        the injector must see it as the stale connection it is (sent again on a new one),
+        not as an error after the content went out."""
+        try:
+            await self.writer.drain()
+        except OSError as exc:
+            raise SmtpClosed(f"connection broken while writing: {exc!r}") from None
 
     async def _next_reply(self) -> Reply:
         lines: list[bytes] = []

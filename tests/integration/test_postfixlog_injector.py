@@ -323,3 +323,25 @@ def test_a_batch_on_a_connection_postfix_closed_is_left_to_send(postfix: Postfix
         await inj.close()
 
     asyncio.run(main())
+
+
+def test_a_big_chunk_on_a_connection_postfix_closed_goes_out_on_a_new_one(
+    postfix: PostfixAlone,
+) -> None:
+    """Postfix's idle timeout closed the kept connection. A chunk larger than the socket
+    buffer cannot be written whole: the write fails (EPIPE) before any reply is read. Postfix
+    read none of it, so it is sent again on a new connection, as a small one is when the
+    read finds the connection closed; not a temporary failure and a back-off."""
+
+    async def main() -> None:
+        inj = injector(postfix)
+        assert await inj.chunking()
+        await asyncio.sleep(3.5)  # smtpd_timeout = 2s: Postfix says 421 and closes
+        before = held(postfix)
+        big = MESSAGE + (b"y" * 998 + b"\r\n") * 2000  # 2 MB
+        result = await inj.send("ret@example.com", ["ok@x.test"], big)
+        assert result.queue_id is not None and result.accepted == ("ok@x.test",)
+        assert held(postfix) == before + 1
+        await inj.close()
+
+    asyncio.run(main())
