@@ -121,7 +121,10 @@ class Injector:
         # A connection Postfix closed while idle (smtpd_timeout) fails at MAIL FROM: open a
         # new one and try once more. Never after the content went out and MAIL FROM was
         # answered: Postfix may have it. (A chunk written to a closed connection, answered by
-        # nothing or by the 421 of the idle timeout, was never read.)
+        # nothing or by the 421 of the idle timeout, was almost always never read. The
+        # exception: an smtpd that dies after its cleanup committed the queue file but before
+        # its held-back replies went out also answers nothing; the message is then sent
+        # twice, as with DATA when its final reply is lost. PostfixLog/README.md says so.)
         for attempt in (1, 2):
             conn = await self._connection()
             try:
