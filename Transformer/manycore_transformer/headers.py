@@ -70,8 +70,27 @@ def split_message(data: bytes) -> tuple[list[Field], bytes]:
     # pass in C finds them. When they do not tile the whole section, the line-by-line
     # reading below decides (and names what is malformed).
     if _FIELDS.fullmatch(header):
-        return [Field(name.decode("ascii"), raw) for raw, name in _FIELD.findall(header)], body
+        known = _NAMES.get
+        return [
+            Field(name_, raw, key)
+            for raw, name in _FIELD.findall(header)
+            for name_, key in (known(name) or _name(name),)
+        ], body
     return _fields(header), body
+
+
+#: A field name's bytes → (the name as text, its lower case): decoded and lowered once,
+#: as the messages repeat the same few names. At most _MAX_NAMES, emptied when full.
+_NAMES: dict[bytes, tuple[str, str]] = {}
+_MAX_NAMES = 1024
+
+
+def _name(name: bytes) -> tuple[str, str]:
+    if len(_NAMES) >= _MAX_NAMES:
+        _NAMES.clear()
+    text = name.decode("ascii")
+    _NAMES[name] = found = (text, text.lower())
+    return found
 
 
 def _fields(header: bytes) -> list[Field]:
