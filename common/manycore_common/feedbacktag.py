@@ -46,7 +46,10 @@ import hmac
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as _Sha256
 
 Kind = Literal["bounce", "unsub", "message"]
 #: The kinds that prove a report: accepted at RCPT and believed in a quoted original.
@@ -144,7 +147,7 @@ def _hmac_sha256(key: bytes) -> Callable[[bytes], bytes]:
 
 
 @functools.lru_cache(maxsize=8)
-def _hmac_states(key: bytes) -> tuple[Callable[[], Any], Callable[[], Any]]:
+def _hmac_states(key: bytes) -> tuple[Callable[[], _Sha256], Callable[[], _Sha256]]:
     """The ``copy`` methods of the inner and outer keyed SHA-256 states of HMAC with ``key``
     (RFC 2104 §2: the key block XOR ipad, XOR opad)."""
     if len(key) > _SHA256_BLOCK:
