@@ -21,7 +21,7 @@ from typing import Literal, cast
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from .headers import CRLF, Field
+from .headers import CRLF, Field, make_field
 
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 
@@ -122,6 +122,18 @@ def relaxed_new(field: Field) -> Field:
     return field
 
 
+def new_field(name: str, value: str) -> Field:
+    """``make_field(name, value)`` with its relaxed form set, as ``relaxed_new`` would: a
+    field made for one copy. Built from the text: a value without tab or run of spaces is,
+    but for spaces at its ends, its own relaxed form (RFC 6376 §3.4.2)."""
+    field = make_field(name, value)
+    if "\t" in value or "  " in value or ":" in name or not field.raw.isascii():
+        field.relaxed = _relaxed(field.key, field.raw)
+    else:
+        field.relaxed = f"{field.key}:{value.strip(' ')}\r\n".encode("ascii")
+    return field
+
+
 #: Raw field → relaxed form, for ``relaxed_field``: at most _SEEN_FIELDS fields of at most
 #: _SEEN_FIELD_BYTES each (about 2 MB), emptied when full.
 _SEEN: dict[bytes, bytes] = {}
@@ -192,7 +204,13 @@ def _fold_tags(tags: list[str], width: int = 76) -> str:
 
 
 def _fold_b64(value: bytes) -> bytes:
-    return b"\r\n\t".join([value[i : i + _B64_LINE] for i in range(0, len(value), _B64_LINE)])
+    return b"\r\n\t".join(map(value.__getitem__, _b64_lines(len(value))))
+
+
+@functools.lru_cache(maxsize=8)
+def _b64_lines(length: int) -> tuple[slice, ...]:
+    """The lines of a b= value of ``length`` characters (one length per key size)."""
+    return tuple(slice(i, i + _B64_LINE) for i in range(0, length, _B64_LINE))
 
 
 @functools.lru_cache(maxsize=64)

@@ -55,8 +55,6 @@ class Field:
 #: its colon, the rest of its line and its continuation lines (§2.2.3: a line that starts
 #: with SP or HTAB). Lines end at LF, as ``rawheaders`` reads them.
 _FIELD = re.compile(rb"(([!-9;-~]+):[^\n]*\n(?:[ \t][^\n]*\n)*)")
-#: A header section that is nothing but such fields.
-_FIELDS = re.compile(rb"(?:[!-9;-~]+:[^\n]*\n(?:[ \t][^\n]*\n)*)*")
 
 
 def split_message(data: bytes) -> tuple[list[Field], bytes]:
@@ -67,11 +65,33 @@ def split_message(data: bytes) -> tuple[list[Field], bytes]:
     if not header.endswith(CRLF):
         header += CRLF
     # Nearly every header section is a run of well-formed fields: one regular expression
-    # pass in C finds them. When they do not tile the whole section, the line-by-line
-    # reading below decides (and names what is malformed).
-    if _FIELDS.fullmatch(header):
-        return [Field(name.decode("ascii"), raw) for raw, name in _FIELD.findall(header)], body
+    # pass in C finds them, split out as [gap, field, name, gap, field, name, ..., gap]. A
+    # field ends where the next line starts with neither SP nor HTAB, so the fields of a
+    # well-formed section are found back to back and every gap is empty. When one is not,
+    # the line-by-line reading below decides (and names what is malformed).
+    parts = _FIELD.split(header)
+    if not any(parts[::3]):
+        known = _NAMES.get
+        return [
+            Field(name_, raw, key)
+            for raw, name in zip(parts[1::3], parts[2::3], strict=True)
+            for name_, key in (known(name) or _name(name),)
+        ], body
     return _fields(header), body
+
+
+#: A field name's bytes → (the name as text, its lower case): decoded and lowered once,
+#: as the messages repeat the same few names. At most _MAX_NAMES, emptied when full.
+_NAMES: dict[bytes, tuple[str, str]] = {}
+_MAX_NAMES = 1024
+
+
+def _name(name: bytes) -> tuple[str, str]:
+    if len(_NAMES) >= _MAX_NAMES:
+        _NAMES.clear()
+    text = name.decode("ascii")
+    _NAMES[name] = found = (text, text.lower())
+    return found
 
 
 def _fields(header: bytes) -> list[Field]:

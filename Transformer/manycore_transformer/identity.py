@@ -32,10 +32,12 @@ class TransformError(Exception):
 
 
 def _single(index: dict[str, list[Field]], name: str, uuid: str | None = None) -> str | None:
-    found = [f.value for f in index.get(name.lower(), ())]
+    found = index.get(name.lower())
+    if not found:
+        return None
     if len(found) > 1:
         raise TransformError("bad-headers", f"header {name} appears {len(found)} times", uuid)
-    return found[0] if found else None
+    return found[0].value
 
 
 # The common forms of From: "Name <local@domain>" or a bare "local@domain".

@@ -160,13 +160,10 @@ def _removed(removed: frozenset[str], inject: tuple[tuple[str, str], ...]) -> fr
     return removed | {name.lower() for name, _ in inject}
 
 
-def _header_value(name: str, value: str, uuid: str, shared: bool = False) -> Field:
-    """``name: value``, or TransformError when ``value`` is no header value. ``shared`` for
-    values that repeat across messages (``_shared_field``)."""
-    if shared:
-        field_ = _shared_field(name, value)
-    else:
-        field_ = make_field(name, value) if HEADER_VALUE.fullmatch(value) else None
+def _header_value(name: str, value: str, uuid: str) -> Field:
+    """``name: value`` (``_shared_field``), or TransformError when ``value`` is no header
+    value."""
+    field_ = _shared_field(name, value)
     if field_ is None:
         raise TransformError("bad-header-value", f"generated {name} is not a valid header", uuid)
     return field_
@@ -274,7 +271,7 @@ def _copy(
         make_field("X-ReturnPathIb", return_path),
         # Unique per copy, and a tag of the "message" kind: replies copy it into References
         # (RFC 5322 §3.6.4), so it must never be proof of anything about this recipient.
-        dkim.relaxed_new(make_field("Message-ID", f"<{tags.message}>")),
+        dkim.new_field("Message-ID", f"<{tags.message}>"),
         *message.common,
     ]
     if settings.inject:
@@ -311,13 +308,15 @@ def _injected(
     fields = []
     for name, template in settings.inject:
         value = render(template, names)
-        fields.append(dkim.relaxed_new(_header_value(name, value, uuid)))
+        if not HEADER_VALUE.fullmatch(value):
+            raise TransformError(
+                "bad-header-value", f"generated {name} is not a valid header", uuid
+            )
+        fields.append(dkim.new_field(name, value))
         # RFC 8058: one-click unsubscribe needs an https URI in List-Unsubscribe.
         if name.lower() == "list-unsubscribe" and "<https://" in value.lower():
             fields.append(
-                _header_value(
-                    "List-Unsubscribe-Post", "List-Unsubscribe=One-Click", uuid, shared=True
-                )
+                _header_value("List-Unsubscribe-Post", "List-Unsubscribe=One-Click", uuid)
             )
     return fields
 
@@ -351,17 +350,18 @@ def _prepare(
     if body and not body.endswith(b"\r\n"):
         # SMTP ends DATA with CRLF anyway (RFC 5321 §4.1.1.4); store what will be sent.
         body += b"\r\n"
+    # Positional: keywords cost more than the rest of building it (0.84 against 0.36 µs).
     message = _Message(
-        uuid=uuid,
-        stream_id=stream_id,
-        from_domain=from_domain,
-        signer=signer,
-        names=names,
-        common=_common_fields(settings, uuid, stream_id, from_domain, now),
-        kept=without(fields, _removed(settings.removed, settings.inject)),
-        body=body,
-        stream_hash=feedbacktag.stream_hash(stream_id),
-        keys=_keys(signer),
+        uuid,
+        stream_id,
+        from_domain,
+        signer,
+        names,
+        _common_fields(settings, uuid, stream_id, from_domain, now),
+        without(fields, _removed(settings.removed, settings.inject)),
+        body,
+        feedbacktag.stream_hash(stream_id),
+        _keys(signer),
     )
     return message, index
 
@@ -390,10 +390,10 @@ def transform(
     body_hash = bodycanon.body_hash(message.body)
     copies = tuple([_copy(message, body_hash, rcpt, settings, now) for rcpt in recipients.items()])
     return Transformed(
-        uuid=message.uuid,
-        stream_id=message.stream_id,
-        from_domain=message.from_domain,
-        copies=copies,
-        sign_seconds=time.perf_counter() - started,
-        rcpts_from_headers=from_headers,
+        message.uuid,
+        message.stream_id,
+        message.from_domain,
+        copies,
+        time.perf_counter() - started,
+        from_headers,
     )
