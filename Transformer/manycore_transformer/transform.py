@@ -160,13 +160,12 @@ def _removed(removed: frozenset[str], inject: tuple[tuple[str, str], ...]) -> fr
     return removed | {name.lower() for name, _ in inject}
 
 
-def _header_value(name: str, value: str, uuid: str) -> Field:
-    """``name: value`` (``_shared_field``), or TransformError when ``value`` is no header
-    value."""
-    field_ = _shared_field(name, value)
-    if field_ is None:
-        raise TransformError("bad-header-value", f"generated {name} is not a valid header", uuid)
-    return field_
+#: RFC 8058 §3.1; one field for every copy (its DKIM relaxed form computed once with it).
+_ONE_CLICK = make_field("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+
+
+def _bad_value(name: str, uuid: str) -> TransformError:
+    return TransformError("bad-header-value", f"generated {name} is not a valid header", uuid)
 
 
 def _signer(
@@ -219,11 +218,9 @@ def _common_fields(
         from_domain,
     )
     if x_mailer is None:
-        raise TransformError("bad-header-value", "generated X-Mailer is not a valid header", uuid)
+        raise _bad_value("X-Mailer", uuid)
     if feedback_id is None:
-        raise TransformError(
-            "bad-header-value", "generated Feedback-ID is not a valid header", uuid
-        )
+        raise _bad_value("Feedback-ID", uuid)
     return [_date_field(int(now)), x_mailer, feedback_id]
 
 
@@ -309,15 +306,11 @@ def _injected(
     for name, template in settings.inject:
         value = render(template, names)
         if not HEADER_VALUE.fullmatch(value):
-            raise TransformError(
-                "bad-header-value", f"generated {name} is not a valid header", uuid
-            )
+            raise _bad_value(name, uuid)
         fields.append(dkim.new_field(name, value))
         # RFC 8058: one-click unsubscribe needs an https URI in List-Unsubscribe.
         if name.lower() == "list-unsubscribe" and "<https://" in value.lower():
-            fields.append(
-                _header_value("List-Unsubscribe-Post", "List-Unsubscribe=One-Click", uuid)
-            )
+            fields.append(_ONE_CLICK)
     return fields
 
 
